@@ -1,0 +1,80 @@
+"""Pieces every subcommand shares: argument types, progress bars, reports."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from ..progress import ProgressCallback
+
+__all__ = ["progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg"]
+
+
+@contextlib.contextmanager
+def progress_bar(quiet: bool, description: str = "") -> Iterator[Optional[ProgressCallback]]:
+    """A tqdm bar driven by a ``progress(fraction, message)`` callback; ``None`` when quiet."""
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=1000, desc=description, unit="‰", leave=False, dynamic_ncols=True,
+              bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+
+        def update(fraction: float, message: str) -> None:
+            bar.n = int(round(1000 * fraction))
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+        yield update
+
+
+def to_jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays, paths, tuples and dataclass-like objects to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "as_dict"):
+        return to_jsonable(value.as_dict())
+    return value
+
+
+def write_json(data: Any, path: Optional[str | Path]) -> None:
+    """Write ``data`` as indented JSON to ``path`` (no-op for ``None``)."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")
+
+
+def axis_arg(text: str) -> str:
+    """argparse type for ``--axis``: auto, i, j or k."""
+    value = text.strip().lower()
+    if value not in ("auto", "i", "j", "k"):
+        raise argparse.ArgumentTypeError(f"axis must be auto, i, j or k, not {text!r}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type for ``--device``: auto, cpu, cuda, cuda:N or mps (presence checked later)."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+
+
+def add_report_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report", metavar="FILE.json", help="write the run's report (what was done, device, seconds, warnings) as JSON")

@@ -1,0 +1,301 @@
+"""Running networks on volumes: device choice, batching, AMP, sliding windows, OOM fallback.
+
+One policy for every task: try the requested device with the requested batch
+size; on GPU out-of-memory halve the batch (or the sliding-window batch) down to
+one; then finish on the CPU. Each step is logged and recorded in an
+:class:`EngineReport` that ends up in the task's report, so a user learns why a
+run was slow instead of seeing a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from .errors import DeviceError, ResourceError
+from .progress import CancelToken, ProgressCallback, check_cancel, report
+
+__all__ = [
+    "available_devices",
+    "select_device",
+    "describe_device",
+    "EngineReport",
+    "is_out_of_memory",
+    "run_with_fallback",
+    "run_slices",
+    "run_sliding_window",
+    "autocast",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def available_devices() -> list[str]:
+    """Names of the compute devices present: ``cpu`` plus ``cuda:N`` and ``mps`` when usable."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def select_device(name: str | torch.device = "auto") -> torch.device:
+    """Resolve ``auto`` (CUDA, then MPS, then CPU) or check that a named device exists.
+
+    Raises
+    ------
+    DeviceError
+        The named device is absent; the message lists the devices present.
+    """
+    present = available_devices()
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        for prefix in ("cuda", "mps"):
+            for candidate in present:
+                if candidate.startswith(prefix):
+                    return torch.device(candidate)
+        return torch.device("cpu")
+    wanted = "cuda:0" if name == "cuda" else name
+    if wanted in present:
+        return torch.device(wanted)
+    raise DeviceError(
+        f"device {name!r} is not available on this machine; available: {', '.join(present)}"
+        + ("" if any(p.startswith("cuda") for p in present) else
+           " (no CUDA GPU found, or PyTorch was installed without CUDA support)")
+    )
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable device name for reports and the panel ("NVIDIA H100 (cuda:0)", "CPU")."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
+    return "CPU"
+
+
+@dataclass
+class EngineReport:
+    """What the engine did: where it ran, with which batch, and every fallback taken."""
+
+    device_requested: str = "auto"
+    device_used: str = "cpu"
+    batch_size: int = 0
+    amp: bool = False
+    seconds: float = 0.0
+    fallbacks: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "device_requested": self.device_requested,
+            "device_used": self.device_used,
+            "batch_size": self.batch_size,
+            "amp": self.amp,
+            "seconds": round(self.seconds, 3),
+            "fallbacks": list(self.fallbacks),
+        }
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an accelerator out-of-memory error (CUDA's own type or its RuntimeError text)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
+
+
+def _free_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def run_with_fallback(
+    attempt: Callable[[torch.device, int], T],
+    *,
+    device: torch.device,
+    batch_size: int,
+    report_to: Optional[EngineReport] = None,
+) -> T:
+    """Call ``attempt(device, batch_size)``; on out-of-memory halve the batch, then move to CPU.
+
+    This is the whole out-of-memory policy, separate from any network so it can be
+    tested on a CPU by an ``attempt`` that raises the error on purpose.
+
+    Raises
+    ------
+    ResourceError
+        Out of memory on the CPU even with a batch of one.
+    """
+    engine_report = report_to if report_to is not None else EngineReport()
+    batch = max(1, int(batch_size))
+    current = device
+    while True:
+        try:
+            result = attempt(current, batch)
+            engine_report.device_used = str(current)
+            engine_report.batch_size = batch
+            return result
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            _free_cache(current)
+            if batch > 1:
+                new_batch = max(1, batch // 2)
+                message = f"out of memory on {current} with batch {batch}; retrying with batch {new_batch}"
+                batch = new_batch
+            elif current.type != "cpu":
+                message = f"out of memory on {current} even with batch 1; fell back to CPU"
+                current = torch.device("cpu")
+                batch = max(1, int(batch_size))
+            else:
+                raise ResourceError(
+                    "not enough memory to process this volume even on the CPU with batch 1; "
+                    "crop the volume or close other programs"
+                ) from None
+            log.warning(message)
+            engine_report.fallbacks.append(message)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (float16 autocast) when ``enabled``; a no-op context elsewhere."""
+    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=bool(enabled and device.type == "cuda"))
+
+
+def run_slices(
+    model: torch.nn.Module,
+    inputs: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    amp: bool = True,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    report_to: Optional[EngineReport] = None,
+) -> np.ndarray:
+    """Apply ``model`` to a stack of 2D samples in batches and return float32 outputs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps (B, C_in, H, W) to (B, C_out, H, W). Put in eval mode; moved to the device.
+    inputs : ndarray, shape (N, C_in, H, W)
+        The samples (e.g. slices with their 2.5D context as channels).
+    device : str or torch.device
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    batch_size : int
+        Samples per forward pass; halved automatically on out-of-memory.
+    amp : bool
+        float16 autocast on CUDA (ignored on CPU, which stays float32 and deterministic).
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H, W), float32
+    """
+    engine_report = report_to if report_to is not None else EngineReport()
+    engine_report.device_requested = str(device)
+    target = select_device(device)
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if inputs.ndim != 4:
+        raise ValueError(f"run_slices expects (N, C, H, W) inputs, got shape {inputs.shape}")
+    start = time.perf_counter()
+    model.eval()
+    total = len(inputs)
+
+    def attempt(dev: torch.device, batch: int) -> np.ndarray:
+        model.to(dev)
+        engine_report.amp = bool(amp and dev.type == "cuda")
+        outputs: list[np.ndarray] = []
+        with torch.inference_mode(), autocast(dev, amp):
+            for first in range(0, total, batch):
+                check_cancel(cancel)
+                chunk = torch.from_numpy(inputs[first:first + batch]).to(dev, non_blocking=True)
+                outputs.append(model(chunk).float().cpu().numpy())
+                report(progress, min(total, first + batch) / max(total, 1), f"inference on {dev}")
+        return np.concatenate(outputs, axis=0) if outputs else np.zeros((0,) + inputs.shape[1:], np.float32)
+
+    result = run_with_fallback(attempt, device=target, batch_size=batch_size, report_to=engine_report)
+    engine_report.seconds += time.perf_counter() - start
+    return result
+
+
+def run_sliding_window(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    *,
+    roi_size: Sequence[int] = (96, 96, 96),
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    mode: str = "gaussian",
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    report_to: Optional[EngineReport] = None,
+) -> np.ndarray:
+    """Apply a 3D ``model`` over a whole volume with MONAI's sliding-window inference.
+
+    Windows run on the device; the stitched output is accumulated on the CPU, so a
+    large volume's full-resolution float output never has to fit in GPU memory.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (C, D, H, W)
+    roi_size : sequence of 3 ints
+        Window size; clipped to the volume's size.
+
+    Returns
+    -------
+    ndarray, shape (C_out, D, H, W), float32
+    """
+    from monai.inferers import sliding_window_inference
+
+    engine_report = report_to if report_to is not None else EngineReport()
+    engine_report.device_requested = str(device)
+    target = select_device(device)
+    array = np.ascontiguousarray(volume, dtype=np.float32)
+    if array.ndim != 4:
+        raise ValueError(f"run_sliding_window expects (C, D, H, W), got shape {array.shape}")
+    roi = tuple(int(min(r, s)) for r, s in zip(roi_size, array.shape[1:]))
+    start = time.perf_counter()
+    model.eval()
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        check_cancel(cancel)
+        return model(window).float()
+
+    def attempt(dev: torch.device, batch: int) -> np.ndarray:
+        model.to(dev)
+        engine_report.amp = bool(amp and dev.type == "cuda")
+        tensor = torch.from_numpy(array)[None]
+        with torch.inference_mode(), autocast(dev, amp):
+            out = sliding_window_inference(
+                tensor,
+                roi_size=roi,
+                sw_batch_size=batch,
+                predictor=predictor,
+                overlap=overlap,
+                mode=mode,
+                sw_device=dev,
+                device=torch.device("cpu"),
+                progress=False,
+            )
+        report(progress, 1.0, f"sliding-window inference on {dev}")
+        return out[0].float().numpy()
+
+    result = run_with_fallback(attempt, device=target, batch_size=sw_batch_size, report_to=engine_report)
+    engine_report.seconds += time.perf_counter() - start
+    return result

@@ -1,0 +1,70 @@
+"""Fixtures shared by the test suite: small phantoms on oblique, anisotropic grids, and the real scans."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedSynthLib.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE_DIR = REPO / "Resources" / "SampleData"
+
+
+def oblique_matrix(spacing=(0.8, 0.9, 3.0), origin=(-12.5, 30.25, 4.0), angles=(0.3, -0.2, 0.45)) -> np.ndarray:
+    """IJK-to-RAS with a rotation about all three axes, anisotropic spacing and a non-zero origin."""
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def make_phantom(shape_kji=(12, 40, 48), *, dtype=np.float32, seed=0, matrix=None) -> Volume:
+    """A smooth head-like phantom: ellipsoid 'brain' with an inner 'ventricle' and mild noise."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape_kji], indexing="ij")
+    r = np.sqrt((i / 0.85) ** 2 + (j / 0.8) ** 2 + (k / 0.95) ** 2)
+    image = 100.0 * (r < 1) + 60.0 * ((r < 0.35)) + 30 * np.sin(3 * i) * (r < 1)
+    image = image + rng.normal(0, 2.0, size=shape_kji)
+    image = np.clip(image, 0, None)
+    if np.dtype(dtype).kind in "iu":
+        image = np.round(image)
+    return Volume(image.astype(dtype), oblique_matrix() if matrix is None else matrix)
+
+
+@pytest.fixture
+def oblique_volume() -> Volume:
+    return make_phantom()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real scans not available at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
