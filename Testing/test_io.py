@@ -127,3 +127,29 @@ def test_dicom_series_folder(tmp_path):
 def test_empty_folder_is_not_a_dicom_series(tmp_path):
     with pytest.raises(InputError, match="no DICOM series"):
         read_volume(tmp_path)
+
+
+def test_segmentation_file_has_slicer_fields_and_geometry(tmp_path):
+    from MedSynthLib.io import write_segmentation
+
+    image = make_phantom()
+    labels = np.zeros(image.array.shape, np.uint8)
+    labels[3:6, 10:20, 10:20] = 1
+    labels[6:8, 20:25, 20:30] = 2
+    segments = [
+        {"value": 1, "name": "lesion 1", "color": (1.0, 0.0, 0.0)},
+        {"value": 2, "name": "oedema", "color": (0.0, 0.5, 1.0)},
+    ]
+    path = write_segmentation(image.with_array(labels), tmp_path / "lesions.seg.nrrd", segments)
+    back = read_volume(path)
+    assert np.array_equal(back.array, labels)
+    assert np.allclose(back.ijk_to_ras, image.ijk_to_ras, atol=1e-6)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("Segment1_Name") == "oedema"
+    assert reader.GetMetaData("Segment1_LabelValue") == "2"
+    assert reader.GetMetaData("Segment0_Color") == "1 0 0"
+    assert reader.GetMetaData("Segmentation_MasterRepresentation") == "Binary labelmap"
+    with pytest.raises(InputError, match="seg.nrrd"):
+        write_segmentation(image.with_array(labels), tmp_path / "lesions.nrrd", segments)
