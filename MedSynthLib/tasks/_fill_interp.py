@@ -1,0 +1,96 @@
+"""Where the good slices are, where the missing ones go, and the two baseline interpolators.
+
+Every fill method works on the same problem: ``good`` slices (G, H, W) at known
+positions along the slice axis, and target positions to synthesise between
+them. Positions are in units of the *output* grid's slice index, so fill
+(positions are the slice indices) and upsampling (original slice ``i`` sits at
+``i * factor``) share one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FillPlan", "make_plan", "gather_context", "linear_fill", "cubic_fill"]
+
+
+@dataclass(frozen=True)
+class FillPlan:
+    """Good slices, their positions, and the queries to answer.
+
+    Attributes
+    ----------
+    positions : ndarray, shape (G,)
+        Increasing positions of the good slices (output slice index units).
+    targets : ndarray, shape (Q,)
+        Positions to synthesise, strictly between two good positions.
+    lower : ndarray of int, shape (Q,)
+        Index into the good slices of the nearest good slice below each target.
+    t : ndarray, shape (Q,)
+        Fractional position of each target between ``lower`` and ``lower + 1``.
+    """
+
+    positions: np.ndarray
+    targets: np.ndarray
+    lower: np.ndarray
+    t: np.ndarray
+
+    @property
+    def gaps(self) -> np.ndarray:
+        """Distance between the good slices bounding each target (output index units)."""
+        return self.positions[self.lower + 1] - self.positions[self.lower]
+
+
+def make_plan(positions: np.ndarray, targets: np.ndarray) -> FillPlan:
+    """Bracket every target between two good positions (the caller has checked they exist)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    lower = np.searchsorted(positions, targets, side="right") - 1
+    lower = np.clip(lower, 0, len(positions) - 2)
+    t = (targets - positions[lower]) / (positions[lower + 1] - positions[lower])
+    return FillPlan(positions=positions, targets=targets, lower=lower.astype(np.int64), t=t)
+
+
+def gather_context(good: np.ndarray, plan: FillPlan, context: int, rows: np.ndarray | None = None):
+    """``before``/``after`` stacks (Q, context, H, W) of good slices around each target, nearest first.
+
+    At the ends of the volume the farthest available slice is repeated.
+    """
+    last = len(good) - 1
+    selected = np.arange(len(plan.targets)) if rows is None else np.asarray(rows)
+    lower = plan.lower[selected]
+    before_idx = np.clip(lower[:, None] - np.arange(context)[None, :], 0, last)
+    after_idx = np.clip(lower[:, None] + 1 + np.arange(context)[None, :], 0, last)
+    return good[before_idx], good[after_idx]
+
+
+def linear_fill(good: np.ndarray, plan: FillPlan) -> np.ndarray:
+    """Linear interpolation between the two bounding good slices; (Q, H, W) float32."""
+    t = plan.t[:, None, None].astype(np.float32)
+    return ((1 - t) * good[plan.lower] + t * good[plan.lower + 1]).astype(np.float32)
+
+
+def cubic_fill(good: np.ndarray, plan: FillPlan) -> np.ndarray:
+    """Cubic Hermite (Catmull-Rom on a non-uniform grid) through the 4 nearest good slices.
+
+    Slopes at the bounding slices are central differences over their neighbours
+    (one-sided at the ends), so it works for irregular gaps and equals
+    Catmull-Rom on a regular grid. (Q, H, W) float32.
+    """
+    x = plan.positions
+    last = len(good) - 1
+    out = np.empty((len(plan.targets),) + good.shape[1:], np.float32)
+    for q, (lo, t) in enumerate(zip(plan.lower, plan.t)):
+        hi = lo + 1
+        h = x[hi] - x[lo]
+        p0, p1 = good[lo].astype(np.float64), good[hi].astype(np.float64)
+        a, b = max(lo - 1, 0), min(hi + 1, last)
+        m0 = (p1 - good[a]) / (x[hi] - x[a]) if a < lo else (p1 - p0) / h
+        m1 = (good[b] - p0) / (x[b] - x[lo]) if b > hi else (p1 - p0) / h
+        t2, t3 = t * t, t * t * t
+        out[q] = (
+            (2 * t3 - 3 * t2 + 1) * p0 + (t3 - 2 * t2 + t) * h * m0 + (-2 * t3 + 3 * t2) * p1 + (t3 - t2) * h * m1
+        )
+    return out
