@@ -56,6 +56,91 @@ def _basic_unet(
     )
 
 
+@register_builder("autoencoder_kl")
+def _autoencoder_kl(
+    *,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    channels: tuple[int, ...] = (16, 32, 32),
+    latent_channels: int = 4,
+    num_res_blocks: int = 1,
+    norm_num_groups: int = 8,
+    attention_levels: tuple[bool, ...] | None = None,
+) -> torch.nn.Module:
+    """MONAI AutoencoderKL: the VAE of the ``vae`` family (lesion shapes); channels divisible by the groups.
+
+    Attention is off by default: lesion masks are small and the attention blocks
+    cost more memory than they add at this size.
+    """
+    from monai.networks.nets import AutoencoderKL
+
+    levels = tuple(attention_levels) if attention_levels is not None else (False,) * len(channels)
+    return AutoencoderKL(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        latent_channels=latent_channels,
+        num_res_blocks=num_res_blocks,
+        norm_num_groups=norm_num_groups,
+        attention_levels=levels,
+        with_encoder_nonlocal_attn=False,
+        with_decoder_nonlocal_attn=False,
+    )
+
+
+@register_builder("diffusion_unet")
+def _diffusion_unet(
+    *,
+    spatial_dims: int = 2,
+    in_channels: int = 2,
+    out_channels: int = 1,
+    channels: tuple[int, ...] = (32, 64, 64),
+    attention_levels: tuple[bool, ...] = (False, False, True),
+    num_res_blocks: int = 1,
+    norm_num_groups: int = 8,
+    num_head_channels: int = 16,
+) -> torch.nn.Module:
+    """MONAI DiffusionModelUNet: the noise predictor of the ``diffusion`` family.
+
+    Conditioning is by concatenation: ``in_channels`` = 1 noisy channel + the
+    task's context channels, so no cross-attention is needed.
+    """
+    from monai.networks.nets import DiffusionModelUNet
+
+    return DiffusionModelUNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        attention_levels=tuple(attention_levels),
+        num_res_blocks=num_res_blocks,
+        norm_num_groups=norm_num_groups,
+        num_head_channels=num_head_channels,
+    )
+
+
+@register_builder("patch_discriminator")
+def _patch_discriminator(
+    *,
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    channels: int = 32,
+    num_layers_d: int = 3,
+) -> torch.nn.Module:
+    """MONAI PatchDiscriminator: the critic of the ``gan`` family (instance norm: small batches)."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=channels,
+        num_layers_d=num_layers_d,
+        norm="INSTANCE",
+    )
+
+
 def _tupleize(value: Any) -> Any:
     """JSON turns tuples into lists; MONAI's layer factories want (name, args) tuples."""
     if isinstance(value, list):

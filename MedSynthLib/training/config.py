@@ -1,0 +1,124 @@
+"""Training configuration: a YAML file, overridden by command-line options.
+
+Every key of :class:`TrainConfig` may appear in the YAML file; an unknown key
+is an error (a typo must not silently train with defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import InputError
+
+__all__ = ["TrainConfig", "load_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the run folder and in the package).
+
+    Parameters
+    ----------
+    task : {"fill", "denoise", "lesion-shape", "lesion-inpaint"}
+    data, labels : list of str
+        Folders or glob patterns of volumes (labels paired with images in sorted order).
+    out : str
+        Run folder: checkpoints, logs, and the package ``NAME.json`` + ``NAME.safetensors``.
+    family : str, optional
+        ``unet``, ``gan``, ``vae`` or ``diffusion``; default: the task's first family.
+    samples_per_epoch : int
+        Random crops drawn per epoch (an "epoch" is this many samples, not a pass over the data).
+    augment : float
+        Strength of the intensity/contrast randomisation (0 = off, 1 = default, 2 = very heavy).
+    task_options, network, loss : dict
+        Options of the task's pair maker, the family's network size, and the loss weights.
+    threads : int, optional
+        CPU threads for torch (``torch.set_num_threads``); None leaves torch's default.
+    """
+
+    task: str = ""
+    data: list = field(default_factory=list)
+    out: str = ""
+    labels: Optional[list] = None
+    family: Optional[str] = None
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 2e-4
+    crop: int = 64
+    samples_per_epoch: int = 512
+    val_fraction: float = 0.2
+    val_samples: int = 32
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    num_workers: int = 0
+    augment: float = 1.0
+    task_options: dict = field(default_factory=dict)
+    network: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+    name: Optional[str] = None
+    description: str = ""
+    threads: Optional[int] = None
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.labels, str):
+            self.labels = [self.labels]
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for values no run can use (before anything is loaded)."""
+        if not self.task:
+            raise InputError("no task given")
+        if not self.data:
+            raise InputError("no training data given: pass --data DIR_OR_GLOB (or `data:` in the config)")
+        if not self.out:
+            raise InputError("no output folder given: pass --out DIR")
+        for name in ("epochs", "batch_size", "samples_per_epoch", "val_samples", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.samples_per_epoch < self.batch_size:
+            raise InputError(f"samples_per_epoch ({self.samples_per_epoch}) must be at least batch_size ({self.batch_size})")
+        if not 0 <= float(self.val_fraction) < 1:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not float(self.lr) > 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
+        if float(self.augment) < 0:
+            raise InputError(f"augment must be >= 0, got {self.augment}")
+        if self.num_workers < 0:
+            raise InputError(f"num_workers must be >= 0, got {self.num_workers}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**mapping)
+
+
+def load_config(path: str | Path, *, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """Read a YAML config and apply ``overrides`` (keys whose value is None are ignored)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        mapping = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"config file {path.name} is not valid YAML: {error}") from None
+    if not isinstance(mapping, dict):
+        raise InputError(f"config file {path.name} must hold a mapping of keys to values")
+    mapping = {key.replace("-", "_"): value for key, value in mapping.items()}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            mapping[key] = value
+    return TrainConfig.from_mapping(mapping, source=path.name)
