@@ -1,0 +1,695 @@
+"""Enhance volumes: estimate noise, denoise, correct the bias field, super-resolve through-plane, or
+all of them as one atomic pipeline.
+
+Every function takes a :class:`~MedSynthLib.volume.Volume` and returns a frozen
+result with a new volume on the same grid (except super-resolution, which
+changes the slice spacing on purpose) in the input's dtype, plus a ``report``
+dict. Inputs are never modified; a cancellation raises
+:class:`~MedSynthLib.errors.Cancelled` and leaves them as they were.
+
+Methods
+-------
+``denoise(method=...)``:
+
+``selfsup``
+    A blind-spot network trained on this volume alone (Noise2Self family);
+    see :mod:`MedSynthLib.tasks._denoise_selfsup`. Best quality, about a
+    minute or two on a CPU for a 1 mm brain.
+``model``
+    A trained denoise model package (``task="denoise"``) applied slice by slice
+    with 2.5D context (:mod:`MedSynthLib.tasks._denoise_inputs`).
+``nlm``
+    scikit-image non-local means, patch 5, distance 3, ``h = 0.8 sigma``.
+``aniso``
+    SimpleITK curvature anisotropic diffusion, iterations from the noise level.
+``auto``
+    ``model`` when a package is given, else ``selfsup`` on a GPU or for volumes up
+    to :data:`AUTO_SELFSUP_MAX_VOXELS` voxels, else ``nlm``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from ..engine import EngineReport, select_device, describe_device
+from ..errors import InputError, MedSynthError
+from ..intensity import guess_modality, restore_dtype
+from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ..volume import Volume, array_axis, validate_volume
+from ._noise import NoiseEstimate, estimate_noise_array, otsu_foreground
+
+__all__ = [
+    "DENOISE_METHODS",
+    "AUTO_SELFSUP_MAX_VOXELS",
+    "NoiseEstimate",
+    "DenoiseResult",
+    "BiasResult",
+    "SuperResolveResult",
+    "EnhanceResult",
+    "EnhanceStep",
+    "estimate_noise",
+    "denoise",
+    "correct_bias",
+    "super_resolve",
+    "parse_steps",
+    "enhance",
+]
+
+log = logging.getLogger(__name__)
+
+DENOISE_METHODS = ("auto", "selfsup", "model", "nlm", "aniso")
+
+#: ``auto`` trains the self-supervised network on a CPU only up to this size (an MNI brain is 8.7 M).
+AUTO_SELFSUP_MAX_VOXELS = 12_000_000
+
+MaskLike = Union[np.ndarray, Volume, None]
+
+
+# ---- results ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DenoiseResult:
+    """A denoised volume (same grid and dtype as the input), the noise estimate and a report."""
+
+    volume: Volume
+    noise: NoiseEstimate
+    report: dict
+
+
+@dataclass(frozen=True)
+class BiasResult:
+    """The bias-corrected volume and the multiplicative field (float32, geometric mean 1 in the mask).
+
+    Unpacks as ``corrected, field = correct_bias(volume)``.
+    """
+
+    volume: Volume
+    field: Volume
+    report: dict
+
+    def __iter__(self) -> Iterator[Volume]:
+        return iter((self.volume, self.field))
+
+
+@dataclass(frozen=True)
+class SuperResolveResult:
+    """A volume upsampled through-plane (new slice spacing, same physical extent of the original slices)."""
+
+    volume: Volume
+    report: dict
+
+
+@dataclass(frozen=True)
+class EnhanceResult:
+    """The output of a whole pipeline; ``field`` is the last bias step's field, if any."""
+
+    volume: Volume
+    field: Optional[Volume]
+    steps: tuple[dict, ...]
+    report: dict
+
+
+@dataclass(frozen=True)
+class EnhanceStep:
+    """One parsed pipeline step: ``name`` is ``bias``, ``denoise`` or ``upsample``."""
+
+    name: str
+    options: dict
+
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({extra})" if extra else self.name
+
+
+# ---- validation helpers ----------------------------------------------------------------------
+def _check_mask(volume: Volume, mask: MaskLike) -> Optional[np.ndarray]:
+    """A boolean array on ``volume``'s grid, or None; refuses empty masks and other grids."""
+    if mask is None:
+        return None
+    if isinstance(mask, Volume):
+        if mask.array.shape != volume.array.shape:
+            raise InputError(
+                f"the mask has shape {mask.array.shape} (KJI) but the volume has {volume.array.shape}; "
+                "resample the mask onto the volume's grid first"
+            )
+        if not volume.same_grid(mask, atol=1e-3):
+            raise InputError(
+                "the mask is on another grid than the volume (same size, different origin, spacing or "
+                "direction); resample the mask onto the volume's grid first"
+            )
+        array = mask.array
+    else:
+        array = np.asarray(mask)
+        if array.shape != volume.array.shape:
+            raise InputError(f"the mask has shape {array.shape} but the volume has {volume.array.shape}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError("the mask contains NaN or infinite values")
+    boolean = array != 0
+    if not boolean.any():
+        raise InputError("the mask is empty (every voxel is 0); give a mask that marks the tissue")
+    return boolean
+
+
+def _check_strength(strength: float) -> float:
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise InputError(f"strength must be a number in [0, 2], got {strength!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 2.0:
+        raise InputError(f"strength must be a number in [0, 2], got {strength!r}")
+    return value
+
+
+def _finish(volume: Volume, values: np.ndarray, mask: Optional[np.ndarray], *, clip: bool = True) -> Volume:
+    """Cast back to the input's dtype (clipped to its range); voxels outside ``mask`` kept bit for bit."""
+    array = volume.array
+    bounds = (float(array.min()), float(array.max())) if clip else None
+    out = restore_dtype(values, array.dtype, clip=bounds)
+    if mask is not None:
+        out = np.where(mask, out, array)
+    return Volume(out, volume.ijk_to_ras.copy())
+
+
+# ---- noise -----------------------------------------------------------------------------------
+def estimate_noise(volume: Volume, *, mask: MaskLike = None, modality: Optional[str] = None) -> NoiseEstimate:
+    """Estimate the noise standard deviation of ``volume`` in its own units.
+
+    Parameters
+    ----------
+    volume : Volume
+    mask : ndarray or Volume, optional
+        Tissue region (same grid). Default: an Otsu foreground.
+    modality : {"MR", "CT"}, optional
+        Default: :func:`MedSynthLib.intensity.guess_modality`. MR is treated as
+        a Rician magnitude image, CT as Gaussian.
+
+    Returns
+    -------
+    NoiseEstimate
+        ``sigma`` of the underlying Gaussian noise, the model and the method used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> clean = np.zeros((20, 64, 64), np.float32); clean[4:16, 16:48, 16:48] = 100
+    >>> noisy = np.hypot(clean + rng.normal(0, 5, clean.shape), rng.normal(0, 5, clean.shape))
+    >>> round(estimate_noise(Volume(noisy, np.eye(4))).sigma)
+    5
+    """
+    validate_volume(volume)
+    if modality is not None and modality not in ("MR", "CT"):
+        raise InputError(f"modality must be 'MR' or 'CT', got {modality!r}")
+    return estimate_noise_array(volume, mask=_check_mask(volume, mask), modality=modality)
+
+
+# ---- denoise ---------------------------------------------------------------------------------
+def _choose_method(method: str, volume: Volume, model: Any, device: str) -> str:
+    if method != "auto":
+        return method
+    if model is not None:
+        return "model"
+    if select_device(device).type != "cpu" or volume.array.size <= AUTO_SELFSUP_MAX_VOXELS:
+        return "selfsup"
+    return "nlm"
+
+
+def _denoise_model(
+    volume: Volume, *, model: Any, strength: float, device: str, batch_size: int,
+    progress: Optional[ProgressCallback], cancel: Optional[CancelToken], engine_report: EngineReport,
+) -> tuple[np.ndarray, dict]:
+    from ..engine import run_slices
+    from ..models.package import LoadedModel, load_package
+    from ._denoise_inputs import (assemble_denoise_outputs, check_denoise_input_spec, make_denoise_inputs,
+                                  normalise_for_denoise)
+
+    loaded = model if isinstance(model, LoadedModel) else load_package(model, task="denoise")
+    context = check_denoise_input_spec(loaded.metadata["input"], name=f"model package {loaded.info.name}")
+    axis = volume.slice_axis()
+    normalised, scale = normalise_for_denoise(volume.array)
+    inputs = make_denoise_inputs(normalised, axis=axis, context=context)
+    outputs = run_slices(loaded.network, inputs, device=device, batch_size=batch_size, progress=progress,
+                         cancel=cancel, report_to=engine_report)
+    denoised = scale.inverse(assemble_denoise_outputs(outputs, axis=axis))
+    blend = min(strength, 1.0)
+    original = volume.array.astype(np.float64)
+    values = original + blend * (denoised - original)
+    return values, {"package": loaded.info.name, "context": context, "axis": int(axis), "blend": blend}
+
+
+def denoise(
+    volume: Volume,
+    *,
+    method: str = "auto",
+    strength: float = 1.0,
+    mask: MaskLike = None,
+    model: Any = None,
+    modality: Optional[str] = None,
+    device: str = "auto",
+    seed: int = 0,
+    training_steps: Optional[int] = None,
+    batch_size: int = 16,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> DenoiseResult:
+    """Remove noise from ``volume``, keeping its grid and dtype (integer CT stays integer HU).
+
+    Parameters
+    ----------
+    volume : Volume
+    method : {"auto", "selfsup", "model", "nlm", "aniso"}
+        See the module notes; ``auto`` picks ``model`` when ``model`` is given.
+    strength : float in [0, 2]
+        1 is the method's calibrated setting; 0 returns the input unchanged.
+        For ``selfsup`` it scales the noise variance the fusion trusts, for
+        ``nlm`` the filter parameter ``h``, for ``aniso`` the iterations; for
+        ``model`` it blends output and input (values above 1 act as 1).
+    mask : ndarray or Volume, optional
+        Region to denoise (same grid); voxels outside stay bit-identical. The
+        noise is estimated inside it.
+    model : path or LoadedModel, optional
+        A denoise model package, for ``method="model"``.
+    modality : {"MR", "CT"}, optional
+        Overrides the guess; MR noise is Rician, CT noise Gaussian.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (network methods).
+    seed : int
+        Seeds the self-supervised training: same seed, same CPU result.
+    training_steps : int, optional
+        Self-supervised training steps (default from
+        :class:`~MedSynthLib.tasks._denoise_selfsup.SelfSupSettings`); fewer is faster.
+
+    Returns
+    -------
+    DenoiseResult
+
+    Raises
+    ------
+    InputError
+        Unknown method, strength outside [0, 2], an empty mask or one on another
+        grid, ``method="model"`` without a model.
+    Cancelled
+        ``cancel`` was set; the input is untouched.
+    """
+    validate_volume(volume)
+    if method not in DENOISE_METHODS:
+        raise InputError(f"method must be one of {', '.join(DENOISE_METHODS)}, got {method!r}")
+    strength = _check_strength(strength)
+    if modality is not None and modality not in ("MR", "CT"):
+        raise InputError(f"modality must be 'MR' or 'CT', got {modality!r}")
+    if method == "model" and model is None:
+        raise InputError("method 'model' needs a denoise model package (model=PATH, or --model on the command line)")
+    if training_steps is not None and (int(training_steps) != training_steps or training_steps < 1):
+        raise InputError(f"training_steps must be a positive integer, got {training_steps!r}")
+    boolean_mask = _check_mask(volume, mask)
+    start = time.perf_counter()
+    chosen = _choose_method(method, volume, model, device)
+    check_cancel(cancel)
+    report(progress, 0.0, "estimating noise")
+    noise = estimate_noise_array(volume, mask=boolean_mask, modality=modality)
+    warnings: list[str] = []
+    engine_report = EngineReport(device_requested=str(device))
+    details: dict = {}
+    data = volume.array.astype(np.float32)
+    step_progress = subrange(progress, 0.05, 1.0)
+
+    if strength == 0:
+        values = data
+        warnings.append("strength 0: the volume was returned unchanged")
+    elif noise.sigma <= 0:
+        values = data
+        warnings.append("no noise was measurable in this volume; it was returned unchanged")
+    elif chosen == "nlm":
+        values, details = _nlm(data, noise, strength, step_progress, cancel)
+    elif chosen == "aniso":
+        from ._denoise_classical import aniso_iterations, denoise_aniso
+
+        relative = noise.sigma / max(abs(noise.signal), 1e-6)
+        values, details = denoise_aniso(data, iterations=aniso_iterations(relative, strength),
+                                        progress=step_progress, cancel=cancel)
+    elif chosen == "model":
+        values, details = _denoise_model(volume, model=model, strength=strength, device=device,
+                                         batch_size=batch_size, progress=step_progress, cancel=cancel,
+                                         engine_report=engine_report)
+        if strength > 1:
+            warnings.append("strength above 1 has no further effect with a model; 1 was used")
+    else:  # selfsup
+        values, details = _selfsup(volume, data, noise, boolean_mask, strength, seed, device, training_steps,
+                                   step_progress, cancel, engine_report)
+    if engine_report.fallbacks:
+        warnings.extend(engine_report.fallbacks)
+    check_cancel(cancel)
+    output = _finish(volume, values, boolean_mask)
+    seconds = time.perf_counter() - start
+    uses_device = chosen in ("selfsup", "model")
+    result_report = {
+        "task": "denoise",
+        "method": chosen,
+        "method_requested": method,
+        "strength": strength,
+        "seed": int(seed),
+        "noise": noise.as_dict(),
+        "device": engine_report.device_used if uses_device else "cpu",
+        "engine": engine_report.as_dict() if uses_device else None,
+        "parameters": details,
+        "masked": boolean_mask is not None,
+        "seconds": round(seconds, 3),
+        "warnings": warnings,
+    }
+    report(progress, 1.0, f"denoised ({chosen})")
+    return DenoiseResult(volume=output, noise=noise, report=result_report)
+
+
+def _nlm(data: np.ndarray, noise: NoiseEstimate, strength: float,
+         progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
+    from ._denoise_classical import denoise_nlm
+
+    return denoise_nlm(data, sigma=noise.sigma, strength=strength, progress=progress, cancel=cancel)
+
+
+def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, mask: Optional[np.ndarray], strength: float,
+             seed: int, device: str, training_steps: Optional[int], progress: Optional[ProgressCallback],
+             cancel: Optional[CancelToken], engine_report: EngineReport) -> tuple[np.ndarray, dict]:
+    from ._denoise_selfsup import SelfSupSettings, denoise_selfsup
+
+    settings = SelfSupSettings() if training_steps is None else SelfSupSettings(steps=int(training_steps))
+    spacing = [volume.spacing_along(a) for a in range(3)]
+    planar = max(spacing) > 1.5 * min(spacing)
+    axis = volume.slice_axis() if planar else 0
+    foreground = mask if mask is not None else otsu_foreground(data)
+    rician = noise.model == "rician"
+    if rician and data.min() < 0:
+        rician = False  # a "magnitude" image with negative values is not one: treat its noise as Gaussian
+    moved = np.moveaxis(data, axis, 0)
+    values, details = denoise_selfsup(
+        np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
+        foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar, strength=strength,
+        seed=seed, device=device, settings=settings, progress=progress, cancel=cancel, engine_report=engine_report,
+    )
+    details["slice_axis"] = int(axis)
+    details["noise_model"] = "rician" if rician else "gaussian"
+    return np.moveaxis(values, 0, axis), details
+
+
+# ---- bias ------------------------------------------------------------------------------------
+def correct_bias(
+    volume: Volume,
+    *,
+    mask: MaskLike = None,
+    shrink: int = 4,
+    iterations: Sequence[int] = (50, 50, 50, 50),
+    control_points: int = 4,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> BiasResult:
+    """Remove a smooth multiplicative intensity field (MR shading) with N4.
+
+    Parameters
+    ----------
+    volume : Volume
+    mask : ndarray or Volume, optional
+        Where the field is fitted (same grid). Default: an Otsu foreground.
+        The correction is applied everywhere.
+    shrink : int
+        Fit on an image shrunk by this factor per axis (an axis keeps at least 8
+        voxels); 1 fits at full resolution (slow). The field is always evaluated
+        at full resolution.
+    iterations : sequence of int
+        Maximum iterations per fitting level (one entry per level).
+    control_points : int
+        B-spline control points per axis at the coarsest level (>= 4).
+
+    Returns
+    -------
+    BiasResult
+        ``volume``: ``input / field`` in the input's dtype; ``field``: float32 on
+        the same grid, geometric mean 1 inside the mask.
+
+    Notes
+    -----
+    N4 works on the logarithm of intensities, so it needs positive values inside
+    the mask. Non-positive values there (CT, or a background offset) are handled
+    by shifting the image up for the fit and shifting back after dividing, and
+    the report says so.
+
+    Raises
+    ------
+    InputError
+        A shrink below 1, bad iterations, an empty mask or one on another grid.
+    """
+    validate_volume(volume, min_slices=2)
+    if isinstance(shrink, bool) or int(shrink) != shrink or not 1 <= int(shrink) <= 16:
+        raise InputError(f"shrink must be an integer from 1 to 16, got {shrink!r}")
+    iterations = list(iterations)
+    if not iterations or any(int(i) != i or i < 1 for i in iterations):
+        raise InputError(f"iterations must be a list of positive integers (one per level), got {iterations!r}")
+    if int(control_points) != control_points or control_points < 4:
+        raise InputError(f"control_points must be an integer >= 4, got {control_points!r}")
+    from ._bias import n4_field
+
+    boolean_mask = _check_mask(volume, mask)
+    start = time.perf_counter()
+    check_cancel(cancel)
+    report(progress, 0.0, "N4: preparing")
+    data = volume.array.astype(np.float32)
+    fit_mask = boolean_mask if boolean_mask is not None else otsu_foreground(data)
+    if not fit_mask.any():
+        raise InputError("no foreground was found for bias correction; give a mask")
+    warnings: list[str] = []
+    low = float(data[fit_mask].min())
+    shift = 0.0
+    if low <= 0:
+        span = float(data[fit_mask].max()) - low
+        shift = -low + max(0.01 * span, 1e-3)
+        warnings.append(f"intensities inside the mask reach {low:g}; shifted by {shift:g} for N4 (needs positive values)")
+    field, details = n4_field(data + shift, fit_mask, spacing_kji=[volume.spacing_along(a) for a in range(3)],
+                              shrink=int(shrink), iterations=[int(i) for i in iterations],
+                              control_points=int(control_points), progress=progress, cancel=cancel)
+    corrected = (data.astype(np.float64) + shift) / field - shift
+    output = _finish(volume, corrected, None, clip=False)
+    field_volume = Volume(field, volume.ijk_to_ras.copy())
+    seconds = time.perf_counter() - start
+    result_report = {
+        "task": "bias",
+        "method": "n4",
+        "device": "cpu",
+        "shrink": int(shrink),
+        "shift": shift,
+        "mask": "given" if boolean_mask is not None else "otsu",
+        "mask_voxels": int(fit_mask.sum()),
+        "parameters": details,
+        "seconds": round(seconds, 3),
+        "warnings": warnings,
+    }
+    return BiasResult(volume=output, field=field_volume, report=result_report)
+
+
+# ---- super-resolution ------------------------------------------------------------------------
+def super_resolve(
+    volume: Volume,
+    factor: int,
+    *,
+    axis: Union[int, str, None] = None,
+    method: str = "auto",
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    **options: Any,
+) -> SuperResolveResult:
+    """Upsample ``volume`` through-plane by ``factor`` with the fill machinery.
+
+    One implementation, two entry points: this calls
+    :func:`MedSynthLib.tasks.fill.upsample_slices`, so every method of the fill
+    task (``linear``, ``cubic``, ``flow``, ``selfsup``, ``model``, ``auto``) is
+    available. Original slices keep their physical position; the slice spacing
+    becomes ``spacing / factor``.
+
+    Parameters
+    ----------
+    factor : int
+        Upsampling factor (>= 2).
+    axis : "i", "j", "k", int or None
+        Array axis to upsample; default the thickest (the slice axis).
+    method : str
+        A fill method name, passed through.
+    **options
+        Further keyword arguments of ``upsample_slices``.
+    """
+    validate_volume(volume)
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 2:
+        raise InputError(f"factor must be an integer >= 2, got {factor!r}")
+    resolved_axis = array_axis(axis, volume)
+    try:
+        from .fill import upsample_slices
+    except ImportError as error:
+        raise MedSynthError(
+            f"through-plane super-resolution needs MedSynthLib.tasks.fill.upsample_slices, which is not available ({error})"
+        ) from None
+    start = time.perf_counter()
+    accepted = inspect.signature(upsample_slices).parameters
+    kwargs = dict(options)
+    for name, value in (("progress", progress), ("cancel", cancel)):
+        if name in accepted:
+            kwargs[name] = value
+    result = upsample_slices(volume, factor=int(factor), axis=resolved_axis, method=method, **kwargs)
+    check_cancel(cancel)
+    output = result if isinstance(result, Volume) else getattr(result, "volume")
+    inner = dict(getattr(result, "report", {}) or {})
+    result_report = {
+        "task": "super_resolve",
+        "method": inner.get("method", method),
+        "factor": int(factor),
+        "axis": int(resolved_axis),
+        "spacing_before": list(volume.spacing),
+        "spacing_after": list(output.spacing),
+        "device": inner.get("device", "cpu"),
+        "fill_report": inner,
+        "seconds": round(time.perf_counter() - start, 3),
+        "warnings": list(inner.get("warnings", [])),
+    }
+    return SuperResolveResult(volume=output, report=result_report)
+
+
+# ---- pipeline --------------------------------------------------------------------------------
+_STEP_NAMES = {"bias": "bias", "n4": "bias", "denoise": "denoise", "upsample": "upsample", "superres": "upsample"}
+
+
+def parse_steps(steps: Union[str, Sequence[Union[str, EnhanceStep]]]) -> list[EnhanceStep]:
+    """Parse pipeline steps such as ``"bias,denoise,upsample:2"``; every step is checked before any runs.
+
+    Grammar, per step: ``bias[:SHRINK]``, ``denoise[:METHOD[:STRENGTH]]``, ``upsample:FACTOR[:METHOD]``.
+
+    Examples
+    --------
+    >>> [s.label() for s in parse_steps("bias:2,denoise:nlm,upsample:3")]
+    ['bias(shrink=2)', 'denoise(method=nlm)', 'upsample(factor=3)']
+    """
+    items = [s.strip() for s in steps.split(",")] if isinstance(steps, str) else list(steps)
+    if not items or any(item == "" for item in items):
+        raise InputError(f"steps must be a non-empty comma-separated list such as 'bias,denoise,upsample:2', got {steps!r}")
+    parsed: list[EnhanceStep] = []
+    for item in items:
+        if isinstance(item, EnhanceStep):
+            parsed.append(item)
+            continue
+        if not isinstance(item, str):
+            raise InputError(f"each step must be a string such as 'denoise:nlm', got {item!r}")
+        name, *args = [part.strip() for part in item.split(":")]
+        kind = _STEP_NAMES.get(name.lower())
+        if kind is None:
+            raise InputError(f"unknown step {item!r}; steps are bias[:SHRINK], denoise[:METHOD[:STRENGTH]], upsample:FACTOR[:METHOD]")
+        options: dict = {}
+        try:
+            if kind == "bias":
+                if len(args) > 1:
+                    raise ValueError
+                if args:
+                    options["shrink"] = int(args[0])
+                    if not 1 <= options["shrink"] <= 16:
+                        raise ValueError
+            elif kind == "denoise":
+                if len(args) > 2:
+                    raise ValueError
+                if args and args[0]:
+                    if args[0] not in DENOISE_METHODS:
+                        raise ValueError
+                    options["method"] = args[0]
+                if len(args) == 2:
+                    options["strength"] = _check_strength(float(args[1]))
+            else:
+                if not 1 <= len(args) <= 2:
+                    raise ValueError
+                options["factor"] = int(args[0])
+                if options["factor"] < 2:
+                    raise ValueError
+                if len(args) == 2:
+                    options["method"] = args[1]
+        except (ValueError, InputError):
+            raise InputError(
+                f"step {item!r} is malformed; use bias[:SHRINK 1-16], denoise[:METHOD[:STRENGTH 0-2]] "
+                f"(methods: {', '.join(DENOISE_METHODS)}), upsample:FACTOR>=2[:METHOD]"
+            ) from None
+        parsed.append(EnhanceStep(kind, options))
+    return parsed
+
+
+def enhance(
+    volume: Volume,
+    *,
+    steps: Union[str, Sequence[Union[str, EnhanceStep]]],
+    mask: MaskLike = None,
+    model: Any = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> EnhanceResult:
+    """Run ``steps`` in order and return the result only when every step succeeded.
+
+    Parameters
+    ----------
+    steps : str or sequence
+        E.g. ``["bias", "denoise", "upsample:2"]`` or ``"bias,denoise:nlm"``;
+        see :func:`parse_steps`. All steps are parsed and checked first.
+    mask : ndarray or Volume, optional
+        Tissue mask for ``bias`` and ``denoise`` (same grid). Such steps cannot
+        follow an ``upsample`` step when a mask is given (the grid changed).
+    model, device, seed
+        Passed to the denoise steps.
+
+    Returns
+    -------
+    EnhanceResult
+        The final volume; nothing partial is ever returned: an error or a
+        cancellation in any step raises and the input is untouched.
+    """
+    validate_volume(volume)
+    parsed = parse_steps(steps)
+    boolean_mask = _check_mask(volume, mask)
+    if boolean_mask is not None:
+        upsampled = False
+        for step in parsed:
+            if step.name == "upsample":
+                upsampled = True
+            elif upsampled:
+                raise InputError(f"step {step.label()} uses the mask but comes after an upsample step, which changes "
+                                 "the grid; put upsample last")
+    start = time.perf_counter()
+    current = volume
+    field_volume: Optional[Volume] = None
+    reports: list[dict] = []
+    count = len(parsed)
+    for number, step in enumerate(parsed):
+        check_cancel(cancel)
+        step_progress = subrange(progress, number / count, (number + 1) / count)
+        report(progress, number / count, f"step {number + 1}/{count}: {step.label()}")
+        if step.name == "bias":
+            outcome = correct_bias(current, mask=boolean_mask, progress=step_progress, cancel=cancel, **step.options)
+            field_volume = outcome.field
+        elif step.name == "denoise":
+            outcome = denoise(current, mask=boolean_mask, model=model, device=device, seed=seed,
+                              progress=step_progress, cancel=cancel, **step.options)
+        else:
+            outcome = super_resolve(current, step.options["factor"], method=step.options.get("method", "auto"),
+                                    progress=step_progress, cancel=cancel)
+        current = outcome.volume
+        reports.append({"step": step.label(), **outcome.report})
+    check_cancel(cancel)
+    seconds = time.perf_counter() - start
+    warnings = [f"{r['step']}: {w}" for r in reports for w in r.get("warnings", [])]
+    result_report = {
+        "task": "enhance",
+        "method": "+".join(s.label() for s in parsed),
+        "steps": reports,
+        "device": ",".join(sorted({str(r.get("device", "cpu")) for r in reports})),
+        "seconds": round(seconds, 3),
+        "warnings": warnings,
+    }
+    report(progress, 1.0, "enhance done")
+    return EnhanceResult(volume=current, field=field_volume, steps=tuple(reports), report=result_report)
