@@ -32,6 +32,10 @@ class TrainConfig:
         Random crops drawn per epoch (an "epoch" is this many samples, not a pass over the data).
     augment : float
         Strength of the intensity/contrast randomisation (0 = off, 1 = default, 2 = very heavy).
+    resample_each_epoch : bool
+        True (default): every epoch draws new crops. False: the same
+        ``samples_per_epoch`` crops every epoch (a fixed dataset, e.g. to check
+        that a configuration can overfit).
     task_options, network, loss : dict
         Options of the task's pair maker, the family's network size, and the loss weights.
     threads : int, optional
@@ -55,6 +59,7 @@ class TrainConfig:
     amp: bool = False
     num_workers: int = 0
     augment: float = 1.0
+    resample_each_epoch: bool = True
     task_options: dict = field(default_factory=dict)
     network: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)

@@ -277,6 +277,7 @@ class PairDataset(torch.utils.data.Dataset):
         seed: int,
         augment: float,
         stream: int = 0,
+        resample_each_epoch: bool = True,
     ) -> None:
         if not volumes:
             raise InputError("no volumes to draw training samples from")
@@ -286,6 +287,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.stream = int(stream)
         self.epoch = 0
+        self.resample_each_epoch = bool(resample_each_epoch) and stream == 0
         self.intensity = intensity_augmentation(augment) if pair_maker.intensity_augment else None
         self.spatial = spatial_augmentation(pair_maker.spatial_dims) if augment > 0 else None
         sizes = np.array([v.array.size for v in volumes], dtype=np.float64)
@@ -298,7 +300,7 @@ class PairDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        seed = sample_seed(self.seed, self.epoch if self.stream == 0 else 0, index, self.stream)
+        seed = sample_seed(self.seed, self.epoch if self.resample_each_epoch else 0, index, self.stream)
         rng = np.random.default_rng(seed)
         volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
         pair = self.pair_maker.sample(

@@ -325,7 +325,8 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
         log.warning("--amp needs a CUDA device; training in float32 on %s", device)
 
     train_volumes, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
-    train_set = PairDataset(train_volumes, pair_maker, length=config.samples_per_epoch, seed=config.seed, augment=config.augment)
+    train_set = PairDataset(train_volumes, pair_maker, length=config.samples_per_epoch, seed=config.seed,
+                            augment=config.augment, resample_each_epoch=config.resample_each_epoch)
     val_set = PairDataset(val_volumes, pair_maker, length=config.val_samples, seed=config.seed, augment=0.0, stream=1)
     val_batches = [
         torch.utils.data.default_collate([val_set[i] for i in range(start, min(start + config.batch_size, len(val_set)))])

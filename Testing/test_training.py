@@ -1,0 +1,238 @@
+"""medsynth-train on tiny configs: every task x family pair learns, resume is exact, DDP runs, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_phantom
+
+from MedSynthLib.errors import Cancelled, InputError
+from MedSynthLib.io import write_volume
+from MedSynthLib.models import load_package
+from MedSynthLib.training import TrainConfig, load_checkpoint, train, valid_pairs
+from MedSynthLib.training.cli import main as train_main
+
+torch.set_num_threads(1)
+
+TINY_NETWORKS = {
+    "unet": {"features": [4, 4, 8, 8, 16, 4]},
+    "gan": {"features": [4, 4, 8, 8, 16, 4], "discriminator_channels": 4, "discriminator_layers": 2},
+    "diffusion": {"channels": [8, 8, 16], "num_head_channels": 8, "norm_num_groups": 4},
+    "vae": {"channels": [8, 8], "norm_num_groups": 4, "latent_channels": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Two oblique, anisotropic phantoms with lesion-like label maps on the same grids."""
+    root = tmp_path_factory.mktemp("train_data")
+    for seed in range(2):
+        volume = make_phantom((12, 40, 48), seed=seed)
+        write_volume(volume, root / "images" / f"case{seed}.nii.gz")
+        label = (volume.array > 150).astype(np.uint8)
+        write_volume(volume.with_array(label), root / "labels" / f"case{seed}.nii.gz")
+    return root
+
+
+def tiny_config(root: Path, out: Path, task: str, family: str, **changes) -> TrainConfig:
+    settings = dict(
+        task=task,
+        family=family,
+        data=[str(root / "images")],
+        labels=[str(root / "labels")] if task.startswith("lesion") else None,
+        out=str(out),
+        epochs=4,
+        batch_size=4,
+        samples_per_epoch=8,
+        crop=32 if family in ("unet", "gan") else 16,
+        val_samples=4,
+        lr=3e-3,
+        augment=0.0,
+        resample_each_epoch=False,
+        network=TINY_NETWORKS[family],
+        loss={"num_train_timesteps": 100, "val_ddim_steps": 4} if family == "diffusion" else {},
+        tensorboard=False,
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+PAIRS = [(task, family) for task, families in valid_pairs().items() for family in families]
+
+
+def test_every_task_has_a_family_and_the_issue_pairs_exist():
+    pairs = valid_pairs()
+    assert set(pairs) == {"fill", "denoise", "lesion-shape", "lesion-inpaint"}
+    assert pairs["lesion-shape"] == ("vae",)
+    assert {"unet", "gan", "diffusion"} <= set(pairs["fill"])
+
+
+@pytest.mark.parametrize(("task", "family"), PAIRS)
+def test_tiny_run_learns_and_writes_a_valid_package(tiny_data, tmp_path, task, family):
+    config = tiny_config(tiny_data, tmp_path / "run", task, family)
+    result = train(config, quiet=True)
+    losses = result.step_losses
+    assert len(losses) == config.epochs * 2
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    package = load_package(result.package, task=task)
+    assert package.info.family == family
+    assert package.metadata["metrics"], "validation metrics are recorded in the package"
+    spec = package.metadata["input"]
+    if task == "fill":
+        from MedSynthLib.tasks._fill_inputs import check_fill_input_spec
+
+        check_fill_input_spec(spec)
+    elif task == "denoise":
+        from MedSynthLib.tasks._denoise_inputs import check_denoise_input_spec
+
+        assert check_denoise_input_spec(spec) == spec["context"]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(line["event"] == "epoch" for line in lines) == config.epochs
+    assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")  # weights_only=True
+    assert checkpoint["epoch"] == config.epochs and checkpoint["task"] == task
+
+
+@pytest.mark.parametrize("family", ["unet", "gan", "diffusion"])
+def test_resume_after_interrupt_gives_the_same_losses(tiny_data, tmp_path, family):
+    settings = dict(epochs=2, resample_each_epoch=True, augment=1.0)
+    reference = train(tiny_config(tiny_data, tmp_path / "full", "fill", family, **settings), quiet=True)
+
+    def interrupt(record):
+        if record["global_step"] == 3:  # in the middle of epoch 2
+            raise KeyboardInterrupt
+
+    config = tiny_config(tiny_data, tmp_path / "cut", "fill", family, **settings)
+    with pytest.raises(Cancelled, match="--resume"):
+        train(config, on_step=interrupt, quiet=True)
+    first = [json.loads(line)["loss"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "step"]
+    resumed = train(config, resume=True, quiet=True)
+    assert first + resumed.step_losses == pytest.approx(reference.step_losses, rel=1e-5, abs=1e-7)
+    assert resumed.history[-1]["val_psnr"] == pytest.approx(reference.history[-1]["val_psnr"], rel=1e-5)
+
+
+def test_ddp_two_cpu_processes_with_gloo(tiny_data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "task: denoise\nfamily: unet\nnetwork: {features: [4, 4, 8, 8, 16, 4]}\ncrop: 32\n"
+        "samples_per_epoch: 8\nval_samples: 2\naugment: 0.5\ntensorboard: false\nthreads: 1\n"
+    )
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "MedSynthLib.training", "denoise", "--config", str(config), "--data", str(tiny_data / "images"),
+        "--out", str(out), "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert len(steps) == 2 * 2  # 8 samples / (2 processes x batch 2) = 2 steps per epoch, rank 0 writes once
+    load_package(out / "denoise_unet.json", task="denoise")
+
+
+def test_cli_trains_and_lists_the_valid_pairs(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert "lesion-shape" in capsys.readouterr().out
+    config = tmp_path / "tiny.yaml"
+    config.write_text("network: {channels: [8, 8], norm_num_groups: 4, latent_channels: 2}\nval_samples: 2\ntensorboard: false\n")
+    code = train_main([
+        "lesion-shape", "--data", str(tiny_data / "images"), "--labels", str(tiny_data / "labels"),
+        "--out", str(tmp_path / "run"), "--config", str(config), "--epochs", "1", "--batch-size", "2",
+        "--samples-per-epoch", "2", "--crop", "16", "--quiet",
+    ])
+    assert code == 0
+    assert load_package(tmp_path / "run" / "lesion_shape_vae.json", task="lesion-shape").info.family == "vae"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_empty_data_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no volumes found"):
+        train(tiny_config(tmp_path, tmp_path / "run", "denoise", "unet", data=[str(tmp_path / "empty")]))
+
+
+def test_unreadable_volumes_are_skipped_then_refused_when_none_is_left(tiny_data, tmp_path, caplog):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "garbage.nii.gz").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="none of the 1 volumes could be read"):
+        train(tiny_config(tmp_path, tmp_path / "run", "denoise", "unet", data=[str(broken)]))
+    mixed = [str(broken / "*.nii.gz"), str(tiny_data / "images" / "*.nii.gz")]
+    result = train(tiny_config(tiny_data, tmp_path / "run2", "denoise", "unet", data=mixed, epochs=1), quiet=True)
+    assert result.package.is_file()
+    assert "garbage.nii.gz" in caplog.text
+
+
+def test_labels_that_do_not_match_their_images_are_refused(tiny_data, tmp_path):
+    wrong = tmp_path / "wrong_labels"
+    for seed in range(2):
+        write_volume(make_phantom((12, 40, 40), seed=seed, dtype=np.uint8), wrong / f"case{seed}.nii.gz")
+    with pytest.raises(InputError, match="labels must be on the image's grid"):
+        train(tiny_config(tiny_data, tmp_path / "run", "lesion-inpaint", "unet", labels=[str(wrong)]))
+    with pytest.raises(InputError, match="2 images but 1 label maps"):
+        train(tiny_config(tiny_data, tmp_path / "run", "lesion-inpaint", "unet", labels=[str(wrong / "case0.nii.gz")]))
+    with pytest.raises(InputError, match="needs label maps"):
+        train(tiny_config(tiny_data, tmp_path / "run", "lesion-inpaint", "unet", labels=None))
+
+
+def test_unsupported_family_is_refused_before_loading(tmp_path, capsys):
+    with pytest.raises(InputError, match="cannot be trained with family 'vae'"):
+        train(tiny_config(tmp_path, tmp_path / "run", "fill", "vae"))
+    code = train_main(["lesion-shape", "--family", "unet", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "supports: vae" in capsys.readouterr().err
+
+
+def test_resume_from_another_task_is_refused(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, "denoise", "unet", epochs=1), quiet=True)
+    with pytest.raises(InputError, match="is a 'denoise' run"):
+        train(tiny_config(tiny_data, out, "fill", "unet"), resume=True)
+    with pytest.raises(InputError, match="pass --resume"):
+        train(tiny_config(tiny_data, out, "denoise", "unet"))
+    with pytest.raises(InputError, match="no checkpoint"):
+        train(tiny_config(tiny_data, tmp_path / "fresh", "denoise", "unet"), resume=True)
+
+
+def test_bad_config_values_are_refused(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("task: denoise\nepochz: 3\n")
+    code = train_main(["denoise", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    with pytest.raises(InputError, match="unet family .* multiple of 16"):
+        train(tiny_config(tmp_path, tmp_path / "run", "fill", "unet", crop=20))
+    with pytest.raises(InputError, match="no option"):
+        train(tiny_config(tmp_path, tmp_path / "run", "fill", "unet", task_options={"gap": 3}))
+
+
+def test_ddim_sampling_keeps_known_voxels():
+    from MedSynthLib.models import build_network
+    from MedSynthLib.training import ddim_sample
+
+    torch.manual_seed(0)
+    network = build_network("diffusion_unet", in_channels=3, channels=[8, 8, 16], norm_num_groups=4, num_head_channels=8)
+    condition = torch.rand(2, 2, 16, 16)
+    known = torch.rand(2, 1, 16, 16)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., :8] = 1
+    settings = {"num_train_timesteps": 100}
+    sample = ddim_sample(network, condition, scheduler_settings=settings, steps=5, known=known, known_mask=mask,
+                         generator=torch.Generator().manual_seed(1))
+    assert sample.shape == (2, 1, 16, 16)
+    assert torch.allclose(sample[..., :8], known[..., :8], atol=1e-5)
+    again = ddim_sample(network, condition, scheduler_settings=settings, steps=5, known=known, known_mask=mask,
+                        generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sample, again)
