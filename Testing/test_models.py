@@ -1,0 +1,150 @@
+"""Model packages are safe: round trip, and refusal of a wrong task, tampered shapes, pickle payloads, bad metadata."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from MedSynthLib.errors import ModelError
+from MedSynthLib.models import build_network, list_packages, load_package, read_package_info, save_package
+
+torch.set_num_threads(1)
+
+TINY_UNET = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 4, 8, 8, 16, 4]}
+
+
+def _save(tmp_path, name="tiny", builder="basic_unet", args=TINY_UNET, task="denoise", family="unet"):
+    torch.manual_seed(0)
+    network = build_network(builder, **args)
+    path = save_package(network, tmp_path / name, task=task, family=family, builder=builder,
+                        builder_args=args, input_spec={"format": "test"}, description="test package")
+    return network, path
+
+
+def test_round_trip_gives_the_same_outputs(tmp_path):
+    network, path = _save(tmp_path)
+    loaded = load_package(path, task="denoise")
+    x = torch.rand(2, 3, 32, 32)
+    network.eval()
+    with torch.no_grad():
+        assert torch.equal(network(x), loaded.network(x))
+    assert loaded.info.family == "unet" and not loaded.network.training
+
+
+@pytest.mark.parametrize(
+    ("builder", "args", "shape"),
+    [
+        ("autoencoder_kl", {"spatial_dims": 3, "channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4}, (1, 1, 16, 16, 16)),
+        ("diffusion_unet", {"in_channels": 2, "channels": [8, 8, 16], "norm_num_groups": 4, "num_head_channels": 8}, (2, 2, 16, 16)),
+        ("patch_discriminator", {"in_channels": 2, "channels": 4, "num_layers_d": 2}, (2, 2, 32, 32)),
+    ],
+)
+def test_new_builders_round_trip(tmp_path, builder, args, shape):
+    network, path = _save(tmp_path, builder=builder, args=args, task="lesion-shape", family="vae")
+    loaded = load_package(path)
+    x = torch.rand(*shape)
+    network.eval()
+    with torch.no_grad():
+        if builder == "diffusion_unet":
+            steps = torch.tensor([3, 7])
+            assert torch.equal(network(x, steps), loaded.network(x, steps))
+        elif builder == "autoencoder_kl":
+            assert torch.equal(network.encode(x)[0], loaded.network.encode(x)[0])
+        else:
+            assert torch.equal(network(x)[-1], loaded.network(x)[-1])
+
+
+def test_wrong_task_is_refused(tmp_path):
+    _, path = _save(tmp_path)
+    with pytest.raises(ModelError, match="is a 'denoise' model; this needs a 'fill' model"):
+        load_package(path, task="fill")
+
+
+def test_tampered_tensor_shape_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, path = _save(tmp_path)
+    weights = path.with_suffix(".safetensors")
+    state = load_file(str(weights))
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+    save_file(state, str(weights))
+    with pytest.raises(ModelError, match=f"tensor {key} has shape"):
+        load_package(path)
+
+
+def test_missing_or_extra_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, path = _save(tmp_path)
+    weights = path.with_suffix(".safetensors")
+    state = load_file(str(weights))
+    state.pop(next(iter(state)))
+    state["injected.weight"] = torch.zeros(1)
+    save_file(state, str(weights))
+    with pytest.raises(ModelError, match="weights do not match the network"):
+        load_package(path)
+
+
+class _Payload:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_executed(tmp_path):
+    _, path = _save(tmp_path)
+    marker = tmp_path / "pwned"
+    weights = path.with_suffix(".safetensors")
+    weights.write_bytes(pickle.dumps({"conv.weight": _Payload(str(marker))}))
+    with pytest.raises(ModelError, match="not a valid safetensors file"):
+        load_package(path)
+    assert not marker.exists()
+    torch.save({"conv.weight": _Payload(str(marker))}, weights)  # a torch pickle checkpoint in disguise
+    with pytest.raises(ModelError, match="not a valid safetensors file"):
+        load_package(path)
+    assert not marker.exists()
+
+
+def test_training_checkpoints_are_loaded_without_unpickling_code(tmp_path):
+    from MedSynthLib.training import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    torch.save({"modules": _Payload(str(marker))}, checkpoint)
+    with pytest.raises(ModelError, match="cannot be loaded safely"):
+        load_checkpoint(checkpoint)
+    assert not marker.exists()
+
+
+def test_unknown_builder_and_bad_metadata_are_refused(tmp_path):
+    _, path = _save(tmp_path)
+    metadata = json.loads(path.read_text())
+    for change, message in [
+        ({"builder": "os_system"}, "unknown network builder"),
+        ({"format_version": 99}, "format version 99"),
+        ({"builder_args": {**TINY_UNET, "evil": 1}}, "refused its arguments"),
+    ]:
+        path.write_text(json.dumps({**metadata, **change}))
+        with pytest.raises(ModelError, match=message):
+            load_package(path)
+    path.write_text(json.dumps({k: v for k, v in metadata.items() if k != "task"}))
+    with pytest.raises(ModelError, match="lacks task"):
+        read_package_info(path)
+    path.write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable metadata"):
+        read_package_info(path)
+
+
+def test_user_folder_packages_are_listed(tmp_path):
+    _save(tmp_path, name="mine")
+    names = [info.name for info in list_packages([tmp_path], task="denoise")]
+    assert "mine" in names
+    assert all(info.task == "fill" for info in list_packages([tmp_path], task="fill"))
