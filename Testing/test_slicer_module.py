@@ -385,3 +385,57 @@ def test_requirements_never_name_slicers_own_packages_and_match_pyproject():
     wanted = {dependencies.requirement_name(d) for d in project["dependencies"]} - set(dependencies.PROTECTED)
     assert names == wanted, f"requirements.txt {sorted(names)} vs pyproject {sorted(wanted)}"
     assert all(">=" in line for line in raw if line), "use >= requirements, never pins"
+
+
+def test_ui_slider_and_spin_ranges_match_the_parameter_bounds():
+    fields = _wrapper_fields()
+    problems = []
+    for name, widget in _ui_widgets().items():
+        parameter = _ui_property(widget, "SlicerParameterName")
+        if not parameter or widget.get("class") not in ("ctkSliderWidget", "QSpinBox"):
+            continue
+        kind, extras = _kind(fields[parameter][0])
+        if "WithinRange" in extras:
+            low, high = extras["WithinRange"]
+            shown = (float(_ui_property(widget, "minimum")), float(_ui_property(widget, "maximum")))
+            if shown != (float(low), float(high)):
+                problems.append(f"{name}: .ui range {shown} but {parameter} is WithinRange({low}, {high})")
+    assert not problems, "\n".join(problems)
+
+
+# ---- the panel picture ------------------------------------------------------------------------------
+def _render_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_panel", REPO / "Resources" / "Screenshots" / "render_panel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_placeholder_ui_has_only_plain_qt_classes_and_keeps_every_bound_widget():
+    render_panel = _render_module()
+    root = ET.fromstring(render_panel.placeholder_ui(1))
+    classes = {w.get("class") for w in root.iter("widget")}
+    assert not {c for c in classes if c.startswith(("ctk", "qMRML", "qSlicer"))}, classes
+    names = {w.get("name") for w in root.iter("widget")}
+    bound = {n for n, w in _ui_widgets().items() if _ui_property(w, "SlicerParameterName")}
+    assert bound <= names
+    assert render_panel.wrapper_choices()["outputMode"] == ["new volume", "in place"]
+
+
+def test_render_panel_draws_the_three_task_tabs(tmp_path):
+    pytest.importorskip("PyQt5")
+    import subprocess
+
+    output = tmp_path / "panel.png"
+    subprocess.run([sys.executable, str(REPO / "Resources" / "Screenshots" / "render_panel.py"), "--output", str(output)],
+                   check=True, capture_output=True, timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    Image = pytest.importorskip("PIL.Image")
+    import numpy as np
+
+    with Image.open(output) as image:
+        width, height = image.size
+        grey = np.asarray(image.convert("L"))
+    assert width > 3 * 400 and height > 600
+    assert len(np.unique(grey)) > 20  # drawn, not blank
