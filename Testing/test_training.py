@@ -236,3 +236,24 @@ def test_ddim_sampling_keeps_known_voxels():
     again = ddim_sample(network, condition, scheduler_settings=settings, steps=5, known=known, known_mask=mask,
                         generator=torch.Generator().manual_seed(1))
     assert torch.equal(sample, again)
+
+
+def test_committed_configs_are_valid():
+    from MedSynthLib.training import load_config
+    from MedSynthLib.training.families import make_family
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
+    configs = sorted(folder.glob("*.yaml"))
+    assert any(c.name == "fill_default.yaml" for c in configs) and any(c.name == "denoise_default.yaml" for c in configs)
+    for path in configs:
+        config = load_config(path, overrides={"out": "unused", "data": config_data(path)})
+        config.validate()
+        maker = make_pair_maker(config.task, config.task_options, crop=config.crop)
+        make_family(config.family, maker, network=config.network, loss=config.loss, lr=config.lr).build()
+
+
+def config_data(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text()).get("data") or ["unused"]

@@ -72,8 +72,12 @@ def extract_planes(
 def _apply(transform: Optional[Callable], planes: np.ndarray, seed: int) -> np.ndarray:
     if transform is None:
         return planes
+    import warnings
+
     transform.set_random_state(seed=int(seed) % (2**32))
-    return np.asarray(transform(planes), dtype=np.float32)
+    with warnings.catch_warnings():  # MONAI warns on constant crops (background), which are fine
+        warnings.filterwarnings("ignore", message=".*intensity is a single value.*")
+        return np.asarray(transform(planes), dtype=np.float32)
 
 
 def _choose_axis(volume: CachedVolume, rng: np.random.Generator, axes: str) -> int:

@@ -205,7 +205,7 @@ def _validate(family: Family, network: torch.nn.Module, batches: list[dict], dev
     was_training = network.training
     network.eval()
     generator = torch.Generator().manual_seed(int(seed))
-    psnrs, ssims, dices, l1s = [], [], [], []
+    psnrs, ssims, dices, l1s, baselines = [], [], [], [], []
     for batch in batches:
         batch = _to_device(batch, device)
         prediction = family.predict(network, batch, generator=generator).float()
@@ -224,6 +224,9 @@ def _validate(family: Family, network: torch.nn.Module, batches: list[dict], dev
             error = (prediction[index] - target[index])[voxels]
             mse = float((error**2).mean()) if error.numel() else 0.0
             psnrs.append(10 * np.log10(1.0 / max(mse, 1e-10)))
+            if "base" in batch:  # the residual's baseline (linear interpolation for fill)
+                base_error = (batch["base"][index] - target[index])[voxels]
+                baselines.append(10 * np.log10(1.0 / max(float((base_error**2).mean()), 1e-10)))
             l1s.append(float(error.abs().mean()) if error.numel() else 0.0)
         size = min(target.shape[2:])
         ssim_loss = SSIMLoss(spatial_dims=family.pair_maker.spatial_dims, data_range=1.0, win_size=min(7, size - (1 - size % 2)))
@@ -232,7 +235,10 @@ def _validate(family: Family, network: torch.nn.Module, batches: list[dict], dev
         network.train()
     if dices:
         return {"dice": float(np.mean(dices)), "score": float(np.mean(dices))}
-    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "l1": float(np.mean(l1s)), "score": float(np.mean(psnrs))}
+    metrics = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "l1": float(np.mean(l1s)), "score": float(np.mean(psnrs))}
+    if baselines:
+        metrics["psnr_baseline"] = float(np.mean(baselines))
+    return metrics
 
 
 # --------------------------------------------------------------------------- the run
