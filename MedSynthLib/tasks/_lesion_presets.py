@@ -1,0 +1,111 @@
+"""Lesion presets: physical parameter ranges per modality, drawn into explicit specs from a seed.
+
+Ranges come from the radiology literature's typical appearances and were
+checked against the two real labelled lesions in ``../shared/data``
+(brain1: a 16 cm^3 enhancing lesion on T1 post-contrast; lung1: a 1.4 cm^3
+solid nodule at about 0-60 HU in lung at about -850 HU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Preset", "PRESETS", "draw_parameters"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named family of lesions.
+
+    Attributes
+    ----------
+    name, modality, description : str
+        ``modality`` is ``"CT"`` or ``"MR"``; presets refuse the other one.
+    region : str
+        What ``region="auto"`` finds for this preset: ``"white-matter"``, ``"brain"``, ``"lung"``,
+        ``"liver"`` or ``"brain-ct"``.
+    ranges : dict
+        Per ``LesionSpec`` field: ``(low, high)`` drawn uniformly (``diameter_mm``
+        log-uniformly), a tuple of choices (strings), or a fixed value.
+    """
+
+    name: str
+    modality: str
+    description: str
+    region: str
+    ranges: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "modality": self.modality, "description": self.description,
+                "auto_region": self.region, "ranges": {k: list(v) if isinstance(v, tuple) else v
+                                                       for k, v in self.ranges.items()}}
+
+
+_PRESET_LIST = [
+    Preset("mr-wmh", "MR", "T2/FLAIR white-matter hyperintensities: small ovoid bright foci in white matter "
+           "(periventricular or deep), no mass effect", "white-matter",
+           {"diameter_mm": (3.0, 10.0), "shape": ("round", "lobulated"), "elongation": (1.2, 2.0),
+            "contrast_mode": "relative", "contrast": (0.3, 0.6), "heterogeneity": (0.03, 0.1),
+            "edge_width_mm": (0.5, 1.5)}),
+    Preset("mr-enhancing-tumour", "MR", "T1 post-contrast enhancing tumour (glioblastoma-like): enhancing "
+           "ring, dark necrotic core, hypointense oedema rim, mass effect", "brain",
+           {"diameter_mm": (15.0, 35.0), "shape": ("lobulated", "irregular"), "elongation": (1.0, 1.4),
+            "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.08, 0.2),
+            "edge_width_mm": (0.5, 1.5), "core_fraction": (0.45, 0.65), "core_contrast": (-0.5, -0.3),
+            "oedema_mm": (3.0, 7.0), "oedema_contrast": (-0.15, -0.06), "mass_effect_mm": (1.0, 3.0)}),
+    Preset("mr-metastasis", "MR", "T1 post-contrast brain metastasis: small round enhancing lesion, sometimes a "
+           "small necrotic centre, oedema", "white-matter",
+           {"diameter_mm": (5.0, 15.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.2),
+            "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.05, 0.12),
+            "edge_width_mm": (0.5, 1.0), "core_fraction": (0.0, 0.35), "core_contrast": (-0.3, -0.1),
+            "oedema_mm": (2.0, 5.0), "oedema_contrast": (-0.12, -0.05), "mass_effect_mm": (0.0, 0.8)}),
+    Preset("ct-nodule-solid", "CT", "CT solid lung nodule: soft-tissue density (HU), round or lobulated",
+           "lung",
+           {"diameter_mm": (5.0, 20.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
+            "contrast_mode": "absolute", "contrast": (10.0, 60.0), "heterogeneity": (0.02, 0.06),
+            "edge_width_mm": (0.3, 0.8)}),
+    Preset("ct-nodule-ground-glass", "CT", "CT ground-glass lung nodule: hazy density (HU) through which "
+           "vessels stay visible, soft margin", "lung",
+           {"diameter_mm": (8.0, 25.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.4),
+            "contrast_mode": "absolute", "contrast": (-700.0, -450.0), "heterogeneity": (0.05, 0.12),
+            "edge_width_mm": (1.0, 2.5)}),
+    Preset("ct-nodule-part-solid", "CT", "CT part-solid lung nodule: ground-glass halo (HU) around a solid "
+           "core (HU, label 2)", "lung",
+           {"diameter_mm": (10.0, 25.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
+            "contrast_mode": "absolute", "contrast": (-650.0, -450.0), "heterogeneity": (0.05, 0.1),
+            "edge_width_mm": (1.0, 2.0), "core_fraction": (0.35, 0.6), "core_contrast": (-20.0, 50.0)}),
+    Preset("ct-liver-hypodense", "CT", "CT hypodense liver lesion (cyst/metastasis-like): darker than liver "
+           "by an offset in HU", "liver",
+           {"diameter_mm": (8.0, 30.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
+            "contrast_mode": "offset", "contrast": (-60.0, -25.0), "heterogeneity": (0.05, 0.15),
+            "edge_width_mm": (0.5, 1.5)}),
+    Preset("ct-haemorrhage", "CT", "CT intraparenchymal haemorrhage: hyperdense blood (HU) with a thin "
+           "hypodense oedema rim and mass effect", "brain-ct",
+           {"diameter_mm": (10.0, 35.0), "shape": ("lobulated", "irregular"), "elongation": (1.0, 1.6),
+            "contrast_mode": "absolute", "contrast": (55.0, 80.0), "heterogeneity": (0.05, 0.12),
+            "edge_width_mm": (0.5, 1.0), "oedema_mm": (1.5, 4.0), "oedema_contrast": (-10.0, -4.0),
+            "mass_effect_mm": (0.5, 2.0)}),
+]
+
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESET_LIST}
+
+
+def draw_parameters(preset: Preset, rng: np.random.Generator) -> dict[str, Any]:
+    """One draw of every field the preset ranges over; order of draws is fixed, so a seed reproduces it."""
+    values: dict[str, Any] = {}
+    for name in sorted(preset.ranges):
+        spec = preset.ranges[name]
+        if isinstance(spec, tuple) and spec and isinstance(spec[0], str):
+            values[name] = str(spec[int(rng.integers(len(spec)))])
+        elif isinstance(spec, tuple):
+            low, high = float(spec[0]), float(spec[1])
+            if name == "diameter_mm":
+                values[name] = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            else:
+                values[name] = float(rng.uniform(low, high))
+        else:
+            values[name] = spec
+    return values

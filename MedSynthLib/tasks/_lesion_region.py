@@ -1,0 +1,167 @@
+"""Where random lesions may go: automatic tissue masks and spaced random placement.
+
+Automatic masks are deliberately simple intensity rules (a given label map is
+always better):
+
+- ``white-matter`` (MR): the head is the largest Otsu-foreground component;
+  inside it, the brightest of three multi-Otsu classes (white matter on T1;
+  fat too), opened and reduced to its largest component, which drops the thin
+  scalp fat. On T2/FLAIR, where white matter is darker, pass a mask instead.
+- ``brain`` (MR): that white matter grown by 6 mm and hole-filled, inside the
+  head: room for large tumours, which cross tissue borders.
+- ``lung`` (CT): voxels below -400 HU in components that do not touch the
+  in-plane edges of the volume (outside air does; the trachea may leave through
+  the first or last slice), the two largest kept, holes (vessels) filled slice by slice.
+- ``liver`` / ``brain-ct`` (CT): the largest smooth soft-tissue component in
+  40-90 HU or 15-50 HU. Coarse: pass a mask for real work.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..volume import Volume
+
+__all__ = ["auto_region", "place_centres"]
+
+logger = logging.getLogger(__name__)
+
+
+def _largest(mask: np.ndarray, *, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(sizes)[::-1][:keep]
+    chosen = [i + 1 for i in order if sizes[i] >= min_fraction * sizes[order[0]]]
+    return np.isin(labels, chosen)
+
+
+def _white_matter(array: np.ndarray) -> np.ndarray:
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.0)
+    head = smooth > threshold_otsu(smooth.ravel()[:: max(1, smooth.size // 400_000)])
+    head = ndimage.binary_fill_holes(_largest(head))
+    values = smooth[head]
+    values = values[:: max(1, values.size // 400_000)]
+    thresholds = threshold_multiotsu(values, classes=3)
+    bright = head & (smooth > thresholds[1])
+    bright = ndimage.binary_opening(bright, iterations=1)
+    return _largest(bright)
+
+
+def _brain(array: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
+    """White matter closed, hole-filled and grown by about 6 mm (grey matter, deep nuclei), inside the head."""
+    from skimage.filters import threshold_otsu
+
+    wm = _white_matter(array)
+    steps = [max(1, int(round(6.0 / s))) for s in spacing_kji]
+    structure = np.zeros([2 * n + 1 for n in steps], bool)
+    grid = np.meshgrid(*[np.arange(-n, n + 1) * s for n, s in zip(steps, spacing_kji)], indexing="ij")
+    structure[np.sqrt(sum(g**2 for g in grid)) <= 6.0] = True
+    brain = ndimage.binary_fill_holes(ndimage.binary_dilation(wm, structure=structure))
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.0)
+    head = smooth > threshold_otsu(smooth.ravel()[:: max(1, smooth.size // 400_000)])
+    return brain & ndimage.binary_fill_holes(_largest(head))
+
+
+def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), 0.7)
+    air = smooth < -400
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return air
+    # outside air touches the in-plane edges; the trachea may leave through the first/last slice
+    border = np.zeros_like(air)
+    for axis in range(3):
+        if axis == slice_axis:
+            continue
+        index = [slice(None)] * 3
+        index[axis] = [0, -1]
+        border[tuple(index)] = True
+    outside = np.unique(labels[border & air])
+    inner = air & ~np.isin(labels, outside)
+    lungs = _largest(inner, keep=2, min_fraction=0.2)
+    moved = np.moveaxis(lungs, slice_axis, 0)
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in moved])  # vessels inside, slice by slice
+    return np.moveaxis(filled, 0, slice_axis)
+
+
+def _soft_tissue(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.5)
+    tissue = ndimage.binary_opening((smooth > low) & (smooth < high), iterations=2)
+    return ndimage.binary_fill_holes(_largest(tissue))
+
+
+def auto_region(volume: Volume, kind: str) -> np.ndarray:
+    """Boolean KJI mask of the tissue ``kind`` (see the module notes); InputError when nothing is found."""
+    if kind == "white-matter":
+        mask = _white_matter(volume.array)
+    elif kind == "brain":
+        mask = _brain(volume.array, tuple(volume.spacing_along(a) for a in range(3)))
+    elif kind == "lung":
+        mask = _lung(volume.array, volume.slice_axis())
+    elif kind == "liver":
+        mask = _soft_tissue(volume.array, 40.0, 90.0)
+    elif kind == "brain-ct":
+        mask = _soft_tissue(volume.array, 15.0, 50.0)
+    else:
+        raise InputError(f"no automatic region {kind!r}; pass a label map as the region")
+    if not mask.any():
+        raise InputError(f"the automatic {kind} region is empty on this volume; pass a label map as the region")
+    return mask
+
+
+def place_centres(
+    region: np.ndarray,
+    volume: Volume,
+    extents_mm: list[float],
+    rng: np.random.Generator,
+    *,
+    min_spacing_mm: float,
+    tries: int = 200,
+) -> list[np.ndarray]:
+    """RAS centres, one per extent, each with its whole ball inside ``region`` and ``min_spacing_mm`` apart.
+
+    A centre qualifies when the region's distance map (mm) there is at least the
+    lesion's extent; lesions keep ``min_spacing_mm`` between their balls.
+
+    Raises
+    ------
+    InputError
+        A lesion is larger than the region allows, or the lesions cannot all fit.
+    """
+    spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
+    padded = np.pad(region, 1, constant_values=False)  # the volume's edge is the region's edge
+    depth = ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    deepest = float(depth.max())
+    centres: list[np.ndarray] = []
+    for number, extent in enumerate(extents_mm):
+        candidates = np.argwhere(depth >= extent)
+        if candidates.size == 0:
+            raise InputError(
+                f"lesion {number + 1} needs a region {2 * extent:.1f} mm across, but the region's widest "
+                f"inscribed ball is {2 * deepest:.1f} mm; choose a smaller size or a larger region"
+            )
+        ras = volume.ijk_points_to_ras(candidates[:, ::-1].astype(np.float64))
+        placed = False
+        for _ in range(tries):
+            index = int(rng.integers(len(candidates)))
+            point = ras[index]
+            if all(np.linalg.norm(point - c) >= extent + other + min_spacing_mm
+                   for c, other in zip(centres, extents_mm)):
+                centres.append(point)
+                placed = True
+                break
+        if not placed:
+            raise InputError(
+                f"cannot fit {len(extents_mm)} lesions {min_spacing_mm:g} mm apart inside the region "
+                f"(placed {len(centres)}); ask for fewer or smaller lesions, or a smaller --min-spacing"
+            )
+    return centres

@@ -1,0 +1,346 @@
+"""Deterministic rendering of one resolved lesion into a working copy of the volume.
+
+Everything happens on a local crop: the bounding box of the lesion's *region of
+influence*, a ball around its centre that holds the lesion, its soft edge, its
+oedema rim and the reach of its mass effect. Voxels outside that ball are never
+written (occupancies and displacements are forced to zero there), which is the
+"nothing outside the region of influence changes" guarantee.
+
+Intensity model, per compartment c (enhancing/solid lesion, core, oedema) with
+occupancy ``o_c``::
+
+    out = x + o_lesion * (t_lesion + a T + n - x) + o_core * (t_core + a T + n - x) + o_oedema * d_oedema + sum_c k_c o_c
+
+so a lesion voxel becomes ``(1 - o) x + o (t + a T + n)``: the lesion replaces
+the tissue's anatomy by its own mean ``t``, a smooth texture ``a T`` and noise
+``n`` matched to the surrounding tissue (Gaussian noise coloured to the shell's
+lag-1 correlation along each axis, scaled so that noise plus texture vary from
+voxel to voxel exactly as much as the shell does): the lesion is neither
+smoother nor noisier than its neighbourhood, and anatomy (vessels, sulci) does
+not show through it. Oedema adds an offset and keeps the anatomy beneath
+(swollen tissue). The constants ``k_c`` (a 3x3 solve) make each labelled
+compartment's mean exactly the requested one despite partial-volume voxels.
+
+Mass effect is applied first: a radial push ``u(r)`` (linear inside the lesion,
+``(R / r)^2`` outside, cosine-tapered to zero at the edge of its reach) whose
+pull-back map ``x - u(x)`` must have a Jacobian determinant > 0 everywhere
+(checked; the push is halved until it is). Image: cubic spline; labels: nearest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage
+
+from ._lesion_measure import interior_masks, neighbour_differences, pooled_differences, robust_std, shell_mask
+from ._lesion_shape import Shape, calibrate_scale, occupancy
+
+__all__ = ["RenderedLesion", "render_lesion", "roi_radius", "texture_field", "MIN_JACOBIAN"]
+
+logger = logging.getLogger(__name__)
+
+#: Smallest Jacobian determinant allowed for the mass-effect map.
+MIN_JACOBIAN = 0.2
+
+_SMOOTH_VOXELS = 2.0  # sigma of G, voxels
+
+
+@dataclass
+class RenderedLesion:
+    """Where one lesion landed: crop slices, its masks on the crop, region of influence and facts for the report."""
+
+    crop: tuple[slice, slice, slice]
+    lesion: np.ndarray
+    core: np.ndarray
+    oedema: np.ndarray
+    roi_mask: np.ndarray
+    roi_radius_mm: float
+    shape: Shape
+    background: float
+    noise_sigma: float
+    pure: Optional[np.ndarray] = None
+    mass_effect: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def texture_field(points_ras: np.ndarray, rng: np.random.Generator, *, wavelength_mm: float, waves: int = 24) -> np.ndarray:
+    """A smooth zero-mean, unit-variance random field (sum of random plane waves) at RAS points (N, 3).
+
+    Analytic, so it is the same on any grid and has no edge effects on a crop.
+    """
+    k = rng.normal(size=(waves, 3))
+    k *= (2 * np.pi / wavelength_mm) * rng.uniform(0.7, 1.3, size=(waves, 1)) / np.linalg.norm(k, axis=1, keepdims=True)
+    phase = rng.uniform(0, 2 * np.pi, size=waves)
+    return np.cos(points_ras @ k.T + phase).sum(axis=1) * np.sqrt(2.0 / waves)
+
+
+def _matched_noise(before: np.ndarray, shell: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise on the crop with the surrounding tissue's lag-1 correlation along each axis.
+
+    The lag-1 correlation ``rho = 1 - (sd_diff / sigma)^2`` per axis (``sd_diff``
+    from neighbour differences in the shell) sets the width of the Gaussian that
+    colours white noise (``rho = exp(-1 / (4 s^2))``); the caller sets the amplitude.
+    """
+    widths = []
+    for axis in range(3):
+        diff = robust_std(neighbour_differences(before, shell, axes=(axis,)))
+        rho = 1.0 - (diff / sigma) ** 2 if sigma > 0 and np.isfinite(diff) else 0.0
+        rho = float(np.clip(rho, 0.0, 0.9))
+        widths.append(float(np.sqrt(-1.0 / (4.0 * np.log(rho)))) if rho > 0.02 else 0.0)
+    white = rng.normal(size=before.shape)
+    return ndimage.gaussian_filter(white, widths, mode="wrap") if any(widths) else white
+
+
+def _mass_reach(spec, shape: Shape) -> tuple[float, float]:
+    """(lesion radius R used by the push, radius where the push reaches zero), mm."""
+    radius = 0.5 * spec.diameter_mm + spec.oedema_mm
+    return radius, radius + max(4.0 * spec.mass_effect_mm, radius)
+
+
+def roi_radius(spec, shape: Shape, ijk_to_ras: np.ndarray) -> float:
+    """Radius (mm) of the ball around the centre outside which this lesion changes nothing."""
+    linear = ijk_to_ras[:3, :3]
+    half_diagonal = 0.5 * float(np.sum(np.linalg.norm(linear, axis=0)))
+    radius = shape.extent(grow=spec.oedema_mm) * 1.15 + 0.5 * spec.edge_width_mm + 2 * half_diagonal
+    if spec.mass_effect_mm > 0:
+        radius = max(radius, _mass_reach(spec, shape)[1] + half_diagonal)
+    return float(radius)
+
+
+def _crop_for(centre_ijk: np.ndarray, radius: float, ijk_to_ras: np.ndarray, shape_kji, margin: int = 0):
+    """KJI slices of the box holding the ball (radius mm) around ``centre_ijk``, clipped to the volume."""
+    inverse = np.linalg.inv(ijk_to_ras[:3, :3])
+    half = radius * np.linalg.norm(inverse, axis=1)  # extent along i, j, k (voxels)
+    lo = np.floor(centre_ijk - half).astype(int) - margin
+    hi = np.ceil(centre_ijk + half).astype(int) + 1 + margin
+    size_ijk = np.array(shape_kji[::-1])
+    lo = np.clip(lo, 0, size_ijk)
+    hi = np.clip(hi, 0, size_ijk)
+    return tuple(slice(int(lo[a]), int(hi[a])) for a in (2, 1, 0))
+
+
+def _grid_ras(crop, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """RAS of the voxel centres of ``crop`` (KJI slices), shape (N, 3) in C order of the crop."""
+    k, j, i = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in crop], indexing="ij")
+    ijk = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
+    return ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+
+
+def _inner(outer, inner):
+    """Slices of ``inner`` (absolute KJI) relative to ``outer``."""
+    return tuple(slice(i.start - o.start, i.stop - o.start) for o, i in zip(outer, inner))
+
+
+def _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, ijk_to_ras, rendered):
+    """Push the tissue (and every label layer) away from the centre inside the region of influence."""
+    radius, reach = _mass_reach(spec, shape)
+    push = float(spec.mass_effect_mm)
+    inverse = np.linalg.inv(ijk_to_ras[:3, :3])
+    shape_crop = tuple(s.stop - s.start for s in crop)
+    for _attempt in range(6):
+        r = np.maximum(dist, 1e-6)
+        profile = np.where(r < radius, r / radius,
+                           (radius / r) ** 2 * 0.5 * (1 + np.cos(np.pi * np.clip((r - radius) / (reach - radius), 0, 1))))
+        profile[~roi] = 0.0
+        disp_ras = (grid - shape.centre) / r[:, None] * (push * profile)[:, None]
+        disp_ijk = disp_ras @ inverse.T  # (N, 3) i, j, k
+        # Jacobian of the pull-back x -> x - u(x), in voxel units (the same determinant as in mm for an affine grid)
+        fields = [disp_ijk[:, a].reshape(shape_crop) for a in range(3)]
+        jac = np.empty((3, 3) + shape_crop)
+        for a in range(3):  # component i, j, k
+            grads = np.gradient(fields[a]) if min(shape_crop) > 1 else [np.zeros(shape_crop)] * 3
+            for b, g in zip((2, 1, 0), grads):  # gradient order is array axes k, j, i
+                jac[a, b] = (1.0 if a == b else 0.0) - g
+        det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+        min_det = float(det.min())
+        if min_det > MIN_JACOBIAN:
+            break
+        push *= 0.5
+        rendered.warnings.append(
+            f"mass effect reduced to {push:.2f} mm to keep the deformation fold-free (Jacobian {min_det:.2f})")
+    else:
+        push, min_det = 0.0, 1.0
+    if push <= 0:
+        rendered.mass_effect = {"requested_mm": spec.mass_effect_mm, "applied_mm": 0.0, "min_jacobian": 1.0}
+        return
+    # sample the crop (with a margin so splines see real neighbours) at x - u(x)
+    margin = 3
+    outer = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(crop, work.shape))
+    k, j, i = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in crop], indexing="ij")
+    coords = np.stack([k.ravel() - disp_ijk[:, 2] - outer[0].start,
+                       j.ravel() - disp_ijk[:, 1] - outer[1].start,
+                       i.ravel() - disp_ijk[:, 0] - outer[2].start])
+    moved = roi & (np.abs(disp_ijk).max(axis=1) > 1e-9)
+    source = work[outer]
+    values = ndimage.map_coordinates(source, coords[:, moved], order=3, mode="nearest")
+    values = np.clip(values, source.min(), source.max())  # no spline overshoot beyond the tissue's range
+    flat = work[crop].reshape(-1).copy()
+    flat[moved] = values
+    work[crop] = flat.reshape(shape_crop)
+    for layer in label_layers:
+        src = layer[outer]
+        lab = ndimage.map_coordinates(src, coords[:, moved], order=0, mode="nearest")
+        lflat = layer[crop].reshape(-1).copy()
+        lflat[moved] = lab
+        layer[crop] = lflat.reshape(shape_crop)
+    rendered.mass_effect = {"requested_mm": spec.mass_effect_mm, "applied_mm": round(push, 3),
+                            "reach_mm": round(reach, 2), "min_jacobian": round(min_det, 3)}
+
+
+def render_lesion(
+    spec,
+    shape: Shape,
+    work: np.ndarray,
+    label_layers: list[np.ndarray],
+    ijk_to_ras: np.ndarray,
+    *,
+    region: Optional[np.ndarray] = None,
+) -> RenderedLesion:
+    """Insert one lesion into ``work`` (float64, KJI, modified in place); return where and how.
+
+    ``label_layers`` are label arrays on the same grid that the mass effect moves
+    (nearest neighbour); the caller writes this lesion's own labels afterwards.
+    """
+    rng = np.random.default_rng(spec.seed)
+    rng_texture, rng_noise = (np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=2))
+    radius = roi_radius(spec, shape, ijk_to_ras)
+    centre_ijk = np.asarray(shape.centre @ np.linalg.inv(ijk_to_ras)[:3, :3].T + np.linalg.inv(ijk_to_ras)[:3, 3])
+    crop = _crop_for(centre_ijk, radius, ijk_to_ras, work.shape)
+    shape_crop = tuple(s.stop - s.start for s in crop)
+    grid = _grid_ras(crop, ijk_to_ras)
+    dist = np.linalg.norm(grid - shape.centre, axis=1)
+    roi = dist <= radius
+    spacing_kji = tuple(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in (2, 1, 0))
+    voxel_mm3 = float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
+    rendered = RenderedLesion(crop, None, None, None, roi.reshape(shape_crop), radius, shape, 0.0, 0.0)  # type: ignore[arg-type]
+
+    margin = int(np.ceil(3 * _SMOOTH_VOXELS))
+    outer = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(crop, work.shape))
+    pristine = work[outer].copy()  # the tissue before the mass effect: its mean and noise are the reference
+    if spec.mass_effect_mm > 0:
+        _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, ijk_to_ras, rendered)
+
+    # ---- geometry: occupancies of the compartments ----------------------------------------------
+    target = np.pi / 6.0 * spec.diameter_mm**3
+    shape, o_total = calibrate_scale(shape, grid, ijk_to_ras, edge_width=spec.edge_width_mm,
+                                     target_mm3=target, voxel_mm3=voxel_mm3)
+    rendered.shape = shape
+    o_total = np.where(roi, o_total, 0.0)
+    o_core = np.zeros_like(o_total)
+    if spec.core_fraction > 0:
+        o_core = np.where(roi, occupancy(shape, grid, ijk_to_ras, edge_width=spec.edge_width_mm,
+                                         shrink=spec.core_fraction), 0.0)
+        o_core = np.minimum(o_core, o_total)
+    o_oedema = np.zeros_like(o_total)
+    if spec.oedema_mm > 0:
+        o_outer = np.where(roi, occupancy(shape, grid, ijk_to_ras, edge_width=max(spec.edge_width_mm, 2.0),
+                                          grow=spec.oedema_mm), 0.0)
+        o_oedema = np.clip(o_outer - o_total, 0.0, 1.0)
+        o_outer_label = o_outer >= 0.5
+    lesion = o_total >= 0.5
+    core = lesion & (o_core >= 0.5)
+    oedema = (o_outer_label & ~lesion) if spec.oedema_mm > 0 else np.zeros_like(lesion)
+    if not lesion.any():
+        raise ValueError("lesion has no voxel with occupancy >= 0.5")  # caller turns this into InputError
+    o_ring = o_total - o_core
+    ring = lesion & ~core
+
+    # ---- intensities -----------------------------------------------------------------------------
+    smooth = ndimage.gaussian_filter(pristine, _SMOOTH_VOXELS, mode="nearest")[_inner(outer, crop)].reshape(-1)
+    tissue = pristine[_inner(outer, crop)].reshape(-1)
+    residual = tissue - smooth
+    before = work[crop].reshape(-1).copy()  # after the mass effect: what the lesion is blended into
+
+    lesion3 = lesion.reshape(shape_crop)
+    exclude = None if region is None else ~region[crop]
+    shell = shell_mask(lesion3 | oedema.reshape(shape_crop), spacing_kji).reshape(-1) & roi
+    if exclude is not None and np.count_nonzero(shell & ~exclude.reshape(-1)) >= 16:
+        shell &= ~exclude.reshape(-1)  # the surrounding tissue is the region's tissue
+    background = float(tissue[shell].mean()) if shell.any() else float(tissue[lesion].mean())
+    shell3 = shell.reshape(shape_crop)
+    sigma = robust_std(residual[shell]) if shell.any() else 0.0
+    noise = _matched_noise(tissue.reshape(shape_crop), shell3, sigma, rng_noise)
+
+    def target_of(contrast: float) -> float:
+        if spec.contrast_mode == "relative":
+            return background * (1.0 + contrast)
+        if spec.contrast_mode == "offset":
+            return background + contrast
+        return float(contrast)
+
+    wavelength = max(0.6 * spec.diameter_mm, 6.0 * max(spacing_kji[1:]), 2.0)
+    texture = texture_field(grid, rng_texture, wavelength_mm=wavelength)
+    t_lesion = target_of(spec.contrast)
+    t_core = target_of(spec.core_contrast)
+    # noise + texture together must vary voxel to voxel as much as the surrounding tissue does:
+    # scale the noise so its in-plane neighbour differences make up what the texture leaves
+    amplitude = spec.heterogeneity * np.where(o_core > 0.5, abs(t_core - background), abs(t_lesion - background))
+    pure = ((o_total == 0) | (o_total == 1)) & ((o_core == 0) | (o_core == 1)) & ((o_oedema == 0) | (o_oedema == 1))
+    pure3 = pure.reshape(shape_crop)
+    inside = interior_masks([m.reshape(shape_crop) for m in (ring, core) if m.any()], spacing_kji, pure=pure3)
+    if pooled_differences(noise, inside).size < 16:
+        inside = [lesion.reshape(shape_crop)]
+    wanted = robust_std(neighbour_differences(tissue.reshape(shape_crop), shell3)) ** 2 if shell.any() else 0.0
+    texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
+    noise_diffs = pooled_differences(noise, inside)
+    texture_gain = 1.0
+    if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
+        target_sd = float(np.sqrt(wanted))
+        texture_sd = robust_std(texture_diffs) if texture_diffs.size else 0.0
+        if texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
+            texture_gain = 0.6 * target_sd / texture_sd
+            texture_diffs = texture_diffs * texture_gain
+            rendered.notes.append(
+                f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g} "
+                "so that the lesion is not noisier than the surrounding tissue")
+        low, high = 0.0, 4.0 * target_sd / robust_std(noise_diffs)
+        for _ in range(40):  # robust spreads do not add like variances: bisect the noise gain
+            gain = 0.5 * (low + high)
+            if robust_std(texture_diffs + gain * noise_diffs) < target_sd:
+                low = gain
+            else:
+                high = gain
+        noise = noise * max(0.5 * (low + high), 0.5 * target_sd / robust_std(noise_diffs))
+    else:
+        noise = np.zeros_like(noise)
+    replace = noise.reshape(-1) - before  # x + this = the matched noise: the anatomy is replaced
+    base = before.copy()
+    hetero = spec.heterogeneity * texture_gain
+    base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
+    base += o_core * (t_core + hetero * abs(t_core - background) * texture + replace)
+    oedema_offset = 0.0
+    if spec.oedema_mm > 0:
+        oedema_offset = background * spec.oedema_contrast if spec.contrast_mode == "relative" else spec.oedema_contrast
+        base += o_oedema * oedema_offset
+
+    # exact means per labelled compartment despite partial-volume voxels: solve A k = b
+    compartments = [(ring, o_ring, t_lesion), (core, o_core, t_core)]
+    if spec.oedema_mm > 0:
+        compartments.append((oedema, o_oedema, float(before[oedema].mean()) + oedema_offset if oedema.any() else 0.0))
+    used = [(m, o, g) for m, o, g in compartments if m.any()]
+    matrix = np.array([[o[m].mean() for _, o, _ in used] for m, _, _ in used])
+    goal = np.array([g - base[m].mean() for m, _, g in used])
+    try:
+        k = np.linalg.solve(matrix, goal)
+    except np.linalg.LinAlgError:
+        k = np.zeros(len(used))
+    for (m, o, _), kc in zip(used, k):
+        base += kc * o
+
+    changed = roi & ((o_total > 0) | (o_oedema > 0))
+    flat = work[crop].reshape(-1).copy()
+    flat[changed] = base[changed]
+    work[crop] = flat.reshape(shape_crop)
+
+    rendered.lesion = lesion3
+    rendered.core = core.reshape(shape_crop)
+    rendered.oedema = oedema.reshape(shape_crop)
+    rendered.background = background
+    rendered.noise_sigma = sigma
+    rendered.pure = pure3
+    return rendered

@@ -1,0 +1,255 @@
+"""Lesion shapes in physical millimetres: smooth random star shapes and their partial-volume occupancy.
+
+A shape is an implicit surface around a centre. In the lesion's own frame (a
+random rotation, then a volume-preserving stretch by ``elongation``), a point
+``q`` at distance ``d = |q|`` in direction ``u = q / d`` is inside when
+``d < R(u)``, where ``R(u) = scale * (1 + f(u))`` and ``f`` is a zero-mean sum
+of smooth von Mises-Fisher bumps on the unit sphere (few, broad bumps: round;
+a few strong positive lobes: lobulated; many sharper bumps of both signs:
+irregular). The ``infiltrative`` family adds a smooth 3D random field (a sum of
+random plane waves) to the signed function, so its surface is not star-shaped.
+
+``d - R(u)`` approximates a signed distance in mm. A voxel's *occupancy* is the
+mean over the voxel of the soft indicator ``clip(0.5 - s / edge_width, 0, 1)``
+(a hard step for ``edge_width = 0``), estimated by supersampling the voxels near
+the surface. Everything is a function of the shape's parameters and the grid,
+never of global state, so a shape renders the same on every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["Shape", "make_shape", "FAMILIES", "fibonacci_sphere", "occupancy", "calibrate_scale"]
+
+FAMILIES = ("round", "lobulated", "irregular", "infiltrative")
+
+#: Default surface roughness of each family (amplitude of the radius modulation, fraction of the radius).
+DEFAULT_IRREGULARITY = {"round": 0.06, "lobulated": 0.25, "irregular": 0.3, "infiltrative": 0.3}
+
+_SUPERSAMPLE = 4  # sub-samples per voxel axis near the surface (64 per voxel)
+
+
+def fibonacci_sphere(count: int = 1024) -> np.ndarray:
+    """``count`` nearly uniform unit vectors, shape (count, 3); used to integrate over directions."""
+    index = np.arange(count) + 0.5
+    phi = np.arccos(1 - 2 * index / count)
+    theta = np.pi * (1 + 5**0.5) * index
+    return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3x3 rotation (QR of a Gaussian matrix, sign-fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@dataclass(frozen=True, eq=False)
+class Shape:
+    """A resolved lesion shape; build one with :func:`make_shape`.
+
+    Attributes
+    ----------
+    centre : ndarray, shape (3,)
+        RAS mm.
+    scale : float
+        Mean radius (mm) of the unmodulated sphere; calibrated so the volume is right.
+    rotation : ndarray, shape (3, 3)
+        Columns are the lesion frame's axes in RAS.
+    axes : ndarray, shape (3,)
+        Stretch of each frame axis (product 1, so volume is preserved).
+    bump_dirs, bump_amps, bump_kappa : ndarray
+        The von Mises-Fisher bumps of ``f(u)``.
+    wave_k, wave_phase, wave_amp : ndarray
+        Plane waves of the infiltrative field (empty for star shapes); ``wave_amp`` is a fraction of ``scale``.
+    """
+
+    centre: np.ndarray
+    scale: float
+    rotation: np.ndarray
+    axes: np.ndarray
+    bump_dirs: np.ndarray
+    bump_amps: np.ndarray
+    bump_kappa: np.ndarray
+    wave_k: np.ndarray
+    wave_phase: np.ndarray
+    wave_amp: float
+
+    def with_scale(self, scale: float) -> "Shape":
+        return Shape(self.centre, float(scale), self.rotation, self.axes, self.bump_dirs, self.bump_amps,
+                     self.bump_kappa, self.wave_k, self.wave_phase, self.wave_amp)
+
+    # ---- the implicit function --------------------------------------------------------------
+    def modulation(self, directions: np.ndarray) -> np.ndarray:
+        """``f(u)`` for unit vectors ``u`` (N, 3) in the lesion frame; zero mean over the sphere."""
+        if self.bump_dirs.size == 0:
+            return np.zeros(len(directions))
+        cosine = directions @ self.bump_dirs.T  # (N, K)
+        kappa = self.bump_kappa
+        mean = (1 - np.exp(-2 * kappa)) / (2 * kappa)
+        values = (np.exp(kappa * (cosine - 1)) - mean) @ self.bump_amps
+        return np.maximum(values, -0.6)
+
+    def radius(self, directions: np.ndarray) -> np.ndarray:
+        """Surface radius (mm, lesion frame) along unit vectors ``directions`` (N, 3)."""
+        return self.scale * (1 + self.modulation(directions))
+
+    def frame_points(self, points_ras: np.ndarray) -> np.ndarray:
+        """RAS points (N, 3) to the stretched lesion frame (N, 3)."""
+        local = (points_ras - self.centre) @ self.rotation
+        return local / self.axes
+
+    def field(self, q: np.ndarray) -> np.ndarray:
+        """The infiltrative field at frame points ``q`` (N, 3), in mm; zero for star shapes."""
+        if self.wave_k.size == 0:
+            return np.zeros(len(q))
+        waves = np.cos(q @ self.wave_k.T + self.wave_phase)  # (N, M)
+        return waves.sum(axis=1) * (self.wave_amp * self.scale * np.sqrt(2.0 / len(self.wave_k)))
+
+    def signed(self, points_ras: np.ndarray, *, grow: float = 0.0, shrink: float = 1.0) -> np.ndarray:
+        """Approximate signed distance (mm, negative inside) of RAS points (N, 3) to the surface.
+
+        ``shrink`` scales the surface radially (a core of the same shape), ``grow``
+        moves it outwards by that many mm (an oedema rim).
+        """
+        q = self.frame_points(points_ras)
+        d = np.linalg.norm(q, axis=1)
+        u = q / np.maximum(d, 1e-9)[:, None]
+        return d - (shrink * self.radius(u) + grow) - shrink * self.field(q)
+
+    def extent(self, *, grow: float = 0.0) -> float:
+        """Radius (mm, RAS) of a ball around the centre that holds the whole shape grown by ``grow``."""
+        directions = fibonacci_sphere(2000)
+        largest = float(np.max(self.radius(directions)))
+        wave = 0.0 if self.wave_k.size == 0 else self.wave_amp * self.scale * np.sqrt(2.0 * len(self.wave_k))
+        return (largest + wave) * float(np.max(self.axes)) * 1.05 + grow
+
+    def analytic_volume(self) -> float:
+        """Volume (mm^3) of the star shape, ``(4 pi / 3) * mean(R(u)^3)`` (ignores the infiltrative field)."""
+        return 4.0 * np.pi / 3.0 * float(np.mean(self.radius(fibonacci_sphere(4096)) ** 3))
+
+
+def make_shape(
+    rng: np.random.Generator,
+    *,
+    centre: np.ndarray,
+    diameter_mm: float,
+    family: str,
+    elongation: float = 1.0,
+    irregularity: Optional[float] = None,
+) -> Shape:
+    """Draw a shape of ``family`` from ``rng``; its volume is that of a ``diameter_mm`` sphere (analytically)."""
+    amplitude = DEFAULT_IRREGULARITY[family] if irregularity is None else float(irregularity)
+    if family == "round":
+        count, kappa_range, signed = 3, (1.0, 2.5), True
+    elif family == "lobulated":
+        count, kappa_range, signed = int(rng.integers(4, 8)), (4.0, 9.0), False
+    else:  # irregular, infiltrative
+        count, kappa_range, signed = int(rng.integers(8, 15)), (6.0, 15.0), True
+    dirs = rng.normal(size=(count, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    kappa = rng.uniform(*kappa_range, size=count)
+    amps = rng.uniform(0.5, 1.0, size=count) * amplitude
+    if signed:
+        amps = amps * rng.choice([-1.0, 1.0], size=count)
+    if family == "round":
+        amps = amps / np.sqrt(count)
+    rotation = _rotation(rng)
+    e = max(float(elongation), 1.0)
+    axes = np.array([e ** (2.0 / 3.0), e ** (-1.0 / 3.0), e ** (-1.0 / 3.0)])
+    if family == "infiltrative":
+        waves = 12
+        wavelength = diameter_mm * rng.uniform(0.5, 0.8)
+        k = rng.normal(size=(waves, 3))
+        k *= (2 * np.pi / wavelength) / np.linalg.norm(k, axis=1, keepdims=True)
+        phase = rng.uniform(0, 2 * np.pi, size=waves)
+        wave_amp = 0.12 * max(amplitude, 0.0) / 0.3
+    else:
+        k, phase, wave_amp = np.zeros((0, 3)), np.zeros(0), 0.0
+    shape = Shape(np.asarray(centre, dtype=np.float64), 1.0, rotation, axes, dirs, amps, kappa, k, phase, wave_amp)
+    target = np.pi / 6.0 * diameter_mm**3
+    return shape.with_scale((target / shape.analytic_volume()) ** (1.0 / 3.0))
+
+
+# ---- occupancy on a voxel grid --------------------------------------------------------------------
+def _soft(s: np.ndarray, width: float) -> np.ndarray:
+    if width <= 0:
+        return (s < 0).astype(np.float64)
+    return np.clip(0.5 - s / width, 0.0, 1.0)
+
+
+def occupancy(
+    shape: Shape,
+    grid_ras: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    *,
+    edge_width: float,
+    grow: float = 0.0,
+    shrink: float = 1.0,
+    signed_centres: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Occupancy fraction in [0, 1] of each voxel whose centre is a row of ``grid_ras`` (N, 3).
+
+    Voxels whose centre lies farther from the surface than half a voxel diagonal
+    (plus the soft edge, with a safety factor for the bumps' slope) are entirely
+    in or out; the others are supersampled ``4 x 4 x 4``.
+    """
+    s = shape.signed(grid_ras, grow=grow, shrink=shrink) if signed_centres is None else signed_centres
+    linear = ijk_to_ras[:3, :3]
+    half_diagonal = 0.5 * float(np.linalg.norm(linear.sum(axis=1)))
+    half_diagonal = max(half_diagonal, 0.5 * float(np.sum(np.linalg.norm(linear, axis=0))))
+    band = 2.0 * (half_diagonal + 0.5 * edge_width) + 1e-6
+    occ = _soft(s, edge_width)
+    near = np.flatnonzero(np.abs(s) < band)
+    if near.size:
+        n = _SUPERSAMPLE
+        offsets_1d = (np.arange(n) + 0.5) / n - 0.5
+        offsets = np.stack(np.meshgrid(offsets_1d, offsets_1d, offsets_1d, indexing="ij"), -1).reshape(-1, 3)
+        offsets_ras = offsets @ linear.T  # (n^3, 3) in (i, j, k) order -> RAS
+        for start in range(0, near.size, 8192):
+            chunk = near[start:start + 8192]
+            pts = (grid_ras[chunk][:, None, :] + offsets_ras[None]).reshape(-1, 3)
+            sub = _soft(shape.signed(pts, grow=grow, shrink=shrink), edge_width)
+            occ[chunk] = sub.reshape(len(chunk), -1).mean(axis=1)
+    return occ
+
+
+def calibrate_scale(
+    shape: Shape,
+    grid_ras: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    *,
+    edge_width: float,
+    target_mm3: float,
+    voxel_mm3: float,
+    iterations: int = 5,
+    tolerance: float = 0.02,
+) -> tuple[Shape, np.ndarray]:
+    """Rescale ``shape`` so that the labelled voxels (occupancy >= 0.5) hold ``target_mm3``.
+
+    The analytic volume ignores the grid; on coarse or thick-slice grids the
+    labelled volume differs, so a few fixed-point steps ``scale *= (target /
+    measured) ** (1/3)`` bring it within ``tolerance`` where the grid allows.
+    Returns the shape and its occupancy on the grid.
+    """
+    best: Optional[tuple[float, Shape, np.ndarray]] = None
+    for _ in range(iterations):
+        occ = occupancy(shape, grid_ras, ijk_to_ras, edge_width=edge_width)
+        measured = float(np.count_nonzero(occ >= 0.5)) * voxel_mm3
+        error = abs(measured - target_mm3) / target_mm3
+        if best is None or error < best[0]:
+            best = (error, shape, occ)
+        if error <= tolerance or measured <= 0:
+            if measured <= 0:
+                shape = shape.with_scale(shape.scale * 1.5)
+                continue
+            break
+        shape = shape.with_scale(shape.scale * (target_mm3 / measured) ** (1.0 / 3.0))
+    assert best is not None
+    return best[1], best[2]
