@@ -86,10 +86,14 @@ def read_volume(path: PathLike) -> Volume:
     return from_sitk(image)
 
 
-def write_volume(volume: Volume, path: PathLike, *, compress: bool = True) -> Path:
+def write_volume(
+    volume: Volume, path: PathLike, *, compress: bool = True, metadata: Optional[Mapping[str, str]] = None
+) -> Path:
     """Write ``volume`` (dtype and geometry kept) to NRRD, NIfTI or MHA/MHD by file extension.
 
-    Parent folders are created. Returns the path written.
+    Parent folders are created. Returns the path written. ``metadata`` key/values
+    go into the header (NRRD keys, MetaImage fields); the key ``ITK_FileNotes``
+    becomes the NIfTI ``descrip`` field (80 characters), the only free text NIfTI keeps.
     """
     path = Path(path)
     if _extension(path) not in WRITE_EXTENSIONS:
@@ -98,6 +102,8 @@ def write_volume(volume: Volume, path: PathLike, *, compress: bool = True) -> Pa
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     image = to_sitk(volume)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
     try:
         sitk.WriteImage(image, str(path), useCompression=compress)
     except RuntimeError as error:
