@@ -368,6 +368,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = combo.findData(current) if current is not None else -1
             combo.currentIndex = max(index, 0)
             combo.blockSignals(wasBlocked)
+        if self._parameterNode:
+            # Signals were blocked: let the parameter node re-select its saved values.
+            self._parameterNode.Modified()
         self.ui.deviceInfoLabel.text = choices["deviceSummary"]
         self.ui.deviceInfoLabel.toolTip = choices.get("deviceWarning") or choices["deviceSummary"]
         for task, present in choices["tasks"].items():
@@ -602,6 +605,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
                 tasks.parse_slice_list(p.fillSlices)
             except ValueError as error:
                 reasons.append(str(error))
+            except ImportError:
+                pass  # checked again after the dependencies are installed
         return reasons
 
     def requestFor(self, p) -> tasks.TaskRequest:
@@ -737,8 +742,12 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         outputNode.SetAttribute(history.HISTORY_ATTRIBUTE, history.append_history(previousHistory, entry))
         if request.task == "lesion":
             outputNode.SetName(history.lesion_volume_name(outputNode.GetName()))
-            segmentationNode = self.labelsToSegmentation(outcome, outputNode, context, entry)
+            segmentationNode, segmentIds = self.labelsToSegmentation(outcome, outputNode, context, entry)
             context["segmentationNode"] = segmentationNode
+            if inPlace and self.undoStack.peek(inputNode.GetID()) is not None:
+                # Undo of these lesions removes their segments too.
+                self.undoStack.peek(inputNode.GetID()).extra["segments"] = [
+                    (segmentationNode.GetID(), segmentId) for segmentId in segmentIds]
         context["outputNode"] = outputNode
         slicer.util.setSliceViewerLayers(background=outputNode)
         return summary
@@ -753,16 +762,18 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentation = segmentationNode.GetSegmentation()
+        segmentIds = []
         for segment in outcome.segments:
             segmentId = segmentation.AddEmptySegment("", segment["name"], segment["color"])
             mask = (outcome.labels == segment["value"]).astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volumeNode)
+            segmentIds.append(segmentId)
         segmentationNode.SetAttribute(
             history.HISTORY_ATTRIBUTE,
             history.append_history(segmentationNode.GetAttribute(history.HISTORY_ATTRIBUTE),
                                    {**entry, "action": "created", "source": f"{volumeNode.GetName()} ({volumeNode.GetID()})"}),
         )
-        return segmentationNode
+        return segmentationNode, segmentIds
 
     # ---- undo, detection, navigation ---------------------------------------------------------
     def canUndo(self, volumeNode) -> bool:
@@ -779,6 +790,10 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         volumeNode.SetAttribute(history.HISTORY_ATTRIBUTE, entry.history or "")
         if not entry.history:
             volumeNode.RemoveAttribute(history.HISTORY_ATTRIBUTE)
+        for segmentationNodeID, segmentId in entry.extra.get("segments", []):
+            segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationNodeID)
+            if segmentationNode is not None and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None:
+                segmentationNode.GetSegmentation().RemoveSegment(segmentId)
         return _("Undid {task} on {name}").format(task=entry.description, name=volumeNode.GetName())
 
     def detectMissingSlices(self, volumeNode, *, axis: str = "auto") -> list:
@@ -928,6 +943,18 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNodes[0], segmentId, output)
         self.assertGreater(int(mask.sum()), 0)
         self.assertIsNotNone(segmentationNodes[0].GetAttribute(history.HISTORY_ATTRIBUTE))
+        # In place, into the same segmentation; undo restores the voxels and removes the new segments.
+        before = slicer.util.arrayFromVolume(node).copy()
+        segmentCount = segmentation.GetNumberOfSegments()
+        logic = MedSynthLogic()
+        logic.run(node, "lesion", {"centres": [centre], "seed": 4}, inPlace=True,
+                  segmentationNode=segmentationNodes[0])
+        self.assertGreater(segmentation.GetNumberOfSegments(), segmentCount)
+        self.assertFalse(np.array_equal(slicer.util.arrayFromVolume(node), before))
+        logic.undo(node)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+        self.assertEqual(segmentation.GetNumberOfSegments(), segmentCount)
+        self.assertNotIn(history.SYNTHETIC_LESIONS_SUFFIX.strip(), node.GetName())
         self.delayDisplay("Lesions passed")
 
     def test_Enhance(self):

@@ -32,6 +32,8 @@ class UndoEntry:
     history: Optional[str] = None
     name: Optional[str] = None
     order: int = field(default=0, compare=False)
+    #: What else the edit created and undo should remove (e.g. ``{"segments": [(nodeID, segmentID)]}``).
+    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def nbytes(self) -> int:
