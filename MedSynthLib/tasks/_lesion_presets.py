@@ -71,12 +71,13 @@ _PRESET_LIST = [
            "vessels stay visible, soft margin", "lung",
            {"diameter_mm": (8.0, 25.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.4),
             "contrast_mode": "absolute", "contrast": (-700.0, -450.0), "heterogeneity": (0.05, 0.12),
-            "edge_width_mm": (1.0, 2.5)}),
+            "edge_width_mm": (1.0, 2.5), "anatomy": (0.5, 0.8)}),
     Preset("ct-nodule-part-solid", "CT", "CT part-solid lung nodule: ground-glass halo (HU) around a solid "
            "core (HU, label 2)", "lung",
            {"diameter_mm": (10.0, 25.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
             "contrast_mode": "absolute", "contrast": (-650.0, -450.0), "heterogeneity": (0.05, 0.1),
-            "edge_width_mm": (1.0, 2.0), "core_fraction": (0.35, 0.6), "core_contrast": (-20.0, 50.0)}),
+            "edge_width_mm": (1.0, 2.0), "core_fraction": (0.35, 0.6), "core_contrast": (-20.0, 50.0),
+            "anatomy": (0.4, 0.7)}),
     Preset("ct-liver-hypodense", "CT", "CT hypodense liver lesion (cyst/metastasis-like): darker than liver "
            "by an offset in HU", "liver",
            {"diameter_mm": (8.0, 30.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),

@@ -286,7 +286,11 @@ def render_lesion(
     if pooled_differences(noise, inside).size < 16:
         inside = [lesion.reshape(shape_crop)]
     wanted = robust_std(neighbour_differences(tissue.reshape(shape_crop), shell3)) ** 2 if shell.any() else 0.0
+    # a translucent lesion (ground glass) keeps a share of the anatomy beneath it; a solid core keeps none
+    anatomy = np.where(o_core > 0.5, 0.0, spec.anatomy)
+    kept = anatomy * (before - background)
     texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
+    kept_diffs = pooled_differences(kept.reshape(shape_crop), inside)
     noise_diffs = pooled_differences(noise, inside)
     texture_gain = 1.0
     if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
@@ -298,17 +302,18 @@ def render_lesion(
             rendered.notes.append(
                 f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g} "
                 "so that the lesion is not noisier than the surrounding tissue")
+        fixed = texture_diffs + kept_diffs
         low, high = 0.0, 4.0 * target_sd / robust_std(noise_diffs)
         for _ in range(40):  # robust spreads do not add like variances: bisect the noise gain
             gain = 0.5 * (low + high)
-            if robust_std(texture_diffs + gain * noise_diffs) < target_sd:
+            if robust_std(fixed + gain * noise_diffs) < target_sd:
                 low = gain
             else:
                 high = gain
-        noise = noise * max(0.5 * (low + high), 0.5 * target_sd / robust_std(noise_diffs))
+        noise = noise * (0.5 * (low + high))
     else:
         noise = np.zeros_like(noise)
-    replace = noise.reshape(-1) - before  # x + this = the matched noise: the anatomy is replaced
+    replace = kept + noise.reshape(-1) - before  # x + this = matched noise (+ kept anatomy): the tissue is replaced
     base = before.copy()
     hetero = spec.heterogeneity * texture_gain
     base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)

@@ -97,6 +97,10 @@ class LesionSpec:
         keeps the anatomy beneath it. Label class 3.
     mass_effect_mm : float
         How far the tissue at the lesion's edge is pushed outwards (0: none).
+    anatomy : float
+        Share (0-1) of the underlying anatomy that shows through the lesion
+        (0: opaque, the tissue is replaced; ~0.7: ground glass, vessels stay
+        visible). A core is always opaque.
     elongation : float
         Ratio of the longest to the shortest axis (>= 1), volume-preserving.
     irregularity : float or None
@@ -121,6 +125,7 @@ class LesionSpec:
     oedema_mm: float = 0.0
     oedema_contrast: float = 0.0
     mass_effect_mm: float = 0.0
+    anatomy: float = 0.0
     elongation: float = 1.0
     irregularity: Optional[float] = None
     seed: Optional[int] = None
@@ -155,6 +160,8 @@ class LesionSpec:
             raise bad("oedema_mm", "between 0 and 50 mm")
         if not (0 <= self.mass_effect_mm <= 0.4 * self.diameter_mm):
             raise bad("mass_effect_mm", f"between 0 and 0.4 x the diameter ({0.4 * self.diameter_mm:.1f} mm)")
+        if not (0 <= self.anatomy <= 1):
+            raise bad("anatomy", "between 0 and 1")
         if not (1 <= self.elongation <= 4):
             raise bad("elongation", "between 1 and 4")
         if self.irregularity is not None and not (0 <= self.irregularity <= 0.6):
@@ -314,8 +321,9 @@ def _draw_specs(preset: Optional[Preset], rng: np.random.Generator, n: int,
 def provenance_metadata(result: LesionResult) -> dict[str, str]:
     """Header key/values that mark a written volume as holding synthetic lesions (seed and specs included).
 
-    The CLI writes them as NRRD keys / MetaImage fields, and ``descrip`` (the
-    NIfTI description, 80 characters) says ``SYNTHETIC LESIONS (MedSynth) seed=N n=K``.
+    Pass them to :func:`MedSynthLib.io.write_volume` (``metadata=``): NRRD keys /
+    MetaImage fields; ``ITK_FileNotes`` becomes the NIfTI ``descrip`` field
+    (80 characters): ``SYNTHETIC LESIONS (MedSynth) seed=N n=K``.
     """
     specs = [s.as_dict() for s in result.specs]
     return {
@@ -324,7 +332,7 @@ def provenance_metadata(result: LesionResult) -> dict[str, str]:
         "MedSynth_seed": str(result.report.get("seed")),
         "MedSynth_preset": str(result.report.get("preset")),
         "MedSynth_lesion_specs": json.dumps(specs, separators=(",", ":")),
-        "descrip": f"SYNTHETIC LESIONS (MedSynth) seed={result.report.get('seed')} n={len(specs)}"[:79],
+        "ITK_FileNotes": f"SYNTHETIC LESIONS (MedSynth) seed={result.report.get('seed')} n={len(specs)}"[:79],
     }
 
 
@@ -583,6 +591,7 @@ def _describe(volume: Volume, out: np.ndarray, classes: np.ndarray, instances: n
             "radius_mm": round(item.roi_radius_mm, 3),
             "bbox_ijk": [[crop[a].start, crop[a].stop] for a in (2, 1, 0)],
         },
+        "shape_scale_mm": round(float(item.shape.scale), 4),
         "background_mean": round(background, 3),
         "noise_sigma_background": round(item.noise_sigma, 3),
     }

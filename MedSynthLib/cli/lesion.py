@@ -1,0 +1,205 @@
+"""``medsynth lesion``: insert synthetic lesions with an exact label map, at given points or at random.
+
+Examples::
+
+    medsynth lesion --list-presets
+    medsynth lesion ct.nii.gz out.nii.gz --labels out_labels.nii.gz --preset ct-nodule-solid --count 3 --seed 7
+    medsynth lesion t1.nrrd out.nrrd --labels les.seg.nrrd --preset mr-metastasis --at -12.5,30,4 --size 12
+    medsynth lesion t1.nrrd again.nrrd --labels again_labels.nrrd --spec report.json   # reproduce a run
+
+Coordinates are RAS millimetres (Slicer's convention); ``--at -12.5,30,4``
+works as typed (argparse would otherwise take the leading minus for an option).
+Every volume written says in its header that it holds synthetic lesions, with
+the seed and the specs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import read_volume, write_segmentation, write_volume
+from ..progress import ProgressCallback, subrange
+from ..volume import Volume
+from ._common import add_report_arg, progress_bar, write_json
+
+__all__ = ["register", "ras_point", "demo_step"]
+
+#: What argparse may take for a value rather than an option: negative numbers and R,A,S triples.
+_VALUE_LIKE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(e-?\d+)?(,\s*-?\d*\.?\d+(e-?\d+)?){2}$", re.IGNORECASE)
+
+_SEGMENT_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.95, 0.85, 0.2), 3: (0.3, 0.6, 0.95)}
+
+
+def ras_point(text: str) -> tuple[float, float, float]:
+    """argparse type for ``--at``: ``R,A,S`` in mm, e.g. ``-12.5,30,4``."""
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected R,A,S in millimetres such as -12.5,30,4, not {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _positive(kind):
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+        return value
+    return check
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "lesion",
+        help="insert synthetic lesions with an exact label map",
+        description="Insert realistic synthetic lesions (procedural shapes, texture and noise matched to the tissue, "
+        "optional necrotic core, oedema and mass effect) and write the edited volume, an exact label map and a report. "
+        "Label classes: 1 lesion, 2 core, 3 oedema (or one id per lesion with --label-mode instances).",
+    )
+    parser._negative_number_matcher = _VALUE_LIKE  # let "--at -12.5,30,4" through as a value
+    parser.add_argument("input", nargs="?", metavar="INPUT", help="volume to edit (NRRD, NIfTI, MHA, DICOM folder)")
+    parser.add_argument("output", nargs="?", metavar="OUTPUT", help="edited volume to write")
+    parser.add_argument("--labels", metavar="LABELS_OUT", help="label map to write (required; .seg.nrrd gives a Slicer segmentation)")
+    parser.add_argument("--list-presets", action="store_true", help="list the presets and their parameter ranges, then exit")
+    parser.add_argument("--json", action="store_true", help="with --list-presets: print JSON")
+    parser.add_argument("--preset", metavar="NAME", help="lesion family (see --list-presets); checks the modality")
+    placement = parser.add_argument_group("placement (one of)")
+    placement.add_argument("--at", action="append", type=ras_point, metavar="R,A,S",
+                           help="lesion centre in RAS mm (repeatable); negative values work as typed")
+    placement.add_argument("--count", type=_positive(int), metavar="N", help="N lesions at random inside --region")
+    placement.add_argument("--spec", metavar="SPEC.json",
+                           help="explicit lesion specs: a JSON list of specs, or a report written by --report (reproduces that run)")
+    parser.add_argument("--region", metavar="MASK|auto", help="with --count: a label map on the input's grid, or 'auto' "
+                        "(white matter on MR, lungs on CT; default)")
+    parser.add_argument("--size", type=_positive(float), metavar="MM", help="lesion diameter in mm (overrides the preset's draw)")
+    parser.add_argument("--contrast", type=float, metavar="X", help="lesion contrast in the preset's mode "
+                        "(relative fraction on MR, HU on CT; overrides the preset's draw)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same output bit for bit (default: 0)")
+    parser.add_argument("--min-spacing", type=float, default=5.0, metavar="MM", help="gap between random lesions (default: %(default)s mm)")
+    parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
+                        help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
+    parser.add_argument("--modality", choices=("CT", "MR"), help="override the modality guess used to check presets")
+    add_report_arg(parser)
+    parser.set_defaults(func=_run)
+
+
+def _print_presets(as_json: bool) -> None:
+    from ..tasks.lesion import list_presets
+
+    presets = list_presets()
+    if as_json:
+        print(json.dumps(presets, indent=2))
+        return
+    for preset in presets:
+        print(f"{preset['name']:<24} {preset['modality']:<3} {preset['description']}")
+        ranges = ", ".join(f"{k}={'-'.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else v}"
+                           for k, v in preset["ranges"].items())
+        print(f"{'':<28}auto region: {preset['auto_region']}; {ranges}")
+
+
+def _read_specs(path: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"spec file not found: {path}") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read spec file {path}: {error}") from None
+    if isinstance(data, dict) and "lesions" in data:  # a report: reproduce its lesions
+        data = [entry["spec"] for entry in data["lesions"]]
+    elif isinstance(data, dict) and "specs" in data:
+        data = data["specs"]
+    elif isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise InputError(f"{path} must hold a list of lesion specs, a {{'specs': [...]}} object or a lesion report")
+    return data
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..tasks.lesion import LABEL_CLASSES, insert_lesions, provenance_metadata
+
+    if args.list_presets:
+        _print_presets(args.json)
+        return 0
+    if not args.input or not args.output:
+        raise InputError("give INPUT and OUTPUT volumes (or --list-presets)")
+    if not args.labels:
+        raise InputError("give --labels LABELS_OUT: the label map is the ground truth of the synthetic lesions")
+    ways = [name for name, value in (("--at", args.at), ("--count", args.count), ("--spec", args.spec)) if value]
+    if len(ways) != 1:
+        raise InputError("give exactly one of --at R,A,S, --count N or --spec SPEC.json"
+                         + (f" (got {', '.join(ways)})" if ways else ""))
+    for target in (args.output, args.labels):
+        if Path(target).resolve() == Path(args.input).resolve():
+            raise InputError(f"{target} would overwrite the input; choose another output name")
+    volume = read_volume(args.input)
+    region = None
+    if args.region:
+        region = "auto" if args.region == "auto" else read_volume(args.region)
+    specs = _read_specs(args.spec) if args.spec else None
+    with progress_bar(args.quiet, "lesion") as progress:
+        result = insert_lesions(
+            volume, specs=specs, count=args.count, region=region, preset=args.preset, seed=args.seed,
+            progress=progress, centres=args.at, size_mm=args.size, contrast=args.contrast,
+            min_spacing_mm=args.min_spacing, label_mode=args.label_mode, modality=args.modality,
+        )
+    metadata = provenance_metadata(result)
+    # everything is computed: only now write, so a bad input leaves nothing behind
+    write_volume(result.volume, args.output, metadata=metadata)
+    if str(args.labels).lower().endswith(".seg.nrrd"):
+        values = sorted(int(v) for v in np.unique(result.labels.array) if v)
+        if args.label_mode == "classes":
+            segments = [{"value": v, "name": f"synthetic {LABEL_CLASSES[v]}", "color": _SEGMENT_COLOURS[v]} for v in values]
+        else:
+            segments = [{"value": v, "name": f"synthetic lesion {v}", "color": _SEGMENT_COLOURS[1 + (v - 1) % 3]} for v in values]
+        write_segmentation(result.labels, args.labels, segments)
+    else:
+        write_volume(result.labels, args.labels, metadata=metadata)
+    report = dict(result.report)
+    report["input"], report["output"], report["labels"] = str(args.input), str(args.output), str(args.labels)
+    write_json(report, args.report)
+    if not args.quiet:
+        for lesion in result.report["lesions"]:
+            centre = ",".join(f"{x:.1f}" for x in lesion["centre_ras"])
+            print(f"lesion {lesion['id']}: {lesion['spec']['kind']} at RAS ({centre}) mm, "
+                  f"{lesion['volume_ml']:.3f} mL (requested {lesion['requested_volume_ml']:.3f})")
+        print(f"wrote {args.output} and {args.labels}" + (f"; report {args.report}" if args.report else ""))
+    return 0
+
+
+def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[ProgressCallback]):
+    """Two solid lung nodules in the CT sample and two metastases in the MR sample (seeded)."""
+    from ..tasks.lesion import insert_lesions, provenance_metadata
+    from .demo import DemoOutcome
+
+    out_dir = Path(out_dir)
+    ct = insert_lesions(samples["ct-chest"], count=2, preset="ct-nodule-solid", seed=1, size_mm=10.0,
+                        progress=subrange(progress, 0.0, 0.5))
+    mr = insert_lesions(samples["mr-t1"], count=2, preset="mr-metastasis", seed=1, size_mm=10.0,
+                        progress=subrange(progress, 0.5, 1.0))
+    outputs = []
+    for name, result in (("ct_nodules", ct), ("mr_metastases", mr)):
+        metadata = provenance_metadata(result)
+        outputs.append(write_volume(result.volume, out_dir / f"lesion_{name}.nrrd", metadata=metadata))
+        outputs.append(write_volume(result.labels, out_dir / f"lesion_{name}_labels.nrrd", metadata=metadata))
+    summary = {
+        name: {"seconds": r.report["seconds"], "warnings": r.report["warnings"],
+               "lesions": [{k: l[k] for k in ("centre_ras", "volume_ml", "requested_volume_ml", "contrast_error", "noise_ratio")
+                            if k in l} for l in r.report["lesions"]]}
+        for name, r in (("ct-chest", ct), ("mr-t1", mr))
+    }
+    return DemoOutcome(task="lesion", sample="ct-chest", before=samples["ct-chest"], after=ct.volume,
+                       outputs=outputs, summary=summary, qc_axis=0)
