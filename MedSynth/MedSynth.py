@@ -435,10 +435,13 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDetectButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to detect missing slices."), waitCursor=True):
-            if not self.ensureDependencies():
-                return
             p = self._parameterNode
-            found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
+            try:
+                found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
+            except ImportError:
+                if not self.ensureDependencies():
+                    return
+                found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
             self.ui.suspectSlicesList.clear()
             for index, reason in found:
                 self.ui.suspectSlicesList.addItem(f"{index}: {reason}")
