@@ -197,7 +197,7 @@ class MedSynthParameterNode:
     lesionCentres: vtkMRMLMarkupsFiducialNode
     lesionCount: Annotated[int, WithinRange(1, 50)] = 3
     lesionSize: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    lesionContrast: Annotated[float, WithinRange(-1.0, 3.0)] = 0.0
+    lesionContrast: Annotated[float, WithinRange(-1000.0, 1000.0)] = 0.0
     lesionLabels: Annotated[str, Choice(["per lesion", "per class"])] = "per lesion"
     lesionSegmentation: vtkMRMLSegmentationNode
 
@@ -547,7 +547,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             "devices": [("auto", "auto")],
             "deviceSummary": _("PyTorch not installed yet: it is installed at the first Apply"),
             "models": [(_("auto (best available)"), "auto"), (_("from file..."), "file")],
-            "presets": [(_("default for the modality"), "")],
+            "presets": [(_("default ({presets})").format(
+                presets=", ".join(f"{m}: {n}" for m, n in tasks.DEFAULT_PRESETS.items())), "")],
             "tasks": tasks.available_tasks(),
         }
         try:

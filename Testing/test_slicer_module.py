@@ -38,6 +38,7 @@ CAPABILITIES = {
     "QComboBox": _WIDGET | {"currentIndex", "currentText", "addItem", "clear", "findData", "currentData"},
     "ctkComboBox": _WIDGET | {"currentIndex", "currentText", "addItem", "clear", "findData", "currentData", "count"},
     "QSpinBox": _WIDGET | {"value", "minimum", "maximum"},
+    "QDoubleSpinBox": _WIDGET | {"value", "minimum", "maximum"},
     "ctkSliderWidget": _WIDGET | {"value", "minimum", "maximum"},
     "QLineEdit": _WIDGET | {"text", "placeholderText"},
     "QCheckBox": _WIDGET | {"checked", "text"},
@@ -301,7 +302,7 @@ def test_ui_is_a_designer_file_with_declared_custom_widgets():
     assert top.get("class") == "qMRMLWidget" and top.get("name") == "MedSynth"
     declared = {c.find("class").text for c in root.find("customwidgets")}
     qt_classes = {"QWidget", "QPushButton", "QLabel", "QProgressBar", "QListWidget", "QTabWidget", "QComboBox",
-                  "QSpinBox", "QLineEdit", "QCheckBox"}
+                  "QSpinBox", "QDoubleSpinBox", "QLineEdit", "QCheckBox"}
     for widget in root.iter("widget"):
         assert widget.get("class") in declared | qt_classes, f"{widget.get('name')}: undeclared {widget.get('class')}"
     # Every MRML widget gets the scene from the panel's mrmlSceneChanged signal.
@@ -392,7 +393,7 @@ def test_ui_slider_and_spin_ranges_match_the_parameter_bounds():
     problems = []
     for name, widget in _ui_widgets().items():
         parameter = _ui_property(widget, "SlicerParameterName")
-        if not parameter or widget.get("class") not in ("ctkSliderWidget", "QSpinBox"):
+        if not parameter or widget.get("class") not in ("ctkSliderWidget", "QSpinBox", "QDoubleSpinBox"):
             continue
         kind, extras = _kind(fields[parameter][0])
         if "WithinRange" in extras:

@@ -33,6 +33,8 @@ __all__ = [
     "run_request",
     "summarize",
     "segment_descriptions",
+    "DEFAULT_PRESETS",
+    "default_preset",
 ]
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,17 @@ def _module(task: str) -> Any:
         raise
 
 
+#: The preset used when the panel says "default for the modality".
+DEFAULT_PRESETS = {"MR": "mr-wmh", "CT": "ct-nodule-solid"}
+
+
+def default_preset(volume: Volume) -> str:
+    """The lesion preset for ``volume``'s modality (guessed from its intensities)."""
+    from MedSynthLib.intensity import guess_modality
+
+    return DEFAULT_PRESETS[guess_modality(volume)]
+
+
 def _model_argument(parameters: dict) -> Any:
     model = parameters.get("model") or None
     return None if model in (None, "", "auto") else model
@@ -210,7 +223,7 @@ def run_request(
             volume,
             count=None if p.get("centres") else int(p.get("count", 1)),
             region=mask if mask is not None else "auto",
-            preset=p.get("preset") or None,
+            preset=p.get("preset") or default_preset(volume),
             seed=int(p.get("seed", 0)),
             progress=progress,
             cancel=cancel,

@@ -36,7 +36,8 @@ PLACEHOLDERS = {"qMRMLNodeComboBox", "ctkSliderWidget", "ctkPathLineEdit", "qSli
 RUNTIME_ITEMS = {
     "deviceComboBox": ["auto (best available)", "CPU", "NVIDIA GPU (cuda:0)"],
     "modelComboBox": ["auto (best available)", "from file..."],
-    "lesionPresetComboBox": ["default for the modality", "mr-wmh (MR)", "ct-lung-nodule (CT)"],
+    "lesionPresetComboBox": ["default (MR: mr-wmh, CT: ct-nodule-solid)", "mr-wmh (MR)",
+                             "ct-nodule-solid (CT)"],
 }
 
 PLACEHOLDER_STYLE = "QLabel { border: 1px dashed #8a8a8a; background: #f3f5f8; color: #333; padding: 3px; }"
