@@ -459,3 +459,18 @@ def test_device_choices_name_what_is_present():
         assert summary.startswith("CPU only")
     else:
         assert summary.startswith("GPU:") and "cuda:0" in values
+
+
+def test_model_choice_resolves_names_and_files(tmp_path):
+    assert tasks.resolve_model("auto") is None and tasks.resolve_model("") is None
+    with pytest.raises(InputError, match="not installed"):
+        tasks.resolve_model("no-such-package")
+    with pytest.raises(InputError, match="does not exist"):
+        tasks.resolve_model(str(tmp_path / "missing.json"))
+    package = tmp_path / "mine.json"
+    package.write_text("{}")
+    assert tasks.resolve_model(str(package)) == str(package)
+    from MedSynthLib.models import list_packages
+
+    for info in list_packages():
+        assert tasks.resolve_model(info.name) == str(info.json_path)

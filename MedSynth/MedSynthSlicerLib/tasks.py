@@ -35,6 +35,7 @@ __all__ = [
     "segment_descriptions",
     "DEFAULT_PRESETS",
     "default_preset",
+    "resolve_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,36 @@ def default_preset(volume: Volume) -> str:
     return DEFAULT_PRESETS[guess_modality(volume)]
 
 
+def resolve_model(model: Optional[str]) -> Optional[str]:
+    """The package file the library should load for the panel's model choice.
+
+    ``auto``/empty gives None (the library chooses). A package *name* (what the panel stores, so
+    a saved scene works on another computer) is looked up among the bundled and installed
+    packages; anything else is taken as a path to a package ``.json``.
+
+    Raises
+    ------
+    InputError
+        A name that no package has and no file either.
+    """
+    if model in (None, "", "auto"):
+        return None
+    from pathlib import Path
+
+    if Path(model).suffix in (".json", ".safetensors") or Path(model).is_file():
+        if not Path(model).with_suffix(".json").is_file():
+            raise InputError(f"model package file {model} does not exist")
+        return str(model)
+    from MedSynthLib.models import list_packages
+
+    for info in list_packages():
+        if info.name == model:
+            return str(info.json_path)
+    raise InputError(f"model package {model!r} is not installed; choose another model or load it from a file")
+
+
 def _model_argument(parameters: dict) -> Any:
-    model = parameters.get("model") or None
-    return None if model in (None, "", "auto") else model
+    return resolve_model(parameters.get("model") or None)
 
 
 def run_request(
