@@ -37,7 +37,7 @@ from slicer.util import VTKObservationMixin
 # Heavy packages (torch, MONAI, MedSynthLib's tasks) are imported at first use, never here:
 # opening Slicer must not wait for them, and they may not be installed yet.
 from MedSynthSlicerLib import dependencies, history, nodes, tasks
-from MedSynthSlicerLib.undo import UndoStack
+from MedSynthSlicerLib.undo import UndoStack, arrays_equal
 from MedSynthSlicerLib.worker import BackgroundWorker, Job, JobState
 
 DOCS_URL = "https://github.com/medsynth/MedSynth/blob/main/docs/slicer.md"
@@ -669,7 +669,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         context = {
             "request": request,
             "inputNodeID": inputNode.GetID(),
-            "imageMTime": inputNode.GetImageData().GetMTime(),
+            "snapshot": volume,
             "inPlace": bool(inPlace),
             "segmentationNodeID": segmentationNode.GetID() if segmentationNode is not None else None,
         }
@@ -712,8 +712,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         """Put a finished result into the scene (main thread); returns the panel's result line.
 
         In place: the voxels are replaced only now, after success, with an undo copy kept first.
-        If the input was edited while the task ran, the result goes to a new volume instead so
-        the user's edit is not overwritten.
+        If the input's voxels or geometry changed while the task ran, the result goes to a new
+        volume instead, so the user's edit is not overwritten.
         """
         scene = slicer.mrmlScene
         inputNode = scene.GetNodeByID(context["inputNodeID"])
@@ -722,7 +722,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         request = outcome.request
         summary = tasks.summarize(outcome)
         inPlace = context["inPlace"]
-        if inPlace and inputNode.GetImageData().GetMTime() != context["imageMTime"]:
+        current = nodes.volume_from_node(inputNode) if inPlace else None
+        if inPlace and not arrays_equal(current, context["snapshot"]):
+            # Edited meanwhile (e.g. painted in Segment Editor's mask tools): keep the user's edit.
             inPlace = False
             summary += _(" · the input changed while running, so the result is a new volume")
         entry = history.history_entry(
@@ -734,8 +736,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         if inPlace:
             outputNode = inputNode
             kept = self.undoStack.push(
-                inputNode.GetID(), nodes.volume_from_node(inputNode), description=request.task,
-                history=previousHistory, name=inputNode.GetName(),
+                inputNode.GetID(), current, description=request.task, history=previousHistory,
+                name=inputNode.GetName(),
             )
             if not kept:
                 summary += _(" · too large to keep an undo copy")
@@ -748,7 +750,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             outputNode.SetName(history.lesion_volume_name(outputNode.GetName()))
             segmentationNode, segmentIds = self.labelsToSegmentation(outcome, outputNode, context, entry)
             context["segmentationNode"] = segmentationNode
-            if inPlace and self.undoStack.peek(inputNode.GetID()) is not None:
+            if inPlace and kept:
                 # Undo of these lesions removes their segments too.
                 self.undoStack.peek(inputNode.GetID()).extra["segments"] = [
                     (segmentationNode.GetID(), segmentId) for segmentId in segmentIds]

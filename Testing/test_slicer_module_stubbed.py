@@ -429,7 +429,23 @@ def test_an_input_edited_while_running_gets_a_new_volume_instead(medsynth, logic
     request = module.tasks.TaskRequest("fill", {"slices": [4], "axis": "k", "method": "linear"})
     job, context = logic.start(node, request, inPlace=True)
     assert job.wait(60)
-    node.GetImageData().Modified()  # the user painted on the volume meanwhile
+    from vtk.util import numpy_support
+
+    numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars())[:10] += 7  # painted meanwhile
+    edited = _array(node).copy()
     line = logic.apply(job.status().result, context)
     assert "new volume" in line and context["outputNode"] is not node
-    np.testing.assert_array_equal(_array(node), volume.array)
+    np.testing.assert_array_equal(_array(node), edited)
+    assert not logic.canUndo(node)
+
+
+def test_an_unchanged_input_is_edited_in_place_even_if_vtk_touched_it(medsynth, logic):
+    module, scene = medsynth
+    volume = make_phantom((10, 24, 28), dtype=np.int16)
+    node = _volume_node(scene, volume)
+    request = module.tasks.TaskRequest("fill", {"slices": [4], "axis": "k", "method": "linear"})
+    job, context = logic.start(node, request, inPlace=True)
+    assert job.wait(60)
+    node.GetImageData().Modified()  # e.g. a display pipeline bumping the modification time
+    logic.apply(job.status().result, context)
+    assert context["outputNode"] is node and logic.canUndo(node)
