@@ -66,15 +66,14 @@ def interior_masks(compartments: list[np.ndarray], spacing_kji: Optional[tuple[f
     """The part of each compartment where noise can be measured without partial-volume steps.
 
     With ``pure`` (voxels the lesion fills entirely or not at all, which the
-    renderer knows): each compartment restricted to it. Without: each
+    renderer knows): each compartment restricted to it (a small lesion with a
+    soft edge may have too few such voxels: its noise is then not measured). Without: each
     compartment eroded by two voxels (by one where two leave too few pairs);
     erosion is in-plane only on thick slices. Pairs are taken within one mask,
     so a step between compartments never counts as noise.
     """
-    if pure is not None:
-        masks = [m & pure for m in compartments]
-        if pooled_differences(np.zeros(pure.shape), masks).size >= min_pairs:
-            return masks
+    if pure is not None:  # too few pure pairs means the noise is not measurable here, not a reason to guess
+        return [m & pure for m in compartments]
     if spacing_kji is not None and spacing_kji[0] > 2.0 * max(spacing_kji[1:]):
         structure = np.zeros((3, 3, 3), bool)
         structure[1] = ndimage.generate_binary_structure(2, 1)

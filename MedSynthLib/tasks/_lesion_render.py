@@ -274,7 +274,9 @@ def render_lesion(
         return float(contrast)
 
     wavelength = max(0.6 * spec.diameter_mm, 6.0 * max(spacing_kji[1:]), 2.0)
-    texture = texture_field(grid, rng_texture, wavelength_mm=wavelength)
+    texture = np.zeros(len(grid))
+    filled = o_total > 0  # the texture only matters where the lesion is
+    texture[filled] = texture_field(grid[filled], rng_texture, wavelength_mm=wavelength)
     t_lesion = target_of(spec.contrast)
     t_core = target_of(spec.core_contrast)
     # noise + texture together must vary voxel to voxel as much as the surrounding tissue does:

@@ -123,6 +123,15 @@ class Shape:
         u = q / np.maximum(d, 1e-9)[:, None]
         return d - (shrink * self.radius(u) + grow) - shrink * self.field(q)
 
+    def radius_bounds(self) -> tuple[float, float]:
+        """(smallest, largest) surface radius over directions (frame mm), with a 5 % margin."""
+        radii = self.radius(fibonacci_sphere(2000))
+        return float(radii.min()) * 0.95, float(radii.max()) * 1.05
+
+    def wave_bound(self) -> float:
+        """Largest possible magnitude of the infiltrative field (mm)."""
+        return 0.0 if self.wave_k.size == 0 else self.wave_amp * self.scale * np.sqrt(2.0 * len(self.wave_k))
+
     def extent(self, *, grow: float = 0.0) -> float:
         """Radius (mm, RAS) of a ball around the centre that holds the whole shape grown by ``grow``."""
         directions = fibonacci_sphere(2000)
@@ -196,15 +205,26 @@ def occupancy(
 ) -> np.ndarray:
     """Occupancy fraction in [0, 1] of each voxel whose centre is a row of ``grid_ras`` (N, 3).
 
-    Voxels whose centre lies farther from the surface than half a voxel diagonal
-    (plus the soft edge, with a safety factor for the bumps' slope) are entirely
-    in or out; the others are supersampled ``4 x 4 x 4``.
+    Voxels whose centre lies farther from the surface than the voxel's corners
+    (plus the soft edge, with 25 % slack for the bumps' slope) are entirely in
+    or out; the others are supersampled ``4 x 4 x 4``.
     """
-    s = shape.signed(grid_ras, grow=grow, shrink=shrink) if signed_centres is None else signed_centres
     linear = ijk_to_ras[:3, :3]
-    half_diagonal = 0.5 * float(np.linalg.norm(linear.sum(axis=1)))
-    half_diagonal = max(half_diagonal, 0.5 * float(np.sum(np.linalg.norm(linear, axis=0))))
-    band = 2.0 * (half_diagonal + 0.5 * edge_width) + 1e-6
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=np.float64)
+    corner = 0.5 * float(np.max(np.linalg.norm(signs @ linear.T, axis=1)))  # voxel centre to its farthest corner
+    band = 1.25 * (corner + 0.5 * edge_width) + 1e-6  # 25 % slack: d - R(u) is only nearly a distance
+    if signed_centres is None:
+        # only points between the shape's inner and outer bounding balls need the implicit function
+        low, high = shape.radius_bounds()
+        wave = shape.wave_bound()
+        dist = np.linalg.norm(grid_ras - shape.centre, axis=1)
+        sure_in = dist < (shrink * (low - wave) + grow - band) * float(np.min(shape.axes))
+        sure_out = dist > (shrink * (high + wave) + grow + band) * float(np.max(shape.axes))
+        s = np.where(sure_in, -2.0 * band, 2.0 * band)
+        between = np.flatnonzero(~sure_in & ~sure_out)
+        s[between] = shape.signed(grid_ras[between], grow=grow, shrink=shrink)
+    else:
+        s = signed_centres
     occ = _soft(s, edge_width)
     near = np.flatnonzero(np.abs(s) < band)
     if near.size:
