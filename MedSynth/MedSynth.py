@@ -793,8 +793,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         nodes.update_node_from_volume(volumeNode, entry.volume)
         if entry.name:
             volumeNode.SetName(entry.name)
-        volumeNode.SetAttribute(history.HISTORY_ATTRIBUTE, entry.history or "")
-        if not entry.history:
+        if entry.history:
+            volumeNode.SetAttribute(history.HISTORY_ATTRIBUTE, entry.history)
+        else:
             volumeNode.RemoveAttribute(history.HISTORY_ATTRIBUTE)
         for segmentationNodeID, segmentId in entry.extra.get("segments", []):
             segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationNodeID)

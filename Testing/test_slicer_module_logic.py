@@ -56,6 +56,9 @@ class FakeVolumeNode:
         self.image = image
         self.events.append(("image", self.modify_depth))
 
+    def StorableModified(self):
+        self.events.append(("storable", self.modify_depth))
+
     def StartModify(self):
         self.modify_depth += 1
         return self.modify_depth - 1
@@ -95,7 +98,8 @@ def test_node_round_trip_keeps_voxels_dtype_and_oblique_geometry(dtype):
     assert back.array.dtype == np.dtype(dtype)
     assert arrays_equal(back, volume)
     # Matrix and image were swapped inside one StartModify/EndModify.
-    assert node.events == [("matrix", 1), ("image", 1)] and node.modify_depth == 0
+    # and the node is marked as changed since it was loaded, so Save writes it.
+    assert node.events == [("matrix", 1), ("image", 1), ("storable", 1)] and node.modify_depth == 0
 
 
 def test_voxel_to_ras_through_the_vtk_matrix_matches_the_volume():

@@ -79,6 +79,10 @@ def update_node_from_volume(node: Any, volume: Volume) -> None:
     try:
         node.SetIJKToRASMatrix(matrix)
         node.SetAndObserveImageData(image)
+        if hasattr(node, "StorableModified"):
+            # Mark the voxels as changed since loading, so Save offers to write them (as
+            # slicer.util.updateVolumeFromArray does).
+            node.StorableModified()
     finally:
         if was_modifying is not None:
             node.EndModify(was_modifying)
