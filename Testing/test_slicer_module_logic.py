@@ -157,6 +157,17 @@ def test_markups_give_ras_centres_with_an_optional_world_to_local_map():
     assert nodes.control_points_ras(None) == []
 
 
+def test_points_still_being_placed_are_not_centres():
+    class PlacingMarkups(FakeMarkups):
+        PositionDefined, PositionPreview = 2, 3
+
+        def GetNthControlPointPositionStatus(self, index):
+            return self.PositionPreview if index == 1 else self.PositionDefined
+
+    markups = PlacingMarkups([(1.0, 2.0, 3.0), (7.0, 7.0, 7.0)])
+    assert nodes.control_points_ras(markups) == [(1.0, 2.0, 3.0)]
+
+
 def test_lesion_volumes_use_the_voxel_volume_of_the_oblique_grid():
     volume = make_phantom((4, 5, 6))  # spacing 0.8 x 0.9 x 3.0 mm = 2.16 mm^3
     labels = np.zeros(volume.array.shape, np.uint8)

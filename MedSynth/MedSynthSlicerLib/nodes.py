@@ -104,7 +104,10 @@ def control_points_ras(
     if markups is None:
         return []
     points = []
+    defined = getattr(markups, "PositionDefined", None)
     for index in range(markups.GetNumberOfControlPoints()):
+        if defined is not None and markups.GetNthControlPointPositionStatus(index) != defined:
+            continue  # a point still being placed (preview) or cleared: not a centre
         position = [0.0, 0.0, 0.0]
         markups.GetNthControlPointPositionWorld(index, position)
         if world_to_local is not None:
