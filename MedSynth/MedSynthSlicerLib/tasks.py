@@ -314,7 +314,7 @@ def summarize(outcome: TaskOutcome) -> str:
         listed = ", ".join(f"{ml:.2f}" for ml in sizes)
         what = f"Inserted {len(sizes)} lesion(s): {listed} mL" if sizes else "No lesion voxels were written"
     else:
-        what = "Enhanced: " + " + ".join(str(step) for step in outcome.request.parameters.get("steps", []))
+        what = f"Enhanced ({len(outcome.request.parameters.get('steps', []))} step(s))"
     line = f"{what} · {method} · {outcome.seconds:.1f} s · {device}"
     warnings = r.get("warnings") or []
     if warnings:
