@@ -565,7 +565,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         result["devices"], result["deviceSummary"] = devices.device_choices(torch)
         result["deviceWarning"] = dependencies.torch_problem(torch, nvidia_gpu_present=devices.nvidia_gpu_present())
         if result["deviceWarning"]:
-            result["deviceSummary"] += " (see tooltip)"
+            # Said in the panel itself, not hidden in a tooltip: the CPU-only surprise is the most
+            # reported problem of AI extensions.
+            result["deviceSummary"] += " — " + result["deviceWarning"]
         try:
             from MedSynthLib.models import list_packages
         except ImportError as error:
