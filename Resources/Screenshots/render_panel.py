@@ -121,7 +121,7 @@ def placeholder_ui(tab_index: int) -> str:
 def render(output: Path, *, width: int = 450) -> Path:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     try:
-        from PyQt5 import QtCore, QtGui, QtWidgets, uic
+        from PyQt5 import QtGui, QtWidgets, uic
     except ImportError:
         sys.exit("render_panel.py needs PyQt5: pip install PyQt5 (it is in MedSynth's dev extra)")
 
@@ -168,7 +168,6 @@ def render(output: Path, *, width: int = 450) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     if not canvas.save(str(output), "PNG"):
         raise RuntimeError(f"could not write {output}")
-    del QtCore
     return output
 
 
