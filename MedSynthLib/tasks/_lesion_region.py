@@ -9,9 +9,10 @@ always better):
   scalp fat. On T2/FLAIR, where white matter is darker, pass a mask instead.
 - ``brain`` (MR): that white matter grown by 6 mm and hole-filled, inside the
   head: room for large tumours, which cross tissue borders.
-- ``lung`` (CT): voxels below -400 HU in components that do not touch the
-  in-plane edges of the volume (outside air does; the trachea may leave through
-  the first or last slice), the two largest kept, holes (vessels) filled slice by slice.
+- ``lung`` (CT): components of voxels below -400 HU, except those that touch
+  the in-plane edges of the volume and are as dark as air (median below
+  -960 HU: outside air; a crop through a lung keeps the lung), the two largest
+  kept, holes (vessels) filled slice by slice.
 - ``liver`` / ``brain-ct`` (CT): the largest smooth soft-tissue component in
   40-90 HU or 15-50 HU. Coarse: pass a mask for real work.
 """
@@ -85,7 +86,12 @@ def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
         index = [slice(None)] * 3
         index[axis] = [0, -1]
         border[tuple(index)] = True
-    outside = np.unique(labels[border & air])
+    # a border-touching component is outside air when it is as dark as air (lung parenchyma is about
+    # -950 to -700 HU): so a crop that cuts through a lung keeps that lung
+    touching = np.unique(labels[border & air])
+    touching = touching[touching > 0]
+    medians = ndimage.median(smooth, labels, touching) if touching.size else []
+    outside = [t for t, m in zip(touching, np.atleast_1d(medians)) if m < -960]
     inner = air & ~np.isin(labels, outside)
     lungs = _largest(inner, keep=2, min_fraction=0.2)
     moved = np.moveaxis(lungs, slice_axis, 0)
