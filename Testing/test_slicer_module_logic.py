@@ -17,7 +17,6 @@ import pytest
 from conftest import make_phantom, oblique_matrix
 from MedSynthLib.errors import InputError
 from MedSynthLib.progress import check_cancel
-from MedSynthLib.volume import Volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSynth"))
 

@@ -27,9 +27,7 @@ def device_choices(torch_module: Optional[object] = None) -> tuple[list[tuple[st
     present = available_devices()
     choices = [("auto (best available)", "auto")]
     for name in present:
-        import torch
-
-        label = "CPU" if name == "cpu" else describe_device(torch.device(name))
+        label = "CPU" if name == "cpu" else describe_device(torch_module.device(name))
         choices.append((label, name))
     best = select_device("auto")
     if best.type == "cpu":
