@@ -426,12 +426,18 @@ def test_placeholder_ui_has_only_plain_qt_classes_and_keeps_every_bound_widget()
 
 
 def test_render_panel_draws_the_three_task_tabs(tmp_path):
-    pytest.importorskip("PyQt5")
+    import os
     import subprocess
 
+    pytest.importorskip("PyQt5")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    probe = subprocess.run([sys.executable, "-c", "from PyQt5 import QtWidgets; QtWidgets.QApplication([])"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    if probe.returncode != 0:  # e.g. a machine without the system libraries Qt needs
+        pytest.skip(f"Qt cannot start here: {probe.stderr.strip().splitlines()[-1:]}")
     output = tmp_path / "panel.png"
     subprocess.run([sys.executable, str(REPO / "Resources" / "Screenshots" / "render_panel.py"), "--output", str(output)],
-                   check=True, capture_output=True, timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+                   check=True, capture_output=True, timeout=120, env=env)
     Image = pytest.importorskip("PIL.Image")
     import numpy as np
 
