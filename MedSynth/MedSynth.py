@@ -415,7 +415,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         context, self._job, self._jobContext = self._jobContext, None, None
         self.ui.progressBar.setVisible(False)
-        if status.state == JobState.SUCCEEDED:
+        if status.state == JobState.SUCCEEDED and slicer.mrmlScene.GetNodeByID(context["inputNodeID"]) is None:
+            self.ui.statusLabel.text = _("The input volume was removed (or the scene closed); the result was discarded.")
+        elif status.state == JobState.SUCCEEDED:
             with slicer.util.tryWithErrorDisplay(_("Failed to apply the result."), waitCursor=True):
                 self.ui.resultLabel.text = self.logic.apply(status.result, context)
                 self.ui.statusLabel.text = _("Done")
@@ -862,6 +864,8 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         self.test_Enhance()
         self.setUp()
         self.test_CancelLeavesInputUntouched()
+        self.setUp()
+        self.test_MaskFromSegmentation()
 
     # ---- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -988,3 +992,18 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
         self.assertFalse(logic.canUndo(node))
         self.delayDisplay("Cancel passed")
+
+    def test_MaskFromSegmentation(self):
+        self.delayDisplay("A segmentation becomes a mask on the volume's grid")
+        node = self.makeVolumeNode()
+        labels = np.zeros(slicer.util.arrayFromVolume(node).shape, np.uint8)
+        labels[3:7, 10:20, 12:30] = 1
+        labelmap = slicer.util.addVolumeFromArray(labels, ijkToRAS=self.obliqueMatrix(), name="box",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
+        mask = MedSynthLogic().maskArray(segmentationNode, node)
+        self.assertEqual(mask.shape, labels.shape)
+        self.assertEqual(int(mask.sum()), int(labels.sum()))
+        np.testing.assert_array_equal(mask, labels > 0)
+        self.delayDisplay("Mask passed")
