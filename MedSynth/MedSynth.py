@@ -652,10 +652,19 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         """The visible segments of ``segmentationNode`` as one boolean mask on the volume's grid."""
         if segmentationNode is None:
             return None
+        segmentIds = vtk.vtkStringArray()
+        displayNode = segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.GetVisibleSegmentIDs(segmentIds)
+        else:
+            segmentationNode.GetSegmentation().GetSegmentIDs(segmentIds)
+        if segmentIds.GetNumberOfValues() == 0:
+            raise ValueError(_("The mask segmentation {name} has no visible segment; show one or choose no mask.")
+                             .format(name=segmentationNode.GetName()))
         labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         try:
-            slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(
-                segmentationNode, labelmapNode, referenceVolumeNode)
+            slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                segmentationNode, segmentIds, labelmapNode, referenceVolumeNode)
             return slicer.util.arrayFromVolume(labelmapNode) > 0
         finally:
             slicer.mrmlScene.RemoveNode(labelmapNode)
