@@ -264,7 +264,7 @@ def diffusion_benchmark(package_path: str, unet_path: str | None) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="throughput,fill,denoise")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a contended CPU more threads are much slower)")
     parser.add_argument("--steps", type=int, default=6, help="training steps per pair for throughput")
     parser.add_argument("--no-selfsup", action="store_true", help="skip the selfsup fill comparison")
     parser.add_argument("--diffusion-package", help="a diffusion fill package for the 'diffusion' part")

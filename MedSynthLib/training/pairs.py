@@ -375,20 +375,24 @@ class LesionShapePairs(PairMaker):
     def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0):
         from scipy import ndimage
 
-        label = volume.label
-        components, count = ndimage.label(label)
-        which = int(rng.integers(1, count + 1))
-        centre = np.array(ndimage.center_of_mass(components == which))
+        lesions = volume.info.get("lesions")
+        if lesions is None:  # once per volume (and worker): each lesion's bounding block and centre
+            components, count = ndimage.label(volume.label)
+            lesions = []
+            for which, box in enumerate(ndimage.find_objects(components), start=1):
+                mask = (components[box] == which).astype(np.float32)
+                lesions.append((mask, np.array(ndimage.center_of_mass(mask))))
+            volume.info["lesions"] = lesions
+        mask, centre = lesions[int(rng.integers(len(lesions)))]
         spacing = np.asarray(volume.spacing_kji)
-        angles = rng.uniform(-np.pi, np.pi, 3)
-        rotation = _rotation(angles)
+        rotation = _rotation(rng.uniform(-np.pi, np.pi, 3))
         scale = float(np.exp(rng.uniform(*np.log(self.options["scale"]))))
         n = self.crop
-        grid = (np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2] * 3, indexing="ij"), -1).reshape(-1, 3))
+        grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2] * 3, indexing="ij"), -1).reshape(-1, 3)
         millimetres = grid * float(self.options["voxel_mm"]) / scale
         jitter = rng.normal(0, float(self.options["jitter_mm"]), 3)
-        voxels = (millimetres @ rotation.T + jitter) / spacing + centre
-        patch = ndimage.map_coordinates((components == which).astype(np.float32), voxels.T, order=1, mode="constant")
+        voxels = (millimetres @ rotation.T + jitter) / spacing + centre  # in the lesion's block
+        patch = ndimage.map_coordinates(mask, voxels.T, order=1, mode="constant")
         patch = (patch.reshape(n, n, n) > 0.5).astype(np.float32)[None]
         patch = _apply(spatial, patch, transform_seed + 1)
         return {"input": patch, "target": patch.copy(), "weight": np.ones_like(patch)}
