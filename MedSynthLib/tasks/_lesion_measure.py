@@ -62,28 +62,31 @@ def neighbour_differences(array: np.ndarray, mask: np.ndarray, *, axes: tuple[in
 
 
 def interior_masks(compartments: list[np.ndarray], spacing_kji: Optional[tuple[float, float, float]] = None,
-                   *, pure: Optional[np.ndarray] = None, min_pairs: int = 16) -> list[np.ndarray]:
+                   *, pure: Optional[np.ndarray] = None) -> list[np.ndarray]:
     """The part of each compartment where noise can be measured without partial-volume steps.
 
     With ``pure`` (voxels the lesion fills entirely or not at all, which the
-    renderer knows): each compartment restricted to it (a small lesion with a
-    soft edge may have too few such voxels: its noise is then not measured). Without: each
-    compartment eroded by two voxels (by one where two leave too few pairs);
-    erosion is in-plane only on thick slices. Pairs are taken within one mask,
-    so a step between compartments never counts as noise.
+    renderer knows): each compartment restricted to it. Without: each
+    compartment eroded by two voxels (on thick slices: two in-plane and one
+    through-plane). A small lesion may keep too few voxels either way: its
+    noise is then not measured (NaN), never guessed from partial-volume voxels.
+    Pairs are taken within one mask, so a step between compartments never
+    counts as noise.
     """
-    if pure is not None:  # too few pure pairs means the noise is not measurable here, not a reason to guess
+    if pure is not None:
         return [m & pure for m in compartments]
-    if spacing_kji is not None and spacing_kji[0] > 2.0 * max(spacing_kji[1:]):
-        structure = np.zeros((3, 3, 3), bool)
-        structure[1] = ndimage.generate_binary_structure(2, 1)
-    else:
-        structure = ndimage.generate_binary_structure(3, 1)
     masks = []
-    for iterations in (2, 1):
-        masks = [ndimage.binary_erosion(m, structure=structure, iterations=iterations) for m in compartments]
-        if compartments and pooled_differences(np.zeros(compartments[0].shape), masks).size >= min_pairs:
-            break
+    for mask in compartments:
+        if spacing_kji is not None and spacing_kji[0] > 2.0 * max(spacing_kji[1:]):
+            # thick slices: two voxels in-plane, and the first/last slice of the lesion (partial in k)
+            in_plane = np.zeros((3, 3, 3), bool)
+            in_plane[1] = ndimage.generate_binary_structure(2, 1)
+            through = np.zeros((3, 3, 3), bool)
+            through[:, 1, 1] = True
+            eroded = ndimage.binary_erosion(ndimage.binary_erosion(mask, in_plane, iterations=2), through)
+        else:
+            eroded = ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1), iterations=2)
+        masks.append(eroded)
     return masks
 
 

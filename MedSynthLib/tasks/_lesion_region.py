@@ -144,8 +144,10 @@ def place_centres(
         A lesion is larger than the region allows, or the lesions cannot all fit.
     """
     spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
-    padded = np.pad(region, 1, constant_values=False)  # the volume's edge is the region's edge
+    box = ndimage.find_objects(region.astype(np.uint8))[0]  # the distance map only where the region is
+    padded = np.pad(region[box], 1, constant_values=False)  # the volume's edge is the region's edge
     depth = ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    offset = np.array([s.start for s in box])
     deepest = float(depth.max())
     centres: list[np.ndarray] = []
     for number, extent in enumerate(extents_mm):
@@ -155,11 +157,10 @@ def place_centres(
                 f"lesion {number + 1} needs a region {2 * extent:.1f} mm across, but the region's widest "
                 f"inscribed ball is {2 * deepest:.1f} mm; choose a smaller size or a larger region"
             )
-        ras = volume.ijk_points_to_ras(candidates[:, ::-1].astype(np.float64))
         placed = False
         for _ in range(tries):
             index = int(rng.integers(len(candidates)))
-            point = ras[index]
+            point = volume.ijk_points_to_ras((candidates[index] + offset)[::-1].astype(np.float64))
             if all(np.linalg.norm(point - c) >= extent + other + min_spacing_mm
                    for c, other in zip(centres, extents_mm)):
                 centres.append(point)

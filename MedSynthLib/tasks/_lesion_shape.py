@@ -248,28 +248,35 @@ def calibrate_scale(
     edge_width: float,
     target_mm3: float,
     voxel_mm3: float,
-    iterations: int = 5,
+    iterations: int = 10,
     tolerance: float = 0.02,
 ) -> tuple[Shape, np.ndarray]:
     """Rescale ``shape`` so that the labelled voxels (occupancy >= 0.5) hold ``target_mm3``.
 
     The analytic volume ignores the grid; on coarse or thick-slice grids the
-    labelled volume differs, so a few fixed-point steps ``scale *= (target /
-    measured) ** (1/3)`` bring it within ``tolerance`` where the grid allows.
+    labelled volume differs, so a few steps ``scale *= (target / measured) ** (1/3)``
+    (bisecting once the voxel count, a step function, has been bracketed) bring
+    it within ``tolerance`` where the grid allows; the best scale tried is kept.
     Returns the shape and its occupancy on the grid.
     """
     best: Optional[tuple[float, Shape, np.ndarray]] = None
+    low: Optional[float] = None  # largest scale known to give too little volume
+    high: Optional[float] = None  # smallest scale known to give too much
     for _ in range(iterations):
         occ = occupancy(shape, grid_ras, ijk_to_ras, edge_width=edge_width)
         measured = float(np.count_nonzero(occ >= 0.5)) * voxel_mm3
         error = abs(measured - target_mm3) / target_mm3
         if best is None or error < best[0]:
             best = (error, shape, occ)
-        if error <= tolerance or measured <= 0:
-            if measured <= 0:
-                shape = shape.with_scale(shape.scale * 1.5)
-                continue
+        if error <= tolerance:
             break
-        shape = shape.with_scale(shape.scale * (target_mm3 / measured) ** (1.0 / 3.0))
+        if measured < target_mm3:
+            low = shape.scale if low is None else max(low, shape.scale)
+        else:
+            high = shape.scale if high is None else min(high, shape.scale)
+        guess = shape.scale * (1.5 if measured <= 0 else (target_mm3 / measured) ** (1.0 / 3.0))
+        if low is not None and high is not None and not (low < guess < high):
+            guess = 0.5 * (low + high)  # the voxel count is a step function: bisect the bracket
+        shape = shape.with_scale(guess)
     assert best is not None
     return best[1], best[2]

