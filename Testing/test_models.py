@@ -40,6 +40,7 @@ def test_round_trip_gives_the_same_outputs(tmp_path):
         ("autoencoder_kl", {"spatial_dims": 3, "channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4}, (1, 1, 16, 16, 16)),
         ("diffusion_unet", {"in_channels": 2, "channels": [8, 8, 16], "norm_num_groups": 4, "num_head_channels": 8}, (2, 2, 16, 16)),
         ("patch_discriminator", {"in_channels": 2, "channels": 4, "num_layers_d": 2}, (2, 2, 32, 32)),
+        ("residual_unet", {**TINY_UNET, "skip_channel": 1}, (2, 3, 32, 32)),
     ],
 )
 def test_new_builders_round_trip(tmp_path, builder, args, shape):
@@ -53,6 +54,8 @@ def test_new_builders_round_trip(tmp_path, builder, args, shape):
             assert torch.equal(network(x, steps), loaded.network(x, steps))
         elif builder == "autoencoder_kl":
             assert torch.equal(network.encode(x)[0], loaded.network.encode(x)[0])
+        elif builder == "residual_unet":
+            assert torch.equal(network(x), loaded.network(x))
         else:
             assert torch.equal(network(x)[-1], loaded.network(x)[-1])
 
@@ -148,3 +151,14 @@ def test_user_folder_packages_are_listed(tmp_path):
     names = [info.name for info in list_packages([tmp_path], task="denoise")]
     assert "mine" in names
     assert all(info.task == "fill" for info in list_packages([tmp_path], task="fill"))
+
+
+def test_residual_unet_starts_as_identity_of_its_skip_channel():
+    from MedSynthLib.training.families import _zero_last_conv
+
+    network = build_network("residual_unet", **TINY_UNET, skip_channel=1)
+    _zero_last_conv(network)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(network.eval()(x), x[:, 1:2])
+    with pytest.raises(ModelError, match="skip_channel"):
+        build_network("residual_unet", **TINY_UNET, skip_channel=3)

@@ -81,7 +81,12 @@ def throughput(threads: int, steps: int) -> list[dict]:
     return rows
 
 
+OVERRIDES: dict[str, str] = {}
+
+
 def _bundled(name: str):
+    if name in OVERRIDES:
+        return Path(OVERRIDES[name])
     path = BUNDLED_DIR / f"{name}.json"
     return path if path.is_file() else None
 
@@ -99,6 +104,8 @@ def _fill_with_package(array: np.ndarray, package, keep: np.ndarray, *, batch: i
     for index in missing:
         lower = good[good < index][::-1][:FILL_CONTEXT]
         upper = good[good > index][:FILL_CONTEXT]
+        lower = np.pad(lower, (0, FILL_CONTEXT - len(lower)), mode="edge")  # the farthest slice repeats
+        upper = np.pad(upper, (0, FILL_CONTEXT - len(upper)), mode="edge")
         before.append(normalised[lower])
         after.append(normalised[upper])
         fractions.append((index - lower[0]) / (upper[0] - lower[0]))
@@ -186,7 +193,7 @@ def fill_benchmark(threads: int, selfsup: bool) -> list[dict]:
     return rows
 
 
-def denoise_benchmark() -> list[dict]:
+def denoise_benchmark(strengths: tuple[float, ...]) -> list[dict]:
     from MedSynthLib.tasks.enhance import denoise
 
     volume = read_volume(DATA / "MNI152_2009a_T1_template_nilearn.nii.gz")
@@ -205,7 +212,7 @@ def denoise_benchmark() -> list[dict]:
         print(f"  denoise {method:<28} {rows[-1]['psnr']:6.2f} dB  {seconds:7.1f} s", flush=True)
 
     score("noisy input", noisy, 0.0)
-    for method, strengths in (("aniso", (0.7, 1.0, 1.5)), ("nlm", (0.7, 1.0, 1.4))):
+    for method in ("aniso", "nlm"):
         best = None
         for strength in strengths:
             start = time.perf_counter()
@@ -269,12 +276,20 @@ def main() -> int:
     parser.add_argument("--no-selfsup", action="store_true", help="skip the selfsup fill comparison")
     parser.add_argument("--diffusion-package", help="a diffusion fill package for the 'diffusion' part")
     parser.add_argument("--unet-package", help="a unet fill package to compare with in the 'diffusion' part")
+    parser.add_argument("--fill-package", help="evaluate this fill package instead of the bundled fill_default")
+    parser.add_argument("--denoise-package", help="evaluate this denoise package instead of the bundled denoise_default")
+    parser.add_argument("--classical-strengths", default="0.6,0.8,1.0,1.3",
+                        help="strengths swept for the classical denoisers (the best against the clean template is kept)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not DATA.is_dir():
         print(f"real scans not found at {DATA}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
+    if args.fill_package:
+        OVERRIDES["fill_default"] = args.fill_package
+    if args.denoise_package:
+        OVERRIDES["denoise_default"] = args.denoise_package
     parts = args.parts.split(",")
     results: dict = {"threads": args.threads, "torch": torch.__version__,
                      "note": "2-core CPU shared with other jobs: timings inflated"}
@@ -286,7 +301,7 @@ def main() -> int:
     if "fill" in parts:
         results["fill"] = fill_benchmark(args.threads, selfsup=not args.no_selfsup)
     if "denoise" in parts:
-        results["denoise"] = denoise_benchmark()
+        results["denoise"] = denoise_benchmark(tuple(float(v) for v in args.classical_strengths.split(",")))
     if "diffusion" in parts and args.diffusion_package:
         results["diffusion"] = diffusion_benchmark(args.diffusion_package, args.unet_package)
     RESULTS.mkdir(parents=True, exist_ok=True)

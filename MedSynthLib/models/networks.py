@@ -56,6 +56,33 @@ def _basic_unet(
     )
 
 
+class _SkipUNet(torch.nn.Module):
+    """BasicUNet whose output is added to one of its input channels: ``y = x[:, skip] + unet(x)``."""
+
+    def __init__(self, unet: torch.nn.Module, skip_channel: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.skip_channel = int(skip_channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, out, H, W): input channel ``skip_channel`` plus the U-Net's correction."""
+        return x[:, self.skip_channel : self.skip_channel + 1] + self.unet(x)
+
+
+@register_builder("residual_unet")
+def _residual_unet(*, skip_channel: int = 0, **unet_args: Any) -> torch.nn.Module:
+    """A :func:`basic_unet <_basic_unet>` that predicts a correction to one input channel.
+
+    For denoising the skip channel is the noisy centre slice: the output is still
+    the clean slice (the denoise contract), but an untrained network is the
+    identity and training only has to learn the noise, which converges much faster.
+    """
+    in_channels = int(unet_args.get("in_channels", 1))
+    if not 0 <= int(skip_channel) < in_channels:
+        raise ValueError(f"skip_channel must be an input channel in [0, {in_channels - 1}], got {skip_channel}")
+    return _SkipUNet(_basic_unet(**unet_args), skip_channel)
+
+
 @register_builder("autoencoder_kl")
 def _autoencoder_kl(
     *,

@@ -93,7 +93,7 @@ class Family:
 
         name, args = self.builder()
         network = build_network(name, **args)
-        if self.pair_maker.residual:
+        if self.pair_maker.residual or self.pair_maker.skip_channel is not None:
             _zero_last_conv(network)
         return {"network": network}
 
@@ -147,12 +147,15 @@ class UNetFamily(Family):
             )
 
     def builder(self) -> tuple[str, dict]:
-        return "basic_unet", {
+        args = {
             "spatial_dims": self.pair_maker.spatial_dims,
             "in_channels": self.pair_maker.in_channels,
             "out_channels": 1,
             "features": list(self.network_options["features"]),
         }
+        if self.pair_maker.skip_channel is not None:
+            return "residual_unet", {**args, "skip_channel": int(self.pair_maker.skip_channel)}
+        return "basic_unet", args
 
     def train_step(self, modules, optimisers, batch, *, scaler, autocast):
         network = modules["network"]

@@ -106,6 +106,8 @@ class PairMaker:
     target_kind: str = "image"
     #: True when samples carry ``base`` and the network predicts a residual over it.
     residual: bool = False
+    #: An input channel the output corrects (unet/gan families build a ``residual_unet`` on it).
+    skip_channel: Optional[int] = None
     defaults: dict[str, Any] = {}
 
     def __init__(self, options: Optional[dict] = None, *, crop: int = 64) -> None:
@@ -172,6 +174,10 @@ class DenoisePairs(PairMaker):
     @property
     def in_channels(self) -> int:
         return 2 * self.context + 1
+
+    @property
+    def skip_channel(self) -> int:  # the noisy centre slice: an untrained model is the identity
+        return self.context
 
     def normalise(self, volume: Volume) -> tuple[np.ndarray, dict]:
         from ..tasks._denoise_inputs import normalise_for_denoise
