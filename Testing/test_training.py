@@ -257,3 +257,21 @@ def config_data(path: Path):
     import yaml
 
     return yaml.safe_load(path.read_text()).get("data") or ["unused"]
+
+
+def test_absent_device_is_refused_with_exit_code_2(tiny_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code = train_main(["denoise", "--data", str(tiny_data / "images"), "--out", str(tmp_path / "o"),
+                       "--device", "cuda", "--crop", "32", "--quiet"])
+    assert code == 2
+    assert "not available" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["unet", "diffusion"])
+def test_amp_on_cuda_trains(tiny_data, tmp_path, family):
+    config = tiny_config(tiny_data, tmp_path / "run", "fill", family, device="cuda", amp=True, epochs=2)
+    result = train(config, quiet=True)
+    assert np.all(np.isfinite(result.step_losses))
+    assert "cuda" in result.device or "NVIDIA" in result.device
