@@ -162,3 +162,14 @@ def test_residual_unet_starts_as_identity_of_its_skip_channel():
     assert torch.allclose(network.eval()(x), x[:, 1:2])
     with pytest.raises(ModelError, match="skip_channel"):
         build_network("residual_unet", **TINY_UNET, skip_channel=3)
+
+
+def test_bundled_package_lookup_names_a_complete_package_or_none():
+    from MedSynthLib.models import BUNDLED_DIR, bundled_package
+
+    for task in ("fill", "denoise", "lesion-shape"):
+        path = bundled_package(task)
+        if path is not None:
+            assert path.parent == BUNDLED_DIR and path.with_suffix(".safetensors").is_file()
+            assert load_package(path, task=task).info.bundled
+    assert bundled_package("no-such-task") is None

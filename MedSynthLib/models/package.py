@@ -42,6 +42,7 @@ __all__ = [
     "read_package_info",
     "load_package",
     "list_packages",
+    "bundled_package",
 ]
 
 FORMAT_VERSION = 1
@@ -220,3 +221,14 @@ def list_packages(extra_dirs: Iterable[PathLike] = (), *, task: Optional[str] = 
             if task is None or info.task == task:
                 infos.append(info)
     return infos
+
+
+def bundled_package(task: str) -> Optional[Path]:
+    """The JSON path of the bundled default package of ``task`` (``TASK_default``), or None if not shipped.
+
+    The tasks' ``model``/``auto`` methods use it when the user names no package.
+    """
+    json_path = BUNDLED_DIR / f"{task.replace('-', '_')}_default.json"
+    if json_path.is_file() and json_path.with_suffix(".safetensors").is_file():
+        return json_path
+    return None
