@@ -275,3 +275,10 @@ def test_amp_on_cuda_trains(tiny_data, tmp_path, family):
     result = train(config, quiet=True)
     assert np.all(np.isfinite(result.step_losses))
     assert "cuda" in result.device or "NVIDIA" in result.device
+
+
+def test_dataloader_workers_do_not_change_the_samples(tiny_data, tmp_path):
+    settings = dict(epochs=1, augment=1.0, resample_each_epoch=True)
+    serial = train(tiny_config(tiny_data, tmp_path / "serial", "denoise", "unet", num_workers=0, **settings), quiet=True)
+    parallel = train(tiny_config(tiny_data, tmp_path / "workers", "denoise", "unet", num_workers=2, **settings), quiet=True)
+    assert parallel.step_losses == pytest.approx(serial.step_losses, rel=1e-6)
