@@ -533,6 +533,10 @@ def super_resolve(
         ) from None
     start = time.perf_counter()
     accepted = inspect.signature(upsample_slices).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"super_resolve got unknown option(s) {', '.join(unknown)}; "
+                         f"upsample_slices accepts {', '.join(accepted)}")
     kwargs = dict(options)
     for name, value in (("progress", progress), ("cancel", cancel)):
         if name in accepted:
@@ -677,7 +681,7 @@ def enhance(
                               progress=step_progress, cancel=cancel, **step.options)
         else:
             outcome = super_resolve(current, step.options["factor"], method=step.options.get("method", "auto"),
-                                    progress=step_progress, cancel=cancel)
+                                    device=device, seed=seed, progress=step_progress, cancel=cancel)
         current = outcome.volume
         reports.append({"step": step.label(), **outcome.report})
     check_cancel(cancel)

@@ -1,0 +1,370 @@
+"""Tests of the enhance task: noise estimation, denoising, N4, super-resolution entry, pipelines, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_phantom, oblique_matrix
+from MedSynthLib.errors import Cancelled, InputError, ModelError
+from MedSynthLib.io import read_volume, write_volume
+from MedSynthLib.progress import CancelToken
+from MedSynthLib.tasks import enhance as E
+from MedSynthLib.tasks._denoise_inputs import DENOISE_INPUT_SPEC, make_denoise_inputs
+from MedSynthLib.volume import Volume
+
+
+def _head(shape=(16, 48, 56), *, seed=0) -> np.ndarray:
+    """Clean MR-like head: background 0, brain 100 with a bright 'white matter' core and smooth texture."""
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((i / 0.8) ** 2 + (j / 0.75) ** 2 + (k / 0.9) ** 2)
+    image = 100.0 * (r < 0.85) + 50.0 * (r < 0.45) + 15 * np.sin(4 * i) * np.cos(3 * j) * (r < 0.85)
+    return image.astype(np.float32)
+
+
+def _rician(clean: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(np.float32)
+
+
+def _rmse(a, b, mask):
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64)[mask] - np.asarray(b, np.float64)[mask]) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def noisy_head():
+    clean = _head()
+    matrix = oblique_matrix(spacing=(0.9, 1.0, 1.1))
+    return clean, Volume(_rician(clean, 6.0), matrix)
+
+
+# ---- noise -----------------------------------------------------------------------------------
+def test_estimate_noise_rician_background(noisy_head):
+    _, volume = noisy_head
+    estimate = E.estimate_noise(volume)
+    assert estimate.model == "rician" and estimate.method == "background"
+    assert estimate.sigma == pytest.approx(6.0, rel=0.1)
+
+
+def test_estimate_noise_ct_gaussian():
+    rng = np.random.default_rng(0)
+    clean = np.full((12, 64, 64), -1000.0)
+    clean[:, 8:56, 8:56] = 40.0
+    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.int16)
+    estimate = E.estimate_noise(Volume(noisy, oblique_matrix()))
+    assert estimate.modality == "CT" and estimate.model == "gaussian"
+    assert estimate.sigma == pytest.approx(20.0, rel=0.15)
+
+
+def test_estimate_noise_residual_without_background():
+    # tissue fills the field of view: no air, so the in-tissue high-pass estimate must be used
+    rng = np.random.default_rng(3)
+    clean = 200 + 20 * np.sin(np.linspace(0, 3, 64))[None, None, :] * np.ones((10, 64, 64))
+    volume = Volume(_rician(clean, 8.0, seed=3), np.diag([1.0, 1.0, 3.0, 1.0]))
+    estimate = E.estimate_noise(volume, mask=np.ones(clean.shape, bool))
+    assert estimate.method == "residual"
+    assert estimate.sigma == pytest.approx(8.0, rel=0.15)
+
+
+# ---- denoise ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["nlm", "aniso"])
+def test_classical_denoise_improves_and_keeps_geometry(noisy_head, method):
+    clean, volume = noisy_head
+    before = volume.array.copy()
+    result = E.denoise(volume, method=method)
+    mask = clean > 0
+    assert _rmse(result.volume.array, clean, mask) < 0.7 * _rmse(volume.array, clean, mask)
+    assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
+    assert result.volume.array.dtype == volume.array.dtype
+    assert np.array_equal(volume.array, before)
+    assert result.report["method"] == method and result.report["noise"]["model"] == "rician"
+
+
+def test_selfsup_improves_and_is_deterministic():
+    clean = _head((10, 36, 40))
+    volume = Volume(_rician(clean, 6.0), oblique_matrix(spacing=(0.9, 1.0, 1.1)))
+    first = E.denoise(volume, method="selfsup", training_steps=6, seed=3, device="cpu")
+    second = E.denoise(volume, method="selfsup", training_steps=6, seed=3, device="cpu")
+    assert np.array_equal(first.volume.array, second.volume.array)
+    mask = clean > 0
+    assert _rmse(first.volume.array, clean, mask) < 0.92 * _rmse(volume.array, clean, mask)
+    assert first.report["parameters"]["steps"] == 6
+    assert first.report["device"] == "cpu"
+    assert np.array_equal(first.volume.ijk_to_ras, volume.ijk_to_ras)
+    other = E.denoise(volume, method="selfsup", training_steps=6, seed=4, device="cpu")
+    assert not np.array_equal(first.volume.array, other.volume.array)
+
+
+def test_blind_spot_network_never_sees_the_centre_voxel():
+    from MedSynthLib.tasks._denoise_selfsup import BlindSpotNet
+
+    for planar in (False, True):
+        torch.manual_seed(0)
+        net = BlindSpotNet(channels=4, dilations=(2, 4), planar=planar)
+        torch.nn.init.normal_(net.head[-1].weight)  # the zero-initialised head would hide any leak
+        x = torch.rand(1, 1, 9, 21, 21, requires_grad=True)
+        out = net(x, torch.zeros_like(x))
+        out[0, 0, 4, 10, 10].backward()
+        assert x.grad[0, 0, 4, 10, 10] == 0
+        assert x.grad.abs().sum() > 0
+
+
+def test_integer_ct_stays_integer_hu():
+    rng = np.random.default_rng(0)
+    clean = np.full((10, 48, 48), -1000.0)
+    clean[:, 8:40, 8:40] = 40.0
+    clean[:, 20:28, 20:28] = 300.0
+    volume = Volume((clean + rng.normal(0, 25, clean.shape)).astype(np.int16), oblique_matrix())
+    result = E.denoise(volume, method="nlm")
+    assert result.volume.array.dtype == np.int16
+    assert result.noise.model == "gaussian"
+    assert result.volume.array.min() >= volume.array.min() and result.volume.array.max() <= volume.array.max()
+    soft = np.zeros(clean.shape, bool)
+    soft[:, 10:18, 10:38] = True
+    assert result.volume.array[soft].std() < 0.6 * volume.array[soft].std()
+
+
+def test_mask_limits_the_change(noisy_head):
+    _, volume = noisy_head
+    mask = np.zeros(volume.array.shape, np.uint8)
+    mask[4:12, 10:30, 10:40] = 1
+    result = E.denoise(volume, method="aniso", mask=mask)
+    outside = mask == 0
+    assert np.array_equal(result.volume.array[outside], volume.array[outside])
+    assert not np.array_equal(result.volume.array[~outside], volume.array[~outside])
+
+
+def test_strength_zero_is_identity_and_strength_scales(noisy_head):
+    _, volume = noisy_head
+    assert np.array_equal(E.denoise(volume, method="nlm", strength=0).volume.array, volume.array)
+    weak = E.denoise(volume, method="nlm", strength=0.5).volume.array
+    strong = E.denoise(volume, method="nlm", strength=1.5).volume.array
+    assert np.abs(strong - volume.array).mean() > np.abs(weak - volume.array).mean()
+
+
+def _tiny_package(tmp_path, *, task="denoise", input_spec=None):
+    from MedSynthLib.models import build_network, save_package
+
+    args = {"spatial_dims": 2, "in_channels": 5, "out_channels": 1, "features": [4, 4, 4, 4, 4, 4]}
+    torch.manual_seed(0)
+    network = build_network("basic_unet", **args)
+    return save_package(network, tmp_path / "tiny_denoise", task=task, family="unet", builder="basic_unet",
+                        builder_args=args, input_spec=input_spec or DENOISE_INPUT_SPEC)
+
+
+def test_model_method_with_a_tiny_package(tmp_path, noisy_head):
+    _, volume = noisy_head
+    path = _tiny_package(tmp_path)
+    result = E.denoise(volume, model=path, device="cpu")  # auto picks the model
+    assert result.report["method"] == "model"
+    assert result.volume.array.shape == volume.array.shape
+    assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
+    assert result.report["parameters"]["context"] == 2
+    with pytest.raises(ModelError, match="'fill' model"):
+        E.denoise(volume, method="model", model=_tiny_package(tmp_path / "f", task="fill"))
+    with pytest.raises(ModelError, match="input format"):
+        E.denoise(volume, method="model", model=_tiny_package(tmp_path / "s", input_spec={"context": 2}))
+
+
+def test_denoise_inputs_layout():
+    x = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    stacked = make_denoise_inputs(x, axis=0, context=1)
+    assert stacked.shape == (4, 3, 3, 2)
+    assert np.array_equal(stacked[0, 0], x[0]) and np.array_equal(stacked[2, 2], x[3])
+    assert np.array_equal(stacked[:, 1], x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": 2.5}, "strength"),
+        ({"strength": float("nan")}, "strength"),
+        ({"method": "magic"}, "method"),
+        ({"method": "model"}, "model package"),
+        ({"mask": np.zeros((16, 48, 56))}, "empty"),
+        ({"mask": np.ones((3, 3, 3))}, "shape"),
+        ({"training_steps": 0}, "training_steps"),
+    ],
+)
+def test_denoise_bad_input(noisy_head, kwargs, message):
+    _, volume = noisy_head
+    with pytest.raises(InputError, match=message):
+        E.denoise(volume, **kwargs)
+
+
+def test_mask_on_another_grid_is_refused(noisy_head):
+    _, volume = noisy_head
+    mask = Volume(np.ones(volume.array.shape, np.uint8), oblique_matrix(spacing=(2.0, 1.0, 1.1)))
+    with pytest.raises(InputError, match="another grid"):
+        E.denoise(volume, method="aniso", mask=mask)
+    with pytest.raises(InputError, match="another grid"):
+        E.correct_bias(volume, mask=mask)
+
+
+def test_cancel_leaves_input_untouched(noisy_head):
+    _, volume = noisy_head
+    before = volume.array.copy()
+    token = CancelToken()
+
+    def progress(fraction, message):
+        if "training" in message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        E.denoise(volume, method="selfsup", training_steps=50, progress=progress, cancel=token, device="cpu")
+    assert token.cancelled
+    assert np.array_equal(volume.array, before)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        E.enhance(volume, steps="bias,denoise:aniso", cancel=token)
+    assert np.array_equal(volume.array, before)
+
+
+# ---- bias ------------------------------------------------------------------------------------
+def _biased(shape=(24, 56, 56)):
+    clean = _head(shape)
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    field = np.exp(0.35 * i - 0.2 * j + 0.15 * k).astype(np.float32)
+    return clean, field
+
+
+def test_n4_recovers_a_smooth_field():
+    clean, field = _biased()
+    wm = clean >= 150
+    volume = Volume((clean * field).astype(np.float32), oblique_matrix(spacing=(1.0, 1.0, 1.2)))
+    before = volume.array.copy()
+    corrected, estimated = E.correct_bias(volume, shrink=2)
+    cv = lambda a: float(a[wm].std() / a[wm].mean())  # noqa: E731
+    assert cv(corrected.array) < 0.4 * cv(volume.array)
+    brain = clean > 0
+    assert np.corrcoef(estimated.array[brain], field[brain])[0, 1] > 0.95
+    assert np.array_equal(volume.array, before)
+    assert np.array_equal(corrected.ijk_to_ras, volume.ijk_to_ras) and estimated.array.dtype == np.float32
+
+
+def test_n4_handles_non_positive_intensities_and_keeps_dtype():
+    clean, field = _biased((16, 48, 48))
+    shifted = np.round(clean * field - 80).astype(np.int16)  # background -80, darkest tissue below zero
+    volume = Volume(shifted, oblique_matrix())
+    mask = clean > 0
+    result = E.correct_bias(volume, mask=mask, shrink=2)
+    assert result.volume.array.dtype == np.int16
+    assert result.report["shift"] > 0 and any("shifted" in w for w in result.report["warnings"])
+    # an offset breaks N4's multiplicative model, so only sanity is asked: no blow-up near zero
+    assert np.abs(result.volume.array.astype(float)).max() < 3 * np.abs(volume.array.astype(float)).max()
+    field = result.field.array[mask]
+    assert np.all(np.isfinite(field)) and field.min() > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"shrink": 0}, {"shrink": 2.5}, {"iterations": []}, {"mask": np.zeros((16, 48, 56))}])
+def test_bias_bad_input(noisy_head, kwargs):
+    _, volume = noisy_head
+    with pytest.raises(InputError):
+        E.correct_bias(volume, **kwargs)
+
+
+# ---- pipeline and super-resolution -----------------------------------------------------------
+def test_parse_steps():
+    steps = E.parse_steps("bias:2, denoise:nlm:0.5, upsample:3:linear")
+    assert [(s.name, s.options) for s in steps] == [
+        ("bias", {"shrink": 2}), ("denoise", {"method": "nlm", "strength": 0.5}),
+        ("upsample", {"factor": 3, "method": "linear"})]
+    for bad in ("", "bias,,denoise", "sharpen", "denoise:magic", "denoise:nlm:3", "upsample", "upsample:1", "bias:0"):
+        with pytest.raises(InputError):
+            E.parse_steps(bad)
+
+
+def test_enhance_runs_steps_in_order(noisy_head):
+    _, volume = noisy_head
+    result = E.enhance(volume, steps=["bias", "denoise:aniso"])
+    assert [r["task"] for r in result.steps] == ["bias", "denoise"]
+    assert result.field is not None and result.volume.array.dtype == volume.array.dtype
+    direct = E.denoise(E.correct_bias(volume).volume, method="aniso").volume
+    assert np.array_equal(result.volume.array, direct.array)
+
+
+def test_enhance_is_atomic_when_a_step_fails(noisy_head):
+    _, volume = noisy_head
+    mask = (volume.array > 30).astype(np.uint8)
+    with pytest.raises(InputError, match="upsample last"):
+        E.enhance(volume, steps="upsample:2,denoise", mask=mask)
+    with pytest.raises(InputError, match="model package"):
+        E.enhance(volume, steps="bias,denoise:model")
+
+
+def _has_upsample() -> bool:
+    try:
+        from MedSynthLib.tasks.fill import upsample_slices  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_upsample(), reason="MedSynthLib.tasks.fill.upsample_slices not available yet")
+def test_super_resolve_uses_the_fill_machinery():
+    volume = make_phantom((8, 24, 28), dtype=np.int16)
+    result = E.super_resolve(volume, 2, method="linear")
+    axis = volume.slice_axis()
+    assert result.volume.array.shape[axis] == 2 * volume.array.shape[axis] - 1
+    assert result.volume.spacing_along(axis) == pytest.approx(volume.spacing_along(axis) / 2)
+    assert np.allclose(result.volume.origin, volume.origin)
+    assert result.volume.array.dtype == np.int16
+    staged = E.enhance(volume, steps="denoise:aniso,upsample:2:linear")
+    assert staged.volume.array.shape == result.volume.array.shape
+    with pytest.raises(InputError):
+        E.super_resolve(volume, 1)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def test_cli_denoise_bias_enhance(tmp_path, noisy_head):
+    from MedSynthLib.cli import main
+
+    _, volume = noisy_head
+    source = tmp_path / "in.nii.gz"
+    write_volume(volume, source)
+    out = tmp_path / "den.nii.gz"
+    assert main(["-q", "denoise", str(source), str(out), "--method", "aniso", "--report", str(tmp_path / "r.json")]) == 0
+    assert read_volume(out).array.shape == volume.array.shape
+    assert json.loads((tmp_path / "r.json").read_text())["method"] == "aniso"
+    field = tmp_path / "field.nrrd"
+    assert main(["-q", "bias", str(source), str(tmp_path / "b.nrrd"), "--field", str(field), "--shrink", "2"]) == 0
+    assert read_volume(field).array.dtype == np.float32
+    assert main(["-q", "enhance", str(source), str(tmp_path / "e.nii.gz"), "--steps", "bias,denoise:aniso"]) == 0
+
+
+def test_cli_bad_input_writes_nothing(tmp_path, noisy_head, capsys):
+    from MedSynthLib.cli import main
+
+    _, volume = noisy_head
+    source = tmp_path / "in.nii.gz"
+    write_volume(volume, source)
+    out = tmp_path / "out.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-q", "denoise", str(source), str(out), "--strength", "3"])
+    assert exit_info.value.code == 2
+    empty = tmp_path / "mask.nii.gz"
+    write_volume(volume.with_array(np.zeros(volume.array.shape, np.uint8)), empty)
+    assert main(["-q", "denoise", str(source), str(out), "--mask", str(empty)]) == 2
+    assert main(["-q", "enhance", str(source), str(out), "--steps", "bias,sharpen"]) == 2
+    assert "unknown step" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---- real data -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_mni_crop_noise_and_n4(shared_data):
+    """MNI crop (nilearn's template, see /work/shared/data/README.md): sigma estimate and N4 on a known field."""
+    mni = read_volume(shared_data / "MNI152_2009a_T1_template_nilearn.nii.gz")
+    crop = (slice(60, 100), slice(40, 190), slice(30, 170))
+    clean = mni.array[crop].astype(np.float32)
+    volume = Volume(_rician(clean, 0.05 * 255), mni.ijk_to_ras)
+    assert E.estimate_noise(volume).sigma == pytest.approx(0.05 * 255, rel=0.1)
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in clean.shape], indexing="ij")
+    field = np.exp(0.3 * i + 0.2 * j - 0.1 * k)
+    brain = clean > 20
+    corrected, estimated = E.correct_bias(Volume((clean * field).astype(np.float32), mni.ijk_to_ras), mask=brain)
+    assert np.corrcoef(estimated.array[brain], field[brain])[0, 1] > 0.95
