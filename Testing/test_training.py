@@ -282,3 +282,26 @@ def test_dataloader_workers_do_not_change_the_samples(tiny_data, tmp_path):
     serial = train(tiny_config(tiny_data, tmp_path / "serial", "denoise", "unet", num_workers=0, **settings), quiet=True)
     parallel = train(tiny_config(tiny_data, tmp_path / "workers", "denoise", "unet", num_workers=2, **settings), quiet=True)
     assert parallel.step_losses == pytest.approx(serial.step_losses, rel=1e-6)
+
+
+def test_interrupt_during_validation_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    import MedSynthLib.training.trainer as trainer
+
+    settings = dict(epochs=2, resample_each_epoch=True, augment=1.0)
+    reference = train(tiny_config(tiny_data, tmp_path / "full", "denoise", "unet", **settings), quiet=True)
+    original = trainer._validate
+    calls = {"count": 0}
+
+    def flaky(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_validate", flaky)
+    config = tiny_config(tiny_data, tmp_path / "cut", "denoise", "unet", **settings)
+    with pytest.raises(Cancelled):
+        train(config, quiet=True)
+    resumed = train(config, resume=True, quiet=True)
+    assert resumed.step_losses == pytest.approx(reference.step_losses[2:], rel=1e-5)
+    assert [h["val_psnr"] for h in resumed.history] == pytest.approx([h["val_psnr"] for h in reference.history], rel=1e-5)

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -463,25 +464,28 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
             train_seconds += time.perf_counter() - started
             if bar is not None:
                 bar.close()
-            for scheduler in schedulers.values():
-                scheduler.step()
-            step = 0
             metrics = {}
             if dist_info.main:
                 metrics = _validate(family, _unwrap(modules["network"]), val_batches, device, config.seed)
             record = {"event": "epoch", "epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
                       **{f"val_{k}": v for k, v in metrics.items()}, "seconds": round(time.perf_counter() - started, 3)}
+            with warnings.catch_warnings():  # a resumed epoch whose steps were all done before the interrupt
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step.*")
+                for scheduler in schedulers.values():
+                    scheduler.step()
+            # from here on an interrupt saves the finished epoch (scheduler stepped, record kept)
             history.append(record)
-            logger.write(record, step=epoch + 1, prefix="epoch")
+            epoch, step = epoch + 1, 0
+            logger.write(record, step=epoch, prefix="epoch")
             if dist_info.main:
-                log.info("epoch %d/%d: %s", epoch + 1, config.epochs, {k: v for k, v in record.items() if k != "event"})
+                log.info("epoch %d/%d: %s", epoch, config.epochs, {k: v for k, v in record.items() if k != "event"})
                 improved = not best or metrics["score"] > best.get("val_score", -np.inf)
                 if improved:
                     best = {k: v for k, v in record.items() if k.startswith("val_")}
-                    best["epoch"] = epoch + 1
-                checkpoint(epoch + 1, 0, "checkpoint_last.pt")
+                    best["epoch"] = epoch
+                checkpoint(epoch, 0, "checkpoint_last.pt")
                 if improved:
-                    checkpoint(epoch + 1, 0, "checkpoint_best.pt")
+                    checkpoint(epoch, 0, "checkpoint_best.pt")
             if dist_info.world > 1:
                 import torch.distributed as dist
 
