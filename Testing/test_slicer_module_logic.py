@@ -216,7 +216,9 @@ def test_worker_reports_progress_while_running_and_cancels_cooperatively():
     try:
         job = worker.submit(work, description="slow")
         assert started.wait(10)
-        time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not job.status().message.startswith("step") and time.monotonic() < deadline:
+            time.sleep(0.01)  # the GUI's QTimer polls the same way
         running = job.status()
         assert running.state == JobState.RUNNING and running.message.startswith("step")
         job.cancel()
