@@ -305,3 +305,25 @@ def test_interrupt_during_validation_resumes_exactly(tiny_data, tmp_path, monkey
     resumed = train(config, resume=True, quiet=True)
     assert resumed.step_losses == pytest.approx(reference.step_losses[2:], rel=1e-5)
     assert [h["val_psnr"] for h in resumed.history] == pytest.approx([h["val_psnr"] for h in reference.history], rel=1e-5)
+
+
+def test_resampling_at_load_keeps_the_physical_extent_and_labels(tiny_data):
+    from MedSynthLib.io import read_volume
+    from MedSynthLib.training.data import load_volumes, resample
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    volume = read_volume(tiny_data / "images" / "case0.nii.gz")
+    out = resample(volume, (1.5, 1.5, 1.5))
+    assert np.allclose(out.spacing, 1.5)
+    assert np.allclose(out.direction, volume.direction, atol=1e-6)
+    def centre(v):
+        return v.ijk_points_to_ras(np.array([[(n - 1) / 2 for n in v.array.shape[::-1]]]))[0]
+
+    assert np.linalg.norm(centre(out) - centre(volume)) < 1.5  # same place in the patient
+    extent = np.array(volume.array.shape[::-1]) * volume.spacing
+    assert np.all(np.abs(np.array(out.array.shape[::-1]) * 1.5 - extent) <= 1.5 + 1e-6)
+    maker = make_pair_maker("lesion-inpaint", crop=32)
+    cached = load_volumes(sorted((tiny_data / "images").iterdir()), label_paths=sorted((tiny_data / "labels").iterdir()),
+                          pair_maker=maker, spacing=[1.5, 1.5, 1.5])
+    assert cached[0].array.shape == cached[0].label.shape == out.array.shape
+    assert set(np.unique(cached[0].label)) <= {0, 1} and cached[0].label.any()

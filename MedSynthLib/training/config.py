@@ -32,6 +32,9 @@ class TrainConfig:
         Random crops drawn per epoch (an "epoch" is this many samples, not a pass over the data).
     augment : float
         Strength of the intensity/contrast randomisation (0 = off, 1 = default, 2 = very heavy).
+    spacing : list of 3 float, optional
+        Resample every volume (bilinear) and label map (nearest) to this spacing
+        in mm, (i, j, k) order, at load (MONAI ``Spacing``). None keeps each scan's grid.
     resample_each_epoch : bool
         True (default): every epoch draws new crops. False: the same
         ``samples_per_epoch`` crops every epoch (a fixed dataset, e.g. to check
@@ -59,6 +62,7 @@ class TrainConfig:
     amp: bool = False
     num_workers: int = 0
     augment: float = 1.0
+    spacing: Optional[list] = None
     resample_each_epoch: bool = True
     task_options: dict = field(default_factory=dict)
     network: dict = field(default_factory=dict)
@@ -94,6 +98,10 @@ class TrainConfig:
             raise InputError(f"lr must be positive, got {self.lr}")
         if float(self.augment) < 0:
             raise InputError(f"augment must be >= 0, got {self.augment}")
+        if self.spacing is not None and (
+            not isinstance(self.spacing, (list, tuple)) or len(self.spacing) != 3 or any(float(v) <= 0 for v in self.spacing)
+        ):
+            raise InputError(f"spacing must be three positive numbers (mm, i j k), got {self.spacing!r}")
         if self.num_workers < 0:
             raise InputError(f"num_workers must be >= 0, got {self.num_workers}")
 

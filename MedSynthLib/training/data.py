@@ -106,16 +106,34 @@ def _foreground_points(array: np.ndarray, threshold: float, rng: np.random.Gener
     return points.astype(np.int32)
 
 
+def resample(volume: Volume, spacing_ijk: Sequence[float], *, mode: str = "bilinear") -> Volume:
+    """``volume`` on a grid of ``spacing_ijk`` mm (same direction and extent) with MONAI's ``Spacing``.
+
+    ``mode`` is ``"bilinear"`` for images and ``"nearest"`` for label maps.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    affine_kji = volume.ijk_to_ras[:, [2, 1, 0, 3]]  # MONAI's spatial axes are the array axes (k, j, i)
+    image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32)[None]), affine=torch.from_numpy(affine_kji))
+    spacing_kji = tuple(float(s) for s in reversed(tuple(spacing_ijk)))
+    out = Spacing(pixdim=spacing_kji, mode=mode, padding_mode="border" if mode != "nearest" else "zeros")(image)
+    matrix = out.affine.numpy().astype(np.float64)[:, [2, 1, 0, 3]]
+    return Volume(out.array[0].astype(volume.array.dtype if mode == "nearest" else np.float32), matrix)
+
+
 def load_volumes(
     paths: Sequence[Path],
     *,
     label_paths: Optional[Sequence[Path]] = None,
     pair_maker: "PairMaker",
+    spacing: Optional[Sequence[float]] = None,
 ) -> list[CachedVolume]:
     """Read, check and normalise the training volumes (unreadable ones skipped with a warning).
 
     Label maps are paired with images in sorted order and must have the same
-    grid (shape and IJK-to-RAS) as their image.
+    grid (shape and IJK-to-RAS) as their image. With ``spacing`` (mm, i j k),
+    images (bilinear) and labels (nearest) are resampled to it first.
 
     Raises
     ------
@@ -145,12 +163,17 @@ def load_volumes(
             log.warning("skipping %s: too small (%s)", path.name, volume.array.shape)
             skipped.append(path.name)
             continue
+        original = volume
+        if spacing is not None:
+            volume = resample(volume, spacing)
         label = None
         label_path = None
         if label_paths is not None:
             label_path = Path(label_paths[index])
             label_volume = read_volume(label_path)
-            _check_label(volume, label_volume, path, label_path)
+            _check_label(original, label_volume, path, label_path)
+            if spacing is not None:
+                label_volume = resample(label_volume, spacing, mode="nearest")
             label = (np.asarray(label_volume.array) > 0).astype(np.uint8)
             if pair_maker.needs_labels and not label.any():
                 raise InputError(f"label map {label_path.name} of {path.name} has no labelled voxel")

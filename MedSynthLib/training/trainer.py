@@ -268,7 +268,7 @@ def _prepare(config: TrainConfig, *, resume: bool) -> tuple[PairMaker, Family, l
         raise InputError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
     paths = find_volumes(config.data, what="data")
     label_paths = find_volumes(config.labels, what="labels") if config.labels else None
-    volumes = load_volumes(paths, label_paths=label_paths, pair_maker=pair_maker)
+    volumes = load_volumes(paths, label_paths=label_paths, pair_maker=pair_maker, spacing=config.spacing)
     return pair_maker, family, volumes, paths
 
 
