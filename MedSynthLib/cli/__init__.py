@@ -18,7 +18,7 @@ from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelErr
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: Subcommand modules of this package; each defines ``register(subparsers)``.
-COMMANDS = ("info", "check", "models", "enhance", "lesion", "demo")
+COMMANDS = ("info", "check", "models", "enhance", "lesion", "fill", "demo")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 

@@ -159,6 +159,8 @@ def _resolve_method(
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if name == "model" and model is None:
         raise InputError("method 'model' needs a model package (--model PACKAGE.json)")
+    if model is not None and name not in ("model", "auto"):
+        raise InputError(f"a model package was given but method is {name!r}; use method 'model' or 'auto'")
     if name != "auto":
         return name, "requested"
     if model is not None:

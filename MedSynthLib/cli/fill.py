@@ -1,0 +1,176 @@
+"""``medsynth detect | fill | upsample``: find, fill and add slices through-plane, files in, files out.
+
+All three call :mod:`MedSynthLib.tasks.fill`. Slice indices are 0-based along
+the chosen axis; ``i|j|k`` name the volume's IJK axes (k is the third NIfTI/NRRD
+axis); ``auto`` picks the axis with the largest spacing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import WRITE_EXTENSIONS, read_volume, write_volume
+from ..tasks.fill import METHODS, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
+from ..volume import AXIS_NAMES, Volume, array_axis
+from ._common import add_report_arg, axis_arg, device_arg, progress_bar, to_jsonable, write_json
+
+__all__ = ["register", "demo_step"]
+
+
+def _check_output(path: str) -> Path:
+    out = Path(path)
+    name = out.name.lower()
+    if not any(name.endswith(ext) for ext in WRITE_EXTENSIONS):
+        raise InputError(f"cannot write {out.name}: use one of the extensions {', '.join(WRITE_EXTENSIONS)}")
+    return out
+
+
+def _slices_arg(text: str) -> str:
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    parse_slice_list(value)  # raises InputError -> argparse shows it as a usage error
+    return value
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    volume = read_volume(args.input)
+    axis = array_axis(args.axis, volume)
+    found = find_missing_slices(volume, axis=axis)
+    if args.json:
+        print(json.dumps({"axis": AXIS_NAMES[axis], "count": volume.array.shape[axis],
+                          "slices": [{"index": i, "reason": r} for i, r in found]}, indent=2))
+        return 0
+    if not found:
+        print(f"no missing or corrupted slice along {AXIS_NAMES[axis]} ({volume.array.shape[axis]} slices)")
+    for index, reason in found:
+        print(f"{AXIS_NAMES[axis]}={index}: {reason}")
+    return 0
+
+
+def _run_fill(args: argparse.Namespace) -> int:
+    output = _check_output(args.output)
+    volume = read_volume(args.input)
+    slices = None if args.slices == "auto" else parse_slice_list(args.slices)
+    with progress_bar(args.quiet, "fill") as progress:
+        result = fill_slices(
+            volume, slices=slices, axis=args.axis, method=args.method, model=args.model,
+            device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
+        )
+    write_volume(result.volume, output)
+    write_json(result.report, args.report)
+    if not args.quiet:
+        r = result.report
+        listed = ",".join(str(s) for s in r["slices"]) or "none"
+        print(f"filled {len(r['slices'])} slice(s) along {r['axis']} ({listed}) with {r['method']} "
+              f"on {r['device']} in {r['seconds']:.1f} s -> {output}")
+        for warning in r["warnings"]:
+            print(f"warning: {warning}")
+    return 0
+
+
+def _run_upsample(args: argparse.Namespace) -> int:
+    output = _check_output(args.output)
+    volume = read_volume(args.input)
+    with progress_bar(args.quiet, "upsample") as progress:
+        result = upsample_slices(
+            volume, factor=args.factor, spacing=args.spacing, axis=args.axis, method=args.method,
+            model=args.model, device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
+        )
+    write_volume(result.volume, output)
+    write_json(result.report, args.report)
+    if not args.quiet:
+        r = result.report
+        print(f"{r['slices_before']} -> {r['slices_after']} slices along {r['axis']}, spacing "
+              f"{r['spacing_before']:g} -> {r['spacing_after']:g} mm, {r['method']} on {r['device']} "
+              f"in {r['seconds']:.1f} s -> {output}")
+        for warning in r["warnings"]:
+            print(f"warning: {warning}")
+    return 0
+
+
+def _add_method_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--axis", type=axis_arg, default="auto",
+                        help="slice axis: i, j, k or auto = the axis with the largest spacing (default: auto)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="linear/cubic: instant baselines; flow: registration, seconds; selfsup: trains a small "
+                             "network on this volume, best quality, minutes on a CPU; model: a trained package; "
+                             "auto: selfsup when it fits the time budget on this device, else flow (default: auto)")
+    parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of selfsup training (default: 0)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="seconds auto may spend (default: 180 on a CPU)")
+    add_report_arg(parser)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    detect = subparsers.add_parser("detect", help="list blank or corrupted slices with the reason for each")
+    detect.add_argument("input", metavar="INPUT", help="volume file (NRRD, NIfTI, MHA) or DICOM folder")
+    detect.add_argument("--axis", type=axis_arg, default="auto", help="slice axis: i, j, k or auto (default: auto)")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    detect.set_defaults(func=_run_detect)
+
+    fill = subparsers.add_parser("fill", help="fill missing or corrupted slices; other voxels stay identical")
+    fill.add_argument("input", metavar="INPUT")
+    fill.add_argument("output", metavar="OUTPUT", help=f"output file ({', '.join(WRITE_EXTENSIONS)})")
+    fill.add_argument("--slices", type=_slices_arg, default="auto", metavar="auto|3,7,10-12",
+                      help="0-based slice indices and ranges to fill, or auto = the ones detect finds (default: auto)")
+    _add_method_args(fill)
+    fill.set_defaults(func=_run_fill)
+
+    upsample = subparsers.add_parser("upsample", help="add slices through-plane by a factor or to a spacing")
+    upsample.add_argument("input", metavar="INPUT")
+    upsample.add_argument("output", metavar="OUTPUT", help=f"output file ({', '.join(WRITE_EXTENSIONS)})")
+    size = upsample.add_mutually_exclusive_group(required=True)
+    size.add_argument("--factor", type=int, metavar="K", help="integer factor >= 2: n slices become (n-1)*K+1")
+    size.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing in mm (exact)")
+    _add_method_args(upsample)
+    upsample.set_defaults(func=_run_upsample)
+
+
+def demo_step(samples: dict, out_dir: Path, progress):
+    """Plant a zeroed and a noise slice in the MR sample, detect and fill them; upsample the CT x2.
+
+    Fills with ``flow`` and upsamples with ``cubic`` so the step takes seconds on a
+    laptop CPU (``selfsup`` is the better method and takes minutes; see docs/fill.md).
+    """
+    from ..progress import subrange
+    from .demo import DemoOutcome
+
+    mr = samples["mr-t1"]
+    damaged_array = mr.array.copy()
+    axis = mr.slice_axis()
+    stack = np.moveaxis(damaged_array, axis, 0)
+    middle = stack.shape[0] // 2
+    stack[middle - 5] = 0
+    rng = np.random.default_rng(0)
+    stack[middle + 4] = rng.integers(int(mr.array.min()), int(mr.array.max()) + 1, stack[middle + 4].shape)
+    damaged = Volume(damaged_array, mr.ijk_to_ras)
+    found = find_missing_slices(damaged, axis=axis)
+    filled = fill_slices(damaged, slices=[i for i, _ in found], axis=axis, method="flow", device="cpu",
+                         progress=subrange(progress, 0.0, 0.5))
+    ct = samples["ct-chest"]
+    upsampled = upsample_slices(ct, factor=2, method="cubic", progress=subrange(progress, 0.5, 1.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "fill_mr_damaged.nii.gz", out_dir / "fill_mr_filled.nii.gz", out_dir / "fill_ct_upsampled_x2.nii.gz"]
+    write_volume(damaged, paths[0])
+    write_volume(filled.volume, paths[1])
+    write_volume(upsampled.volume, paths[2])
+    planted = [middle - 5, middle + 4]
+    ref = np.moveaxis(mr.array, axis, 0)[planted].astype(np.float64)
+    got = np.moveaxis(filled.volume.array, axis, 0)[planted].astype(np.float64)
+    summary = {
+        "planted": planted,
+        "detected": [{"index": i, "reason": r} for i, r in found],
+        "fill": filled.report,
+        "fill_mean_abs_error": round(float(np.mean(np.abs(ref - got))), 3),
+        "upsample": upsampled.report,
+    }
+    return DemoOutcome(task="fill", sample="mr-t1", before=damaged, after=filled.volume, outputs=paths,
+                       summary=to_jsonable(summary), qc_axis=axis)
