@@ -35,7 +35,7 @@ def n4_field(
     *,
     spacing_kji: Sequence[float],
     shrink: int = 4,
-    iterations: Sequence[int] = (50, 50, 50, 50),
+    iterations: Sequence[int] = (50, 50, 50),
     convergence: float = 1e-7,
     control_points: int = 4,
     progress: Optional[ProgressCallback] = None,

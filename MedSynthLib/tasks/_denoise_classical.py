@@ -25,7 +25,7 @@ NLM_DEFAULTS = {"patch_size": 5, "patch_distance": 3, "h_factor": 0.8}
 #: Curvature anisotropic diffusion: time step for unit voxels in 3D (stable below 1/2^(N+1)),
 #: conductance relative to the mean gradient (ITK's convention), and iterations per unit of
 #: relative noise (sigma over the foreground median), clipped to a sane range.
-ANISO_DEFAULTS = {"time_step": 0.0625, "conductance": 1.0, "iterations_per_noise": 60.0,
+ANISO_DEFAULTS = {"time_step": 0.0625, "conductance": 2.0, "iterations_per_noise": 60.0,
                   "min_iterations": 2, "max_iterations": 25}
 
 

@@ -105,6 +105,15 @@ def _segments(plan: FillPlan, margin: int, length: int) -> list[tuple[int, int]]
     return merged
 
 
+def _pad16(inputs: np.ndarray) -> np.ndarray:
+    """Pad (N, C, H, W) at the bottom/right by edge replication to multiples of 16 (the U-Net's 4 poolings)."""
+    h, w = inputs.shape[-2:]
+    pad_h, pad_w = (-h) % 16, (-w) % 16
+    if pad_h == 0 and pad_w == 0:
+        return np.ascontiguousarray(inputs)
+    return np.pad(inputs, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+
+
 def _network(features) -> torch.nn.Module:
     from ..models.networks import build_network
 
@@ -288,11 +297,11 @@ def selfsup_fill(
             # orientation 0: planes (S, H) for every column; 1: planes (S, W) for every row.
             planes = np.moveaxis(block, 2 - orientation, 0)  # (P, S, X)
             dist_map = np.broadcast_to(distance[a:b + 1, None], planes.shape[1:])
-            inputs = np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1)
+            inputs = _pad16(np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1))
             residual = run_slices(
                 network, inputs, device=target_device, batch_size=8, amp=False, cancel=cancel, report_to=engine,
                 progress=subrange(progress, 0.8 + 0.2 * done / work, 0.8 + 0.2 * (done + 1) / work),
-            )[:, 0]
+            )[:, 0, : planes.shape[1], : planes.shape[2]]
             filled = planes + residual  # (P, S, X)
             filled = np.moveaxis(filled, 0, 2 - orientation)  # back to (S, H, W)
             for r in rows_here:

@@ -404,7 +404,7 @@ def correct_bias(
     *,
     mask: MaskLike = None,
     shrink: int = 4,
-    iterations: Sequence[int] = (50, 50, 50, 50),
+    iterations: Sequence[int] = (50, 50, 50),
     control_points: int = 4,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -422,7 +422,10 @@ def correct_bias(
         voxels); 1 fits at full resolution (slow). The field is always evaluated
         at full resolution.
     iterations : sequence of int
-        Maximum iterations per fitting level (one entry per level).
+        Maximum iterations per fitting level (one entry per level). Three levels:
+        on the MNI template with a known field a fourth level started fitting
+        anatomy (white-matter CV 0.033 instead of 0.025, field correlation 0.93
+        instead of 0.95).
     control_points : int
         B-spline control points per axis at the coarsest level (>= 4).
 

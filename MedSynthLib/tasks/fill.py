@@ -91,17 +91,14 @@ def parse_slice_list(text: str) -> list[int]:
     for piece in str(text).replace(" ", "").split(","):
         if not piece:
             continue
+        cut = piece.find("-", 1)
         try:
-            if "-" in piece[1:]:
-                cut = piece.index("-", 1)
-                a, b = int(piece[:cut]), int(piece[cut + 1:])
-                if b < a:
-                    raise InputError(f"slice range {piece!r} runs backwards; write it as {b}-{a}")
-                indices.extend(range(a, b + 1))
-            else:
-                indices.append(int(piece))
+            first, last = (int(piece), int(piece)) if cut < 0 else (int(piece[:cut]), int(piece[cut + 1:]))
         except ValueError:
             raise InputError(f"slices must be 0-based indices or ranges like 3,7,10-12, got {piece!r}") from None
+        if last < first:
+            raise InputError(f"slice range {piece!r} runs backwards; write it as {last}-{first}")
+        indices.extend(range(first, last + 1))
     if not indices:
         raise InputError(f"no slice index found in {text!r}")
     return indices
@@ -186,6 +183,7 @@ def _synthesise(
     model,
     device: str,
     seed: int,
+    options: Optional[dict],
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
     details: dict,
@@ -198,11 +196,13 @@ def _synthesise(
     if method == "flow":
         from ._fill_flow import flow_fill
 
-        return flow_fill(good, plan, device=device, progress=progress, cancel=cancel, details=details)
+        return flow_fill(good, plan, device=device, settings=options, progress=progress, cancel=cancel, details=details)
     if method == "selfsup":
         from ._fill_selfsup import selfsup_fill
 
-        return selfsup_fill(good, plan, device=device, seed=seed, progress=progress, cancel=cancel, details=details)
+        return selfsup_fill(
+            good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details
+        )
     if method == "model":
         from ._fill_model import model_fill
 
@@ -222,6 +222,7 @@ def _run(
     device: str,
     seed: int,
     time_budget: Optional[float],
+    options: Optional[dict],
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
 ) -> tuple[np.ndarray, dict]:
@@ -237,7 +238,7 @@ def _run(
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
     values = _synthesise(
         good, plan, method=chosen, model=model, device=device, seed=seed,
-        progress=subrange(progress, 0.02, 0.98), cancel=cancel, details=details,
+        options=(options or {}).get(chosen), progress=subrange(progress, 0.02, 0.98), cancel=cancel, details=details,
     )
     check_cancel(cancel)
     low, high = float(good_raw.min()), float(good_raw.max())
@@ -276,6 +277,7 @@ def fill_slices(
     device: str = "auto",
     seed: int = 0,
     time_budget: Optional[float] = None,
+    method_options: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> FillResult:
@@ -303,6 +305,9 @@ def fill_slices(
         Seed of ``selfsup``'s training; CPU runs are deterministic for a seed.
     time_budget : float, optional
         Seconds ``auto`` may spend (default 180 on a CPU).
+    method_options : dict, optional
+        Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}``
+        (see ``SELFSUP_DEFAULTS`` and ``FLOW_DEFAULTS``); recorded in the report.
     progress, cancel
         Progress callback and cancel token; cancelling leaves ``volume`` untouched.
 
@@ -353,7 +358,7 @@ def fill_slices(
     restored, details = _run(
         volume, axis=axis_index, good_index=good_index, positions=good_index.astype(np.float64),
         targets=np.array(values, dtype=np.float64), method=method, model=model, device=device, seed=seed,
-        time_budget=time_budget, progress=progress, cancel=cancel,
+        time_budget=time_budget, options=method_options, progress=progress, cancel=cancel,
     )
     out = volume.array.copy()
     np.moveaxis(out, axis_index, 0)[values] = restored
@@ -374,6 +379,7 @@ def upsample_slices(
     device: str = "auto",
     seed: int = 0,
     time_budget: Optional[float] = None,
+    method_options: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> FillResult:
@@ -396,7 +402,7 @@ def upsample_slices(
         Integer factor >= 2. Give ``factor`` or ``spacing``, not both.
     spacing : float, optional
         Target spacing in mm along the slice axis, smaller than the current one.
-    axis, method, model, device, seed, time_budget, progress, cancel
+    axis, method, model, device, seed, time_budget, method_options, progress, cancel
         As in :func:`fill_slices`. ``selfsup`` with a non-integer ratio upsamples
         by the next integer factor and resamples that linearly to the target grid.
 
@@ -456,14 +462,15 @@ def upsample_slices(
         step = int(math.ceil(ratio - 1e-9))
         fine = upsample_slices(
             volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
-            time_budget=time_budget, progress=subrange(progress, 0.0, 0.95), cancel=cancel,
+            time_budget=time_budget, method_options=method_options, progress=subrange(progress, 0.0, 0.95),
+            cancel=cancel,
         )
         fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
         fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (ratio / step)
         restored, _ = _run(
             fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
             targets=targets, method="linear", model=None, device="cpu", seed=seed, time_budget=None,
-            progress=None, cancel=cancel,
+            options=None, progress=None, cancel=cancel,
         )
         details = dict(fine.report)
         details["warnings"] = list(details.get("warnings", [])) + [
@@ -476,7 +483,7 @@ def upsample_slices(
         restored, details = _run(
             volume, axis=axis_index, good_index=np.arange(count), positions=positions, targets=targets,
             method=method, model=model, device=device, seed=seed, time_budget=time_budget,
-            progress=progress, cancel=cancel,
+            options=method_options, progress=progress, cancel=cancel,
         )
     check_cancel(cancel)
     shape = list(volume.array.shape)

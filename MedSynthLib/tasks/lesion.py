@@ -43,7 +43,7 @@ from ..volume import Volume, validate_volume
 from ._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mask
 from ._lesion_presets import PRESETS, Preset, draw_parameters
 from ._lesion_region import auto_region, place_centres
-from ._lesion_render import render_lesion, roi_radius
+from ._lesion_render import _crop_for, render_lesion, roi_radius
 from ._lesion_shape import FAMILIES, Shape, make_shape
 
 __all__ = [
@@ -486,23 +486,35 @@ def insert_lesions(
         shapes.append(shape)
 
     # ---- 2. render ------------------------------------------------------------------------------
+    # each lesion is rendered in float on a window around its region of influence (a sub-volume
+    # with its own shifted geometry) and written back in the input's dtype: the cost follows the
+    # lesion's size, not the volume's
     check_cancel(cancel)
-    work = volume.array.astype(np.float64)  # a copy: the input is never touched
+    low, high = _valid_range(volume, found_modality)
+    out = volume.array.copy()  # the input is never touched
     classes = np.zeros(volume.array.shape, np.uint16)
     instances = np.zeros(volume.array.shape, np.uint16)
-    layers = [classes, instances]
-    moved = None
-    if labels is not None:
-        moved = np.asarray(labels.array).copy()
-        layers.append(moved)
+    moved = None if labels is None else np.asarray(labels.array).copy()
     rendered = []
+    clipped = 0
     for number, (spec, shape) in enumerate(zip(resolved, shapes), start=1):
         check_cancel(cancel)
         report(progress, 0.1 + 0.8 * (number - 1) / len(resolved), f"lesion {number} of {len(resolved)}")
+        centre_ijk = volume.ras_points_to_ijk(shape.centre)
+        window = _crop_for(centre_ijk, roi_radius(spec, shape, volume.ijk_to_ras), volume.ijk_to_ras,
+                           volume.array.shape, margin=12)
+        offset = np.array([window[2].start, window[1].start, window[0].start, 1.0])  # i, j, k
+        matrix = volume.ijk_to_ras.copy()
+        matrix[:3, 3] = (volume.ijk_to_ras @ offset)[:3]
+        work = out[window].astype(np.float64)
+        layers = [classes[window], instances[window]] + ([] if moved is None else [moved[window]])  # views
         try:
-            item = render_lesion(spec, shape, work, layers, volume.ijk_to_ras, region=mask)
+            item = render_lesion(spec, shape, work, layers, matrix, region=None if mask is None else mask[window])
         except ValueError as error:
             raise InputError(f"lesion {number}: {spec.diameter_mm:.1f} mm is too small for this grid ({error})") from None
+        clipped += int(np.count_nonzero((work < low) | (work > high)))
+        out[window] = restore_dtype(work, volume.array.dtype, clip=(low, high))
+        item.crop = tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, item.crop))
         crop = item.crop
         overlap = instances[crop][item.lesion | item.oedema]
         if np.any(overlap > 0):
@@ -517,12 +529,9 @@ def insert_lesions(
         rendered.append(item)
     check_cancel(cancel)
 
-    # ---- 3. back to the input's units and dtype --------------------------------------------------
-    low, high = _valid_range(volume, found_modality)
-    clipped = int(np.count_nonzero((work < low) | (work > high)))
+    # ---- 3. back to the input's units and dtype (done per window above) -----------------------------
     if clipped:
         warnings.append(f"{clipped} voxel(s) clipped to the valid range [{low:g}, {high:g}]")
-    out = restore_dtype(work, volume.array.dtype, clip=(low, high))
     label_array = classes.astype(np.uint8) if label_mode == "classes" else (
         instances.astype(np.uint8) if len(resolved) < 256 else instances)
     out_volume = Volume(out, volume.ijk_to_ras.copy())
