@@ -1,0 +1,340 @@
+"""Tests of the fill task: detection, filling, upsampling geometry, methods, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_phantom, oblique_matrix
+
+from MedSynthLib.errors import Cancelled, InputError, ModelError
+from MedSynthLib.metrics import psnr
+from MedSynthLib.progress import CancelToken
+from MedSynthLib.tasks._fill_inputs import FILL_INPUT_SPEC, make_fill_inputs
+from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, parse_slice_list, upsample_slices
+from MedSynthLib.volume import Volume
+
+FAST_SELFSUP = {"selfsup": {"steps": 15, "batch": 4, "patch": 32, "features": (4, 4, 8, 8, 8, 4)}}
+
+
+def ramp_volume(shape=(9, 20, 24), dtype=np.float32, matrix=None) -> Volume:
+    """Intensity linear in the slice index: linear interpolation restores it exactly."""
+    k = np.arange(shape[0], dtype=np.float64)[:, None, None]
+    base = np.linspace(10, 50, shape[1] * shape[2]).reshape(1, shape[1], shape[2])
+    return Volume((3.0 * k + base).astype(dtype), oblique_matrix() if matrix is None else matrix)
+
+
+def moving_disc(count=9, size=48, step=1.5) -> Volume:
+    """A bright disc whose centre moves by ``step`` voxels per slice: motion that linear blending smears."""
+    y, x = np.mgrid[:size, :size]
+    slices = [100.0 * (((x - 14 - step * s) ** 2 + (y - 24) ** 2) < 64) for s in range(count)]
+    return Volume(np.stack(slices).astype(np.float32), oblique_matrix(spacing=(1.0, 1.0, 1.0)))
+
+
+# ---- slice lists and bad input ---------------------------------------------------------------
+
+
+def test_parse_slice_list():
+    assert parse_slice_list("3,7,10-12") == [3, 7, 10, 11, 12]
+    assert parse_slice_list(" 5 ") == [5]
+    with pytest.raises(InputError, match="runs backwards"):
+        parse_slice_list("9-3")
+    with pytest.raises(InputError, match="indices or ranges"):
+        parse_slice_list("a,b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"slices": [40]}, r"indices in \[0, 8\]"),
+        ({"slices": [-1]}, r"indices in \[0, 8\]"),
+        ({"slices": list(range(9))}, "every slice"),
+        ({"slices": list(range(8))}, "good slice"),
+        ({"slices": [0]}, "no good slice on one side"),
+        ({"slices": [8]}, "no good slice on one side"),
+        ({"slices": [3], "axis": "x"}, "axis must be"),
+        ({"slices": [3], "method": "magic"}, "method must be"),
+        ({"slices": [3], "method": "model"}, "needs a model package"),
+    ],
+)
+def test_fill_bad_input(kwargs, message):
+    volume = ramp_volume()
+    before = volume.array.copy()
+    with pytest.raises(InputError, match=message):
+        fill_slices(volume, **kwargs)
+    np.testing.assert_array_equal(volume.array, before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "either a factor or a target spacing"),
+        ({"factor": 2, "spacing": 1.0}, "either a factor or a target spacing"),
+        ({"factor": 1}, "integer >= 2"),
+        ({"factor": 2.5}, "integer >= 2"),
+        ({"spacing": 5.0}, "not smaller"),
+        ({"spacing": -1.0}, "positive"),
+        ({"factor": 2, "axis": 7}, "axis must be"),
+    ],
+)
+def test_upsample_bad_input(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        upsample_slices(ramp_volume(), **kwargs)
+
+
+# ---- filling ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_fill_linear_keeps_everything_else(dtype):
+    volume = ramp_volume(dtype=dtype)
+    damaged = volume.array.copy()
+    damaged[3] = 0
+    damaged[5:8] = 0  # a 3-slice slab
+    source = Volume(damaged, volume.ijk_to_ras)
+    result = fill_slices(source, slices=[3, 5, 6, 7], method="linear")
+    out = result.volume.array
+    assert out.dtype == np.dtype(dtype)
+    assert result.volume.same_grid(volume, atol=0)
+    untouched = [0, 1, 2, 4, 8]
+    np.testing.assert_array_equal(out[untouched], damaged[untouched])  # bit-identical
+    np.testing.assert_array_equal(source.array, damaged)  # input not mutated
+    # The ramp is linear in k, so slab slices at fractional positions 1/4, 2/4, 3/4 come back exactly.
+    tolerance = 0.51 if np.dtype(dtype).kind in "iu" else 1e-3
+    np.testing.assert_allclose(out[[3, 5, 6, 7]], volume.array[[3, 5, 6, 7]], atol=tolerance)
+    assert result.slices == (3, 5, 6, 7)
+    assert result.report["method"] == "linear" and result.report["runs"] == [[3, 3], [5, 7]]
+    assert out.min() >= damaged[untouched].min() and out.max() <= damaged[untouched].max()
+
+
+def test_fill_along_other_axes_and_cubic():
+    volume = ramp_volume()
+    array = np.ascontiguousarray(np.transpose(volume.array, (2, 1, 0)))  # slices now along array axis 2 (i)
+    rotated = Volume(array, volume.ijk_to_ras)
+    for method in ("linear", "cubic"):
+        result = fill_slices(rotated, slices=[4], axis="i", method=method)
+        assert result.axis == 2 and result.report["axis"] == "i"
+        np.testing.assert_allclose(result.volume.array[:, :, 4], array[:, :, 4], atol=1e-3)
+        np.testing.assert_array_equal(np.delete(result.volume.array, 4, axis=2), np.delete(array, 4, axis=2))
+
+
+def test_fill_cancel_leaves_input_untouched():
+    volume = moving_disc()
+    before = volume.array.copy()
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        fill_slices(volume, slices=[4], method="flow", device="cpu", cancel=token)
+    np.testing.assert_array_equal(volume.array, before)
+
+
+def test_flow_beats_linear_on_motion():
+    volume = moving_disc(step=2.0)
+    missing = [2, 4, 6]
+    truth = volume.array[missing].astype(np.float64)
+    linear = fill_slices(volume, slices=missing, method="linear").volume.array[missing]
+    result = fill_slices(volume, slices=missing, method="flow", device="cpu")
+    flow = result.volume.array[missing]
+    assert result.report["method"] == "flow" and result.report["flow"]["pairs"] == 3
+    assert psnr(truth, flow, data_range=100) > psnr(truth, linear, data_range=100) + 3
+
+
+def test_selfsup_is_deterministic_and_fills_only_the_gaps():
+    volume = make_phantom((10, 40, 40), dtype=np.int16)
+    runs = [
+        fill_slices(volume, slices=[3, 6, 7], method="selfsup", device="cpu", seed=3, method_options=FAST_SELFSUP)
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(runs[0].volume.array, runs[1].volume.array)
+    out = runs[0].volume.array
+    assert out.dtype == np.int16
+    keep = [0, 1, 2, 4, 5, 8, 9]
+    np.testing.assert_array_equal(out[keep], volume.array[keep])
+    report = runs[0].report
+    assert report["method"] == "selfsup" and report["selfsup"]["gap_lengths"] == [1, 2]
+    assert report["selfsup"]["steps"] == 15 and report["device"] == "CPU"
+    other = fill_slices(volume, slices=[3, 6, 7], method="selfsup", device="cpu", seed=4, method_options=FAST_SELFSUP)
+    assert not np.array_equal(other.volume.array, out)
+
+
+def test_auto_reports_what_ran():
+    volume = moving_disc()
+    result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)
+    assert result.report["method"] == "flow" and result.report["method_requested"] == "auto"
+    assert "budget" in result.report["method_reason"]
+
+
+# ---- the model path --------------------------------------------------------------------------
+
+
+def _tiny_package(tmp_path, *, zero=False, spec=None):
+    from MedSynthLib.models.networks import build_network
+    from MedSynthLib.models.package import save_package
+
+    args = {"spatial_dims": 2, "in_channels": FILL_INPUT_SPEC["channels"], "out_channels": 1,
+            "features": [4, 4, 8, 8, 8, 4]}
+    torch.manual_seed(0)
+    network = build_network("basic_unet", **args)
+    if zero:
+        with torch.no_grad():
+            for parameter in network.parameters():
+                parameter.zero_()
+    return save_package(network, tmp_path / "tiny_fill", task="fill", family="unet", builder="basic_unet",
+                        builder_args=args, input_spec=spec or dict(FILL_INPUT_SPEC), description="test")
+
+
+def test_model_method_with_tiny_package(tmp_path):
+    volume = ramp_volume(shape=(9, 32, 32))
+    zero = _tiny_package(tmp_path, zero=True)
+    result = fill_slices(volume, slices=[4, 5], method="model", model=zero, device="cpu")
+    # A network that predicts a zero residual is exactly linear interpolation.
+    np.testing.assert_allclose(result.volume.array[[4, 5]], volume.array[[4, 5]], atol=1e-3)
+    assert result.report["method"] == "model" and result.report["model"]["name"] == "tiny_fill"
+    random = _tiny_package(tmp_path)
+    auto = fill_slices(volume, slices=[4], model=random, device="cpu")
+    assert auto.report["method"] == "model"
+    assert np.all(np.isfinite(auto.volume.array))
+
+
+def test_model_spec_mismatch_is_refused(tmp_path):
+    bad = _tiny_package(tmp_path, spec=dict(FILL_INPUT_SPEC, context=3))
+    with pytest.raises(ModelError, match="context"):
+        fill_slices(ramp_volume(shape=(9, 32, 32)), slices=[4], method="model", model=bad)
+
+
+def test_make_fill_inputs_layout():
+    before = np.stack([np.full((2, 4, 4), 1.0), np.full((2, 4, 4), 2.0)], axis=1)  # nearest first
+    after = np.full((2, 1, 4, 4), 5.0)  # one slice only: repeated
+    x = make_fill_inputs(before, after, np.array([0.25, 0.5]))
+    assert x.shape == (2, 5, 4, 4) and x.dtype == np.float32
+    assert x[0, :, 0, 0].tolist() == [1.0, 2.0, 5.0, 5.0, 0.25]
+    with pytest.raises(ValueError, match="strictly between"):
+        make_fill_inputs(before, after, 1.0)
+
+
+# ---- upsampling geometry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis", ["k", "i"])
+def test_upsample_factor_keeps_physical_positions(axis):
+    volume = make_phantom((7, 20, 24))
+    result = upsample_slices(volume, factor=3, axis=axis, method="linear")
+    a = {"k": 0, "i": 2}[axis]
+    old_n = volume.array.shape[a]
+    new = result.volume
+    assert new.array.shape[a] == (old_n - 1) * 3 + 1
+    assert new.spacing_along(a) == pytest.approx(volume.spacing_along(a) / 3, rel=1e-12)
+    np.testing.assert_allclose(new.direction, volume.direction, atol=1e-12)
+    np.testing.assert_allclose(new.origin, volume.origin, atol=1e-12)
+    for index in range(old_n):  # original slice `index` is new slice 3 * index, same voxels, same place
+        np.testing.assert_array_equal(np.take(new.array, 3 * index, axis=a), np.take(volume.array, index, axis=a))
+        ijk_old = [3, 5, 2]
+        ijk_old[2 - a] = index
+        ijk_new = list(ijk_old)
+        ijk_new[2 - a] = 3 * index
+        np.testing.assert_allclose(new.ijk_points_to_ras(ijk_new), volume.ijk_points_to_ras(ijk_old), atol=1e-9)
+    assert len(result.slices) == new.array.shape[a] - old_n
+
+
+def test_upsample_to_spacing_ends_at_last_slice():
+    volume = ramp_volume(shape=(6, 16, 16), matrix=oblique_matrix(spacing=(0.8, 0.9, 5.0)))
+    result = upsample_slices(volume, spacing=2.0, method="linear")
+    new = result.volume
+    assert new.spacing_along(0) == pytest.approx(2.0, rel=1e-12)
+    # 5 gaps of 5 mm = 25 mm; the new grid stops at 24 mm (13 slices), never past the last slice.
+    assert new.array.shape[0] == 13
+    last_old = volume.ijk_points_to_ras([0, 0, 5])
+    last_new = new.ijk_points_to_ras([0, 0, 12])
+    first_axis = volume.direction[:, 2]
+    assert np.dot(last_old - last_new, first_axis) == pytest.approx(1.0)
+    for j in (0, 5, 10):  # 0, 10, 20 mm fall on original slices 0, 2, 4: copied bit for bit
+        np.testing.assert_array_equal(new.array[j], volume.array[j // 5 * 2 // 2 * 1 if False else j * 2 // 5])
+    # The ramp is linear along k, so every new slice matches it at its physical position.
+    positions = np.arange(13) * 2.0 / 5.0
+    expected = 3.0 * positions[:, None, None] + (volume.array[0] - 0)[None]
+    np.testing.assert_allclose(new.array, expected, atol=1e-3)
+
+
+def test_upsample_int16_ct_keeps_dtype_and_range():
+    volume = make_phantom((5, 24, 24), dtype=np.int16)
+    result = upsample_slices(volume, factor=2, method="cubic")
+    assert result.volume.array.dtype == np.int16
+    assert result.volume.array.min() >= volume.array.min() and result.volume.array.max() <= volume.array.max()
+
+
+# ---- detection -------------------------------------------------------------------------------
+
+
+def _defect_phantom():
+    volume = make_phantom((24, 64, 64), dtype=np.int16, seed=1)
+    array = volume.array.copy()
+    rng = np.random.default_rng(0)
+    array[5] = 0
+    array[9] = rng.integers(0, 200, array[9].shape)
+    array[13, :32] = (array[13, :32] * 0.3).astype(np.int16)
+    array[17] = np.roll(array[17], 10, axis=1)
+    return volume, Volume(array, volume.ijk_to_ras)
+
+
+def test_detection_finds_planted_defects_only():
+    clean, damaged = _defect_phantom()
+    assert find_missing_slices(clean) == []
+    found = find_missing_slices(damaged)
+    assert [index for index, _ in found] == [5, 9, 13, 17]
+    reasons = dict(found)
+    assert reasons[5].startswith("blank") and all(reasons[i].startswith("corrupted") for i in (9, 13, 17))
+
+
+def test_fill_auto_detects_and_fills():
+    clean, damaged = _defect_phantom()
+    result = fill_slices(damaged, method="linear")
+    assert result.slices == (5, 9, 13, 17)
+    error = np.abs(result.volume.array.astype(float) - clean.array.astype(float))[[5, 9, 13, 17]].mean()
+    assert error < 10
+
+
+def test_nothing_to_fill_returns_copy():
+    clean, _ = _defect_phantom()
+    result = fill_slices(clean, method="linear")
+    assert result.slices == () and result.report["warnings"]
+    np.testing.assert_array_equal(result.volume.array, clean.array)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_detect_fill_upsample(tmp_path, capsys):
+    from MedSynthLib.cli import main
+    from MedSynthLib.io import read_volume, write_volume
+
+    _, damaged = _defect_phantom()
+    source = tmp_path / "damaged.nrrd"
+    write_volume(damaged, source)
+    assert main(["detect", str(source), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["index"] for s in listed["slices"]] == [5, 9, 13, 17]
+    out, report = tmp_path / "filled.nii.gz", tmp_path / "report.json"
+    assert main(["-q", "fill", str(source), str(out), "--slices", "5,9,13-13,17", "--method", "cubic",
+                 "--report", str(report)]) == 0
+    assert read_volume(out).array.dtype == np.int16
+    assert json.loads(report.read_text())["slices"] == [5, 9, 13, 17]
+    up = tmp_path / "up.mha"
+    assert main(["-q", "upsample", str(source), str(up), "--factor", "2", "--method", "linear"]) == 0
+    assert read_volume(up).array.shape[0] == 47
+
+
+def test_cli_bad_input_writes_nothing(tmp_path, capsys):
+    from MedSynthLib.cli import main
+    from MedSynthLib.io import write_volume
+
+    source = tmp_path / "v.nrrd"
+    write_volume(ramp_volume(), source)
+    out = tmp_path / "out.nrrd"
+    assert main(["fill", str(source), str(out), "--slices", "3,99"]) == 2
+    assert "indices in [0, 8]" in capsys.readouterr().err
+    assert main(["upsample", str(source), str(out), "--spacing", "9"]) == 2
+    assert main(["fill", str(source), str(tmp_path / "out.png"), "--slices", "3"]) == 2
+    assert not out.exists()
