@@ -11,7 +11,9 @@ What it measures
    and mass effect) preset. Bar: at most 1 s per lesion on a 2-core CPU.
 2. For every preset, on a volume of its modality, with its automatic region:
    volume error (bar 15 %), contrast error (bar 10 %), noise ratio inside /
-   surrounding (bar 0.75-1.25), centroid-to-centre distance in voxels, changed
+   surrounding (bar 0.75-1.25; measured here on each compartment eroded by two
+   voxels, and as the report gives it, on the voxels free of partial volume),
+   centroid-to-centre distance in voxels, changed
    voxels outside the reported regions of influence (bar 0) and bit-identity of
    a second run. Measured again here from the written arrays and labels, not
    taken from the report.
@@ -192,13 +194,14 @@ def timing(robex: Volume, repeats: int) -> list[dict]:
     matrix[:3, :3] = robex.ijk_to_ras[:3, :3] @ np.diag([1 / zoom[2], 1 / zoom[1], 1 / zoom[0]])
     big = Volume(array, matrix)
     start = time.perf_counter()
-    region = auto_region(big, "white-matter")
+    region = auto_region(big, "brain")
     region_seconds = time.perf_counter() - start
     rows = []
-    for preset, size, count in (("mr-metastasis", 12.0, 5), ("mr-enhancing-tumour", 25.0, 2)):
-        probe = insert_lesions(big, count=count, preset=preset, region=Volume(region.astype(np.uint8), big.ijk_to_ras),
-                               seed=3, size_mm=size, min_spacing_mm=10)
-        centres = [s.centre_ras for s in probe.specs]
+    probe = insert_lesions(big, count=5, preset="mr-metastasis", region=Volume(region.astype(np.uint8), big.ijk_to_ras),
+                           seed=3, size_mm=12.0, min_spacing_mm=2)
+    points = [s.centre_ras for s in probe.specs]  # five places in the brain, used by both presets
+    for preset, size, count in (("mr-metastasis", 12.0, 5), ("mr-enhancing-tumour", 25.0, 3)):
+        centres = points[:count]
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -357,7 +360,7 @@ def main() -> None:
     print("\nGuarantees per preset (bars: |volume error| < 0.15, contrast error < 0.10, noise ratio 0.75-1.25, "
           "centre <= 1 voxel, 0 changes outside the ROI, bit-identical)")
     print(_table(results["guarantees"], ["preset", "lesion", "diameter_mm", "shape", "volume_error", "contrast_error",
-                                         "noise_ratio", "centre_error_voxels", "changed_outside_roi", "bit_identical",
+                                         "noise_ratio", "noise_ratio_report", "centre_error_voxels", "changed_outside_roi", "bit_identical",
                                          "seconds_call", "error"]))
     ok = [r for r in results["guarantees"] if "error" not in r]
     finite_noise = [r["noise_ratio"] for r in ok if np.isfinite(r["noise_ratio"])]
@@ -367,6 +370,8 @@ def main() -> None:
         "max_contrast_error": max(r["contrast_error"] for r in ok),
         "noise_ratio_range": [min(finite_noise), max(finite_noise)] if finite_noise else None,
         "noise_not_measurable": len(ok) - len(finite_noise),
+        "noise_ratio_report_range": [min(r["noise_ratio_report"] for r in ok if np.isfinite(r["noise_ratio_report"])),
+                                     max(r["noise_ratio_report"] for r in ok if np.isfinite(r["noise_ratio_report"]))],
         "max_centre_error_voxels": max(r["centre_error_voxels"] for r in ok),
         "changed_outside_roi": max(r["changed_outside_roi"] for r in ok),
         "all_bit_identical": all(r["bit_identical"] for r in ok),

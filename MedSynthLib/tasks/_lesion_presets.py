@@ -55,7 +55,8 @@ _PRESET_LIST = [
            {"diameter_mm": (15.0, 35.0), "shape": ("lobulated", "irregular"), "elongation": (1.0, 1.4),
             "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.08, 0.2),
             "edge_width_mm": (0.5, 1.5), "core_fraction": (0.45, 0.65), "core_contrast": (-0.5, -0.3),
-            "oedema_mm": (3.0, 7.0), "oedema_contrast": (-0.15, -0.06), "mass_effect_mm": (1.0, 3.0)}),
+            "oedema_mm": (3.0, 7.0), "oedema_contrast": (-0.15, -0.06), "mass_effect_mm": (1.0, 3.0),
+            "irregularity": (0.3, 0.5)}),
     Preset("mr-metastasis", "MR", "T1 post-contrast brain metastasis: small round enhancing lesion, sometimes a "
            "small necrotic centre, oedema", "white-matter",
            {"diameter_mm": (5.0, 15.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.2),
