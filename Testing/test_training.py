@@ -327,3 +327,17 @@ def test_resampling_at_load_keeps_the_physical_extent_and_labels(tiny_data):
                           pair_maker=maker, spacing=[1.5, 1.5, 1.5])
     assert cached[0].array.shape == cached[0].label.shape == out.array.shape
     assert set(np.unique(cached[0].label)) <= {0, 1} and cached[0].label.any()
+
+
+def test_ddim_sampling_pads_sizes_the_unet_cannot_take():
+    from MedSynthLib.models import build_network
+    from MedSynthLib.training import ddim_sample
+
+    network = build_network("diffusion_unet", in_channels=3, channels=[8, 8, 16], norm_num_groups=4, num_head_channels=8)
+    condition = torch.rand(1, 2, 30, 21)
+    known = torch.rand(1, 1, 30, 21)
+    mask = torch.zeros(1, 1, 30, 21)
+    mask[..., 10:] = 1
+    sample = ddim_sample(network, condition, scheduler_settings={"num_train_timesteps": 50}, steps=3, known=known, known_mask=mask)
+    assert sample.shape == (1, 1, 30, 21)
+    assert torch.allclose(sample[..., 10:], known[..., 10:], atol=1e-5)

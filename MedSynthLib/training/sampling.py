@@ -53,6 +53,7 @@ def ddim_sample(
     known: Optional[torch.Tensor] = None,
     known_mask: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    multiple: int = 8,
 ) -> torch.Tensor:
     """Sample the target channel given ``condition`` (N, C, ...); returns (N, 1, ...) in normalised units.
 
@@ -66,7 +67,25 @@ def ddim_sample(
         Target values that are known (normalised units) and where (1 = known).
     generator : torch.Generator, optional
         Makes the sample reproducible.
+    multiple : int
+        Spatial sizes are padded (edge values) to a multiple of this for the
+        U-Net's down/up-sampling, and the result cropped back.
     """
+    spatial = tuple(condition.shape[2:])
+    pads = [(-size) % int(multiple) for size in spatial]
+    if any(pads):
+        import torch.nn.functional as F
+
+        padding = [amount for pad in reversed(pads) for amount in (0, pad)]
+        mode = "replicate"
+        condition = F.pad(condition, padding, mode=mode)
+        if known is not None:
+            known = F.pad(known, padding, mode=mode)
+        if known_mask is not None:
+            known_mask = F.pad(known_mask, padding, mode="constant", value=0.0)
+        sample = ddim_sample(network, condition, scheduler_settings=scheduler_settings, steps=steps, known=known,
+                             known_mask=known_mask, generator=generator, multiple=multiple)
+        return sample[(slice(None), slice(None), *[slice(0, size) for size in spatial])]
     scheduler = make_scheduler("ddim", scheduler_settings)
     scheduler.set_timesteps(num_inference_steps=int(steps), device=condition.device)
     shape = (condition.shape[0], 1, *condition.shape[2:])
