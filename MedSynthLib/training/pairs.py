@@ -13,7 +13,6 @@ sample is reproducible from its seed (see :mod:`.data`).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -25,7 +24,6 @@ from .data import CachedVolume
 
 __all__ = ["PairMaker", "DenoisePairs", "FillPairs", "LesionInpaintPairs", "LesionShapePairs", "PAIR_MAKERS", "make_pair_maker"]
 
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- helpers
