@@ -152,7 +152,13 @@ def test_cli_trains_and_lists_the_valid_pairs(tiny_data, tmp_path, capsys):
         "--samples-per-epoch", "2", "--crop", "16", "--quiet",
     ])
     assert code == 0
-    assert load_package(tmp_path / "run" / "lesion_shape_vae.json", task="lesion-shape").info.family == "vae"
+    package = load_package(tmp_path / "run" / "lesion_shape_vae.json", task="lesion-shape")
+    assert package.info.family == "vae"
+    from MedSynthLib.training import sample_lesion_shapes
+
+    shapes = sample_lesion_shapes(package.network, metadata=package.metadata, count=3, seed=4)
+    assert shapes.shape == (3, 16, 16, 16) and shapes.dtype == bool
+    assert np.array_equal(shapes, sample_lesion_shapes(package.network, metadata=package.metadata, count=3, seed=4))
 
 
 # --------------------------------------------------------------------------- bad input
@@ -341,3 +347,13 @@ def test_ddim_sampling_pads_sizes_the_unet_cannot_take():
     sample = ddim_sample(network, condition, scheduler_settings={"num_train_timesteps": 50}, steps=3, known=known, known_mask=mask)
     assert sample.shape == (1, 1, 30, 21)
     assert torch.allclose(sample[..., 10:], known[..., 10:], atol=1e-5)
+
+
+def test_tensorboard_logs_or_a_warning_when_it_is_missing(tiny_data, tmp_path, caplog):
+    train(tiny_config(tiny_data, tmp_path / "run", "denoise", "unet", epochs=1, tensorboard=True), quiet=True)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard is not installed" in caplog.text
+    else:
+        assert any((tmp_path / "run" / "tensorboard").iterdir())

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["make_scheduler", "ddim_sample", "to_diffusion_range", "from_diffusion_range"]
+__all__ = ["make_scheduler", "ddim_sample", "sample_lesion_shapes", "to_diffusion_range", "from_diffusion_range"]
 
 
 def to_diffusion_range(image: torch.Tensor) -> torch.Tensor:
@@ -104,3 +104,32 @@ def ddim_sample(
     if known_scaled is not None and known_mask is not None:
         sample = known_mask * known_scaled + (1 - known_mask) * sample
     return from_diffusion_range(sample)
+
+
+@torch.no_grad()
+def sample_lesion_shapes(network: torch.nn.Module, *, metadata: dict, count: int = 1, seed: int = 0) -> "np.ndarray":
+    """New lesion masks from a ``lesion-shape`` VAE package: decode latents drawn from N(0, I).
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The package's AutoencoderKL (``load_package(path, task="lesion-shape").network``).
+    metadata : dict
+        The package metadata (its ``input`` spec gives the patch size and voxel size).
+    count, seed : int
+        How many shapes, and the seed that makes them reproducible.
+
+    Returns
+    -------
+    ndarray of bool, shape (count, P, P, P)
+        Masks on an isotropic grid of ``metadata["input"]["voxel_mm"]`` mm, lesion centred.
+    """
+    import numpy as np
+
+    patch = int(metadata["input"]["patch"])
+    args = metadata["builder_args"]
+    factor = 2 ** (len(args["channels"]) - 1)
+    shape = (int(count), int(args["latent_channels"]), *([patch // factor] * int(args.get("spatial_dims", 3))))
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+    logits = network.decode(latents)
+    return (torch.sigmoid(logits)[:, 0] > 0.5).numpy().astype(bool)
