@@ -81,7 +81,7 @@ def _apply(transform: Optional[Callable], planes: np.ndarray, seed: int) -> np.n
 def _choose_axis(volume: CachedVolume, rng: np.random.Generator, axes: str) -> int:
     if axes == "slice":
         return int(np.argmax(volume.spacing_kji))
-    if axes == "in-plane-thin":  # axes whose spacing is at most 1.5x the finest
+    if axes == "thin":  # axes whose spacing is at most 1.5x the finest (sharp ground truth)
         finest = min(volume.spacing_kji)
         choices = [a for a, s in enumerate(volume.spacing_kji) if s <= 1.5 * finest and volume.array.shape[a] > 1]
         return int(rng.choice(choices or [0, 1, 2]))
@@ -226,7 +226,8 @@ class FillPairs(PairMaker):
     fill convention), so each sample carries ``base``, the linear estimate, that
     the family adds to the network output. Thin axes (in-plane, or isotropic
     scans) teach what sharp anatomy looks like between slices; the model learns
-    from every axis by default.
+    from every axis by default (option ``axes``: ``all``, ``thin`` = axes at most
+    1.5x the finest spacing, or ``slice`` = the thickest axis only).
     """
 
     task = "fill"
