@@ -222,6 +222,8 @@ def test_bad_config_values_are_refused(tmp_path):
         train(tiny_config(tmp_path, tmp_path / "run", "fill", "unet", crop=20))
     with pytest.raises(InputError, match="no option"):
         train(tiny_config(tmp_path, tmp_path / "run", "fill", "unet", task_options={"gap": 3}))
+    with pytest.raises(InputError, match="axes must be"):
+        train(tiny_config(tmp_path, tmp_path / "run", "denoise", "unet", task_options={"axes": "k"}))
 
 
 def test_ddim_sampling_keeps_known_voxels():

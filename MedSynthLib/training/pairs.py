@@ -117,6 +117,8 @@ class PairMaker:
                 f"its options are {', '.join(sorted(self.defaults)) or 'none'}"
             )
         self.options = {**self.defaults, **options}
+        if "axes" in self.options and self.options["axes"] not in ("all", "thin", "slice"):
+            raise InputError(f"task option axes must be 'all', 'thin' or 'slice', got {self.options['axes']!r}")
         if int(crop) < 8:
             raise InputError(f"crop must be at least 8 voxels, got {crop}")
         self.crop = int(crop)
