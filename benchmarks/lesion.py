@@ -347,11 +347,13 @@ def main() -> None:
         key = (scan, PRESETS[name].region)
         if key not in regions:
             regions[key] = auto_region(volumes[scan], PRESETS[name].region)
-    results: dict = {"cpu_count": os.cpu_count(), "note": "2-core CPU shared with other jobs: timings are inflated"}
+    results: dict = {"cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+                     "note": "2-core CPU shared with other jobs: timings are inflated by the load average"}
 
     if not args.skip_timing:
         results["timing"] = timing(volumes[ROBEX], args.repeats)
-        print("\nSeconds per lesion, 256^3 volume, explicit points (bar: <= 1 s per lesion)")
+        print(f"\nSeconds per lesion, 256^3 volume, explicit points (bar: <= 1 s per lesion); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(_table(results["timing"], ["preset", "lesions", "size_mm", "seconds_call", "seconds_per_lesion",
                                          "seconds_per_extra_lesion", "seconds_auto_region_once"]))
 

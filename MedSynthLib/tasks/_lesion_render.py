@@ -99,7 +99,7 @@ def _matched_noise(before: np.ndarray, shell: np.ndarray, sigma: float, rng: np.
 def _mass_reach(spec, shape: Shape) -> tuple[float, float]:
     """(lesion radius R used by the push, radius where the push reaches zero), mm."""
     radius = 0.5 * spec.diameter_mm + spec.oedema_mm
-    return radius, radius + max(4.0 * spec.mass_effect_mm, radius)
+    return radius, radius + max(4.0 * spec.mass_effect_mm, 0.6 * radius)
 
 
 def roi_radius(spec, shape: Shape, ijk_to_ras: np.ndarray) -> float:
