@@ -153,6 +153,8 @@ class UNetFamily(Family):
             "out_channels": 1,
             "features": list(self.network_options["features"]),
         }
+        if "norm" in self.network_options:  # e.g. None: no normalisation, so crops and whole planes behave alike
+            args["norm"] = self.network_options["norm"]
         if self.pair_maker.skip_channel is not None:
             return "residual_unet", {**args, "skip_channel": int(self.pair_maker.skip_channel)}
         return "basic_unet", args
