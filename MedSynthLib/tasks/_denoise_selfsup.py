@@ -63,6 +63,7 @@ class SelfSupSettings:
     crop: int = 40
     learning_rate: float = 2e-3
     fusion_radius: float = 2.0
+    posterior: bool = True
     margin: int = 4
     slab: int = 24
 
@@ -83,12 +84,14 @@ class _MaskedConv3d(nn.Conv3d):
 class BlindSpotNet(nn.Module):
     """J-invariant 3D network: output voxel v never depends on input voxel v.
 
-    ``forward(x)`` maps (B, 1, D, H, W) to (B, 1, D, H, W); ``skip`` (same
-    shape) is the blind estimate the network corrects. ``planar=True`` keeps the
+    ``forward(x)`` maps (B, 1, D, H, W) to (B, outputs, D, H, W); ``skip`` (B, 1, D, H, W)
+    is the blind estimate channel 0 corrects; a second output channel, when asked for,
+    is the log of the prior variance (relative to a reference noise variance). ``planar=True`` keeps the
     layers after the first in-plane (D is the slice axis).
     """
 
-    def __init__(self, *, channels: int = 24, dilations: tuple[int, ...] = (2, 4, 6, 2), planar: bool = False) -> None:
+    def __init__(self, *, channels: int = 24, dilations: tuple[int, ...] = (2, 4, 6, 2), planar: bool = False,
+                 outputs: int = 1) -> None:
         super().__init__()
         if any(d % 2 for d in dilations):
             raise ValueError("blind-spot dilations must be even")
@@ -100,7 +103,7 @@ class BlindSpotNet(nn.Module):
             else:
                 layers.append(nn.Conv3d(channels, channels, 3, dilation=d, padding=d))
         self.layers = nn.ModuleList(layers)
-        self.head = nn.Sequential(nn.Conv3d(channels, channels, 1), nn.LeakyReLU(0.1), nn.Conv3d(channels, 1, 1))
+        self.head = nn.Sequential(nn.Conv3d(channels, channels, 1), nn.LeakyReLU(0.1), nn.Conv3d(channels, outputs, 1))
         self.act = nn.LeakyReLU(0.1)
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -113,7 +116,10 @@ class BlindSpotNet(nn.Module):
         h = self.act(self.first(x))
         for layer in self.layers:
             h = h + self.act(layer(h))
-        return skip + self.head(h)
+        out = self.head(h)
+        if out.shape[1] == 1:
+            return skip + out
+        return torch.cat([skip + out[:, :1], out[:, 1:]], dim=1)
 
 
 def _blind_gaussian_kernel() -> torch.Tensor:
@@ -191,7 +197,16 @@ def denoise_selfsup(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = BlindSpotNet(channels=settings.channels, dilations=settings.dilations, planar=planar)
+    outputs = 2 if settings.posterior else 1
+    network = BlindSpotNet(channels=settings.channels, dilations=settings.dilations, planar=planar, outputs=outputs)
+
+    def noise_variance(mean):  # variance of the observed target around its expectation
+        if rician:
+            return 4 * torch.clamp(mean - 2 * s * s, min=0) * s * s + 4 * s**4
+        return torch.full_like(mean, s * s)
+
+    reference = float(noise_variance(torch.tensor(float(np.median(target[foreground])) if foreground.any()
+                                                  else float(np.median(target)))))
     radius = network.radius
     kernel = _blind_gaussian_kernel()
     crop = [min(settings.crop, n) for n in x.shape]
@@ -236,7 +251,15 @@ def denoise_selfsup(
                 xb = xb.contiguous(memory_format=torch.channels_last_3d)
             skip = _skip(tb, k)
             pred = net(xb, skip)
-            loss = torch.mean((pred - tb)[(slice(None), slice(None)) + inner] ** 2)
+            window = (slice(None), slice(None)) + inner
+            if settings.posterior:
+                # Laine et al. 2019: the noisy voxel is distributed as prior (mean, var) + noise;
+                # maximise its likelihood, then combine prior and observation in closed form
+                mean, log_var = pred[:, :1][window], pred[:, 1:][window]
+                total = reference * torch.exp(torch.clamp(log_var, -12, 8)) + noise_variance(mean.detach())
+                loss = torch.mean(0.5 * torch.log(total) + 0.5 * (tb[window] - mean) ** 2 / total)
+            else:
+                loss = torch.mean((pred - tb)[window] ** 2)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -258,6 +281,7 @@ def denoise_selfsup(
     with torch.inference_mode():
         full_target = torch.from_numpy(target)[None, None]
         prediction = _skip(full_target.to(used), k)[0, 0].cpu().numpy()
+    prior_var = np.full_like(prediction, np.nan) if settings.posterior else None
     box = _bbox(foreground, margin=radius // 2)
     lo, hi = box[0].start, box[0].stop
     step_size = settings.slab
@@ -270,8 +294,11 @@ def denoise_selfsup(
             region = (slice(a, b), box[1], box[2])
             xb = torch.from_numpy(np.ascontiguousarray(x[region]))[None, None].to(used)
             tb = torch.from_numpy(np.ascontiguousarray(target[region]))[None, None].to(used)
-            out = network(xb, _skip(tb, k))[0, 0].cpu().numpy()
-            prediction[first:last, box[1], box[2]] = out[first - a:first - a + (last - first)]
+            out = network(xb, _skip(tb, k))[0].cpu().numpy()
+            keep = slice(first - a, first - a + (last - first))
+            prediction[first:last, box[1], box[2]] = out[0, keep]
+            if prior_var is not None:
+                prior_var[first:last, box[1], box[2]] = reference * np.exp(np.clip(out[1, keep], -12, 8))
             report(progress, 0.75 + 0.2 * (last - lo) / max(1, hi - lo), "self-supervised inference")
 
     # Wiener fusion of the blind prediction with the observed voxel, in the target domain
@@ -279,6 +306,8 @@ def denoise_selfsup(
     noise_var = noise_var * float(strength) ** 2
     residual = ndimage.gaussian_filter((target - prediction) ** 2, settings.fusion_radius)
     error_var = np.maximum(residual - noise_var, 0)
+    if prior_var is not None:  # the network's own prior variance where it ran, the local estimate elsewhere
+        error_var = np.where(np.isnan(prior_var), error_var, prior_var)
     weight = error_var / np.maximum(error_var + noise_var, 1e-12)
     fused = prediction + weight * (target - prediction)
     if rician:

@@ -20,7 +20,6 @@ always better):
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
