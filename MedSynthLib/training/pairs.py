@@ -206,7 +206,8 @@ class DenoisePairs(PairMaker):
             noisy = clean + rng.normal(0, sigma, clean.shape)
         inputs = make_denoise_inputs(noisy.astype(np.float32), axis=0, context=c)[c]
         target = clean[c : c + 1]
-        return {"input": inputs, "target": target, "weight": np.ones_like(target)}
+        baseline = inputs[c : c + 1]  # the noisy slice: what validation compares the model with
+        return {"input": inputs, "target": target, "weight": np.ones_like(target), "baseline": baseline}
 
     def input_spec(self) -> dict:
         from ..tasks._denoise_inputs import DENOISE_INPUT_SPEC

@@ -224,8 +224,9 @@ def _validate(family: Family, network: torch.nn.Module, batches: list[dict], dev
             error = (prediction[index] - target[index])[voxels]
             mse = float((error**2).mean()) if error.numel() else 0.0
             psnrs.append(10 * np.log10(1.0 / max(mse, 1e-10)))
-            if "base" in batch:  # the residual's baseline (linear interpolation for fill)
-                base_error = (batch["base"][index] - target[index])[voxels]
+            reference = batch.get("baseline", batch.get("base"))  # linear interpolation (fill), noisy input (denoise)
+            if reference is not None:
+                base_error = (reference[index] - target[index])[voxels]
                 baselines.append(10 * np.log10(1.0 / max(float((base_error**2).mean()), 1e-10)))
             l1s.append(float(error.abs().mean()) if error.numel() else 0.0)
         size = min(target.shape[2:])
