@@ -325,3 +325,67 @@ def test_bad_inputs_are_clear_errors(head, chest):
         insert_lesions(chest, count=1, preset="mr-wmh")
     with pytest.raises(InputError, match="exactly one"):
         insert_lesions(head, count=1, centres=[_centre(head)])
+
+
+# ---- learned shapes (a lesion-shape VAE package) --------------------------------------------------------
+class _BlobDecoder:
+    """Stands in for a trained VAE: decodes a latent into an ellipsoid whose axes follow the latent."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def decode(self, latents):
+        torch = self.torch
+        grid = torch.stack(torch.meshgrid(*[torch.arange(32.0) - 15.5] * 3, indexing="ij"))
+        out = []
+        for z in latents:
+            a = 8 + 3 * torch.tanh(z[0].mean() * 8)
+            b = 6 + 2 * torch.tanh(z[1].mean() * 8)
+            r = torch.sqrt((grid[0] / a) ** 2 + (grid[1] / b) ** 2 + (grid[2] / 5) ** 2)
+            out.append(10 * (1 - r)[None])
+        return torch.stack(out)
+
+
+class _FakePackage:
+    network = _BlobDecoder()
+    metadata = {"input": {"patch": 32, "voxel_mm": 1.0}, "builder_args": {"channels": [16, 32, 32], "latent_channels": 4}}
+
+
+def test_learned_shapes_from_a_model_keep_the_guarantees(head):
+    region = Volume((head.array > 800).astype(np.uint8), head.ijk_to_ras)
+    result = insert_lesions(head, count=2, preset="mr-metastasis", region=region, seed=3, size_mm=8,
+                            shape_model=_FakePackage())
+    again = insert_lesions(head, count=2, preset="mr-metastasis", region=region, seed=3, size_mm=8,
+                           shape_model=_FakePackage())
+    assert np.array_equal(result.volume.array, again.volume.array)
+    assert all(s.shape == "learned" for s in result.specs)
+    for entry in result.report["lesions"]:
+        assert abs(entry["volume_error"]) < 0.15 and entry["contrast_error"] < 0.10
+    assert "learned" in result.report["method"]
+    with pytest.raises(InputError, match="needs a lesion-shape model"):
+        insert_lesions(head, specs=[LesionSpec(centre_ras=_centre(head), diameter_mm=8, shape="learned")])
+
+
+def test_shape_model_package_is_loaded_and_checked(tmp_path, head):
+    import torch
+
+    from MedSynthLib.errors import ModelError
+    from MedSynthLib.models import build_network, save_package
+
+    args = {"channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4}
+    network = build_network("autoencoder_kl", **args)
+    with torch.no_grad():  # an untrained decoder: bias its output so the decoded mask is a solid block
+        last = [m for m in network.decoder.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    path = save_package(network, tmp_path / "shape", task="lesion-shape", family="vae", builder="autoencoder_kl",
+                        builder_args=args, input_spec={"patch": 16, "voxel_mm": 1.0})
+    result = insert_lesions(head, specs=[LesionSpec(centre_ras=_centre(head), diameter_mm=9, shape="learned", contrast=0.5)],
+                            shape_model=path)
+    assert abs(result.report["lesions"][0]["volume_error"]) < 0.15
+    other = save_package(network, tmp_path / "wrong", task="fill", family="vae", builder="autoencoder_kl",
+                         builder_args=args, input_spec={"patch": 16, "voxel_mm": 1.0})
+    with pytest.raises(ModelError, match="lesion-shape"):
+        insert_lesions(head, count=1, preset="mr-wmh", shape_model=other)

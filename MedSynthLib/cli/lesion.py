@@ -92,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
                         help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
     parser.add_argument("--modality", choices=("CT", "MR"), help="override the modality guess used to check presets")
+    parser.add_argument("--shape-model", metavar="PACKAGE.json", help="lesion-shape VAE package from medsynth-train: "
+                        "lesion shapes decoded from it instead of the procedural families")
     add_report_arg(parser)
     parser.set_defaults(func=_run)
 
@@ -155,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
             volume, specs=specs, count=args.count, region=region, preset=args.preset, seed=args.seed,
             progress=progress, centres=args.at, size_mm=args.size, contrast=args.contrast,
             min_spacing_mm=args.min_spacing, label_mode=args.label_mode, modality=args.modality,
+            shape_model=args.shape_model,
         )
     metadata = provenance_metadata(result)
     # everything is computed: only now write, so a bad input leaves nothing behind

@@ -18,14 +18,15 @@ never of global state, so a shape renders the same on every call.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-__all__ = ["Shape", "make_shape", "FAMILIES", "fibonacci_sphere", "occupancy", "calibrate_scale"]
+__all__ = ["Shape", "make_shape", "shape_from_mask", "FAMILIES", "fibonacci_sphere", "occupancy", "calibrate_scale"]
 
-FAMILIES = ("round", "lobulated", "irregular", "infiltrative")
+FAMILIES = ("round", "lobulated", "irregular", "infiltrative", "learned")
 
 #: Default surface roughness of each family (amplitude of the radius modulation, fraction of the radius).
 DEFAULT_IRREGULARITY = {"round": 0.06, "lobulated": 0.25, "irregular": 0.3, "infiltrative": 0.3}
@@ -80,14 +81,16 @@ class Shape:
     wave_k: np.ndarray
     wave_phase: np.ndarray
     wave_amp: float
+    radius_table: Optional[np.ndarray] = None
 
     def with_scale(self, scale: float) -> "Shape":
-        return Shape(self.centre, float(scale), self.rotation, self.axes, self.bump_dirs, self.bump_amps,
-                     self.bump_kappa, self.wave_k, self.wave_phase, self.wave_amp)
+        return dataclasses.replace(self, scale=float(scale))
 
     # ---- the implicit function --------------------------------------------------------------
     def modulation(self, directions: np.ndarray) -> np.ndarray:
         """``f(u)`` for unit vectors ``u`` (N, 3) in the lesion frame; zero mean over the sphere."""
+        if self.radius_table is not None:
+            return _table_lookup(self.radius_table, directions) - 1.0
         if self.bump_dirs.size == 0:
             return np.zeros(len(directions))
         cosine = directions @ self.bump_dirs.T  # (N, K)
@@ -152,6 +155,63 @@ class Shape:
     def analytic_volume(self) -> float:
         """Volume (mm^3) of the star shape, ``(4 pi / 3) * mean(R(u)^3)`` (ignores the infiltrative field)."""
         return 4.0 * np.pi / 3.0 * float(np.mean(self.radius(fibonacci_sphere(4096)) ** 3))
+
+
+def _table_lookup(table: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a (polar, azimuth) table at unit vectors; azimuth wraps around."""
+    n_polar, n_azimuth = table.shape
+    polar = np.arccos(np.clip(directions[:, 2], -1, 1)) / np.pi * (n_polar - 1)
+    azimuth = (np.arctan2(directions[:, 1], directions[:, 0]) % (2 * np.pi)) / (2 * np.pi) * n_azimuth
+    p0 = np.clip(np.floor(polar).astype(int), 0, n_polar - 2)
+    a0 = np.floor(azimuth).astype(int) % n_azimuth
+    a1 = (a0 + 1) % n_azimuth
+    fp, fa = polar - p0, azimuth - np.floor(azimuth)
+    return ((1 - fp) * ((1 - fa) * table[p0, a0] + fa * table[p0, a1])
+            + fp * ((1 - fa) * table[p0 + 1, a0] + fa * table[p0 + 1, a1]))
+
+
+def shape_from_mask(
+    mask: np.ndarray,
+    voxel_mm: float,
+    rng: np.random.Generator,
+    *,
+    centre: np.ndarray,
+    diameter_mm: float,
+    elongation: float = 1.0,
+) -> Shape:
+    """A shape from a binary mask (e.g. decoded by a lesion-shape VAE), as a star shape around its centroid.
+
+    The radius along each direction of a (64 polar x 128 azimuth) grid is the
+    outermost crossing of the mask's smoothed occupancy with 0.5, found by
+    marching out from the centroid; the table is normalised to mean 1, so the
+    shape is then scaled, rotated and calibrated like the procedural ones.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3 or not mask.any():
+        raise ValueError("the shape model produced an empty mask")
+    soft = ndimage.gaussian_filter(mask.astype(np.float32), 0.7)
+    centroid = np.argwhere(mask).mean(axis=0)
+    polar = np.linspace(0, np.pi, 64)
+    azimuth = np.arange(128) / 128 * 2 * np.pi
+    pp, aa = np.meshgrid(polar, azimuth, indexing="ij")
+    dirs = np.stack([np.sin(pp) * np.cos(aa), np.sin(pp) * np.sin(aa), np.cos(pp)], -1).reshape(-1, 3)
+    steps = np.arange(0.0, float(np.linalg.norm(mask.shape)) / 2, 0.25)
+    points = centroid[None, None, :] + steps[None, :, None] * dirs[:, None, ::-1]  # (D, S, 3) array order
+    inside = ndimage.map_coordinates(soft, points.reshape(-1, 3).T, order=1, mode="constant").reshape(len(dirs), -1) >= 0.5
+    last = np.where(inside.any(axis=1), inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
+    radius = np.maximum(steps[last], 0.5) * voxel_mm
+    table = radius.reshape(64, 128)
+    table = table / float(np.mean(_table_lookup(table, fibonacci_sphere(4096))))
+    rotation = _rotation(rng)
+    e = max(float(elongation), 1.0)
+    axes = np.array([e ** (2.0 / 3.0), e ** (-1.0 / 3.0), e ** (-1.0 / 3.0)])
+    empty = np.zeros((0, 3))
+    shape = Shape(np.asarray(centre, dtype=np.float64), 1.0, rotation, axes, empty, np.zeros(0), np.zeros(0),
+                  empty, np.zeros(0), 0.0, radius_table=table)
+    target = np.pi / 6.0 * diameter_mm**3
+    return shape.with_scale((target / shape.analytic_volume()) ** (1.0 / 3.0))
 
 
 def make_shape(

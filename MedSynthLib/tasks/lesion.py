@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..intensity import guess_modality, restore_dtype
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from ..volume import Volume, validate_volume
@@ -45,7 +45,7 @@ from ._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mas
 from ._lesion_presets import PRESETS, Preset, draw_parameters
 from ._lesion_region import auto_region, place_centres
 from ._lesion_render import _crop_for, render_lesion, roi_radius
-from ._lesion_shape import FAMILIES, Shape, make_shape
+from ._lesion_shape import FAMILIES, Shape, make_shape, shape_from_mask
 
 __all__ = [
     "LesionSpec",
@@ -76,8 +76,9 @@ class LesionSpec:
         Centre in RAS mm (Slicer's convention). ``None``: placed at random in the region.
     diameter_mm : float
         Diameter of the sphere of equal volume; the labelled volume matches ``pi/6 d^3``.
-    shape : {"round", "lobulated", "irregular", "infiltrative"}
-        Shape family (smooth random surfaces; infiltrative is not star-shaped).
+    shape : {"round", "lobulated", "irregular", "infiltrative", "learned"}
+        Shape family (smooth random surfaces; infiltrative is not star-shaped;
+        learned: decoded by a lesion-shape VAE package, see ``shape_model``).
     contrast : float
         Lesion intensity, read by ``contrast_mode``: ``"relative"`` a fraction of the
         surrounding tissue's mean (0.5: 50 % brighter; MR), ``"offset"`` a difference
@@ -269,8 +270,30 @@ def _region_mask(volume: Volume, region: Union[Volume, np.ndarray, str, None], p
     return mask
 
 
-def _shape_for(spec: LesionSpec, centre: np.ndarray) -> Shape:
+def _load_shape_model(shape_model: Any):
+    """A lesion-shape VAE package: a path (loaded and checked) or an object with ``network`` and ``metadata``."""
+    if shape_model is None or (hasattr(shape_model, "network") and hasattr(shape_model, "metadata")):
+        return shape_model
+    from ..models import load_package
+
+    return load_package(shape_model, task="lesion-shape")
+
+
+def _shape_for(spec: LesionSpec, centre: np.ndarray, shape_model: Any = None) -> Shape:
     rng = np.random.default_rng([int(spec.seed), 7])
+    if spec.shape == "learned":
+        if shape_model is None:
+            raise InputError("shape 'learned' needs a lesion-shape model package (shape_model=..., "
+                             "CLI --shape-model), trained by medsynth-train lesion-shape")
+        from ..training import sample_lesion_shapes
+
+        mask = sample_lesion_shapes(shape_model.network, metadata=shape_model.metadata, count=1, seed=int(spec.seed))[0]
+        voxel_mm = float(shape_model.metadata.get("input", {}).get("voxel_mm", 1.0))
+        try:
+            return shape_from_mask(mask, voxel_mm, rng, centre=centre, diameter_mm=spec.diameter_mm,
+                                   elongation=spec.elongation)
+        except ValueError as error:
+            raise ModelError(f"{error} for lesion seed {spec.seed}; try another seed or a better-trained model") from None
     return make_shape(rng, centre=centre, diameter_mm=spec.diameter_mm, family=spec.shape,
                       elongation=spec.elongation, irregularity=spec.irregularity)
 
@@ -304,7 +327,7 @@ def _valid_range(volume: Volume, modality: str) -> tuple[float, float]:
 
 
 def _draw_specs(preset: Optional[Preset], rng: np.random.Generator, n: int,
-                size_mm: Optional[float], contrast: Optional[float]) -> list[LesionSpec]:
+                size_mm: Optional[float], contrast: Optional[float], *, learned: bool = False) -> list[LesionSpec]:
     specs = []
     for _ in range(n):
         values: dict[str, Any] = draw_parameters(preset, rng) if preset is not None else {}
@@ -315,6 +338,8 @@ def _draw_specs(preset: Optional[Preset], rng: np.random.Generator, n: int,
         if contrast is not None:
             values["contrast"] = float(contrast)
         values["kind"] = preset.name if preset is not None else "custom"
+        if learned:  # the shape comes from the model; the preset's other draws stay as they were
+            values["shape"] = "learned"
         specs.append(LesionSpec(**values))
     return specs
 
@@ -355,6 +380,7 @@ def insert_lesions(
     label_mode: str = "classes",
     labels: Optional[Volume] = None,
     modality: Optional[str] = None,
+    shape_model: Any = None,
 ) -> LesionResult:
     """Insert synthetic lesions into ``volume``; return it with an exact label map and the specs used.
 
@@ -393,6 +419,11 @@ def insert_lesions(
         An existing label map on the same grid that the mass effect should move too.
     modality : {"CT", "MR"}, optional
         Overrides the modality guess used to check presets and clip values.
+    shape_model : path or loaded package, optional
+        A ``lesion-shape`` VAE package from ``medsynth-train``: lesions drawn from a
+        preset get shapes decoded from it (family ``"learned"``, one latent per
+        lesion seed); explicit specs use it when their ``shape`` is ``"learned"``.
+        The procedural families need no model.
 
     Returns
     -------
@@ -432,6 +463,7 @@ def insert_lesions(
     if labels is not None and not volume.same_grid(labels):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
     preset_obj = _resolve_preset(preset)
+    model = _load_shape_model(shape_model)
     found_modality = _check_modality(volume, preset_obj, modality) if preset_obj is not None else (
         modality.upper() if modality else guess_modality(volume))
     warnings: list[str] = []
@@ -458,9 +490,9 @@ def insert_lesions(
         if not points or any(p.shape != (3,) or not np.all(np.isfinite(p)) for p in points):
             raise InputError("centres must be a non-empty list of (R, A, S) points in mm")
         resolved = [dataclasses.replace(s, centre_ras=tuple(float(x) for x in p)).validate()
-                    for s, p in zip(_draw_specs(preset_obj, rng, len(points), size_mm, contrast), points)]
+                    for s, p in zip(_draw_specs(preset_obj, rng, len(points), size_mm, contrast, learned=model is not None), points)]
     else:
-        resolved = [s.validate() for s in _draw_specs(preset_obj, rng, int(count), size_mm, contrast)]
+        resolved = [s.validate() for s in _draw_specs(preset_obj, rng, int(count), size_mm, contrast, learned=model is not None)]
         if region is None:
             region = "auto"
 
@@ -471,14 +503,14 @@ def insert_lesions(
     mask = _region_mask(volume, region, preset_obj, found_modality)
     if needs_placing:
         assert mask is not None
-        extents = [_shape_for(resolved[i], np.zeros(3)).extent(grow=resolved[i].oedema_mm) for i in needs_placing]
+        extents = [_shape_for(resolved[i], np.zeros(3), model).extent(grow=resolved[i].oedema_mm) for i in needs_placing]
         placed = place_centres(mask, volume, extents, rng, min_spacing_mm=min_spacing_mm)
         for i, point in zip(needs_placing, placed):
             resolved[i] = dataclasses.replace(resolved[i], centre_ras=tuple(float(x) for x in point))
 
     shapes = []
     for number, spec in enumerate(resolved, start=1):
-        shape = _shape_for(spec, np.asarray(spec.centre_ras))
+        shape = _shape_for(spec, np.asarray(spec.centre_ras), model)
         _check_inside(volume, spec, shape, number, mask if number - 1 not in needs_placing else None)
         min_size = 1.5 * min(volume.spacing)
         if spec.diameter_mm < min_size:
@@ -544,7 +576,8 @@ def insert_lesions(
                for number, (spec, item) in enumerate(zip(resolved, rendered), start=1)]
     result_report = {
         "task": "lesion",
-        "method": "procedural",
+        "method": "procedural" if model is None else "procedural + learned shapes",
+        "shape_model": None if model is None else str(getattr(getattr(model, "info", None), "name", "given")),
         "device": "cpu",
         "seed": int(seed),
         "preset": preset_obj.name if preset_obj is not None else None,
