@@ -347,3 +347,16 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
     assert main(["upsample", str(source), str(out), "--spacing", "9"]) == 2
     assert main(["fill", str(source), str(tmp_path / "out.png"), "--slices", "3"]) == 2
     assert not out.exists()
+
+
+def test_upsample_selfsup_non_integer_ratio_goes_through_next_integer_factor():
+    volume = make_phantom((5, 32, 32), matrix=oblique_matrix(spacing=(1.0, 1.0, 3.0)))
+    result = upsample_slices(volume, spacing=1.2, method="selfsup", device="cpu", method_options=FAST_SELFSUP)
+    new = result.volume
+    assert new.spacing_along(0) == pytest.approx(1.2, rel=1e-12)
+    assert new.array.shape[0] == 11  # 12 mm of slices at 1.2 mm: 0 .. 12.0
+    np.testing.assert_array_equal(new.array[0], volume.array[0])  # 0 mm and 6 mm and 12 mm are originals
+    np.testing.assert_array_equal(new.array[5], volume.array[2])
+    np.testing.assert_array_equal(new.array[10], volume.array[4])
+    assert result.report["method"] == "selfsup" and any("non-integer" in w for w in result.report["warnings"])
+    assert result.slices == (1, 2, 3, 4, 6, 7, 8, 9)
