@@ -118,6 +118,28 @@ def scenario(kind: str, count: int) -> tuple[list[int], bool]:
     raise SystemExit(f"unknown scenario {kind}")
 
 
+def save(rows: list, args: argparse.Namespace) -> Path:
+    """Write the JSON (after every row, so a long run that is stopped keeps what it measured)."""
+    result = {
+        "benchmark": "fill",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "note": "wall seconds on a shared machine are inflated by other processes; compare methods within a run",
+        "args": vars(args),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep rows of other volumes/scenarios/methods from earlier runs
+        try:
+            old = json.loads(out.read_text())
+            keys = {(r["volume"], r["scenario"], r["method"]) for r in rows}
+            result["rows"] = [r for r in old.get("rows", []) if (r["volume"], r["scenario"], r["method"]) not in keys] + rows
+        except (OSError, ValueError, KeyError):
+            pass
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--volumes", default="mni,robex,lung1", help="names (mni, robex, lung1) or volume files, comma-separated")
@@ -182,28 +204,12 @@ def main(argv=None) -> int:
                 if "selfsup" in result.report:
                     row["selfsup"] = {k: result.report["selfsup"][k] for k in ("steps", "final_loss", "train_seconds", "inference_seconds")}
                 rows.append(row)
+                save(rows, args)
                 gain = "" if row["psnr_vs_linear_db"] is None else f"{row['psnr_vs_linear_db']:+.2f}"
                 print(f"{name:<8} {kind:<8} {method:<8} {row['method_ran']:<8} {value:8.2f} {gain:>7} {structure:6.3f} "
                       f"{seconds:7.1f} {cpu_seconds:7.1f} {memory.peak:6.0f}" + ("" if not planted else f"  detected={row['detected_exactly']}"),
                       flush=True)
-    result = {
-        "benchmark": "fill",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "note": "wall seconds on a shared machine are inflated by other processes; compare methods within a run",
-        "args": vars(args),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # keep rows of other volumes/scenarios from earlier partial runs
-        try:
-            old = json.loads(out.read_text())
-            keys = {(r["volume"], r["scenario"], r["method"]) for r in rows}
-            result["rows"] = [r for r in old.get("rows", []) if (r["volume"], r["scenario"], r["method"]) not in keys] + rows
-        except (OSError, ValueError, KeyError):
-            pass
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {save(rows, args)}")
     return 0
 
 

@@ -37,6 +37,7 @@ FLOW_DEFAULTS = {
     "iterations": 20,
     "smoothness": 0.3,  # Horn-Schunck alpha, normalised intensity units; tuned on MNI slices 60-100
     "batch": 32,
+    "presmooth": 0.0,  # Gaussian sigma (pixels) of the copies the field is estimated on
 }
 
 
@@ -63,6 +64,18 @@ def _conv(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), weight, groups=channels)
 
 
+def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) with replicate borders."""
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = F.pad(image, (radius, radius, 0, 0), mode="replicate")
+    image = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    padded = F.pad(image, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(padded, kernel.view(1, 1, -1, 1))
+
+
 def estimate_flow(
     before: torch.Tensor,
     after: torch.Tensor,
@@ -82,6 +95,9 @@ def estimate_flow(
     """
     cfg = dict(FLOW_DEFAULTS)
     cfg.update(settings or {})
+    sigma = float(cfg.get("presmooth", 0.0))
+    if sigma > 0:  # estimate on denoised copies so the field follows anatomy, not noise
+        before, after = _gaussian(before, sigma), _gaussian(after, sigma)
     pyramid = [(before, after)]
     for _ in range(int(cfg["levels"]) - 1):
         a, b = pyramid[-1]
