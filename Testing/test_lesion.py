@@ -157,9 +157,9 @@ def test_volume_within_15_percent_and_centre_within_a_voxel(shape, diameter):
     requested = np.pi / 6 * diameter**3 / 1000
     assert abs(measured - requested) / requested < 0.15
     assert lesion["volume_ml"] == pytest.approx(measured, abs=1e-4)
-    if shape == "round":
-        idx = np.argwhere(result.labels.array > 0)[:, ::-1].mean(axis=0)
-        assert np.linalg.norm(volume.ijk_points_to_ras(idx) - np.asarray(centre)) <= max(volume.spacing)
+    # the lesion's centroid is the requested centre, whatever the shape's asymmetry
+    idx = np.argwhere(result.labels.array > 0)[:, ::-1].mean(axis=0)
+    assert np.linalg.norm(volume.ijk_points_to_ras(idx) - np.asarray(centre)) <= max(volume.spacing)
 
 
 def test_centres_within_one_voxel_on_an_oblique_volume(oblique_volume):
@@ -276,7 +276,7 @@ def test_every_preset_keeps_every_guarantee(name, head, chest):
     assert entry["contrast_error"] < 0.10
     if np.isfinite(entry["noise_ratio"]):
         assert 0.75 <= entry["noise_ratio"] <= 1.25
-    assert entry["centre_error_mm"] <= max(volume.spacing) * 1.5
+    assert entry["centre_error_mm"] <= max(volume.spacing)
     assert first.volume.array.dtype == volume.array.dtype
     assert np.all(region.array[first.labels.array == 1] > 0)
 

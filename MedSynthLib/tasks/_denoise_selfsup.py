@@ -63,7 +63,7 @@ class SelfSupSettings:
     crop: int = 40
     learning_rate: float = 2e-3
     fusion_radius: float = 2.0
-    posterior: bool = True
+    posterior: bool = False
     margin: int = 4
     slab: int = 24
 

@@ -117,9 +117,15 @@ def _pad16(inputs: np.ndarray) -> np.ndarray:
 def _network(features) -> torch.nn.Module:
     from ..models.networks import build_network
 
-    return build_network(
+    network = build_network(
         "basic_unet", spatial_dims=2, in_channels=2, out_channels=1, features=tuple(features), norm=None
     )
+    # Start as exactly linear interpolation (zero residual): training then only has to add detail.
+    last = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        torch.nn.init.zeros_(last.bias)
+    return network
 
 
 def _distance_map(keep: np.ndarray) -> np.ndarray:

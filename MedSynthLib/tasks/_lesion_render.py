@@ -29,6 +29,7 @@ pull-back map ``x - u(x)`` must have a Jacobian determinant > 0 everywhere
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -242,6 +243,14 @@ def render_lesion(
     target = np.pi / 6.0 * spec.diameter_mm**3
     shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
                                     target_mm3=target, voxel_mm3=voxel_mm3)
+    # an asymmetric shape's centroid is off its construction centre: move the shape so that the
+    # lesion's centroid is the requested centre (one translation, same scale)
+    weight = float(o_near.sum())
+    if weight > 0:
+        shift = shape.centre - (o_near[:, None] * sub).sum(axis=0) / weight
+        if np.linalg.norm(shift) > 0.1 * min(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in range(3)):
+            shape = dataclasses.replace(shape, centre=shape.centre + shift)
+            o_near = occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm)
     rendered.shape = shape
     o_total = scatter(o_near)
     o_core = np.zeros_like(o_total)

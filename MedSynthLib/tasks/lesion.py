@@ -630,7 +630,7 @@ def _describe(volume: Volume, out: np.ndarray, classes: np.ndarray, instances: n
         "volume_error": round((volume_ml - requested_ml) / requested_ml, 4),
         "bbox_ijk": [[int(idx[:, a].min()), int(idx[:, a].max()) + 1] for a in (2, 1, 0)] if idx.size else None,
         "region_of_influence": {
-            "centre_ras": [round(float(x), 3) for x in item.shape.centre],
+            "centre_ras": [round(float(x), 3) for x in spec.centre_ras],
             "radius_mm": round(item.roi_radius_mm, 3),
             "bbox_ijk": [[crop[a].start, crop[a].stop] for a in (2, 1, 0)],
         },
