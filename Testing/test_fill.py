@@ -152,14 +152,14 @@ def test_flow_beats_linear_on_motion():
 
 
 def test_selfsup_is_deterministic_and_fills_only_the_gaps():
-    volume = make_phantom((10, 40, 40), dtype=np.int16)
+    volume = make_phantom((10, 40, 40), dtype=np.float32)  # float: seed effects of a short training stay visible
     runs = [
         fill_slices(volume, slices=[3, 6, 7], method="selfsup", device="cpu", seed=3, method_options=FAST_SELFSUP)
         for _ in range(2)
     ]
     np.testing.assert_array_equal(runs[0].volume.array, runs[1].volume.array)
     out = runs[0].volume.array
-    assert out.dtype == np.int16
+    assert out.dtype == np.float32
     keep = [0, 1, 2, 4, 5, 8, 9]
     np.testing.assert_array_equal(out[keep], volume.array[keep])
     report = runs[0].report
