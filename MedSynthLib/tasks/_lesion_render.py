@@ -251,6 +251,9 @@ def render_lesion(
         if np.linalg.norm(shift) > 0.1 * min(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in range(3)):
             shape = dataclasses.replace(shape, centre=shape.centre + shift)
             o_near = occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm)
+            if abs(np.count_nonzero(o_near >= 0.5) * voxel_mm3 - target) > 0.03 * target:  # the grid moved
+                shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
+                                                target_mm3=target, voxel_mm3=voxel_mm3)
     rendered.shape = shape
     o_total = scatter(o_near)
     o_core = np.zeros_like(o_total)
