@@ -101,15 +101,17 @@ def test_selfsup_improves_and_is_deterministic():
 def test_blind_spot_network_never_sees_the_centre_voxel():
     from MedSynthLib.tasks._denoise_selfsup import BlindSpotNet
 
-    for planar in (False, True):
+    for planar, outputs in ((False, 1), (True, 1), (False, 2)):
         torch.manual_seed(0)
-        net = BlindSpotNet(channels=4, dilations=(2, 4), planar=planar)
+        net = BlindSpotNet(channels=4, dilations=(2, 4), planar=planar, outputs=outputs)
         torch.nn.init.normal_(net.head[-1].weight)  # the zero-initialised head would hide any leak
-        x = torch.rand(1, 1, 9, 21, 21, requires_grad=True)
-        out = net(x, torch.zeros_like(x))
-        out[0, 0, 4, 10, 10].backward()
-        assert x.grad[0, 0, 4, 10, 10] == 0
-        assert x.grad.abs().sum() > 0
+        for channel in range(outputs):
+            x = torch.rand(1, 1, 9, 21, 21, requires_grad=True)
+            out = net(x, torch.zeros_like(x))
+            assert out.shape == (1, outputs, 9, 21, 21)
+            out[0, channel, 4, 10, 10].backward()
+            assert x.grad[0, 0, 4, 10, 10] == 0
+            assert x.grad.abs().sum() > 0
 
 
 def test_integer_ct_stays_integer_hu():
