@@ -170,7 +170,7 @@ def demo_step(samples: dict, out_dir: Path, progress: Optional[ProgressCallback]
 
     before = samples["mr-t1"]
     corrected = correct_bias(before, progress=subrange(progress, 0.0, 0.3))
-    denoised = denoise(corrected.volume, method="selfsup", training_steps=40, device="cpu", seed=0,
+    denoised = denoise(corrected.volume, method="selfsup", training_steps=12, device="cpu", seed=0,
                        progress=subrange(progress, 0.3, 1.0))
     paths = [out_dir / "enhance_mr_t1.nii.gz", out_dir / "enhance_mr_t1_bias_field.nii.gz"]
     write_volume(denoised.volume, paths[0])

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 #: Non-local means settings. ``h_factor`` times sigma is the filter strength; patch 5 / distance 3
 #: was the strongest setting in the ground-truth sweeps on the MNI template (patch 3 is much weaker).
-NLM_DEFAULTS = {"patch_size": 5, "patch_distance": 3, "h_factor": 0.8}
+NLM_DEFAULTS = {"patch_size": 5, "patch_distance": 3, "h_factor": 0.6}
 
 #: Curvature anisotropic diffusion: time step for unit voxels in 3D (stable below 1/2^(N+1)),
 #: conductance relative to the mean gradient (ITK's convention), and iterations per unit of

@@ -19,7 +19,7 @@ Methods
     A trained denoise model package (``task="denoise"``) applied slice by slice
     with 2.5D context (:mod:`MedSynthLib.tasks._denoise_inputs`).
 ``nlm``
-    scikit-image non-local means, patch 5, distance 3, ``h = 0.8 sigma``.
+    scikit-image non-local means, patch 5, distance 3, ``h = 0.6 sigma``.
 ``aniso``
     SimpleITK curvature anisotropic diffusion, iterations from the noise level.
 ``auto``
