@@ -118,6 +118,12 @@ def _pad16(inputs: np.ndarray) -> np.ndarray:
     return np.pad(inputs, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
 
 
+def _subplan(plan: FillPlan, members: list[int]) -> FillPlan:
+    """The plan restricted to the targets ``members`` (for inference segments)."""
+    index = np.asarray(members)
+    return FillPlan(positions=plan.positions, targets=plan.targets[index], lower=plan.lower[index], t=plan.t[index])
+
+
 def _network(features) -> torch.nn.Module:
     from ..models.networks import build_network
 
@@ -193,11 +199,11 @@ class _PatchSampler:
 
 
 def _interp_rows(image: np.ndarray, kept_rows: np.ndarray) -> np.ndarray:
-    """Rows of ``image`` (R, W) linearly interpolated from ``kept_rows`` (first and last row must be kept)."""
+    """Rows of ``image`` (R, ...) linearly interpolated from ``kept_rows`` (first and last row must be kept)."""
     rows = np.arange(image.shape[0])
     upper = np.clip(np.searchsorted(kept_rows, rows, side="right"), 1, len(kept_rows) - 1)
     lo, hi = kept_rows[upper - 1], kept_rows[upper]
-    t = ((rows - lo) / np.maximum(hi - lo, 1)).astype(np.float32)[:, None]
+    t = ((rows - lo) / np.maximum(hi - lo, 1)).astype(np.float32).reshape((-1,) + (1,) * (image.ndim - 1))
     return (1 - t) * image[lo] + t * image[hi]
 
 
@@ -292,33 +298,47 @@ def selfsup_fill(
     target_rows = np.round(plan.targets).astype(int)
     t = plan.t[:, None, None].astype(np.float32)
     grid[target_rows] = (1 - t) * good[plan.lower] + t * good[plan.lower + 1]
-    distance = _distance_map(keep)
+    good_keep = keep
 
     engine = EngineReport()
     total = np.zeros((len(target_rows),) + good.shape[1:], np.float64)
-    segments = _segments(plan, int(cfg["margin"]), length)
-    position_of = {row: q for q, row in enumerate(target_rows)}
-    done, work = 0, 2 * len(segments)
-    for a, b in segments:
-        block = grid[a:b + 1]
-        dist = np.broadcast_to(distance[a:b + 1, None], block.shape[:2])
-        rows_here = [r for r in range(a, b + 1) if r in position_of]
-        for orientation in (0, 1):
-            check_cancel(cancel)
-            # orientation 0: planes (S, H) for every column; 1: planes (S, W) for every row.
-            planes = np.moveaxis(block, 2 - orientation, 0)  # (P, S, X)
-            dist_map = np.broadcast_to(distance[a:b + 1, None], planes.shape[1:])
-            inputs = _pad16(np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1))
-            residual = run_slices(
-                network, inputs, device=target_device, batch_size=8, amp=False, cancel=cancel, report_to=engine,
-                progress=subrange(progress, 0.8 + 0.2 * done / work, 0.8 + 0.2 * (done + 1) / work),
-            )[:, 0, : planes.shape[1], : planes.shape[2]]
-            filled = planes + residual  # (P, S, X)
-            filled = np.moveaxis(filled, 0, 2 - orientation)  # back to (S, H, W)
-            for r in rows_here:
-                total[position_of[r]] += filled[r - a]
-            done += 1
-        del dist
+    # Each gap is filled from an input built exactly like the training inputs: the rows of its own
+    # regular pattern (every L + 1-th row, in phase with the gap) kept, all others interpolated. For
+    # x2/x4 that is the grid itself; an isolated gap would otherwise sit among real rows, which the
+    # network never saw in training.
+    lengths = np.round(plan.gaps).astype(int) - 1
+    phases = np.round(plan.positions[plan.lower]).astype(int) % (lengths + 1)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for q, key in enumerate(zip(lengths.tolist(), phases.tolist())):
+        groups.setdefault(key, []).append(q)
+    work = 2 * sum(len(_segments(_subplan(plan, qs), int(cfg["margin"]), length)) for qs in groups.values())
+    done = 0
+    for (gap, phase), members in groups.items():
+        rows = np.arange(length)
+        keep = ((rows - phase) % (gap + 1)) == 0
+        kept = np.flatnonzero(keep)
+        keep[: kept[0]] = True
+        keep[kept[-1]:] = True
+        pattern_grid = grid if np.array_equal(keep, good_keep) else _interp_rows(grid, np.flatnonzero(keep))
+        distance = _distance_map(keep)
+        position_of = {int(target_rows[q]): q for q in members}
+        for a, b in _segments(_subplan(plan, members), int(cfg["margin"]), length):
+            block = pattern_grid[a:b + 1]
+            rows_here = [r for r in range(a, b + 1) if r in position_of]
+            for orientation in (0, 1):
+                check_cancel(cancel)
+                # orientation 0: planes (S, H) for every column; 1: planes (S, W) for every row.
+                planes = np.moveaxis(block, 2 - orientation, 0)  # (P, S, X)
+                dist_map = np.broadcast_to(distance[a:b + 1, None], planes.shape[1:])
+                inputs = _pad16(np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1))
+                residual = run_slices(
+                    network, inputs, device=target_device, batch_size=8, amp=False, cancel=cancel, report_to=engine,
+                    progress=subrange(progress, 0.8 + 0.2 * done / work, 0.8 + 0.2 * (done + 1) / work),
+                )[:, 0, : planes.shape[1], : planes.shape[2]]
+                filled = np.moveaxis(planes + residual, 0, 2 - orientation)  # back to (S, H, W)
+                for r in rows_here:
+                    total[position_of[r]] += filled[r - a]
+                done += 1
     result = (total / 2).astype(np.float32)
     details["device"] = describe_device(target_device)
     details["selfsup"] = {
