@@ -360,3 +360,9 @@ def test_upsample_selfsup_non_integer_ratio_goes_through_next_integer_factor():
     np.testing.assert_array_equal(new.array[10], volume.array[4])
     assert result.report["method"] == "selfsup" and any("non-integer" in w for w in result.report["warnings"])
     assert result.slices == (1, 2, 3, 4, 6, 7, 8, 9)
+
+
+def test_auto_uses_flow_on_sparse_gaps():
+    volume = make_phantom((30, 32, 32))
+    result = fill_slices(volume, slices=[10, 20], method="auto", device="cpu")
+    assert result.report["method"] == "flow" and "sparse" in result.report["method_reason"]

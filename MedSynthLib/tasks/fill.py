@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 #: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
 METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
 
+#: ``auto`` uses flow when at most this share of the slices is missing (isolated gaps), where the
+#: benchmark found flow better than selfsup; selfsup when gaps are dense (upsampling, every n-th slice).
+SPARSE_SHARE = 0.1
+
 #: Default time budget (seconds) of ``auto`` on a CPU.
 AUTO_CPU_BUDGET_S = 180.0
 
@@ -167,6 +171,12 @@ def _resolve_method(
 
     target = select_device(device)
     budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
+    grid_slices = int(round(plan.positions[-1] - plan.positions[0])) + 1
+    if len(plan.targets) <= SPARSE_SHARE * grid_slices:
+        return "flow", (
+            f"{len(plan.targets)} of {grid_slices} slices missing: on sparse gaps flow measured better than "
+            "selfsup (benchmarks/fill.py, 'single' scenario)"
+        )
     if not _fill_selfsup.can_train(good, plan):
         return "flow", "too few or too small slices to train selfsup; flow needs no training"
     estimate = _fill_selfsup.estimate_seconds(good, plan, device=target)
@@ -294,9 +304,11 @@ def fill_slices(
         Slice axis (IJK name or array axis); ``None``/``"auto"`` is the axis
         with the largest spacing (k on an isotropic volume).
     method : str
-        One of :data:`METHODS`. ``auto`` uses ``model`` when given, else
-        ``selfsup`` when its estimated time fits ``time_budget`` on the chosen
-        device, else ``flow``; the report says which ran and why.
+        One of :data:`METHODS`. ``auto`` uses ``model`` when given; else
+        ``flow`` when at most 10 % of the slices are missing (isolated gaps,
+        where flow measured best); else ``selfsup`` when its estimated time fits
+        ``time_budget`` on the chosen device, else ``flow``. The report says
+        which ran and why.
     model : str, Path or LoadedModel, optional
         A fill model package (``method="model"``).
     device : str
