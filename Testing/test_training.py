@@ -359,3 +359,18 @@ def test_tensorboard_logs_or_a_warning_when_it_is_missing(tiny_data, tmp_path, c
         assert "tensorboard is not installed" in caplog.text
     else:
         assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_fill_noise_option_adds_noise_to_every_slice(tiny_data):
+    from MedSynthLib.training.data import PairDataset, load_volumes
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    clean_maker = make_pair_maker("fill", crop=32)
+    noisy_maker = make_pair_maker("fill", {"noise": [0.05, 0.05]}, crop=32)
+    paths = sorted((tiny_data / "images").iterdir())
+    clean = PairDataset(load_volumes(paths, pair_maker=clean_maker), clean_maker, length=4, seed=1, augment=0.0)[0]
+    noisy = PairDataset(load_volumes(paths, pair_maker=noisy_maker), noisy_maker, length=4, seed=1, augment=0.0)[0]
+    difference = (noisy["target"] - clean["target"]).std()
+    assert 0.03 < float(difference) < 0.07
+    assert float((noisy["input"][:4] - clean["input"][:4]).std()) > 0.03
+    assert torch.equal(noisy["input"][4], clean["input"][4])  # the fraction channel is untouched

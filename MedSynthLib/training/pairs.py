@@ -230,13 +230,16 @@ class FillPairs(PairMaker):
     the family adds to the network output. Thin axes (in-plane, or isotropic
     scans) teach what sharp anatomy looks like between slices; the model learns
     from every axis by default (option ``axes``: ``all``, ``thin`` = axes at most
-    1.5x the finest spacing, or ``slice`` = the thickest axis only).
+    1.5x the finest spacing, or ``slice`` = the thickest axis only). Option
+    ``noise: [low, high]`` adds Gaussian noise of a random standard deviation in
+    that range (normalised units) to every slice, so a model trained on clean
+    data does not learn to sharpen the noise of real scans (off by default).
     """
 
     task = "fill"
     families = ("unet", "gan", "diffusion")
     residual = True
-    defaults = {"max_gap": 4, "axes": "all"}
+    defaults = {"max_gap": 4, "axes": "all", "noise": [0.0, 0.0]}
 
     @property
     def context(self) -> int:
@@ -271,6 +274,9 @@ class FillPairs(PairMaker):
         planes = extract_planes(volume.array, axis=axis, indices=indices, center=center, crop=self.crop)
         planes = _apply(intensity, planes, transform_seed)
         planes = _apply(spatial, planes, transform_seed + 1)
+        low, high = self.options["noise"]
+        if high > 0:  # scanner noise on every slice (target included): learn the anatomy, not to sharpen noise
+            planes = planes + rng.normal(0, float(rng.uniform(low, high)), planes.shape).astype(np.float32)
         before, after, target = planes[None, :c], planes[None, c : 2 * c], planes[2 * c :]
         fraction = inner / gap
         inputs = make_fill_inputs(before, after, fraction, context=c)[0]
