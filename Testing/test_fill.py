@@ -366,3 +366,18 @@ def test_auto_uses_flow_on_sparse_gaps():
     volume = make_phantom((30, 32, 32))
     result = fill_slices(volume, slices=[10, 20], method="auto", device="cpu")
     assert result.report["method"] == "flow" and "sparse" in result.report["method_reason"]
+
+
+def test_model_method_without_a_package_uses_the_bundled_default():
+    from MedSynthLib.models import bundled_package
+
+    if bundled_package("fill") is None:
+        pytest.skip("no bundled fill package installed")
+    from MedSynthLib.sample_data import load_sample
+
+    volume = load_sample("mr-t1")
+    result = fill_slices(volume, slices=[20], method="model", device="cpu")
+    assert result.report["method"] == "model"
+    assert result.report["model"]["name"] == "fill_default"
+    others = np.delete(np.arange(volume.array.shape[0]), [20])
+    assert np.array_equal(result.volume.array[others], volume.array[others])

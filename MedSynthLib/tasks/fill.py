@@ -159,7 +159,7 @@ def _resolve_method(
     if name not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if name == "model" and model is None:
-        raise InputError("method 'model' needs a model package (--model PACKAGE.json)")
+        raise InputError("method 'model' needs a model package (--model PACKAGE.json); no bundled fill model is installed")
     if model is not None and name not in ("model", "auto"):
         raise InputError(f"a model package was given but method is {name!r}; use method 'model' or 'auto'")
     if name != "auto":
@@ -243,6 +243,10 @@ def _run(
     scale = robust_scale(good_raw, percentiles=FILL_PERCENTILES)
     good = scale.forward(good_raw)
     plan = make_plan(positions, targets)
+    if str(method).lower() == "model" and model is None:
+        from ..models import bundled_package
+
+        model = bundled_package("fill")  # the shipped default; None (an error below) if not installed
     chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget)
     details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
