@@ -53,17 +53,43 @@ def qc_picture(before: Volume, after: Volume, *, axis: Optional[int] = None, ind
     a = np.take(after.array, index, axis=axis).astype(np.float64)
     low, high = np.percentile(b, [1, 99.5])
     in_plane = [ax for ax in range(3) if ax != axis]
-    rows_sp, cols_sp = before.spacing_along(in_plane[0]), before.spacing_along(in_plane[1])
     diff = np.abs(a - b)
+    planes, (rows_axis, cols_axis) = _radiological([b, a, diff], before, in_plane)
+    rows_sp, cols_sp = before.spacing_along(rows_axis), before.spacing_along(cols_axis)
     panels = [
-        _to_display(b, rows_sp, cols_sp, low, high),
-        _to_display(a, rows_sp, cols_sp, low, high),
-        _to_display(diff, rows_sp, cols_sp, 0.0, float(diff.max()) or 1.0),
+        _to_display(planes[0], rows_sp, cols_sp, low, high),
+        _to_display(planes[1], rows_sp, cols_sp, low, high),
+        _to_display(planes[2], rows_sp, cols_sp, 0.0, float(diff.max()) or 1.0),
     ]
     gap = np.ones((panels[0].shape[0], 4))
     picture = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-    # display with anterior/superior up: flip rows so the larger row index is at the top
-    return (np.flipud(picture) * 255).round().astype(np.uint8)
+    return (picture * 255).round().astype(np.uint8)
+
+
+def _radiological(planes: list, volume: Volume, in_plane: list) -> tuple[list, tuple[int, int]]:
+    """Orient 2D planes as a radiologist reads them, whatever the volume's direction matrix.
+
+    Up is superior (or anterior on an axial plane); left on screen is the patient's right
+    (anterior on a sagittal plane). ``in_plane`` are the two array axes of the plane, in
+    the planes' row, column order; returns the planes and the (row, column) array axes.
+    """
+    # RAS direction of each array axis (array axis a is IJK axis 2 - a)
+    directions = {ax: volume.direction[:, 2 - ax] for ax in in_plane}
+    dominant = {ax: int(np.argmax(np.abs(directions[ax]))) for ax in in_plane}
+    # vertical: the axis closest to S, else to A
+    vertical_letter = 2 if 2 in dominant.values() else 1
+    rows_axis = next((ax for ax in in_plane if dominant[ax] == vertical_letter), in_plane[0])
+    cols_axis = next(ax for ax in in_plane if ax != rows_axis)
+    out = [p.T if rows_axis != in_plane[0] else p for p in planes]
+    if directions[rows_axis][vertical_letter] > 0:  # row index grows upwards in the patient
+        out = [np.flipud(p) for p in out]
+    horizontal = dominant[cols_axis]
+    # screen-left is the patient's right (R: x > 0) or, on a sagittal plane, anterior (A: y > 0):
+    # flip when the column index grows towards that side
+    flip = directions[cols_axis][horizontal] > 0
+    if flip:
+        out = [np.fliplr(p) for p in out]
+    return out, (rows_axis, cols_axis)
 
 
 def save_qc_png(before: Volume, after: Volume, path: str | Path, **kwargs) -> Path:
