@@ -12,7 +12,10 @@ import numpy as np
 
 from ..progress import ProgressCallback
 
-__all__ = ["progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg"]
+__all__ = [
+    "progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg",
+    "positive_int", "number_in",
+]
 
 
 @contextlib.contextmanager
@@ -74,6 +77,33 @@ def device_arg(text: str) -> str:
     if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def number_in(low: float, high: float, *, include_high: bool = True):
+    """argparse type factory: a number in [low, high] (or [low, high) when ``include_high`` is False)."""
+    interval = f"[{low:g}, {high:g}{']' if include_high else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}") from None
+        if not (low <= value <= high if include_high else low <= value < high):
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {value:g}")
+        return value
+
+    return parse
 
 
 def add_report_arg(parser: argparse.ArgumentParser) -> None:

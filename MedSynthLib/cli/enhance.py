@@ -14,29 +14,11 @@ from typing import Optional
 from ..io import read_volume, write_volume
 from ..progress import ProgressCallback
 from ..volume import Volume
-from ._common import add_report_arg, device_arg, progress_bar, write_json
+from ._common import add_report_arg, device_arg, number_in, positive_int, progress_bar, write_json
 
 __all__ = ["register", "demo_step"]
 
 
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"strength must be a number in [0, 2], not {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"strength must be a number in [0, 2], not {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
 
 
 def _read_mask(path: Optional[str]) -> Optional[Volume]:
@@ -123,14 +105,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=DENOISE_METHODS, default="auto",
                         help="auto (default): model if --model is given, else selfsup (nlm for very large volumes "
                         "on a CPU); nlm is fast and strong, aniso fastest")
-    parser.add_argument("--strength", type=_strength, default=1.0, metavar="X",
+    parser.add_argument("--strength", type=number_in(0.0, 2.0), default=1.0, metavar="X",
                         help="0-2, default 1 (calibrated from the noise estimate); 0 leaves the volume unchanged")
     parser.add_argument("--mask", metavar="MASK", help="denoise only inside this label map (same grid); noise measured there")
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package (.json) for --method model")
     parser.add_argument("--modality", choices=("MR", "CT"), help="override the modality guess (MR: Rician noise, CT: Gaussian)")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
-    parser.add_argument("--training-steps", type=_positive_int, metavar="N",
+    parser.add_argument("--training-steps", type=positive_int, metavar="N",
                         help="self-supervised training steps (default 300; fewer is faster and a little weaker)")
     add_report_arg(parser)
     parser.set_defaults(func=_run_denoise)
@@ -142,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="corrected volume (same grid and voxel type)")
     parser.add_argument("--mask", metavar="MASK", help="fit the field inside this label map (default: Otsu foreground)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
-    parser.add_argument("--shrink", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--shrink", type=positive_int, default=4, metavar="N",
                         help="fit on an image shrunk N times per axis (default 4; 1 is exact but slow)")
     add_report_arg(parser)
     parser.set_defaults(func=_run_bias)

@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
+from ..cli._common import number_in, positive_int
 from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
 
 __all__ = ["main", "build_parser"]
@@ -27,24 +28,6 @@ def _pairs_text() -> str:
     return "valid task x family pairs (the first family is the default):\n" + "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,20 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="run folder: checkpoints, logs and the final package")
     parser.add_argument("--family", choices=list(FAMILIES), help="model family (default: the task's first, see below)")
     parser.add_argument("--config", metavar="FILE", help="YAML config; command-line options override it")
-    parser.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
-    parser.add_argument("--batch-size", type=_positive_int, help="samples per step and process (default 8)")
-    parser.add_argument("--samples-per-epoch", type=_positive_int, help="random crops per epoch (default 512)")
-    parser.add_argument("--crop", type=_positive_int, help="crop size in voxels (default 64)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default 10)")
+    parser.add_argument("--batch-size", type=positive_int, help="samples per step and process (default 8)")
+    parser.add_argument("--samples-per-epoch", type=positive_int, help="random crops per epoch (default 512)")
+    parser.add_argument("--crop", type=positive_int, help="crop size in voxels (default 64)")
     parser.add_argument("--lr", type=float, help="learning rate (default 2e-4, cosine decay)")
     parser.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
     parser.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--val-fraction", type=_fraction, help="share of volumes held out for validation (default 0.2)")
+    parser.add_argument("--val-fraction", type=number_in(0.0, 1.0, include_high=False), help="share of volumes held out for validation (default 0.2)")
     parser.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes (default 0)")
     parser.add_argument("--augment", type=float, help="intensity augmentation strength: 0 off, 1 default, 2 heavy")
     parser.add_argument("--name", help="package name (default TASK_FAMILY)")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--debug", action="store_true", help="full tracebacks on failure")
     return parser
