@@ -66,7 +66,6 @@ def test_parse_slice_list():
         ({"slices": [8]}, "no good slice on one side"),
         ({"slices": [3], "axis": "x"}, "axis must be"),
         ({"slices": [3], "method": "magic"}, "method must be"),
-        ({"slices": [3], "method": "model"}, "needs a model package"),
     ],
 )
 def test_fill_bad_input(kwargs, message):
@@ -381,3 +380,14 @@ def test_model_method_without_a_package_uses_the_bundled_default():
     assert result.report["model"]["name"] == "fill_default"
     others = np.delete(np.arange(volume.array.shape[0]), [20])
     assert np.array_equal(result.volume.array[others], volume.array[others])
+
+
+def test_model_method_without_any_package_is_a_clear_error(monkeypatch):
+    import MedSynthLib.models
+
+    monkeypatch.setattr(MedSynthLib.models, "bundled_package", lambda task: None)
+    volume = ramp_volume()
+    before = volume.array.copy()
+    with pytest.raises(InputError, match="needs a model package"):
+        fill_slices(volume, slices=[3], method="model")
+    np.testing.assert_array_equal(volume.array, before)
