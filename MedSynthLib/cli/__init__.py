@@ -13,14 +13,13 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
+from ._common import run_reporting_errors
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: Subcommand modules of this package; each defines ``register(subparsers)``.
 COMMANDS = ("info", "check", "models", "enhance", "lesion", "fill", "demo")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,29 +45,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="medsynth: %(levelname)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or EXIT_OK)
-    except (InputError, DeviceError, ModelError) as error:
-        if args.debug:
-            raise
-        print(f"medsynth: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (Cancelled, KeyboardInterrupt):
-        print("medsynth: cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
-    except MedSynthError as error:
-        if args.debug:
-            raise
-        print(f"medsynth: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as error:  # noqa: BLE001 - last line of defence: one line, not a traceback
-        if args.debug:
-            raise
-        print(
-            f"medsynth: internal error: {type(error).__name__}: {error} (run with --debug for details)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+    return run_reporting_errors(
+        lambda: args.func(args),
+        prog="medsynth",
+        debug=args.debug,
+        cancelled_message=lambda error: "cancelled; nothing was written",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

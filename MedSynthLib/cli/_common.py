@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
 from ..progress import ProgressCallback
 
 __all__ = [
     "progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg",
-    "positive_int", "number_in",
+    "positive_int", "number_in", "run_reporting_errors",
 ]
 
 
@@ -77,6 +79,43 @@ def device_arg(text: str) -> str:
     if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def run_reporting_errors(
+    action: Callable[[], int],
+    *,
+    prog: str,
+    debug: bool,
+    cancelled_message: Callable[[BaseException], str],
+) -> int:
+    """Run ``action`` and turn every failure into one line on stderr and the documented exit code.
+
+    Input, device and model errors exit 2; cancellation and Ctrl-C 130; anything else 1.
+    ``debug`` re-raises instead, for a full traceback.
+    """
+    try:
+        return int(action() or EXIT_OK)
+    except (InputError, DeviceError, ModelError) as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (Cancelled, KeyboardInterrupt) as error:
+        print(f"{prog}: {cancelled_message(error)}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MedSynthError as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if debug:
+            raise
+        print(f"{prog}: internal error: {type(error).__name__}: {error} (run with --debug for details)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def positive_int(text: str) -> int:

@@ -13,12 +13,10 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from ..cli._common import number_in, positive_int
-from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
+from ..cli._common import EXIT_OK, number_in, positive_int, run_reporting_errors
+from ..errors import InputError
 
 __all__ = ["main", "build_parser"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 def _pairs_text() -> str:
@@ -110,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="medsynth-train: %(levelname)s: %(message)s",
     )
     command = "medsynth-train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    try:
+
+    def run() -> int:
         from .trainer import train
 
         config = _config_from_args(args)
@@ -119,24 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if isinstance(v, float))
             print(f"wrote {result.package} (best: {best or 'n/a'})")
         return EXIT_OK
-    except (InputError, DeviceError, ModelError) as error:
-        if args.debug:
-            raise
-        print(f"medsynth-train: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (Cancelled, KeyboardInterrupt) as error:
-        print(f"medsynth-train: {error or 'interrupted'}", file=sys.stderr)
-        return EXIT_CANCELLED
-    except MedSynthError as error:
-        if args.debug:
-            raise
-        print(f"medsynth-train: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as error:  # noqa: BLE001 - last line of defence: one line, not a traceback
-        if args.debug:
-            raise
-        print(f"medsynth-train: internal error: {type(error).__name__}: {error} (run with --debug for details)", file=sys.stderr)
-        return EXIT_FAILURE
+
+    return run_reporting_errors(
+        run, prog="medsynth-train", debug=args.debug, cancelled_message=lambda error: str(error) or "interrupted"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
