@@ -32,9 +32,9 @@ def progress_bar(quiet: bool, description: str = "") -> Iterator[Optional[Progre
               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
 
         def update(fraction: float, message: str) -> None:
-            bar.n = int(round(1000 * fraction))
+            # tqdm's own update throttles redraws (mininterval), so chatty tasks do not flood the terminal
             bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
+            bar.update(int(round(1000 * fraction)) - bar.n)
 
         yield update
 
