@@ -290,6 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--training-steps", type=int, default=None, help="selfsup steps (default: the library's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small slab, short sweeps: a smoke run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 gives timings that hold on a busy 2-core machine")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
     args = parser.parse_args(argv)
     args.levels = [float(x) if "." in x else int(x) for x in args.levels.split(",")]
@@ -301,6 +303,8 @@ def main(argv=None) -> int:
         return 2
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict = {"settings": {"quick": args.quick, "levels": args.levels, "methods": args.methods,
                                   "training_steps": args.training_steps, "seed": args.seed,
                                   "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
