@@ -403,8 +403,8 @@ def correct_bias(
     volume: Volume,
     *,
     mask: MaskLike = None,
-    shrink: int = 4,
-    iterations: Sequence[int] = (50, 50, 50),
+    shrink: int = 6,
+    iterations: Sequence[int] = (40, 40, 40),
     control_points: int = 4,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -420,12 +420,16 @@ def correct_bias(
     shrink : int
         Fit on an image shrunk by this factor per axis (an axis keeps at least 8
         voxels); 1 fits at full resolution (slow). The field is always evaluated
-        at full resolution.
+        at full resolution. 6 (a ~6 mm fitting grid on a 1 mm brain): on the MNI
+        benchmark it is 3.4x faster than 4 with 50 iterations, and as good
+        (white-matter CV 0.0259 vs 0.0249, clean 0.0261; field correlation 0.961
+        vs 0.954).
     iterations : sequence of int
         Maximum iterations per fitting level (one entry per level). Three levels:
         on the MNI template with a known field a fourth level started fitting
         anatomy (white-matter CV 0.033 instead of 0.025, field correlation 0.93
-        instead of 0.95).
+        instead of 0.95); more iterations per level do the same (shrink 6: 50
+        per level gave CV 0.0265, 40 gave 0.0259, 30 gave 0.0250).
     control_points : int
         B-spline control points per axis at the coarsest level (>= 4).
 
