@@ -115,7 +115,7 @@ def denoise_methods(clean, noisy, volume_geometry, mask, data_range, *, sigma_tr
             results[method] = with_cpu({"seconds": seconds, **scores(clean, result.volume.array, mask, data_range),
                                         "params": result.report["parameters"]})
         elif method == "nlm-tuned":
-            factors = (0.6, 0.9) if quick else (0.4, 0.6, 0.8, 1.0)
+            factors = (0.6, 0.9) if quick else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
             results[method] = sweep(method, [{"h_factor": f} for f in factors],
                                     lambda h_factor: denoise_nlm(noisy, sigma=sigma_true, h_factor=h_factor)[0],
                                     clean, mask, data_range)

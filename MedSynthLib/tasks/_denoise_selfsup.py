@@ -74,7 +74,7 @@ class SelfSupSettings:
 
     channels: int = 8
     dilations: tuple[int, ...] = (2, 4, 6, 2)
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 2
     crop: int = 40
     learning_rate: float = 3e-3
@@ -83,9 +83,9 @@ class SelfSupSettings:
     margin: int = 4
     slab: int = 48
     sure_fusion: bool = True
-    nlm_h_factor: float = 0.6
-    sure_blocks: int = 4
-    sure_block_slices: int = 8
+    nlm_h_factors: tuple[float, ...] = (0.5, 0.8)
+    sure_blocks: int = 3
+    sure_block_slices: int = 10
     sure_classes: int = 4
 
 
@@ -189,12 +189,14 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     region = _bbox(foreground, margin=influence + 2)
     xr = np.ascontiguousarray(x[region])
 
-    def nlm(values: np.ndarray) -> np.ndarray:
-        out = denoise_nlm(values, sigma=s, strength=strength, h_factor=settings.nlm_h_factor)[0]
+    def nlm(values: np.ndarray, h_factor: float) -> np.ndarray:
+        out = denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0]
         return np.sqrt(np.maximum(out**2 - s * s, 0)) if rician else out
 
-    check_cancel(cancel)
-    nlm_now = nlm(xr)
+    nlm_now = []
+    for h_factor in settings.nlm_h_factors:
+        check_cancel(cancel)
+        nlm_now.append(nlm(xr, h_factor))
     # thin slabs along axis 0 where the divergences are probed and the weights fitted
     depth = xr.shape[0]
     thickness = settings.sure_block_slices
@@ -206,13 +208,14 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     rng = np.random.default_rng(seed + 7919)
     probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
     eps = np.float32(0.05 * s)
-    nlm_div = np.zeros(xr.shape, np.float32)
+    nlm_div = [np.zeros(xr.shape, np.float32) for _ in settings.nlm_h_factors]
     fit = np.zeros(xr.shape, bool)
     for a, b in blocks:
-        check_cancel(cancel)
         a0, b0 = max(0, a - influence), min(depth, b + influence)
-        moved = nlm(xr[a0:b0] + eps * probe[a0:b0])[a - a0:b - a0]
-        nlm_div[a:b] = probe[a:b] * (moved - nlm_now[a:b]) / eps
+        for h_factor, now, div in zip(settings.nlm_h_factors, nlm_now, nlm_div):
+            check_cancel(cancel)
+            moved = nlm(xr[a0:b0] + eps * probe[a0:b0], h_factor)[a - a0:b - a0]
+            div[a:b] = probe[a:b] * (moved - now[a:b]) / eps
         fit[a:b] = True
     # the Wiener fusion is cheap: probe it on the whole volume, then crop
     full_probe = np.zeros(x.shape, np.float32)
@@ -223,9 +226,9 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     blind_r = blind[region]
     wiener_r = wiener_now[region]
     observed = np.sqrt(np.maximum(xr**2 - s * s, 0)) if rician else xr
-    components = [blind_r, wiener_r, nlm_now, observed]
-    names = ["blind", "wiener", "nlm", "observed"]
-    divergences = [None, wiener_div, nlm_div, None]
+    components = [blind_r, wiener_r, *nlm_now, observed]
+    names = ["blind", "wiener", *[f"nlm_h{h:g}" for h in settings.nlm_h_factors], "observed"]
+    divergences = [None, wiener_div, *nlm_div, None]
     fit &= foreground[region]
     if rician:
         fit &= blind_r > 2 * s
@@ -248,7 +251,7 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
         gram += 1e-9 * np.trace(gram) / len(components) * np.eye(len(components))
         return np.linalg.solve(gram, design.T @ target - variance * div)
 
-    global_weights = solve(fit) if fit.any() else np.array([0.0, 1.0, 0.0, 0.0])
+    global_weights = solve(fit) if fit.any() else np.eye(len(components))[1]  # nothing to fit: the Wiener estimate
     estimate_r = np.zeros(xr.shape, np.float32)
     weights = {}
     for k in range(int(classes.max()) + 1):
@@ -260,7 +263,7 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     estimate = wiener_now.copy()  # outside the foreground's box: background, the Wiener estimate
     estimate[region] = estimate_r
     info = {"components": names, "weights_by_gradient_class": [[round(float(v), 4) for v in weights[k]] for k in sorted(weights)],
-            "fit_voxels": int(fit.sum()), "nlm_h_factor": settings.nlm_h_factor, "seconds": round(time.perf_counter() - started, 2)}
+            "fit_voxels": int(fit.sum()), "nlm_h_factors": list(settings.nlm_h_factors), "seconds": round(time.perf_counter() - started, 2)}
     return estimate, info
 
 
