@@ -12,9 +12,10 @@ Methods
 ``denoise(method=...)``:
 
 ``selfsup``
-    A blind-spot network trained on this volume alone (Noise2Self family);
-    see :mod:`MedSynthLib.tasks._denoise_selfsup`. Best quality, about a
-    minute or two on a CPU for a 1 mm brain.
+    A blind-spot network trained on this volume alone (Noise2Self family),
+    combined with non-local means by SURE-fitted weights (no clean data);
+    see :mod:`MedSynthLib.tasks._denoise_selfsup`. Best quality, about 90
+    CPU-seconds (one thread) for a 1 mm brain.
 ``model``
     A trained denoise model package (``task="denoise"``) applied slice by slice
     with 2.5D context (:mod:`MedSynthLib.tasks._denoise_inputs`).
