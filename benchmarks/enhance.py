@@ -244,7 +244,8 @@ def table(results: dict) -> str:
     for part in ("mni", "ct"):
         if part not in results:
             continue
-        lines.append(f"\n{part.upper()} denoising: PSNR dB / SSIM (CPU seconds / {CORES} cores)")
+        threads = min(CORES, int(results.get("settings", {}).get("cpu_threads") or CORES))
+        lines.append(f"\n{part.upper()} denoising: PSNR dB / SSIM (CPU seconds / {threads} thread(s) used)")
         levels = [k for k in results[part] if k.endswith("%") or k.endswith("HU")]
         methods = ["noisy"] + [m for m in METHODS if any(m in results[part][lv] for lv in levels)]
         lines.append(f"{'method':<13}" + "".join(f"{lv:>26}" for lv in levels))
@@ -255,7 +256,7 @@ def table(results: dict) -> str:
                 if entry is None:
                     cells.append(f"{'-':>26}")
                 else:
-                    seconds = f" ({entry['cpu_seconds'] / CORES:.0f} s)" if "cpu_seconds" in entry else ""
+                    seconds = f" ({entry['cpu_seconds'] / threads:.0f} s)" if "cpu_seconds" in entry else ""
                     cells.append(f"{entry['psnr']:>8.2f} / {entry['ssim']:.4f}{seconds:>8}")
             lines.append(f"{method:<13}" + "".join(cells))
         if part == "mni":
@@ -278,7 +279,7 @@ def table(results: dict) -> str:
             if label in n4:
                 e = n4[label]
                 lines.append(f"  {label:<8} WM CV {e['wm_cv']}  field correlation {e['field_correlation']} "
-                             f"(in WM {e['field_correlation_wm']})  {e['seconds']} s wall, {e['cpu_seconds'] / CORES:.1f} s CPU/{CORES}")
+                             f"(in WM {e['field_correlation_wm']})  {e['seconds']} s wall, {e['cpu_seconds']:.1f} CPU-s")
     return "\n".join(lines)
 
 
