@@ -61,7 +61,8 @@ def _run_bias(args: argparse.Namespace) -> int:
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "bias") as progress:
-        result = correct_bias(volume, mask=mask, shrink=args.shrink, progress=progress)
+        options = {} if args.shrink is None else {"shrink": args.shrink}
+        result = correct_bias(volume, mask=mask, progress=progress, **options)
     write_volume(result.volume, args.output)
     if args.field:
         write_volume(result.field, args.field)
@@ -124,8 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="corrected volume (same grid and voxel type)")
     parser.add_argument("--mask", metavar="MASK", help="fit the field inside this label map (default: Otsu foreground)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
-    parser.add_argument("--shrink", type=positive_int, default=4, metavar="N",
-                        help="fit on an image shrunk N times per axis (default 4; 1 is exact but slow)")
+    parser.add_argument("--shrink", type=positive_int, default=None, metavar="N",
+                        help="fit on an image shrunk N times per axis (default: the library's, 6; 1 is exact but slow)")
     add_report_arg(parser)
     parser.set_defaults(func=_run_bias)
 

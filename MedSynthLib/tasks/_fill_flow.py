@@ -4,7 +4,10 @@ For every pair of good slices (A, B) bounding a gap, one dense symmetric
 displacement field ``v`` is estimated on the midway grid so that
 ``A(x - v/2) ~ B(x + v/2)``: Horn-Schunck (brightness constancy plus a
 quadratic smoothness term) solved by Jacobi iterations, with repeated warping,
-coarse to fine on an image pyramid. All pairs are optimised together as one batch. A
+coarse to fine on an image pyramid. The data term is made robust (Charbonnier,
+by reweighting each warp's linearisation): structures that appear or vanish
+between slices cannot be explained by motion, and a quadratic penalty lets
+them drag the field (+0.3 dB on MNI x2 over plain Horn-Schunck). All pairs are optimised together as one batch. A
 missing slice at fractional position ``t`` is then the blend
 ``(1 - t) * A(x - t v) + t * B(x + (1 - t) v)``: anatomy that moves between
 the slices is moved, not cross-faded, which is what linear interpolation gets
@@ -34,10 +37,11 @@ FLOW_DEFAULTS = {
     "levels": 4,
     "warps": 3,
     "warps_fine": 1,
-    "iterations": 20,
-    "smoothness": 0.3,  # Horn-Schunck alpha, normalised intensity units; tuned on MNI slices 60-100
+    "iterations": 40,
+    "smoothness": 0.2,  # Horn-Schunck alpha, normalised intensity units (swept on MNI x2, benchmarks/fill.py)
     "batch": 32,
     "presmooth": 0.0,  # Gaussian sigma (pixels) of the copies the field is estimated on
+    "robust": 0.05,  # Charbonnier scale of the data term (normalised units; 0: quadratic Horn-Schunck)
 }
 
 
@@ -106,6 +110,7 @@ def estimate_flow(
         pyramid.append((F.avg_pool2d(a, 2, ceil_mode=True), F.avg_pool2d(b, 2, ceil_mode=True)))
     pyramid = pyramid[::-1]
     alpha2 = float(cfg["smoothness"]) ** 2
+    scale = float(cfg["robust"])
     flow = None
     with torch.no_grad():
         for level, (a, b) in enumerate(pyramid):
@@ -123,13 +128,17 @@ def estimate_flow(
                 ix = _conv(mean, _DX_KERNEL)
                 iy = _conv(mean, _DX_KERNEL.T.contiguous())
                 it = warped_b - warped_a
-                denominator = alpha2 + ix * ix + iy * iy
+                # Robust data term by reweighting: pixels whose brightness change the field cannot
+                # explain (structures appearing between slices) pull less than with a quadratic penalty.
+                weight = scale / torch.sqrt(it * it + scale * scale) if scale > 0 else torch.ones_like(it)
+                denominator = alpha2 + weight * (ix * ix + iy * iy)
                 base = flow.clone()
                 for _ in range(int(cfg["iterations"])):
                     average = _conv(flow, _HS_KERNEL)
                     residual = it + ix * (average[:, :1] - base[:, :1]) + iy * (average[:, 1:] - base[:, 1:])
-                    ratio = residual / denominator
+                    ratio = weight * residual / denominator
                     flow = torch.cat([average[:, :1] - ix * ratio, average[:, 1:] - iy * ratio], dim=1)
+
     return flow
 
 
@@ -180,6 +189,7 @@ def flow_fill(
         "warps": [int(cfg["warps"]), int(cfg["warps_fine"])],
         "iterations": int(cfg["iterations"]),
         "smoothness": float(cfg["smoothness"]),
+        "robust": float(cfg["robust"]),
         "engine": engine.as_dict(),
     }
     if engine.fallbacks:

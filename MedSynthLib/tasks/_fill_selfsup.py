@@ -11,21 +11,27 @@ Details:
 
 * Images the network sees are 2D with the degraded axis vertical. Training:
   good slices, once as (H, W) and once transposed (W, H), flipped at random;
-  random patches (mostly centred on tissue) with every ``L + 1``-th row kept
-  for each gap length ``L`` present in the job, the others linearly
-  interpolated. Inference: the planes of the output grid that contain the slice
-  axis, both orientations ((S, H) for every column and (S, W) for every row);
-  the two predictions are averaged.
+  random patches (mostly centred on tissue) whose rows are removed with a
+  window of the job's own missing-slice pattern (x2, x4, slabs, isolated
+  slices: real rows next to a gap stay real, as at inference) and linearly
+  interpolated. Sparse patterns (a few missing slices) are packed closer for
+  training so each patch holds several gaps (+1.3 dB on isolated MNI slices at
+  equal steps). Inference: the planes of the output grid that contain the
+  slice axis, both orientations ((S, H) for every column and (S, W) for every
+  row); the two predictions are averaged.
 * Input channels: the linearly interpolated image, and a map of each row's
   distance to the nearest kept row (0 on kept rows, 1 mid-gap). Output: a
   residual over linear interpolation (in normalised units), used on the
-  missing rows only; the L1 loss is taken there too.
+  missing rows only; the squared error is taken there too (PSNR is what users
+  compare; L1 measured 0.1 dB lower at equal steps).
 * Network: MONAI BasicUNet (2D, few features, no normalisation layers so that
   patches and whole planes behave alike), last layer initialised to zero so
   training starts from linear interpolation and only adds detail (without it
   the first few hundred steps are spent unlearning a random residual); Adam
   with a one-cycle schedule and gradient clipping (higher learning rates
   diverged on MNI).
+* Budget: quality rises with training steps (MNI x2: +3.5 dB at 700, +4.6 dB at
+  2400); channels-last activations make a step about 25 % cheaper on a CPU.
 * Deterministic on a CPU for a given seed: seeded torch and numpy generators,
   deterministic algorithms, fixed batch order.
 """
@@ -51,7 +57,7 @@ log = logging.getLogger(__name__)
 #: Training settings (the report records the ones used).
 SELFSUP_DEFAULTS = {
     "features": (16, 16, 32, 32, 64, 16),
-    "steps": 700,
+    "steps": 2400,
     "batch": 16,
     "patch": 64,
     "learning_rate": 2e-3,
@@ -118,12 +124,6 @@ def _pad16(inputs: np.ndarray) -> np.ndarray:
     return np.pad(inputs, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
 
 
-def _subplan(plan: FillPlan, members: list[int]) -> FillPlan:
-    """The plan restricted to the targets ``members`` (for inference segments)."""
-    index = np.asarray(members)
-    return FillPlan(positions=plan.positions, targets=plan.targets[index], lower=plan.lower[index], t=plan.t[index])
-
-
 def _network(features) -> torch.nn.Module:
     from ..models.networks import build_network
 
@@ -151,12 +151,46 @@ def _distance_map(keep: np.ndarray) -> np.ndarray:
     return out
 
 
-class _PatchSampler:
-    """Random degraded training patches from the good slices (both orientations, flips)."""
+def _missing_runs(keep: np.ndarray) -> list[int]:
+    """Lengths of the runs of missing rows in ``keep``, in order."""
+    edges = np.diff(np.concatenate([[0], (~keep).astype(np.int8), [0]]))
+    return (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).tolist()
 
-    def __init__(self, good: np.ndarray, gaps: list[int], patch: int, foreground_share: float, rng: np.random.Generator):
+
+def _training_pattern(keep: np.ndarray, *, sparse_share: float = 0.2, spacing: int = 5) -> np.ndarray:
+    """The keep pattern to train with: the job's own, or for sparse gaps the same runs packed closer.
+
+    A few isolated missing slices give one supervised row per patch; repeating the job's runs with
+    ``spacing`` good rows between them keeps real rows around every gap (as at inference) while
+    giving each patch several gaps to learn from.
+    """
+    if np.mean(~keep) >= sparse_share:
+        return keep
+    runs = _missing_runs(keep)
+    pattern: list[bool] = [True] * spacing
+    while len(pattern) < max(len(keep), 256):
+        for run in runs:
+            pattern += [False] * run + [True] * spacing
+    return np.asarray(pattern, bool)
+
+
+class _PatchSampler:
+    """Random training patches from the good slices, degraded with the job's own missing-slice pattern.
+
+    Each batch takes a window of the output grid's keep pattern that contains at least one missing
+    row (x2, x4, isolated slices, slabs, upsampling: whatever this job has) and removes the same rows
+    from in-plane strips of good slices (either in-plane orientation, flipped at random). Training
+    inputs are therefore built exactly as the inference inputs are, real rows next to a gap included.
+    """
+
+    def __init__(self, good: np.ndarray, keep: np.ndarray, patch: int, foreground_share: float,
+                 rng: np.random.Generator):
         self.images = [good, np.ascontiguousarray(np.swapaxes(good, 1, 2))]
-        self.gaps = gaps
+        keep = _training_pattern(keep)
+        self.keep = keep
+        self.distance = _distance_map(keep)
+        self.kept = np.flatnonzero(keep)
+        self.missing = np.flatnonzero(~keep)
         self.patch = patch
         self.rng = rng
         self.share = foreground_share
@@ -166,15 +200,22 @@ class _PatchSampler:
             self.centres.append(np.argwhere(image > threshold))
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        gap = int(self.rng.choice(self.gaps))
-        step = gap + 1
-        height = (self.patch // step) * step + 1
         width = self.patch
+        row = int(self.missing[int(self.rng.integers(len(self.missing)))])
+        # A window from a good row above the chosen missing row to the farthest good row below it that
+        # keeps the window within ``patch`` rows: every missing row in it has both bounding rows in view,
+        # as at inference (where blocks start and end on good rows or far from the rows kept).
+        above = self.kept[(self.kept < row) & (self.kept > row - self.patch)]
+        start = int(above[int(self.rng.integers(len(above)))]) if len(above) else int(self.kept[self.kept < row].max())
+        below = self.kept[(self.kept > row) & (self.kept < start + self.patch)]
+        last = int(below.max()) if len(below) else int(self.kept[self.kept > row].min())
+        stop = last + 1
+        height = stop - start
+        local_kept = self.kept[(self.kept >= start) & (self.kept <= last)] - start
+        low, span = start, height
         inputs = np.empty((batch, 2, height, width), np.float32)
         target = np.empty((batch, 1, height, width), np.float32)
-        keep = (np.arange(height) % step) == 0
-        dist = _distance_map(keep)
-        kept_rows = np.flatnonzero(keep)
+        inputs[:, 1] = self.distance[start:stop, None]
         for b in range(batch):
             which = int(self.rng.integers(2))
             image = self.images[which]
@@ -183,19 +224,22 @@ class _PatchSampler:
                 s, cy, cx = self.centres[which][int(self.rng.integers(len(self.centres[which])))]
             else:
                 s, cy, cx = int(self.rng.integers(n)), int(self.rng.integers(h)), int(self.rng.integers(w))
-            y0 = int(np.clip(cy - height // 2, 0, max(h - height, 0)))
+            y0 = int(np.clip(cy - span // 2, 0, max(h - span, 0)))
             x0 = int(np.clip(cx - width // 2, 0, max(w - width, 0)))
-            crop = image[s, y0:y0 + height, x0:x0 + width]
-            crop = np.pad(crop, ((0, height - crop.shape[0]), (0, width - crop.shape[1])), mode="reflect")
+            strip = image[s, y0:y0 + span, x0:x0 + width]
+            strip = np.pad(strip, ((0, span - strip.shape[0]), (0, width - strip.shape[1])), mode="reflect")
             if self.rng.random() < 0.5:
-                crop = crop[::-1]
+                strip = strip[::-1]
             if self.rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            lin = _interp_rows(crop, kept_rows)
-            inputs[b, 0] = lin
-            inputs[b, 1] = dist[:, None]
-            target[b, 0] = crop
-        return inputs, target, ~keep
+                strip = strip[:, ::-1]
+            lin = _interp_rows(strip, local_kept)
+            inputs[b, 0] = lin[start - low:stop - low]
+            target[b, 0] = strip[start - low:stop - low]
+        missing = ~self.keep[start:stop]
+        if height % 16:  # short grids: pad as inference does; padded rows carry no loss
+            inputs, target = _pad16(inputs), _pad16(target)
+            missing = np.pad(missing, (0, inputs.shape[2] - height))
+        return inputs, target, missing
 
 
 def _interp_rows(image: np.ndarray, kept_rows: np.ndarray) -> np.ndarray:
@@ -209,7 +253,7 @@ def _interp_rows(image: np.ndarray, kept_rows: np.ndarray) -> np.ndarray:
 
 def _train(
     good: np.ndarray,
-    gaps: list[int],
+    keep: np.ndarray,
     *,
     device: torch.device,
     seed: int,
@@ -219,22 +263,23 @@ def _train(
 ) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = _network(cfg["features"]).to(device)
+    # Channels-last activations: about 25 % faster convolutions on a CPU (oneDNN), same results up to rounding.
+    network = _network(cfg["features"]).to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(network.parameters(), lr=cfg["learning_rate"])
     steps = int(cfg["steps"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["learning_rate"], total_steps=steps, pct_start=0.1)
-    sampler = _PatchSampler(good, gaps, cfg["patch"], cfg["foreground_share"], rng)
+    sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng)
     losses: list[float] = []
     network.train()
     for step in range(steps):
         if step % 10 == 0:
             check_cancel(cancel)
         inputs, target, missing = sampler.sample(cfg["batch"])
-        x = torch.from_numpy(inputs).to(device)
+        x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(target).to(device)
         rows = torch.from_numpy(missing).to(device)
         prediction = x[:, :1] + network(x)
-        loss = (prediction - y)[:, :, rows, :].abs().mean()
+        loss = (prediction - y)[:, :, rows, :].square().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
@@ -277,68 +322,51 @@ def selfsup_fill(
     details = details if details is not None else {}
     target_device = select_device(device)
     gaps = _gap_lengths(plan)
+    # The output grid: good slices at their positions, linear interpolation in the gaps.
+    length = int(round(plan.positions[-1])) + 1
+    grid = np.empty((length,) + good.shape[1:], np.float32)
+    keep = np.zeros(length, bool)
+    keep[np.round(plan.positions).astype(int)] = True
+    grid[keep] = good
+    target_rows = np.round(plan.targets).astype(int)
+    t = plan.t[:, None, None].astype(np.float32)
+    grid[target_rows] = (1 - t) * good[plan.lower] + t * good[plan.lower + 1]
+
     start = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         network, losses = _train(
-            good, gaps, device=target_device, seed=seed, cfg=cfg, progress=subrange(progress, 0.0, 0.8), cancel=cancel
+            good, keep, device=target_device, seed=seed, cfg=cfg, progress=subrange(progress, 0.0, 0.8), cancel=cancel
         )
     finally:
         torch.use_deterministic_algorithms(deterministic)
     train_seconds = time.perf_counter() - start
 
-    # The output grid: good slices at their positions, linear interpolation in the gaps.
-    length = int(round(plan.positions[-1])) + 1
-    grid = np.empty((length,) + good.shape[1:], np.float32)
-    keep = np.zeros(length, bool)
-    good_rows = np.round(plan.positions).astype(int)
-    keep[good_rows] = True
-    grid[good_rows] = good
-    target_rows = np.round(plan.targets).astype(int)
-    t = plan.t[:, None, None].astype(np.float32)
-    grid[target_rows] = (1 - t) * good[plan.lower] + t * good[plan.lower + 1]
-    good_keep = keep
-
     engine = EngineReport()
     total = np.zeros((len(target_rows),) + good.shape[1:], np.float64)
-    # Each gap is filled from an input built exactly like the training inputs: the rows of its own
-    # regular pattern (every L + 1-th row, in phase with the gap) kept, all others interpolated. For
-    # x2/x4 that is the grid itself; an isolated gap would otherwise sit among real rows, which the
-    # network never saw in training.
-    lengths = np.round(plan.gaps).astype(int) - 1
-    phases = np.round(plan.positions[plan.lower]).astype(int) % (lengths + 1)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for q, key in enumerate(zip(lengths.tolist(), phases.tolist())):
-        groups.setdefault(key, []).append(q)
-    work = 2 * sum(len(_segments(_subplan(plan, qs), int(cfg["margin"]), length)) for qs in groups.values())
+    distance = _distance_map(keep)
+    position_of = {int(r): q for q, r in enumerate(target_rows)}
+    segments = _segments(plan, int(cfg["margin"]), length)
+    work = 2 * len(segments)
     done = 0
-    for (gap, phase), members in groups.items():
-        rows = np.arange(length)
-        keep = ((rows - phase) % (gap + 1)) == 0
-        kept = np.flatnonzero(keep)
-        keep[: kept[0]] = True
-        keep[kept[-1]:] = True
-        pattern_grid = grid if np.array_equal(keep, good_keep) else _interp_rows(grid, np.flatnonzero(keep))
-        distance = _distance_map(keep)
-        position_of = {int(target_rows[q]): q for q in members}
-        for a, b in _segments(_subplan(plan, members), int(cfg["margin"]), length):
-            block = pattern_grid[a:b + 1]
-            rows_here = [r for r in range(a, b + 1) if r in position_of]
-            for orientation in (0, 1):
-                check_cancel(cancel)
-                # orientation 0: planes (S, H) for every column; 1: planes (S, W) for every row.
-                planes = np.moveaxis(block, 2 - orientation, 0)  # (P, S, X)
-                dist_map = np.broadcast_to(distance[a:b + 1, None], planes.shape[1:])
-                inputs = _pad16(np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1))
-                residual = run_slices(
-                    network, inputs, device=target_device, batch_size=8, amp=False, cancel=cancel, report_to=engine,
-                    progress=subrange(progress, 0.8 + 0.2 * done / work, 0.8 + 0.2 * (done + 1) / work),
-                )[:, 0, : planes.shape[1], : planes.shape[2]]
-                filled = np.moveaxis(planes + residual, 0, 2 - orientation)  # back to (S, H, W)
-                for r in rows_here:
-                    total[position_of[r]] += filled[r - a]
-                done += 1
+    for a, b in segments:
+        block = grid[a:b + 1]
+        rows_here = [r for r in range(a, b + 1) if r in position_of]
+        for orientation in (0, 1):
+            check_cancel(cancel)
+            # orientation 0: planes (S, H) for every column; 1: planes (S, W) for every row.
+            planes = np.moveaxis(block, 2 - orientation, 0)  # (P, S, X)
+            dist_map = np.broadcast_to(distance[a:b + 1, None], planes.shape[1:])
+            inputs = _pad16(np.stack([planes, np.broadcast_to(dist_map, planes.shape)], axis=1))
+            residual = run_slices(
+                network, inputs, device=target_device, batch_size=8, amp=False, cancel=cancel, report_to=engine,
+                progress=subrange(progress, 0.8 + 0.2 * done / work, 0.8 + 0.2 * (done + 1) / work),
+            )[:, 0, : planes.shape[1], : planes.shape[2]]
+            filled = np.moveaxis(planes + residual, 0, 2 - orientation)  # back to (S, H, W)
+            for r in rows_here:
+                total[position_of[r]] += filled[r - a]
+            done += 1
     result = (total / 2).astype(np.float32)
     details["device"] = describe_device(target_device)
     details["selfsup"] = {
