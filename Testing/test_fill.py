@@ -361,10 +361,12 @@ def test_upsample_selfsup_non_integer_ratio_goes_through_next_integer_factor():
     assert result.slices == (1, 2, 3, 4, 6, 7, 8, 9)
 
 
-def test_auto_uses_flow_on_sparse_gaps():
+def test_auto_uses_selfsup_on_isolated_gaps_when_it_fits_the_budget():
     volume = make_phantom((30, 32, 32))
-    result = fill_slices(volume, slices=[10, 20], method="auto", device="cpu")
-    assert result.report["method"] == "flow" and "sparse" in result.report["method_reason"]
+    result = fill_slices(volume, slices=[10, 20], method="auto", device="cpu", time_budget=600,
+                         method_options=FAST_SELFSUP)
+    assert result.report["method"] == "selfsup" and "within" in result.report["method_reason"]
+    assert result.report["selfsup"]["steps"] == FAST_SELFSUP["selfsup"]["steps"]
 
 
 def test_model_method_without_a_package_uses_the_bundled_default():

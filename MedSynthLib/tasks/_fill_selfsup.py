@@ -65,10 +65,11 @@ SELFSUP_DEFAULTS = {
     "margin": 24,
 }
 
-# Seconds per training step and per inference voxel on one 2-core laptop-class CPU,
-# measured with the defaults above; used only by ``auto`` to decide whether selfsup fits a budget.
-_CPU_STEP_S = 0.12
-_CPU_VOXEL_S = 1.6e-6
+# Seconds per training step and per inference voxel on an idle 2-core CPU (torch on 2 threads),
+# measured with the defaults above (MNI x2: 150 s in all, benchmarks/results/fill_mni_quiet.json);
+# used only by ``auto`` to decide whether selfsup fits a budget.
+_CPU_STEP_S = 0.06
+_CPU_VOXEL_S = 0.5e-6
 _GPU_SPEEDUP = 20.0
 
 
@@ -93,9 +94,9 @@ def _inference_voxels(good: np.ndarray, plan: FillPlan, margin: int) -> int:
     return 2 * rows * good.shape[1] * good.shape[2]
 
 
-def estimate_seconds(good: np.ndarray, plan: FillPlan, *, device: torch.device) -> float:
-    """Rough run time of :func:`selfsup_fill` with the defaults (for ``auto``)."""
-    cfg = SELFSUP_DEFAULTS
+def estimate_seconds(good: np.ndarray, plan: FillPlan, *, device: torch.device, settings: Optional[dict] = None) -> float:
+    """Rough run time of :func:`selfsup_fill` with the defaults updated by ``settings`` (for ``auto``)."""
+    cfg = {**SELFSUP_DEFAULTS, **(settings or {})}
     seconds = cfg["steps"] * _CPU_STEP_S + _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S
     return seconds / (_GPU_SPEEDUP if device.type != "cpu" else 1.0)
 

@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 #: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
 METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
 
-#: ``auto`` uses flow when at most this share of the slices is missing (isolated gaps), where the
-#: benchmark found flow better than selfsup; selfsup when gaps are dense (upsampling, every n-th slice).
-SPARSE_SHARE = 0.1
-
 #: Default time budget (seconds) of ``auto`` on a CPU.
 AUTO_CPU_BUDGET_S = 180.0
 
@@ -153,6 +149,7 @@ def _resolve_method(
     model,
     device: str,
     time_budget: Optional[float],
+    options: Optional[dict] = None,
 ) -> tuple[str, str]:
     """(method to run, why) for ``method``; ``auto`` decides by device, size and budget."""
     name = str(method).lower()
@@ -171,15 +168,9 @@ def _resolve_method(
 
     target = select_device(device)
     budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
-    grid_slices = int(round(plan.positions[-1] - plan.positions[0])) + 1
-    if len(plan.targets) <= SPARSE_SHARE * grid_slices:
-        return "flow", (
-            f"{len(plan.targets)} of {grid_slices} slices missing: on sparse gaps flow measured better than "
-            "selfsup (benchmarks/fill.py, 'single' scenario)"
-        )
     if not _fill_selfsup.can_train(good, plan):
         return "flow", "too few or too small slices to train selfsup; flow needs no training"
-    estimate = _fill_selfsup.estimate_seconds(good, plan, device=target)
+    estimate = _fill_selfsup.estimate_seconds(good, plan, device=target, settings=options)
     if estimate <= budget:
         return "selfsup", f"selfsup estimated at {estimate:.0f} s on {target}, within the {budget:.0f} s budget"
     return "flow", f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget"
@@ -247,7 +238,8 @@ def _run(
         from ..models import bundled_package
 
         model = bundled_package("fill")  # the shipped default; None (an error below) if not installed
-    chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget)
+    chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
+                                  options=(options or {}).get("selfsup"))
     details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
     values = _synthesise(
