@@ -187,6 +187,8 @@ def _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, i
     work[crop] = flat.reshape(shape_crop)
     for layer in label_layers:
         src = layer[outer]
+        if not src.any():  # nothing to move (e.g. no earlier lesion here): zeros stay zeros
+            continue
         lab = ndimage.map_coordinates(src, coords[:, moved], order=0, mode="nearest")
         lflat = layer[crop].reshape(-1).copy()
         lflat[moved] = lab
