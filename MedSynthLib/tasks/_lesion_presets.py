@@ -4,6 +4,19 @@ Ranges come from the radiology literature's typical appearances and were
 checked against the two real labelled lesions in ``../shared/data``
 (brain1: a 16 cm^3 enhancing lesion on T1 post-contrast; lung1: a 1.4 cm^3
 solid nodule at about 0-60 HU in lung at about -850 HU).
+
+Two ranges are wider than the textbook value, for physical reasons:
+
+- ``ct-nodule-solid`` contrast: the contrast is the mean over the *label*, and
+  a label drawn on CT includes the nodule's partial-volume edge. A soft-tissue
+  nodule (20-60 HU inside) in lung (-850 HU) on 3-5 mm slices has a third to a
+  half of its labelled voxels on that edge, half lung, half nodule, so its
+  labelled mean is about -150 to +40 HU; requesting 10-60 HU there forced the
+  interior well above soft tissue. Range -150..60 HU.
+- ``mr-enhancing-tumour`` core: enhancing tumours are rim-enhancing around
+  necrosis (glioblastoma) or enhance solidly (metastases, lymphoma, parts of
+  gliomas); the core fraction goes from 0 (solid) to 0.65, and the internal
+  heterogeneity up to 0.3 (patchy enhancement).
 """
 
 from __future__ import annotations
@@ -53,8 +66,8 @@ _PRESET_LIST = [
     Preset("mr-enhancing-tumour", "MR", "T1 post-contrast enhancing tumour (glioblastoma-like): enhancing "
            "ring, dark necrotic core, hypointense oedema rim, mass effect", "brain",
            {"diameter_mm": (15.0, 35.0), "shape": ("lobulated", "irregular"), "elongation": (1.0, 1.4),
-            "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.08, 0.2),
-            "edge_width_mm": (0.5, 1.5), "core_fraction": (0.45, 0.65), "core_contrast": (-0.5, -0.3),
+            "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.08, 0.3),
+            "edge_width_mm": (0.5, 1.5), "core_fraction": (0.0, 0.65), "core_contrast": (-0.5, -0.3),
             "oedema_mm": (3.0, 7.0), "oedema_contrast": (-0.15, -0.06), "mass_effect_mm": (1.0, 3.0),
             "irregularity": (0.3, 0.5)}),
     Preset("mr-metastasis", "MR", "T1 post-contrast brain metastasis: small round enhancing lesion, sometimes a "
@@ -63,10 +76,10 @@ _PRESET_LIST = [
             "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.05, 0.12),
             "edge_width_mm": (0.5, 1.0), "core_fraction": (0.0, 0.35), "core_contrast": (-0.3, -0.1),
             "oedema_mm": (2.0, 5.0), "oedema_contrast": (-0.12, -0.05), "mass_effect_mm": (0.0, 0.8)}),
-    Preset("ct-nodule-solid", "CT", "CT solid lung nodule: soft-tissue density (HU), round or lobulated",
-           "lung",
-           {"diameter_mm": (5.0, 20.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
-            "contrast_mode": "absolute", "contrast": (10.0, 60.0), "heterogeneity": (0.02, 0.06),
+    Preset("ct-nodule-solid", "CT", "CT solid lung nodule: soft-tissue density (HU; the labelled mean, partial-"
+           "volume edge included), round, lobulated or spiculated", "lung",
+           {"diameter_mm": (5.0, 20.0), "shape": ("round", "lobulated", "irregular"), "elongation": (1.0, 1.3),
+            "contrast_mode": "absolute", "contrast": (-150.0, 60.0), "heterogeneity": (0.02, 0.06),
             "edge_width_mm": (0.3, 0.8)}),
     Preset("ct-nodule-ground-glass", "CT", "CT ground-glass lung nodule: hazy density (HU) through which "
            "vessels stay visible, soft margin", "lung",
