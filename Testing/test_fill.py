@@ -361,8 +361,19 @@ def test_upsample_selfsup_non_integer_ratio_goes_through_next_integer_factor():
     assert result.slices == (1, 2, 3, 4, 6, 7, 8, 9)
 
 
-def test_auto_uses_selfsup_on_isolated_gaps_when_it_fits_the_budget():
+def test_auto_uses_flow_on_thick_slices():
     volume = make_phantom((30, 32, 32))
+    thick = Volume(volume.array, np.diag([0.9, 0.9, 2.7, 1.0]))  # 2.7 mm slices, 0.9 mm pixels
+    result = fill_slices(thick, slices=[10, 20], method="auto", device="cpu", time_budget=600,
+                         method_options=FAST_SELFSUP)
+    assert result.report["method"] == "flow" and "coarser than the in-plane" in result.report["method_reason"]
+    upsampled = upsample_slices(thick, factor=3, method="auto", device="cpu", time_budget=600,
+                                method_options=FAST_SELFSUP)
+    assert upsampled.report["method"] == "selfsup"  # a 0.9 mm grid: in-plane pairs match the missing slices
+
+
+def test_auto_uses_selfsup_on_isolated_gaps_when_it_fits_the_budget():
+    volume = Volume(make_phantom((30, 32, 32)).array, np.eye(4))  # isotropic: in-plane pairs match
     result = fill_slices(volume, slices=[10, 20], method="auto", device="cpu", time_budget=600,
                          method_options=FAST_SELFSUP)
     assert result.report["method"] == "selfsup" and "within" in result.report["method_reason"]
