@@ -216,13 +216,15 @@ def run_slices(
     total = len(inputs)
 
     def attempt(dev: torch.device, batch: int) -> np.ndarray:
-        model.to(dev)
+        # Channels-last: oneDNN's and cuDNN's fast 2D convolution layout (about 25 % faster on a CPU).
+        model.to(dev, memory_format=torch.channels_last)
         engine_report.amp = bool(amp and dev.type == "cuda")
         outputs: list[np.ndarray] = []
         with torch.inference_mode(), autocast(dev, amp):
             for first in range(0, total, batch):
                 check_cancel(cancel)
                 chunk = torch.from_numpy(inputs[first:first + batch]).to(dev, non_blocking=True)
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
                 outputs.append(model(chunk).float().cpu().numpy())
                 report(progress, min(total, first + batch) / max(total, 1), f"inference on {dev}")
         return np.concatenate(outputs, axis=0) if outputs else np.zeros((0,) + inputs.shape[1:], np.float32)
