@@ -163,24 +163,27 @@ def _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, i
             f"mass effect reduced to {push:.2f} mm to keep the deformation fold-free (Jacobian {min_det:.2f})")
     else:
         push, min_det = 0.0, 1.0
-    r = np.maximum(dist, 1e-6)
-    profile = profile_of(r)
-    profile[~roi] = 0.0
-    disp_ras = (grid - shape.centre) / r[:, None] * (push * profile)[:, None]
-    disp_ijk = disp_ras @ inverse.T  # (N, 3) i, j, k
     if push <= 0:
         rendered.mass_effect = {"requested_mm": spec.mass_effect_mm, "applied_mm": 0.0, "min_jacobian": 1.0}
         return
+    # the push is zero beyond its reach (the taper) and outside the region of influence: work on the rest
+    near = np.flatnonzero(roi & (dist < reach))
+    r = np.maximum(dist[near], 1e-6)
+    disp_ras = (grid[near] - shape.centre) / r[:, None] * (push * profile_of(r))[:, None]
+    disp_ijk = disp_ras @ inverse.T  # (n, 3) i, j, k
+    keep = np.abs(disp_ijk).max(axis=1) > 1e-9
+    index, disp_ijk = near[keep], disp_ijk[keep]  # the voxels where the tissue moves
+    moved = np.zeros(len(grid), bool)
+    moved[index] = True
     # sample the crop (with a margin so splines see real neighbours) at x - u(x)
     margin = 3
     outer = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(crop, work.shape))
-    k, j, i = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in crop], indexing="ij")
-    coords = np.stack([k.ravel() - disp_ijk[:, 2] - outer[0].start,
-                       j.ravel() - disp_ijk[:, 1] - outer[1].start,
-                       i.ravel() - disp_ijk[:, 0] - outer[2].start])
-    moved = roi & (np.abs(disp_ijk).max(axis=1) > 1e-9)
+    k, j, i = np.unravel_index(index, shape_crop)
+    coords = np.stack([k + (crop[0].start - outer[0].start) - disp_ijk[:, 2],
+                       j + (crop[1].start - outer[1].start) - disp_ijk[:, 1],
+                       i + (crop[2].start - outer[2].start) - disp_ijk[:, 0]])
     source = work[outer]
-    values = ndimage.map_coordinates(source, coords[:, moved], order=3, mode="nearest")
+    values = ndimage.map_coordinates(source, coords, order=3, mode="nearest")
     values = np.clip(values, source.min(), source.max())  # no spline overshoot beyond the tissue's range
     flat = work[crop].reshape(-1).copy()
     flat[moved] = values
@@ -189,7 +192,7 @@ def _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, i
         src = layer[outer]
         if not src.any():  # nothing to move (e.g. no earlier lesion here): zeros stay zeros
             continue
-        lab = ndimage.map_coordinates(src, coords[:, moved], order=0, mode="nearest")
+        lab = ndimage.map_coordinates(src, coords, order=0, mode="nearest")
         lflat = layer[crop].reshape(-1).copy()
         lflat[moved] = lab
         layer[crop] = lflat.reshape(shape_crop)

@@ -93,11 +93,14 @@ class Shape:
             return _table_lookup(self.radius_table, directions) - 1.0
         if self.bump_dirs.size == 0:
             return np.zeros(len(directions))
-        cosine = directions @ self.bump_dirs.T  # (N, K)
+        bumps = directions @ self.bump_dirs.T  # (N, K) cosines, turned into the bumps in place (the hot loop)
         kappa = self.bump_kappa
         mean = (1 - np.exp(-2 * kappa)) / (2 * kappa)
-        values = (np.exp(kappa * (cosine - 1)) - mean) @ self.bump_amps
-        return np.maximum(values, -0.6)
+        bumps -= 1.0
+        bumps *= kappa
+        np.exp(bumps, out=bumps)
+        values = bumps @ self.bump_amps - float(mean @ self.bump_amps)
+        return np.maximum(values, -0.6, out=values)
 
     def radius(self, directions: np.ndarray) -> np.ndarray:
         """Surface radius (mm, lesion frame) along unit vectors ``directions`` (N, 3)."""
