@@ -213,7 +213,6 @@ class _PatchSampler:
         stop = last + 1
         height = stop - start
         local_kept = self.kept[(self.kept >= start) & (self.kept <= last)] - start
-        low, span = start, height
         inputs = np.empty((batch, 2, height, width), np.float32)
         target = np.empty((batch, 1, height, width), np.float32)
         inputs[:, 1] = self.distance[start:stop, None]
@@ -225,17 +224,16 @@ class _PatchSampler:
                 s, cy, cx = self.centres[which][int(self.rng.integers(len(self.centres[which])))]
             else:
                 s, cy, cx = int(self.rng.integers(n)), int(self.rng.integers(h)), int(self.rng.integers(w))
-            y0 = int(np.clip(cy - span // 2, 0, max(h - span, 0)))
+            y0 = int(np.clip(cy - height // 2, 0, max(h - height, 0)))
             x0 = int(np.clip(cx - width // 2, 0, max(w - width, 0)))
-            strip = image[s, y0:y0 + span, x0:x0 + width]
-            strip = np.pad(strip, ((0, span - strip.shape[0]), (0, width - strip.shape[1])), mode="reflect")
+            strip = image[s, y0:y0 + height, x0:x0 + width]
+            strip = np.pad(strip, ((0, height - strip.shape[0]), (0, width - strip.shape[1])), mode="reflect")
             if self.rng.random() < 0.5:
                 strip = strip[::-1]
             if self.rng.random() < 0.5:
                 strip = strip[:, ::-1]
-            lin = _interp_rows(strip, local_kept)
-            inputs[b, 0] = lin[start - low:stop - low]
-            target[b, 0] = strip[start - low:stop - low]
+            inputs[b, 0] = _interp_rows(strip, local_kept)
+            target[b, 0] = strip
         missing = ~self.keep[start:stop]
         if height % 16:  # short grids: pad as inference does; padded rows carry no loss
             inputs, target = _pad16(inputs), _pad16(target)
