@@ -45,7 +45,6 @@ How this one is built, and why:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -194,9 +193,11 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     region = _bbox(foreground, margin=influence + 2)
     xr = np.ascontiguousarray(x[region])
 
+    def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
+        return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
+
     def nlm(values: np.ndarray, h_factor: float) -> np.ndarray:
-        out = denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0]
-        return np.sqrt(np.maximum(out**2 - s * s, 0)) if rician else out
+        return debias(denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0])
 
     nlm_now = []
     for h_factor in settings.nlm_h_factors:
@@ -230,7 +231,7 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
 
     blind_r = blind[region]
     wiener_r = wiener_now[region]
-    observed = np.sqrt(np.maximum(xr**2 - s * s, 0)) if rician else xr
+    observed = debias(xr)
     components = [blind_r, wiener_r, *nlm_now, observed]
     names = ["blind", "wiener", *[f"nlm_h{h:g}" for h in settings.nlm_h_factors], "observed"]
     divergences = [None, wiener_div, *nlm_div, None]
