@@ -285,7 +285,7 @@ def _shape_for(spec: LesionSpec, centre: np.ndarray, shape_model: Any = None) ->
         if shape_model is None:
             raise InputError("shape 'learned' needs a lesion-shape model package (shape_model=..., "
                              "CLI --shape-model), trained by medsynth-train lesion-shape")
-        from ..training import sample_lesion_shapes
+        from ..models.sampling import sample_lesion_shapes
 
         mask = sample_lesion_shapes(shape_model.network, metadata=shape_model.metadata, count=1, seed=int(spec.seed))[0]
         voxel_mm = float(shape_model.metadata.get("input", {}).get("voxel_mm", 1.0))

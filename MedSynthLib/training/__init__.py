@@ -15,7 +15,7 @@ PosixPath('runs/dn/denoise_unet.json')
 from .config import TrainConfig, load_config
 from .families import FAMILIES, valid_pairs
 from .pairs import PAIR_MAKERS
-from .sampling import ddim_sample, sample_lesion_shapes
+from ..models.sampling import ddim_sample, sample_lesion_shapes
 from .trainer import TrainResult, load_checkpoint, train
 
 TASKS = tuple(PAIR_MAKERS)

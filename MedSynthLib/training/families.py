@@ -8,7 +8,7 @@
   images) + ``kl_weight`` x KL divergence.
 * ``diffusion``: MONAI DiffusionModelUNet conditioned by concatenating the
   task's input channels, trained with a DDPM noise schedule (noise prediction,
-  MSE); predictions sample with DDIM and data consistency (:mod:`.sampling`).
+  MSE); predictions sample with DDIM and data consistency (:mod:`MedSynthLib.models.sampling`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .pairs import PairMaker
-from .sampling import ddim_sample, make_scheduler, to_diffusion_range
+from ..models.sampling import ddim_sample, make_scheduler, to_diffusion_range
 
 __all__ = ["FAMILIES", "Family", "make_family", "valid_pairs"]
 
@@ -275,7 +275,7 @@ class DiffusionFamily(Family):
         }
 
     def package_extra(self) -> dict:
-        return {"scheduler": self.scheduler_settings(), "sampling": "DDIM, data consistency on known voxels (MedSynthLib.training.sampling.ddim_sample)"}
+        return {"scheduler": self.scheduler_settings(), "sampling": "DDIM, data consistency on known voxels (MedSynthLib.models.sampling.ddim_sample)"}
 
     def train_step(self, modules, optimisers, batch, *, scaler, autocast):
         network = modules["network"]

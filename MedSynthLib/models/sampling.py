@@ -1,4 +1,4 @@
-"""DDIM sampling for the ``diffusion`` family, with data consistency.
+"""DDIM sampling for ``diffusion`` packages, with data consistency; decoding of lesion-shape VAE packages.
 
 Shared by validation during training and by tasks that load a diffusion
 package: the network predicts the noise of its first input channel given the
