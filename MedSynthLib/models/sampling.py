@@ -54,6 +54,7 @@ def ddim_sample(
     known_mask: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
     multiple: int = 8,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """Sample the target channel given ``condition`` (N, C, ...); returns (N, 1, ...) in normalised units.
 
@@ -70,6 +71,12 @@ def ddim_sample(
     multiple : int
         Spatial sizes are padded (edge values) to a multiple of this for the
         U-Net's down/up-sampling, and the result cropped back.
+    shared_noise : bool
+        Draw one noise image and use it for every item of the batch (initial
+        sample and data-consistency noise alike). Neighbouring slices of one
+        volume then start from the same noise, and DDIM (deterministic from its
+        start) turns similar conditions into similar samples: a 2.5D model
+        paints a lesion that is coherent from slice to slice.
     """
     spatial = tuple(condition.shape[2:])
     pads = [(-size) % int(multiple) for size in spatial]
@@ -89,12 +96,17 @@ def ddim_sample(
     scheduler = make_scheduler("ddim", scheduler_settings)
     scheduler.set_timesteps(num_inference_steps=int(steps), device=condition.device)
     shape = (condition.shape[0], 1, *condition.shape[2:])
-    sample = torch.randn(shape, generator=generator, device="cpu").to(condition.device, condition.dtype)
+    drawn = (1, *shape[1:]) if shared_noise else shape
+
+    def draw() -> torch.Tensor:  # on the CPU, so a seed gives the same noise on every device
+        return torch.randn(drawn, generator=generator, device="cpu").expand(shape).contiguous().to(condition.device, condition.dtype)
+
+    sample = draw()
     known_scaled = to_diffusion_range(known) if known is not None else None
     timesteps = list(scheduler.timesteps)
     for index, t in enumerate(timesteps):
         if known_scaled is not None and known_mask is not None:
-            noise = torch.randn(shape, generator=generator, device="cpu").to(condition.device, condition.dtype)
+            noise = draw()
             level = torch.full((shape[0],), int(t), device=condition.device, dtype=torch.long)
             noised = scheduler.add_noise(known_scaled, noise, level)
             sample = known_mask * noised + (1 - known_mask) * sample
