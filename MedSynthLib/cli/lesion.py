@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..io import read_volume, write_segmentation, write_volume
 from ..progress import ProgressCallback, subrange
 from ..volume import Volume
-from ._common import add_report_arg, progress_bar, write_json
+from ._common import add_report_arg, device_arg, progress_bar, write_json
 
 __all__ = ["register", "ras_point", "demo_step"]
 
@@ -94,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modality", choices=("CT", "MR"), help="override the modality guess used to check presets")
     parser.add_argument("--shape-model", metavar="PACKAGE.json", help="lesion-shape VAE package from medsynth-train: "
                         "lesion shapes decoded from it instead of the procedural families")
+    parser.add_argument("--appearance-model", metavar="PACKAGE.json", help="lesion-inpaint package from medsynth-train: "
+                        "each lesion's interior painted by it from the surrounding tissue (labels, volume, mean contrast "
+                        "and noise matching as without it)")
+    parser.add_argument("--appearance-steps", type=_positive(int), default=20, metavar="N",
+                        help="DDIM steps of a diffusion appearance model (default: %(default)s; 10-50 useful)")
+    parser.add_argument("--device", type=device_arg, default="auto", help="where the appearance model runs: auto, cpu, cuda, cuda:N, mps "
+                        "(default: %(default)s)")
     add_report_arg(parser)
     parser.set_defaults(func=_run)
 
@@ -157,7 +164,8 @@ def _run(args: argparse.Namespace) -> int:
             volume, specs=specs, count=args.count, region=region, preset=args.preset, seed=args.seed,
             progress=progress, centres=args.at, size_mm=args.size, contrast=args.contrast,
             min_spacing_mm=args.min_spacing, label_mode=args.label_mode, modality=args.modality,
-            shape_model=args.shape_model,
+            shape_model=args.shape_model, appearance_model=args.appearance_model,
+            appearance_steps=args.appearance_steps, device=args.device,
         )
     metadata = provenance_metadata(result)
     # everything is computed: only now write, so a bad input leaves nothing behind

@@ -208,11 +208,16 @@ def render_lesion(
     ijk_to_ras: np.ndarray,
     *,
     region: Optional[np.ndarray] = None,
+    painter: Any = None,
 ) -> RenderedLesion:
     """Insert one lesion into ``work`` (float64, KJI, modified in place); return where and how.
 
     ``label_layers`` are label arrays on the same grid that the mass effect moves
     (nearest neighbour); the caller writes this lesion's own labels afterwards.
+    ``painter`` (a :class:`~._lesion_inpaint.LesionPainter`) replaces the procedural
+    texture (mean + smooth random field + kept anatomy) by a learned painting of the
+    lesion's interior; occupancies, exact compartment means, matched noise and the
+    region of influence are the same in both cases.
     """
     rng = np.random.default_rng(spec.seed)
     rng_texture, rng_noise = (np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=2))
@@ -319,15 +324,20 @@ def render_lesion(
     wanted = robust_std(neighbour_differences(tissue.reshape(shape_crop), shell3)) ** 2 if shell.any() else 0.0
     # a translucent lesion (ground glass) keeps a share of the anatomy beneath it; a solid core keeps none
     anatomy = np.where(o_core > 0.5, 0.0, spec.anatomy)
-    kept = anatomy * (before - background)
-    texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
+    if painter is None:
+        kept = anatomy * (before - background)
+        texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
+    else:  # the learned painting is the lesion's whole content (its own texture; the model saw the anatomy)
+        painted = painter.paint(work, crop, filled.reshape(shape_crop), seed=int(spec.seed)).reshape(-1)
+        kept = np.zeros_like(before)
+        texture_diffs = pooled_differences(painted.reshape(shape_crop), inside)
     kept_diffs = pooled_differences(kept.reshape(shape_crop), inside)
     noise_diffs = pooled_differences(noise, inside)
     texture_gain = 1.0
     if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
         target_sd = float(np.sqrt(wanted))
         texture_sd = robust_std(texture_diffs) if texture_diffs.size else 0.0
-        if texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
+        if painter is None and texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
             texture_gain = 0.6 * target_sd / texture_sd
             texture_diffs = texture_diffs * texture_gain
             rendered.notes.append(
@@ -346,9 +356,12 @@ def render_lesion(
         noise = np.zeros_like(noise)
     replace = kept + noise.reshape(-1) - before  # x + this = matched noise (+ kept anatomy): the tissue is replaced
     base = before.copy()
-    hetero = spec.heterogeneity * texture_gain
-    base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
-    base += o_core * (t_core + hetero * abs(t_core - background) * texture + replace)
+    if painter is None:
+        hetero = spec.heterogeneity * texture_gain
+        base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
+        base += o_core * (t_core + hetero * abs(t_core - background) * texture + replace)
+    else:  # the means come from the solve below: the painting contributes its texture
+        base += o_total * (painted + replace)
     oedema_offset = 0.0
     if spec.oedema_mm > 0:
         oedema_offset = background * spec.oedema_contrast if spec.contrast_mode == "relative" else spec.oedema_contrast

@@ -381,6 +381,9 @@ def insert_lesions(
     labels: Optional[Volume] = None,
     modality: Optional[str] = None,
     shape_model: Any = None,
+    appearance_model: Any = None,
+    appearance_steps: int = 20,
+    device: str = "auto",
 ) -> LesionResult:
     """Insert synthetic lesions into ``volume``; return it with an exact label map and the specs used.
 
@@ -424,6 +427,17 @@ def insert_lesions(
         preset get shapes decoded from it (family ``"learned"``, one latent per
         lesion seed); explicit specs use it when their ``shape`` is ``"learned"``.
         The procedural families need no model.
+    appearance_model : path or loaded package, optional
+        A ``lesion-inpaint`` package from ``medsynth-train`` (diffusion, unet or gan):
+        the lesion's interior is painted by the model from the surrounding tissue
+        instead of the procedural texture. Labels, volumes, compartment means, noise
+        matching and the region of influence are as without it; the spec's
+        ``heterogeneity`` and ``anatomy`` are then the model's business.
+    appearance_steps : int
+        DDIM steps of a diffusion appearance model (10-50; more is slower and sharper).
+    device : str
+        Where the appearance model runs (``auto``, ``cpu``, ``cuda``, ...); the
+        procedural renderer always runs on the CPU.
 
     Returns
     -------
@@ -462,8 +476,17 @@ def insert_lesions(
         raise InputError(f"size must be between 0.5 and 300 mm, got {size_mm}")
     if labels is not None and not volume.same_grid(labels):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
+    if not isinstance(appearance_steps, (int, np.integer)) or isinstance(appearance_steps, bool) \
+            or not 1 <= int(appearance_steps) <= 1000:
+        raise InputError(f"appearance_steps must be a whole number from 1 to 1000, got {appearance_steps!r}")
     preset_obj = _resolve_preset(preset)
     model = _load_shape_model(shape_model)
+    painter = None
+    if appearance_model is not None:
+        from ._lesion_inpaint import make_painter
+
+        painter = make_painter(volume.array, appearance_model, slice_axis=volume.slice_axis(),
+                               steps=int(appearance_steps), device=device)
     found_modality = _check_modality(volume, preset_obj, modality) if preset_obj is not None else (
         modality.upper() if modality else guess_modality(volume))
     warnings: list[str] = []
@@ -542,7 +565,8 @@ def insert_lesions(
         work = out[window].astype(np.float64)
         layers = [classes[window], instances[window]] + ([] if moved is None else [moved[window]])  # views
         try:
-            item = render_lesion(spec, shape, work, layers, matrix, region=None if mask is None else mask[window])
+            item = render_lesion(spec, shape, work, layers, matrix, region=None if mask is None else mask[window],
+                                 painter=painter)
         except ValueError as error:
             raise InputError(f"lesion {number}: {spec.diameter_mm:.1f} mm is too small for this grid ({error})") from None
         clipped += int(np.count_nonzero((work < low) | (work > high)))
@@ -576,9 +600,11 @@ def insert_lesions(
                for number, (spec, item) in enumerate(zip(resolved, rendered), start=1)]
     result_report = {
         "task": "lesion",
-        "method": "procedural" if model is None else "procedural + learned shapes",
+        "method": " + ".join(["procedural"] + (["learned shapes"] if model is not None else [])
+                             + (["learned appearance"] if painter is not None else [])),
         "shape_model": None if model is None else str(getattr(getattr(model, "info", None), "name", "given")),
-        "device": "cpu",
+        "appearance_model": None if painter is None else painter.describe(),
+        "device": "cpu" if painter is None else painter.describe()["device"],
         "seed": int(seed),
         "preset": preset_obj.name if preset_obj is not None else None,
         "modality": found_modality,
@@ -590,6 +616,8 @@ def insert_lesions(
         "warnings": warnings,
         "notes": notes,
     }
+    if painter is not None:
+        warnings.extend(painter.engine.fallbacks)
     for w in warnings:
         logger.warning(w)
     report(progress, 1.0, "done")
