@@ -400,6 +400,31 @@ def test_lesion_request_at_a_clicked_centre_gives_named_segments_and_ml():
     np.testing.assert_array_equal(again.volume.array, outcome.volume.array)
 
 
+def test_lesion_request_uses_the_chosen_package_by_its_task(tmp_path):
+    pytest.importorskip("MedSynthLib.tasks.lesion")
+    from MedSynthLib.errors import ModelError
+    from MedSynthLib.models import build_network, save_package
+
+    volume = make_phantom((16, 40, 48))
+    centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0]).tolist()
+    parameters = {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1, "preset": "", "device": "cpu"}
+    spec = {"format": "lesion-inpaint-2.5d", "version": 1, "context": 1, "channels": 4,
+            "normalisation": {"kind": "robust_percentile", "percentiles": [0.5, 99.5]}}
+    args = {"spatial_dims": 2, "in_channels": 4, "out_channels": 1, "features": [4, 4, 8, 8, 16, 4]}
+    network = build_network("basic_unet", **args)
+    inpaint = save_package(network, tmp_path / "paint", task="lesion-inpaint", family="unet", builder="basic_unet",
+                           builder_args=args, input_spec=spec)
+    painted = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(inpaint)}))
+    plain = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": "auto"}))
+    assert painted.report["method"] == "procedural + learned appearance"
+    assert plain.report["method"] == "procedural"
+    np.testing.assert_array_equal(painted.labels, plain.labels)
+    fill = save_package(network, tmp_path / "fill", task="fill", family="unet", builder="basic_unet",
+                        builder_args=args, input_spec=spec)
+    with pytest.raises(ModelError, match="synthetic lesions take a 'lesion-inpaint'"):
+        tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(fill)}))
+
+
 def test_segment_descriptions_for_classes():
     labels = np.array([[[0, 1, 2, 3]]], np.uint8)
     names = [s["name"] for s in tasks.segment_descriptions(labels, label_mode="classes", preset="mr-tumour")]

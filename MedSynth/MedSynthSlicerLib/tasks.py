@@ -202,6 +202,27 @@ def _model_argument(parameters: dict) -> Any:
     return resolve_model(parameters.get("model") or None)
 
 
+def _lesion_models(parameters: dict) -> dict:
+    """The panel's one model choice, for the lesion task: an appearance or a shape package.
+
+    The package's own task decides what it is used for (``lesion-inpaint``: the lesion's
+    interior; ``lesion-shape``: its outline); ``auto`` means the procedural generator.
+    """
+    path = _model_argument(parameters)
+    if path is None:
+        return {}
+    from MedSynthLib.errors import ModelError
+    from MedSynthLib.models import read_package_info
+
+    info = read_package_info(path)
+    if info.task == "lesion-inpaint":
+        return {"appearance_model": path}
+    if info.task == "lesion-shape":
+        return {"shape_model": path}
+    raise ModelError(f"model package {info.name} is a {info.task!r} model; synthetic lesions take a 'lesion-inpaint' "
+                     "(appearance) or 'lesion-shape' package; choose one, or 'auto' for the procedural lesions")
+
+
 def run_request(
     volume: Volume,
     request: TaskRequest,
@@ -259,6 +280,8 @@ def run_request(
             size_mm=float(p["size_mm"]) if p.get("size_mm") else None,
             contrast=float(p["contrast"]) if p.get("contrast") else None,
             label_mode=label_mode,
+            device=p.get("device", "auto"),
+            **_lesion_models(p),
         )
         labels = np.asarray(result.labels.array)
         segments = segment_descriptions(labels, label_mode=label_mode, preset=result.report.get("preset"))
