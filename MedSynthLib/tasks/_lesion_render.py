@@ -327,22 +327,30 @@ def render_lesion(
     if painter is None:
         kept = anatomy * (before - background)
         texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
-    else:  # the learned painting is the lesion's whole content (its own texture; the model saw the anatomy)
-        painted = painter.paint(work, crop, filled.reshape(shape_crop), seed=int(spec.seed)).reshape(-1)
+    else:
+        # the learned painting's structure replaces the random field; its finest scale (a 1-voxel in-plane
+        # Gaussian) is left to the matched noise below, so the scanner's own noise is what the lesion shows
+        # (the noise guarantee holds as for procedural lesions) and the model contributes what it knows:
+        # the lesion's internal structure at the scales above the noise
+        painted = painter.paint(work, crop, filled.reshape(shape_crop), seed=int(spec.seed))
+        in_plane = [0.0 if a == painter.axis else 1.0 for a in range(3)]
+        learned = ndimage.gaussian_filter(painted, in_plane, mode="nearest").reshape(-1)
+        learned -= learned[filled].mean()
         kept = np.zeros_like(before)
-        texture_diffs = pooled_differences(painted.reshape(shape_crop), inside)
+        texture_diffs = pooled_differences(learned.reshape(shape_crop), inside)
     kept_diffs = pooled_differences(kept.reshape(shape_crop), inside)
     noise_diffs = pooled_differences(noise, inside)
     texture_gain = 1.0
     if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
         target_sd = float(np.sqrt(wanted))
         texture_sd = robust_std(texture_diffs) if texture_diffs.size else 0.0
-        if painter is None and texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
+        if texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
             texture_gain = 0.6 * target_sd / texture_sd
             texture_diffs = texture_diffs * texture_gain
             rendered.notes.append(
-                f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g} "
-                "so that the lesion is not noisier than the surrounding tissue")
+                (f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g}"
+                 if painter is None else f"learned texture scaled by {texture_gain:.3g}")
+                + " so that the lesion is not noisier than the surrounding tissue")
         fixed = texture_diffs + kept_diffs
         low, high = 0.0, 4.0 * target_sd / robust_std(noise_diffs)
         for _ in range(40):  # robust spreads do not add like variances: bisect the noise gain
@@ -360,8 +368,9 @@ def render_lesion(
         hetero = spec.heterogeneity * texture_gain
         base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
         base += o_core * (t_core + hetero * abs(t_core - background) * texture + replace)
-    else:  # the means come from the solve below: the painting contributes its texture
-        base += o_total * (painted + replace)
+    else:
+        base += o_ring * (t_lesion + texture_gain * learned + replace)
+        base += o_core * (t_core + texture_gain * learned + replace)
     oedema_offset = 0.0
     if spec.oedema_mm > 0:
         oedema_offset = background * spec.oedema_contrast if spec.contrast_mode == "relative" else spec.oedema_contrast
