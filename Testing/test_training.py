@@ -374,3 +374,90 @@ def test_fill_noise_option_adds_noise_to_every_slice(tiny_data):
     assert 0.03 < float(difference) < 0.07
     assert float((noisy["input"][:4] - clean["input"][:4]).std()) > 0.03
     assert torch.equal(noisy["input"][4], clean["input"][4])  # the fraction channel is untouched
+
+
+# --------------------------------------------------------------------------- diffusion validation (issue #6)
+
+
+def _recorded_val_crops(config: TrainConfig, monkeypatch) -> tuple[list, list]:
+    """The validation items of ``config`` (crop samples) and the geometry each was cut with."""
+    from MedSynthLib.training import pairs
+    from MedSynthLib.training.data import PairDataset, find_volumes, load_volumes, split_volumes
+
+    maker = pairs.make_pair_maker(config.task, config.task_options, crop=config.crop)
+    volumes = load_volumes(find_volumes(config.data), pair_maker=maker)
+    _, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
+    calls = []
+    original = pairs.extract_planes
+
+    def record(array, *, axis, indices, center, crop):
+        calls.append((array, axis, np.asarray(indices), np.asarray(center)))
+        return original(array, axis=axis, indices=indices, center=center, crop=crop)
+
+    monkeypatch.setattr(pairs, "extract_planes", record)
+    dataset = PairDataset(val_volumes, maker, length=config.val_samples, seed=config.seed, augment=0.0, stream=1)
+    items = [dataset[i] for i in range(len(dataset))]
+    monkeypatch.undo()
+    return items, calls
+
+
+def test_diffusion_fill_validation_psnr_is_what_the_package_gives_on_whole_planes(tiny_data, tmp_path, monkeypatch):
+    """The logged PSNR must be the package's, sampled as fill runs it (whole planes), scored on the crops.
+
+    It used to sample each 16x16 (or 32x32) crop on its own: a DDIM sample depends on how much of the plane
+    the sampler sees, so the log read -4.7 dB where the package gives 16-19 dB on whole planes.
+    """
+    from MedSynthLib.models.sampling import ddim_sample
+    from MedSynthLib.tasks._fill_inputs import FILL_CONTEXT, linear_estimate, make_fill_inputs
+
+    config = tiny_config(tiny_data, tmp_path / "run", "fill", "diffusion")
+    result = train(config, quiet=True)
+    package = load_package(result.package, task="fill")
+    items, geometry = _recorded_val_crops(config, monkeypatch)
+    assert len(items) == len(geometry) == config.val_samples
+    generator = torch.Generator().manual_seed(config.seed)  # validation's noise, drawn in the same order
+    errors = []
+    for item, (array, axis, indices, center) in zip(items, geometry):
+        planes = np.moveaxis(array, axis, 0)[np.clip(indices, 0, array.shape[axis] - 1)].astype(np.float32)
+        before, after, target = planes[None, :FILL_CONTEXT], planes[None, FILL_CONTEXT : 2 * FILL_CONTEXT], planes[-1]
+        t = float(item["input"][-1, 0, 0])
+        inputs = torch.from_numpy(make_fill_inputs(before, after, t))
+        sample = ddim_sample(package.network, inputs, scheduler_settings=package.metadata["training"]["scheduler"],
+                             steps=config.loss["val_ddim_steps"], generator=generator).numpy()[0, 0]
+        filled = sample - 0.5 + linear_estimate(before, after, t)[0]
+        crop = tuple(slice(max(int(c) - config.crop // 2, 0), int(c) - config.crop // 2 + config.crop)
+                     for a, c in enumerate(center) if a != axis)
+        errors.append(float(np.mean((filled[crop] - target[crop]) ** 2)))
+    independent = 10 * np.log10(1 / np.mean(errors))
+    assert result.best["val_psnr"] == pytest.approx(independent, abs=1e-3)
+    assert package.metadata["metrics"]["val_psnr"] == pytest.approx(independent, abs=1e-3)
+
+
+def test_fill_field_samples_hold_the_crop_they_score(tiny_data):
+    from MedSynthLib.training.data import PairDataset, load_volumes
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    maker = make_pair_maker("fill", crop=16)
+    volumes = load_volumes(sorted((tiny_data / "images").iterdir()), pair_maker=maker)
+    crops = PairDataset(volumes, maker, length=12, seed=3, augment=0.0, stream=1)
+    for field in (0, 24):
+        fields = PairDataset(volumes, maker, length=12, seed=3, augment=0.0, stream=1, field=field)
+        for index in range(len(crops)):
+            crop, wide = crops[index], fields[index]
+            r0, r1, c0, c1 = (int(v) for v in wide["scored"])
+            assert wide["target"].shape[-2] >= r1 - r0 and (field == 0 or max(wide["target"].shape[-2:]) <= 24)
+            for key in ("input", "target", "base"):
+                inside = wide[key][..., r0:r1, c0:c1]
+                # the crop's voxels inside the plane (the crop zero-pads the rest)
+                matches = [
+                    torch.equal(crop[key][..., a : a + r1 - r0, b : b + c1 - c0], inside)
+                    for a in range(17 - (r1 - r0)) for b in range(17 - (c1 - c0))
+                ]
+                assert any(matches), (field, index, key)
+
+
+def test_val_field_is_refused_where_validation_uses_crops(tiny_data, tmp_path):
+    with pytest.raises(InputError, match="val_field"):
+        train(tiny_config(tiny_data, tmp_path / "run", "fill", "unet", val_field=64))
+    with pytest.raises(InputError, match="val_field must be"):
+        train(tiny_config(tiny_data, tmp_path / "run", "fill", "diffusion", val_field=-1))

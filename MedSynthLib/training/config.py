@@ -43,6 +43,13 @@ class TrainConfig:
         Options of the task's pair maker, the family's network size, and the loss weights.
     threads : int, optional
         CPU threads for torch (``torch.set_num_threads``); None leaves torch's default.
+    val_field : int, optional
+        In-plane side (voxels) of the region validation predicts around each
+        validation crop, inside the plane; only the crop's voxels inside the
+        plane are scored. 0 takes the whole plane (how the fill task runs a
+        package). None: the family's choice: 128 for ``diffusion`` on fill (a
+        DDIM sample depends on how much of the plane the sampler sees), the
+        crop itself for every other pair, which refuse a value.
     """
 
     task: str = ""
@@ -57,6 +64,7 @@ class TrainConfig:
     samples_per_epoch: int = 512
     val_fraction: float = 0.2
     val_samples: int = 32
+    val_field: Optional[int] = None
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -92,6 +100,9 @@ class TrainConfig:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if self.samples_per_epoch < self.batch_size:
             raise InputError(f"samples_per_epoch ({self.samples_per_epoch}) must be at least batch_size ({self.batch_size})")
+        side = self.val_field
+        if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 0):
+            raise InputError(f"val_field must be a non-negative integer (0 = whole planes) or null, got {self.val_field!r}")
         if not 0 <= float(self.val_fraction) < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not float(self.lr) > 0:

@@ -289,6 +289,10 @@ class PairDataset(torch.utils.data.Dataset):
     ``rng`` seeded by :func:`sample_seed`; :meth:`set_epoch` changes ``e``.
     Items are dicts of float32 tensors: ``input`` (C, ...), ``target`` (1, ...)
     and ``weight`` (1, ...), the voxels the loss and metrics count.
+
+    ``field`` (validation only, pair makers with ``supports_field``): items cover
+    a wider in-plane region around each crop (0 = the whole plane) and carry
+    ``scored``, the crop's box; their sizes then differ from item to item.
     """
 
     def __init__(
@@ -301,9 +305,13 @@ class PairDataset(torch.utils.data.Dataset):
         augment: float,
         stream: int = 0,
         resample_each_epoch: bool = True,
+        field: Optional[int] = None,
     ) -> None:
         if not volumes:
             raise InputError("no volumes to draw training samples from")
+        if field is not None and not pair_maker.supports_field:
+            raise InputError(f"task {pair_maker.task!r} validates on its crops only (no validation field)")
+        self.field = None if field is None else int(field)
         self.volumes = volumes
         self.pair_maker = pair_maker
         self.length = int(length)
@@ -326,7 +334,8 @@ class PairDataset(torch.utils.data.Dataset):
         seed = sample_seed(self.seed, self.epoch if self.resample_each_epoch else 0, index, self.stream)
         rng = np.random.default_rng(seed)
         volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
+        extra = {} if self.field is None else {"field": self.field}
         pair = self.pair_maker.sample(
-            volume, rng, intensity=self.intensity, spatial=self.spatial, transform_seed=seed
+            volume, rng, intensity=self.intensity, spatial=self.spatial, transform_seed=seed, **extra
         )
         return {key: torch.as_tensor(np.ascontiguousarray(value), dtype=torch.float32) for key, value in pair.items()}

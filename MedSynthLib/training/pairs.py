@@ -67,6 +67,41 @@ def extract_planes(
     return out
 
 
+def extract_field(
+    array: np.ndarray, *, axis: int, indices: np.ndarray, center: np.ndarray, crop: int, field: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Planes ``indices`` across ``axis`` over a ``field`` x ``field`` region holding the crop, inside the plane.
+
+    Validation of models whose output depends on how much of the plane they
+    see (a diffusion sampler) predicts this region and scores only the crop of
+    :func:`extract_planes` at the same ``center``. The field is centred like
+    the crop, shifted to stay inside the plane and clipped to it, so the model
+    sees anatomy where the task would, never zero padding; ``field`` 0 (or one
+    at least the plane's size) takes the whole plane, as the tasks do.
+
+    Returns
+    -------
+    planes : ndarray, shape (len(indices), H, W), float32
+        H, W are ``max(field, crop)``, or the plane's size where that is smaller
+        (always for ``field`` 0).
+    box : tuple of 4 int
+        (row start, row stop, column start, column stop) of the crop, clipped to
+        the plane, inside ``planes``.
+    """
+    moved = np.moveaxis(array, axis, 0)
+    indices = np.clip(np.asarray(indices), 0, moved.shape[0] - 1)
+    in_plane = [c for a, c in enumerate(center) if a != axis]
+    region, box = [], []
+    for c, size in zip(in_plane, moved.shape[1:]):
+        lo, hi = max(int(c) - crop // 2, 0), min(int(c) - crop // 2 + crop, size)
+        width = size if field <= 0 else min(max(int(field), crop), size)
+        start = int(np.clip(int(c) - width // 2, 0, size - width))  # holds [lo, hi) as width >= crop
+        region.append(slice(start, start + width))
+        box += [lo - start, hi - start]
+    planes = np.ascontiguousarray(moved[indices][:, region[0], region[1]], dtype=np.float32)
+    return planes, tuple(box)
+
+
 def _apply(transform: Optional[Callable], planes: np.ndarray, seed: int) -> np.ndarray:
     if transform is None:
         return planes
@@ -106,6 +141,8 @@ class PairMaker:
     residual: bool = False
     #: An input channel the output corrects (unet/gan families build a ``residual_unet`` on it).
     skip_channel: Optional[int] = None
+    #: True when :meth:`sample` accepts ``field`` (validation on a wider region than the scored crop).
+    supports_field: bool = False
     defaults: dict[str, Any] = {}
 
     def __init__(self, options: Optional[dict] = None, *, crop: int = 64) -> None:
@@ -141,6 +178,12 @@ class PairMaker:
         spatial: Optional[Callable] = None,
         transform_seed: int = 0,
     ) -> dict[str, np.ndarray]:
+        """One (input, target, weight, ...) sample drawn with ``rng``.
+
+        Pair makers with :attr:`supports_field` also take ``field`` (int,
+        keyword): the sample then covers :func:`extract_field`'s region
+        (0 = the whole plane) and carries ``scored``, the crop's box in it.
+        """
         raise NotImplementedError
 
     def input_spec(self) -> dict:
@@ -239,6 +282,7 @@ class FillPairs(PairMaker):
     task = "fill"
     families = ("unet", "gan", "diffusion")
     residual = True
+    supports_field = True  # the fill task runs packages on whole slices
     defaults = {"max_gap": 4, "axes": "all", "noise": [0.0, 0.0]}
 
     @property
@@ -257,8 +301,11 @@ class FillPairs(PairMaker):
         scale = robust_scale(volume.array, percentiles=FILL_PERCENTILES)
         return scale.forward(volume.array), {"low": scale.low, "high": scale.high}
 
-    def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0):
+    def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0, field=None):
         from ..tasks._fill_inputs import linear_estimate, make_fill_inputs
+
+        if field is not None and spatial is not None:
+            raise ValueError("field samples are validation samples: no spatial augmentation (it would move the scored box)")
 
         c = self.context
         axis = _choose_axis(volume, rng, self.options["axes"])
@@ -271,7 +318,11 @@ class FillPairs(PairMaker):
         position = int(np.clip(center[axis], inner, length - 1 - (gap - inner)))
         below, above = position - inner, position - inner + gap
         indices = np.concatenate([below - np.arange(c), above + np.arange(c), [position]])
-        planes = extract_planes(volume.array, axis=axis, indices=indices, center=center, crop=self.crop)
+        box = None
+        if field is None:
+            planes = extract_planes(volume.array, axis=axis, indices=indices, center=center, crop=self.crop)
+        else:  # the same draws as a crop sample, so the scored voxels are those of the crop
+            planes, box = extract_field(volume.array, axis=axis, indices=indices, center=center, crop=self.crop, field=field)
         planes = _apply(intensity, planes, transform_seed)
         planes = _apply(spatial, planes, transform_seed + 1)
         low, high = self.options["noise"]
@@ -281,7 +332,10 @@ class FillPairs(PairMaker):
         fraction = inner / gap
         inputs = make_fill_inputs(before, after, fraction, context=c)[0]
         base = linear_estimate(before, after, fraction)
-        return {"input": inputs, "target": target, "weight": np.ones_like(target), "base": base}
+        pair = {"input": inputs, "target": target, "weight": np.ones_like(target), "base": base}
+        if box is not None:
+            pair["scored"] = np.asarray(box, dtype=np.int64)
+        return pair
 
     def input_spec(self) -> dict:
         from ..tasks._fill_inputs import FILL_INPUT_SPEC

@@ -197,9 +197,27 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 # --------------------------------------------------------------------------- validation
 
 
+def _scored_crop(prediction: torch.Tensor, batch: dict, scored: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The crop of a field sample (a batch of one; ``scored`` is its box) that validation scores."""
+    r0, r1, c0, c1 = (int(v) for v in scored.reshape(-1, 4)[0].tolist())
+    window = (Ellipsis, slice(r0, r1), slice(c0, c1))
+    return prediction[window], {key: value[window] for key, value in batch.items()}
+
+
+def _validation_field(config: TrainConfig, family: Family, pair_maker: PairMaker) -> Optional[int]:
+    """In-plane side of the region validation predicts around each crop (None: the crop itself)."""
+    if not pair_maker.supports_field or family.val_field is None:
+        return None
+    return int(family.val_field if config.val_field is None else config.val_field)
+
+
 @torch.no_grad()
 def _validate(family: Family, network: torch.nn.Module, batches: list[dict], device: torch.device, seed: int) -> dict:
-    """PSNR (dB, data range 1, pooled MSE over the weighted voxels of all crops) and SSIM, or Dice for masks."""
+    """PSNR (dB, data range 1, pooled MSE over the weighted voxels of all crops) and SSIM, or Dice for masks.
+
+    Field samples (``config.val_field``) are predicted on their whole region and
+    scored on their crop's voxels inside the plane only.
+    """
     from monai.losses import SSIMLoss
 
     was_training = network.training
@@ -208,7 +226,10 @@ def _validate(family: Family, network: torch.nn.Module, batches: list[dict], dev
     psnrs, ssims, dices, l1s, baselines = [], [], [], [], []  # psnrs/baselines hold per-crop MSEs
     for batch in batches:
         batch = _to_device(batch, device)
+        scored = batch.pop("scored", None)
         prediction = family.predict(network, batch, generator=generator).float()
+        if scored is not None:
+            prediction, batch = _scored_crop(prediction, batch, scored)
         target, weight = batch["target"], batch["weight"]
         region = weight >= 1
         if family.pair_maker.target_kind == "mask":
@@ -254,6 +275,11 @@ def _prepare(config: TrainConfig, *, resume: bool) -> tuple[PairMaker, Family, l
     pair_maker = make_pair_maker(config.task, config.task_options, crop=config.crop)
     family_name = config.family or pair_maker.families[0]
     family = make_family(family_name, pair_maker, network=config.network, loss=config.loss, lr=config.lr)
+    if config.val_field is not None and (not pair_maker.supports_field or family.val_field is None):
+        raise InputError(
+            f"val_field: {config.task!r} with family {family.name!r} validates on its crops only "
+            "(val_field is for the diffusion family on fill); remove val_field"
+        )
     out = Path(config.out)
     if resume:
         run_file = out / "run.json"
@@ -337,10 +363,13 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
     train_volumes, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
     train_set = PairDataset(train_volumes, pair_maker, length=config.samples_per_epoch, seed=config.seed,
                             augment=config.augment, resample_each_epoch=config.resample_each_epoch)
-    val_set = PairDataset(val_volumes, pair_maker, length=config.val_samples, seed=config.seed, augment=0.0, stream=1)
+    field = _validation_field(config, family, pair_maker)
+    val_set = PairDataset(val_volumes, pair_maker, length=config.val_samples, seed=config.seed, augment=0.0, stream=1,
+                          field=field)
+    per_batch = 1 if field is not None else config.batch_size  # field samples differ in size at plane edges
     val_batches = [
-        torch.utils.data.default_collate([val_set[i] for i in range(start, min(start + config.batch_size, len(val_set)))])
-        for start in range(0, len(val_set), config.batch_size)
+        torch.utils.data.default_collate([val_set[i] for i in range(start, min(start + per_batch, len(val_set)))])
+        for start in range(0, len(val_set), per_batch)
     ]
 
     torch.manual_seed(config.seed)
