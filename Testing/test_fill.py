@@ -168,6 +168,29 @@ def test_selfsup_is_deterministic_and_fills_only_the_gaps():
     assert not np.array_equal(other.volume.array, out)
 
 
+def test_selfsup_training_precision_is_chosen_and_reported():
+    import torch
+
+    from MedSynthLib.tasks._fill_selfsup import training_autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert training_autocast_dtype(cpu, "off") is None and training_autocast_dtype(cpu, "auto") is None
+    assert training_autocast_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(InputError, match="mixed_precision"):
+        training_autocast_dtype(cpu, "fp8")
+    volume = make_phantom((10, 40, 40), dtype=np.float32)
+    options = {"selfsup": {**FAST_SELFSUP["selfsup"], "mixed_precision": "off"}}
+    full = fill_slices(volume, slices=[3, 6], method="selfsup", device="cpu", seed=3, method_options=options)
+    assert full.report["selfsup"]["training_precision"] == "float32"
+    options["selfsup"]["mixed_precision"] = "bf16"
+    half = fill_slices(volume, slices=[3, 6], method="selfsup", device="cpu", seed=3, method_options=options)
+    assert half.report["selfsup"]["training_precision"] == "bfloat16"
+    # a different arithmetic, the same method: the fills agree closely, the kept slices exactly
+    filled = full.volume.array[[3, 6]].astype(np.float64)
+    assert np.abs(half.volume.array[[3, 6]] - filled).max() < 0.05 * np.ptp(volume.array)
+    np.testing.assert_array_equal(half.volume.array[[0, 1, 2, 4, 5, 7, 8, 9]], volume.array[[0, 1, 2, 4, 5, 7, 8, 9]])
+
+
 def test_auto_reports_what_ran():
     volume = moving_disc()
     result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)
@@ -205,6 +228,37 @@ def test_model_method_with_tiny_package(tmp_path):
     auto = fill_slices(volume, slices=[4], model=random, device="cpu")
     assert auto.report["method"] == "model"
     assert np.all(np.isfinite(auto.volume.array))
+
+
+def test_model_method_runs_a_diffusion_package_from_the_trainer(tmp_path):
+    from MedSynthLib.io import write_volume
+    from MedSynthLib.training import TrainConfig, train
+
+    for seed in range(2):
+        write_volume(make_phantom((12, 40, 48), seed=seed), tmp_path / "images" / f"case{seed}.nii.gz")
+    config = TrainConfig(
+        task="fill", family="diffusion", data=[str(tmp_path / "images")], out=str(tmp_path / "run"), epochs=1,
+        batch_size=4, samples_per_epoch=8, crop=16, val_samples=2, augment=0.0, resample_each_epoch=False,
+        tensorboard=False, network={"channels": [8, 8, 16], "num_head_channels": 8, "norm_num_groups": 4},
+        loss={"num_train_timesteps": 100, "val_ddim_steps": 2},
+    )
+    package = train(config).package
+    volume = make_phantom((10, 40, 48), matrix=oblique_matrix())
+    options = {"model": {"ddim_steps": 3}}
+    runs = [fill_slices(volume, slices=[3, 6, 7], method="model", model=package, device="cpu", seed=1,
+                        method_options=options) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].volume.array, runs[1].volume.array)
+    keep = [0, 1, 2, 4, 5, 8, 9]
+    np.testing.assert_array_equal(runs[0].volume.array[keep], volume.array[keep])
+    assert np.all(np.isfinite(runs[0].volume.array)) and runs[0].volume.same_grid(volume)
+    assert runs[0].report["model"]["family"] == "diffusion" and runs[0].report["model"]["ddim_steps"] == 3
+    other = fill_slices(volume, slices=[3, 6, 7], method="model", model=package, device="cpu", seed=2,
+                        method_options=options)
+    assert not np.array_equal(other.volume.array, runs[0].volume.array)
+    with pytest.raises(InputError, match="ddim_steps"):
+        fill_slices(volume, slices=[3], method="model", model=package, method_options={"model": {"ddim_steps": 0}})
+    with pytest.raises(InputError, match="unknown model option"):
+        fill_slices(volume, slices=[3], method="model", model=package, method_options={"model": {"steps": 3}})
 
 
 def test_model_spec_mismatch_is_refused(tmp_path):

@@ -149,13 +149,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--selfsup-steps", type=int, default=None, help="override selfsup training steps")
+    parser.add_argument("--selfsup-precision", choices=("auto", "off", "bf16"), default=None,
+                        help="selfsup training precision (default: the library's, auto)")
     parser.add_argument("--no-auto", action="store_true", help="skip the auto row of the single scenario")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
     args = parser.parse_args(argv)
     volumes = ["mni"] if args.quick else args.volumes.split(",")
     scenarios = ["x2", "single"] if args.quick else args.scenarios.split(",")
     methods = args.methods.split(",")
-    options = {"selfsup": {"steps": args.selfsup_steps}} if args.selfsup_steps else None
+    selfsup = {k: v for k, v in (("steps", args.selfsup_steps), ("mixed_precision", args.selfsup_precision)) if v}
+    options = {"selfsup": selfsup} if selfsup else None
 
     rows = []
     header = f"{'volume':<8} {'scenario':<8} {'method':<8} {'ran':<8} {'PSNR dB':>8} {'vs lin':>7} {'SSIM':>6} {'s':>7} {'cpu s':>7} {'MiB':>6}"

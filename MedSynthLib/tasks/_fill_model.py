@@ -8,12 +8,13 @@ from typing import Optional, Union
 import numpy as np
 
 from ..engine import EngineReport, describe_device, run_slices, select_device
+from ..errors import InputError, ModelError
 from ..models.package import LoadedModel, load_package
 from ..progress import CancelToken, ProgressCallback
 from ._fill_inputs import apply_fill_output, check_fill_input_spec, make_fill_inputs
 from ._fill_interp import FillPlan, gather_context
 
-__all__ = ["load_fill_model", "model_fill"]
+__all__ = ["MODEL_DEFAULTS", "load_fill_model", "model_fill"]
 
 
 def load_fill_model(model: Union[str, Path, LoadedModel]) -> LoadedModel:
@@ -26,11 +27,57 @@ def load_fill_model(model: Union[str, Path, LoadedModel]) -> LoadedModel:
     """
     loaded = model if isinstance(model, LoadedModel) else load_package(model, task="fill")
     if loaded.info.task != "fill":
-        from ..errors import ModelError
-
         raise ModelError(f"model package {loaded.info.name} is a {loaded.info.task!r} model; filling needs a 'fill' model")
     check_fill_input_spec(loaded.metadata["input"], name=f"model package {loaded.info.name}")
     return loaded
+
+
+#: Settings of the ``model`` method (``method_options={"model": {...}}``).
+MODEL_DEFAULTS = {"ddim_steps": 20}
+
+
+def _diffusion_residual(loaded: LoadedModel, inputs: np.ndarray, *, device: str, batch_size: int, steps: int,
+                        seed: int, cancel: Optional[CancelToken], engine: EngineReport) -> np.ndarray:
+    """DDIM samples of a diffusion fill package on whole planes: the residual over linear, (N, 1, H, W).
+
+    The package was trained on ``target - linear + 0.5`` (``FillPairs`` with the diffusion family),
+    so the residual is the sample minus 0.5. Whole planes, not tiles: a DDIM sample of this kind of
+    model depends on how much of the plane it sees (small tiles drift; see docs/training.md).
+    """
+    import time
+
+    import torch
+
+    from ..engine import autocast, run_with_fallback
+    from ..models.sampling import ddim_sample
+    from ..progress import check_cancel
+
+    network = loaded.network
+    network.eval()
+    scheduler = loaded.metadata.get("training", {}).get("scheduler")
+    if not scheduler:
+        raise ModelError(f"model package {loaded.info.name} is a diffusion model without its noise schedule "
+                         "(training.scheduler); retrain it with medsynth-train")
+    multiple = max(8, 2 ** (len(loaded.metadata["builder_args"].get("channels", [0, 0, 0])) - 1))
+    tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+
+    def attempt(dev, batch: int) -> np.ndarray:
+        network.to(dev)
+        engine.amp = dev.type == "cuda"
+        outputs = []
+        with torch.inference_mode(), autocast(dev, True):
+            for first in range(0, len(tensor), batch):
+                check_cancel(cancel)
+                generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)  # same draws on any device
+                sample = ddim_sample(network, tensor[first:first + batch].to(dev), scheduler_settings=scheduler,
+                                     steps=steps, generator=generator, multiple=multiple)
+                outputs.append(sample.float().cpu().numpy() - 0.5)
+        return np.concatenate(outputs, axis=0)
+
+    start = time.perf_counter()
+    result = run_with_fallback(attempt, device=select_device(device), batch_size=batch_size, report_to=engine)
+    engine.seconds += time.perf_counter() - start
+    return result
 
 
 def model_fill(
@@ -40,13 +87,27 @@ def model_fill(
     model: Union[str, Path, LoadedModel],
     device: str = "auto",
     batch_size: int = 8,
+    seed: int = 0,
+    settings: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     details: Optional[dict] = None,
 ) -> np.ndarray:
-    """Answer ``plan`` from ``good`` (G, H, W, normalised) with a fill package; (Q, H, W) float32."""
+    """Answer ``plan`` from ``good`` (G, H, W, normalised) with a fill package; (Q, H, W) float32.
+
+    ``unet`` / ``gan`` packages predict the residual over linear interpolation directly; ``diffusion``
+    packages sample it with DDIM (``settings["ddim_steps"]``, 10-50; seeded by ``seed``).
+    """
     details = details if details is not None else {}
+    cfg = {**MODEL_DEFAULTS, **(settings or {})}
+    unknown = sorted(set(cfg) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise InputError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(MODEL_DEFAULTS)}")
+    steps = cfg["ddim_steps"]
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= int(steps) <= 1000:
+        raise InputError(f"model option ddim_steps must be a whole number from 1 to 1000, got {steps!r}")
     loaded = load_fill_model(model)
+    diffusion = loaded.info.family == "diffusion"
     context = int(loaded.metadata["input"]["context"])
     engine = EngineReport()
     select_device(device)  # a missing device fails before any work
@@ -56,15 +117,22 @@ def model_fill(
         rows = np.arange(first, min(first + chunk, len(plan.targets)))
         before, after = gather_context(good, plan, context, rows)
         inputs = make_fill_inputs(before, after, plan.t[rows], context=context)
-        output = run_slices(
-            loaded.network, inputs, device=device, batch_size=batch_size, amp=True,
-            progress=None, cancel=cancel, report_to=engine,
-        )
+        if diffusion:
+            output = _diffusion_residual(loaded, inputs, device=device, batch_size=batch_size, steps=int(steps),
+                                         seed=seed + first, cancel=cancel, engine=engine)
+        else:
+            output = run_slices(
+                loaded.network, inputs, device=device, batch_size=batch_size, amp=True,
+                progress=None, cancel=cancel, report_to=engine,
+            )
         result[rows] = apply_fill_output(before, after, plan.t[rows], output)
         if progress is not None:
             progress(min(1.0, (first + chunk) / len(plan.targets)), "running the fill model")
     details["device"] = describe_device(select_device(engine.device_used))
-    details["model"] = {"name": loaded.info.name, "path": str(loaded.info.json_path), "engine": engine.as_dict()}
+    details["model"] = {"name": loaded.info.name, "path": str(loaded.info.json_path), "family": loaded.info.family,
+                        "engine": engine.as_dict()}
+    if diffusion:
+        details["model"]["ddim_steps"] = int(steps)
     if engine.fallbacks:
         details.setdefault("warnings", []).extend(engine.fallbacks)
     return result

@@ -63,6 +63,7 @@ SELFSUP_DEFAULTS = {
     "learning_rate": 2e-3,
     "foreground_share": 0.9,
     "margin": 24,
+    "mixed_precision": "auto",
 }
 
 # Seconds per training step and per inference voxel on an idle 2-core CPU (torch on 2 threads),
@@ -71,6 +72,22 @@ SELFSUP_DEFAULTS = {
 _CPU_STEP_S = 0.06
 _CPU_VOXEL_S = 0.5e-6
 _GPU_SPEEDUP = 20.0
+
+
+def training_autocast_dtype(device: torch.device, mode: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype selfsup trains in on ``device``, or None for float32.
+
+    ``auto``: bfloat16 on a CUDA GPU that supports it (tensor cores; no gradient scaling needed),
+    float32 on the CPU. Measured on MNI x2 (one thread of an AVX512-BF16 CPU, 2400 steps): bfloat16
+    took 143 CPU-s against 170 and gave +4.53 dB over linear against +4.64, so at equal time it is a
+    wash there, and CPUs without native bfloat16 emulate it slowly. ``bf16`` forces it, ``off``
+    never. Inference stays float32.
+    """
+    if mode not in ("auto", "off", "bf16"):
+        raise InputError(f"selfsup mixed_precision must be 'auto', 'off' or 'bf16', got {mode!r}")
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 def _integral(plan: FillPlan) -> bool:
@@ -268,6 +285,7 @@ def _train(
     steps = int(cfg["steps"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["learning_rate"], total_steps=steps, pct_start=0.1)
     sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng)
+    amp_dtype = training_autocast_dtype(device, cfg["mixed_precision"])
     losses: list[float] = []
     network.train()
     for step in range(steps):
@@ -277,7 +295,9 @@ def _train(
         x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(target).to(device)
         rows = torch.from_numpy(missing).to(device)
-        prediction = x[:, :1] + network(x)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            residual = network(x)
+        prediction = x[:, :1] + residual.float()  # the residual in low precision, the sum and loss in float32
         loss = (prediction - y)[:, :, rows, :].square().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,6 +395,7 @@ def selfsup_fill(
         "batch": int(cfg["batch"]),
         "patch": int(cfg["patch"]),
         "features": list(cfg["features"]),
+        "training_precision": str(training_autocast_dtype(target_device, cfg["mixed_precision"]) or torch.float32).replace("torch.", ""),
         "final_loss": round(float(np.mean(losses[-20:])), 6) if losses else None,
         "train_seconds": round(train_seconds, 2),
         "inference_seconds": round(engine.seconds, 2),

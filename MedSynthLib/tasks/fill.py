@@ -217,7 +217,8 @@ def _synthesise(
     if method == "model":
         from ._fill_model import model_fill
 
-        return model_fill(good, plan, model=model, device=device, progress=progress, cancel=cancel, details=details)
+        return model_fill(good, plan, model=model, device=device, seed=seed, settings=options, progress=progress,
+                          cancel=cancel, details=details)
     raise InputError(f"unknown fill method {method!r}")  # pragma: no cover - _resolve_method checks first
 
 
@@ -328,8 +329,9 @@ def fill_slices(
     time_budget : float, optional
         Seconds ``auto`` may spend (default 180 on a CPU).
     method_options : dict, optional
-        Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}``
-        (see ``SELFSUP_DEFAULTS`` and ``FLOW_DEFAULTS``); recorded in the report.
+        Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}`` or
+        ``{"model": {"ddim_steps": 50}}`` for a diffusion package (see ``SELFSUP_DEFAULTS``,
+        ``FLOW_DEFAULTS`` and ``MODEL_DEFAULTS``); recorded in the report.
     progress, cancel
         Progress callback and cancel token; cancelling leaves ``volume`` untouched.
 
