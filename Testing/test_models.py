@@ -173,3 +173,32 @@ def test_bundled_package_lookup_names_a_complete_package_or_none():
             assert path.parent == BUNDLED_DIR and path.with_suffix(".safetensors").is_file()
             assert load_package(path, task=task).info.bundled
     assert bundled_package("no-such-task") is None
+
+
+def test_batched_ddim_samples_do_not_depend_on_the_batch_size_and_keep_known_voxels():
+    import numpy as np
+
+    from MedSynthLib.engine import EngineReport
+    from MedSynthLib.models.sampling import ddim_sample_batches
+
+    torch.manual_seed(0)
+    network = build_network("diffusion_unet", spatial_dims=2, in_channels=3, out_channels=1, channels=(8, 8, 16),
+                            attention_levels=(False, False, False), norm_num_groups=4, num_head_channels=8)
+    rng = np.random.default_rng(0)
+    condition = rng.random((5, 2, 20, 24)).astype(np.float32)  # sizes that need padding to a multiple of 8
+    known = rng.random((5, 1, 20, 24)).astype(np.float32)
+    mask = np.zeros_like(known)
+    mask[:, :, :10] = 1.0  # the top half is known
+    settings = {"num_train_timesteps": 50, "schedule": "linear_beta", "prediction_type": "epsilon"}
+    engine = EngineReport()
+    one = ddim_sample_batches(network, condition, scheduler_settings=settings, steps=3, seed=4, device="cpu",
+                              batch_size=1, known=known, known_mask=mask, report_to=engine)
+    four = ddim_sample_batches(network, condition, scheduler_settings=settings, steps=3, seed=4, device="cpu",
+                               batch_size=4, known=known, known_mask=mask)
+    assert one.shape == (5, 1, 20, 24) and np.all(np.isfinite(one))
+    np.testing.assert_allclose(one, four, atol=1e-5)
+    np.testing.assert_allclose(one[:, :, :10], known[:, :, :10], atol=1e-5)  # data consistency
+    assert not np.allclose(one[:, :, 10:], known[:, :, 10:], atol=1e-2)
+    assert engine.device_used == "cpu" and engine.batch_size == 1
+    other = ddim_sample_batches(network, condition, scheduler_settings=settings, steps=3, seed=5, device="cpu")
+    assert not np.allclose(other[:, :, 10:], one[:, :, 10:])

@@ -12,11 +12,12 @@ region blends into them.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-__all__ = ["make_scheduler", "ddim_sample", "sample_lesion_shapes", "to_diffusion_range", "from_diffusion_range"]
+__all__ = ["make_scheduler", "ddim_sample", "ddim_sample_batches", "sample_lesion_shapes", "to_diffusion_range",
+           "from_diffusion_range"]
 
 
 def to_diffusion_range(image: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,7 @@ def ddim_sample(
         if known_mask is not None:
             known_mask = F.pad(known_mask, padding, mode="constant", value=0.0)
         sample = ddim_sample(network, condition, scheduler_settings=scheduler_settings, steps=steps, known=known,
-                             known_mask=known_mask, generator=generator, multiple=multiple)
+                             known_mask=known_mask, generator=generator, multiple=multiple, shared_noise=shared_noise)
         return sample[(slice(None), slice(None), *[slice(0, size) for size in spatial])]
     scheduler = make_scheduler("ddim", scheduler_settings)
     scheduler.set_timesteps(num_inference_steps=int(steps), device=condition.device)
@@ -116,6 +117,76 @@ def ddim_sample(
     if known_scaled is not None and known_mask is not None:
         sample = known_mask * known_scaled + (1 - known_mask) * sample
     return from_diffusion_range(sample)
+
+
+def ddim_sample_batches(
+    network: torch.nn.Module,
+    condition: "np.ndarray",
+    *,
+    scheduler_settings: dict,
+    steps: int,
+    seed: int,
+    device: Union[str, torch.device] = "auto",
+    batch_size: int = 8,
+    known: Optional["np.ndarray"] = None,
+    known_mask: Optional["np.ndarray"] = None,
+    multiple: int = 8,
+    cancel=None,
+    report_to=None,
+) -> "np.ndarray":
+    """:func:`ddim_sample` over many items (arrays in, array out) on a device, with the engine's OOM policy.
+
+    Every batch is sampled from the same noise (``shared_noise``, the generator reseeded with ``seed``
+    for each batch), so a result does not depend on the batch size, on an out-of-memory retry with a
+    smaller batch or on the device, and neighbouring slices of one volume get coherent samples.
+    Mixed precision on CUDA, as the rest of the engine.
+
+    Parameters
+    ----------
+    condition : ndarray, shape (N, C, H, W) or (N, C, D, H, W)
+    known, known_mask : ndarray, shape (N, 1, ...), optional
+        Data consistency, as in :func:`ddim_sample` (1 = known).
+    report_to : EngineReport, optional
+        Collects the device used, batch size, seconds and fallbacks.
+
+    Returns
+    -------
+    ndarray, shape (N, 1, ...), float32, normalised units
+    """
+    import time
+
+    import numpy as np
+
+    from ..engine import EngineReport, autocast, run_with_fallback, select_device
+    from ..progress import check_cancel
+
+    engine = report_to if report_to is not None else EngineReport()
+    engine.device_requested = str(device)
+    arrays = [None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+              for a in (condition, known, known_mask)]
+    condition_t, known_t, mask_t = arrays
+    network.eval()
+
+    def attempt(dev: torch.device, batch: int) -> np.ndarray:
+        network.to(dev)
+        engine.amp = dev.type == "cuda"
+        outputs = []
+        with torch.inference_mode(), autocast(dev, True):
+            for first in range(0, len(condition_t), batch):
+                check_cancel(cancel)
+                part = slice(first, first + batch)
+                sample = ddim_sample(
+                    network, condition_t[part].to(dev), scheduler_settings=scheduler_settings, steps=int(steps),
+                    known=None if known_t is None else known_t[part].to(dev),
+                    known_mask=None if mask_t is None else mask_t[part].to(dev),
+                    generator=torch.Generator().manual_seed(int(seed)), multiple=multiple, shared_noise=True)
+                outputs.append(sample.float().cpu().numpy())
+        return np.concatenate(outputs, axis=0)
+
+    start = time.perf_counter()
+    result = run_with_fallback(attempt, device=select_device(device), batch_size=batch_size, report_to=engine)
+    engine.seconds += time.perf_counter() - start
+    return result
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import numpy as np
 from ..engine import EngineReport, describe_device, run_slices, select_device
 from ..errors import InputError, ModelError
 from ..models.package import LoadedModel, load_package
+from ..models.sampling import ddim_sample_batches
 from ..progress import CancelToken, ProgressCallback
 from ._fill_inputs import apply_fill_output, check_fill_input_spec, make_fill_inputs
 from ._fill_interp import FillPlan, gather_context
@@ -44,40 +45,15 @@ def _diffusion_residual(loaded: LoadedModel, inputs: np.ndarray, *, device: str,
     so the residual is the sample minus 0.5. Whole planes, not tiles: a DDIM sample of this kind of
     model depends on how much of the plane it sees (small tiles drift; see docs/training.md).
     """
-    import time
-
-    import torch
-
-    from ..engine import autocast, run_with_fallback
-    from ..models.sampling import ddim_sample
-    from ..progress import check_cancel
-
-    network = loaded.network
-    network.eval()
     scheduler = loaded.metadata.get("training", {}).get("scheduler")
     if not scheduler:
         raise ModelError(f"model package {loaded.info.name} is a diffusion model without its noise schedule "
                          "(training.scheduler); retrain it with medsynth-train")
     multiple = max(8, 2 ** (len(loaded.metadata["builder_args"].get("channels", [0, 0, 0])) - 1))
-    tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
-
-    def attempt(dev, batch: int) -> np.ndarray:
-        network.to(dev)
-        engine.amp = dev.type == "cuda"
-        outputs = []
-        with torch.inference_mode(), autocast(dev, True):
-            for first in range(0, len(tensor), batch):
-                check_cancel(cancel)
-                generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)  # same draws on any device
-                sample = ddim_sample(network, tensor[first:first + batch].to(dev), scheduler_settings=scheduler,
-                                     steps=steps, generator=generator, multiple=multiple)
-                outputs.append(sample.float().cpu().numpy() - 0.5)
-        return np.concatenate(outputs, axis=0)
-
-    start = time.perf_counter()
-    result = run_with_fallback(attempt, device=select_device(device), batch_size=batch_size, report_to=engine)
-    engine.seconds += time.perf_counter() - start
-    return result
+    sample = ddim_sample_batches(loaded.network, inputs, scheduler_settings=scheduler, steps=steps, seed=seed,
+                                 device=device, batch_size=batch_size, multiple=multiple, cancel=cancel,
+                                 report_to=engine)
+    return sample - 0.5
 
 
 def model_fill(
@@ -119,7 +95,7 @@ def model_fill(
         inputs = make_fill_inputs(before, after, plan.t[rows], context=context)
         if diffusion:
             output = _diffusion_residual(loaded, inputs, device=device, batch_size=batch_size, steps=int(steps),
-                                         seed=seed + first, cancel=cancel, engine=engine)
+                                         seed=seed, cancel=cancel, engine=engine)
         else:
             output = run_slices(
                 loaded.network, inputs, device=device, batch_size=batch_size, amp=True,

@@ -18,18 +18,17 @@ predict directly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-import torch
 
-from ..engine import EngineReport, autocast, describe_device, run_with_fallback, select_device
+from ..engine import EngineReport, describe_device, run_slices, select_device
 from ..errors import ModelError
 from ..intensity import Scale, robust_scale
 from ..models.package import LoadedModel, load_package
+from ..models.sampling import ddim_sample_batches
 
 __all__ = ["LesionPainter", "load_inpaint_model", "make_painter", "INPAINT_FORMAT"]
 
@@ -170,47 +169,21 @@ class LesionPainter:
         return np.moveaxis(result, 0, axis)[crop].copy()
 
     def _run(self, inputs: np.ndarray, known: np.ndarray, centre_mask: np.ndarray, *, seed: int) -> np.ndarray:
-        """The network's centre slices (N, 1, H, W), normalised units, padded to the network's multiple."""
-        from torch.nn import functional as F
-
+        """The network's centre slices (N, 1, H, W), normalised units (inputs padded to the network's multiple)."""
         height, width = inputs.shape[2:]
-        pad_h, pad_w = (-height) % _MULTIPLE, (-width) % _MULTIPLE
-        tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in (inputs, known, centre_mask)]
-        if pad_h or pad_w:  # edge values: the model sees more of the same tissue, not a black border
-            padding = (0, pad_w, 0, pad_h)
-            tensors = [F.pad(t, padding, mode="replicate") for t in tensors[:2]] + [F.pad(tensors[2], padding)]
-        condition, known_t, mask_t = tensors
-        network = self.model.network
-        network.eval()
-        family = self.model.info.family
-        self.engine.device_requested = str(self.device)
-
-        def attempt(dev: torch.device, batch: int) -> np.ndarray:
-            from ..models.sampling import ddim_sample
-
-            network.to(dev)
-            self.engine.amp = dev.type == "cuda"
-            outputs = []
-            with torch.inference_mode(), autocast(dev, True):
-                for first in range(0, len(condition), batch):
-                    part = slice(first, first + batch)
-                    if family == "diffusion":
-                        # reseeded per batch: every slice of the lesion starts from the same noise image
-                        generator = torch.Generator().manual_seed(int(seed))
-                        sample = ddim_sample(
-                            network, condition[part].to(dev), scheduler_settings=self.model.metadata["training"]["scheduler"],
-                            steps=self.steps, known=known_t[part].to(dev), known_mask=1.0 - mask_t[part].to(dev),
-                            generator=generator, shared_noise=True)
-                    else:
-                        sample = network(condition[part].to(dev))
-                    outputs.append(sample.float().cpu().numpy())
-            return np.concatenate(outputs, axis=0)
-
-        start = time.perf_counter()
-        result = run_with_fallback(attempt, device=select_device(self.device), batch_size=self.batch_size,
-                                   report_to=self.engine)
-        self.engine.seconds += time.perf_counter() - start
-        return result[:, :, :height, :width]
+        pad = ((0, 0), (0, 0), (0, (-height) % _MULTIPLE), (0, (-width) % _MULTIPLE))
+        # edge values: the model sees more of the same tissue, not a black border; padding is never painted
+        condition = np.pad(inputs, pad, mode="edge")
+        if self.model.info.family == "diffusion":
+            sample = ddim_sample_batches(
+                self.model.network, condition, scheduler_settings=self.model.metadata["training"]["scheduler"],
+                steps=self.steps, seed=seed, device=self.device, batch_size=self.batch_size,
+                known=np.pad(known, pad, mode="edge"), known_mask=1.0 - np.pad(centre_mask, pad),
+                multiple=_MULTIPLE, report_to=self.engine)
+        else:
+            sample = run_slices(self.model.network, condition, device=self.device, batch_size=self.batch_size,
+                                amp=True, report_to=self.engine)
+        return sample[:, :, :height, :width]
 
 
 def make_painter(volume_array: np.ndarray, model: Union[str, Path, LoadedModel], *, slice_axis: int,
