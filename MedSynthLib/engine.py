@@ -30,6 +30,7 @@ __all__ = [
     "run_slices",
     "run_sliding_window",
     "autocast",
+    "ThreadedDataParallel",
 ]
 
 log = logging.getLogger(__name__)
@@ -301,3 +302,75 @@ def run_sliding_window(
     result = run_with_fallback(attempt, device=target, batch_size=sw_batch_size, report_to=engine_report)
     engine_report.seconds += time.perf_counter() - start
     return result
+
+
+class ThreadedDataParallel:
+    """Data-parallel training steps of a small network on the CPU: one replica and one core per thread.
+
+    Why: the per-volume networks MedSynth trains (selfsup fill) are small, and PyTorch's intra-op
+    threads barely help them (2 threads: 12 % faster than 1 on a 2-core CPU). Splitting each batch
+    over worker threads, each with its own replica and one intra-op thread, runs the convolutions
+    side by side (PyTorch releases the GIL). The gradients are averaged in a fixed order, so a step
+    is the same computation as on the whole batch (equal parts of a mean loss), up to float rounding,
+    and deterministic for a seed whatever the thread timing.
+
+    Use ``step(loss_of, parts)`` for forward + backward (gradients land on ``network``), then the
+    optimiser's step, then ``sync()``; ``close()`` (or a ``with`` block) restores the thread setting.
+    """
+
+    def __init__(self, network: torch.nn.Module, *, workers: int) -> None:
+        import copy
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.network = network
+        self.workers = max(1, int(workers))
+        self.replicas = [network] + [copy.deepcopy(network) for _ in range(self.workers - 1)]
+        self._threads = torch.get_num_threads()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        if self._pool is not None:
+            torch.set_num_threads(1)
+
+    def step(self, loss_of: Callable[[torch.nn.Module, int], torch.Tensor]) -> float:
+        """Run ``loss_of(replica, part)`` for each part and back-propagate; returns the mean loss.
+
+        ``loss_of`` must give the mean loss of its part of the batch (parts of equal size).
+        """
+        if self._pool is None:
+            loss = loss_of(self.network, 0)
+            loss.backward()
+            return float(loss.detach())
+
+        def run(part: int) -> float:
+            replica = self.replicas[part]
+            for parameter in replica.parameters():
+                parameter.grad = None
+            loss = loss_of(replica, part)
+            loss.backward()
+            return float(loss.detach())
+
+        losses = list(self._pool.map(run, range(self.workers)))
+        with torch.no_grad():
+            for parameters in zip(*(replica.parameters() for replica in self.replicas)):
+                grads = [p.grad for p in parameters if p.grad is not None]
+                if grads:
+                    parameters[0].grad = torch.stack(grads).mean(dim=0)
+        return float(np.mean(losses))
+
+    def sync(self) -> None:
+        """Copy the network's updated parameters into the other replicas."""
+        with torch.no_grad():
+            for replica in self.replicas[1:]:
+                for target, source in zip(replica.parameters(), self.network.parameters()):
+                    target.copy_(source)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            torch.set_num_threads(self._threads)
+            self._pool = None
+
+    def __enter__(self) -> "ThreadedDataParallel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -171,11 +171,20 @@ def test_selfsup_is_deterministic_and_fills_only_the_gaps():
 def test_selfsup_training_precision_is_chosen_and_reported():
     import torch
 
-    from MedSynthLib.tasks._fill_selfsup import training_autocast_dtype
+    from MedSynthLib.tasks._fill_selfsup import AUTO_STEPS, training_autocast_dtype, training_plan
 
     cpu = torch.device("cpu")
-    assert training_autocast_dtype(cpu, "off") is None and training_autocast_dtype(cpu, "auto") is None
+    assert training_autocast_dtype(cpu, "off") is None
     assert training_autocast_dtype(cpu, "bf16") == torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert training_autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    # the automatic step count follows the precision; the plan is the same for the same machine
+    assert training_plan(cpu, {"mixed_precision": "bf16"})["steps"] == AUTO_STEPS["bfloat16"]
+    assert training_plan(cpu, {"mixed_precision": "off"})["steps"] == AUTO_STEPS["float32"]
+    assert training_plan(cpu, {"mixed_precision": "bf16"})["workers"] == 1
+    assert training_plan(cpu, {"steps": 7})["steps"] == 7
+    with pytest.raises(InputError, match="steps"):
+        training_plan(cpu, {"steps": 0})
     with pytest.raises(InputError, match="mixed_precision"):
         training_autocast_dtype(cpu, "fp8")
     volume = make_phantom((10, 40, 40), dtype=np.float32)
@@ -189,6 +198,27 @@ def test_selfsup_training_precision_is_chosen_and_reported():
     filled = full.volume.array[[3, 6]].astype(np.float64)
     assert np.abs(half.volume.array[[3, 6]] - filled).max() < 0.05 * np.ptp(volume.array)
     np.testing.assert_array_equal(half.volume.array[[0, 1, 2, 4, 5, 7, 8, 9]], volume.array[[0, 1, 2, 4, 5, 7, 8, 9]])
+
+
+def test_selfsup_threaded_data_parallel_training_is_the_same_computation():
+    from MedSynthLib.tasks._fill_selfsup import training_workers
+
+    assert training_workers(torch.device("cuda"), "auto", 16) == 1
+    assert 16 % training_workers(torch.device("cpu"), "auto", 16) == 0
+    with pytest.raises(InputError, match="divides the batch"):
+        training_workers(torch.device("cpu"), 3, 16)
+    volume = make_phantom((10, 40, 40), dtype=np.float32)
+    threads = torch.get_num_threads()
+    runs = {}
+    for workers in (1, 2, 2):
+        options = {"selfsup": {**FAST_SELFSUP["selfsup"], "workers": workers, "mixed_precision": "off"}}
+        result = fill_slices(volume, slices=[3, 6], method="selfsup", device="cpu", seed=3, method_options=options)
+        assert result.report["selfsup"]["workers"] == workers
+        runs.setdefault(workers, []).append(result.volume.array)
+    assert torch.get_num_threads() == threads  # restored after training
+    np.testing.assert_array_equal(runs[2][0], runs[2][1])  # deterministic whatever the thread timing
+    # two halves of the batch, gradients averaged: the same step as the whole batch, up to rounding
+    assert np.abs(runs[2][0] - runs[1][0]).max() < 1e-3 * np.ptp(volume.array)
 
 
 def test_auto_reports_what_ran():

@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..engine import EngineReport, describe_device, run_slices, select_device
+from ..engine import EngineReport, ThreadedDataParallel, describe_device, run_slices, select_device
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ._fill_interp import FillPlan
@@ -54,22 +54,28 @@ __all__ = ["SELFSUP_DEFAULTS", "can_train", "estimate_seconds", "selfsup_fill"]
 
 log = logging.getLogger(__name__)
 
-#: Training settings (the report records the ones used).
+#: Training settings (the report records the ones used). ``steps``, ``mixed_precision`` and ``workers``
+#: "auto" are resolved per device by :func:`training_plan`.
 SELFSUP_DEFAULTS = {
     "features": (16, 16, 32, 32, 64, 16),
-    "steps": 2400,
+    "steps": "auto",
     "batch": 16,
     "patch": 64,
     "learning_rate": 2e-3,
     "foreground_share": 0.9,
     "margin": 24,
     "mixed_precision": "auto",
+    "workers": "auto",
 }
 
-# Seconds per training step and per inference voxel on an idle 2-core CPU (torch on 2 threads),
-# measured with the defaults above (MNI x2: 150 s in all, benchmarks/results/fill_mni_quiet.json);
-# used only by ``auto`` to decide whether selfsup fits a budget.
-_CPU_STEP_S = 0.06
+#: Steps of ``steps="auto"``: what fits about 150 s of training on a 2-core CPU with this arithmetic
+#: (quality rises with steps: MNI x2 +4.64 dB at 2400 float32 steps, +5.16 at 4800), and on a GPU.
+AUTO_STEPS = {"bfloat16": 4800, "float32": 2400}
+
+# Seconds per training step (by training precision) and per inference voxel on an idle 2-core CPU
+# (torch on 2 threads; float32 with 2 data-parallel workers), measured on MNI; used only by ``auto``
+# to decide whether selfsup fits a budget.
+_CPU_STEP_S = {"bfloat16": 0.033, "float32": 0.043}
 _CPU_VOXEL_S = 0.5e-6
 _GPU_SPEEDUP = 20.0
 
@@ -77,17 +83,45 @@ _GPU_SPEEDUP = 20.0
 def training_autocast_dtype(device: torch.device, mode: str = "auto") -> Optional[torch.dtype]:
     """The autocast dtype selfsup trains in on ``device``, or None for float32.
 
-    ``auto``: bfloat16 on a CUDA GPU that supports it (tensor cores; no gradient scaling needed),
-    float32 on the CPU. Measured on MNI x2 (one thread of an AVX512-BF16 CPU, 2400 steps): bfloat16
-    took 143 CPU-s against 170 and gave +4.53 dB over linear against +4.64, so at equal time it is a
-    wash there, and CPUs without native bfloat16 emulate it slowly. ``bf16`` forces it, ``off``
-    never. Inference stays float32.
+    ``auto``: bfloat16 where the hardware does it natively: a CUDA GPU that supports it (tensor
+    cores), a CPU with AVX512-BF16 or AMX (on a 2-core AVX512-BF16 CPU with 2 threads: 32.5 against
+    52.7 ms a step, so twice the steps fit the same time; at equal steps it costs about 0.1 dB on MNI
+    x2, +4.53 against +4.64). Elsewhere float32: emulated bfloat16 is slower. No gradient scaling is
+    needed for bfloat16. ``bf16`` forces it, ``off`` never. Inference stays float32.
     """
     if mode not in ("auto", "off", "bf16"):
         raise InputError(f"selfsup mixed_precision must be 'auto', 'off' or 'bf16', got {mode!r}")
-    if mode == "bf16" or (mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    if mode == "off":
+        return None
+    if mode == "bf16":
         return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return torch.bfloat16 if any(probe() for probe in probes if probe is not None) else None
     return None
+
+
+def training_workers(device: torch.device, setting, batch: int, *, low_precision: bool = False) -> int:
+    """Threads that split each training batch (``ThreadedDataParallel``).
+
+    ``auto``: on a CPU training in float32, one per core available to this process (at most 4, a
+    divisor of the batch): 42.5 against 52.7 ms a step with two intra-op threads on a 2-core CPU.
+    In bfloat16 the intra-op threads scale well (32.5 ms) and splitting the batch did not (51.9 ms),
+    so 1; and 1 on a GPU (one stream is enough).
+    """
+    if setting == "auto":
+        if device.type != "cpu" or low_precision:
+            return 1
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        setting = max(n for n in range(1, min(cores, 4) + 1) if batch % n == 0)
+    if not isinstance(setting, (int, np.integer)) or isinstance(setting, bool) or setting < 1 or batch % int(setting):
+        raise InputError(f"selfsup workers must be 'auto' or a whole number that divides the batch ({batch}), "
+                         f"got {setting!r}")
+    return int(setting)
 
 
 def _integral(plan: FillPlan) -> bool:
@@ -111,10 +145,29 @@ def _inference_voxels(good: np.ndarray, plan: FillPlan, margin: int) -> int:
     return 2 * rows * good.shape[1] * good.shape[2]
 
 
+def training_plan(device: torch.device, settings: Optional[dict] = None) -> dict:
+    """The defaults updated by ``settings``, with ``steps``, ``mixed_precision`` and ``workers`` resolved.
+
+    Deterministic for a machine: the same hardware gets the same plan (no timing is involved), so a
+    seed reproduces a run; the report records the plan.
+    """
+    cfg = {**SELFSUP_DEFAULTS, **(settings or {})}
+    dtype = training_autocast_dtype(device, cfg["mixed_precision"])
+    precision = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    if cfg["steps"] == "auto":
+        cfg["steps"] = AUTO_STEPS[precision]
+    steps = cfg["steps"]
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise InputError(f"selfsup steps must be 'auto' or a whole number >= 1, got {steps!r}")
+    cfg["workers"] = training_workers(device, cfg["workers"], int(cfg["batch"]), low_precision=dtype is not None)
+    cfg["precision"] = precision
+    return cfg
+
+
 def estimate_seconds(good: np.ndarray, plan: FillPlan, *, device: torch.device, settings: Optional[dict] = None) -> float:
     """Rough run time of :func:`selfsup_fill` with the defaults updated by ``settings`` (for ``auto``)."""
-    cfg = {**SELFSUP_DEFAULTS, **(settings or {})}
-    seconds = cfg["steps"] * _CPU_STEP_S + _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S
+    cfg = training_plan(device, settings)
+    seconds = cfg["steps"] * _CPU_STEP_S[cfg["precision"]] + _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S
     return seconds / (_GPU_SPEEDUP if device.type != "cpu" else 1.0)
 
 
@@ -276,7 +329,7 @@ def _train(
     cfg: dict,
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
-) -> tuple[torch.nn.Module, list[float]]:
+) -> tuple[torch.nn.Module, list[float], int]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # Channels-last activations: about 25 % faster convolutions on a CPU (oneDNN), same results up to rounding.
@@ -286,29 +339,37 @@ def _train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["learning_rate"], total_steps=steps, pct_start=0.1)
     sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng)
     amp_dtype = training_autocast_dtype(device, cfg["mixed_precision"])
+    workers = int(cfg["workers"])
+    part_size = int(cfg["batch"]) // workers
     losses: list[float] = []
     network.train()
-    for step in range(steps):
-        if step % 10 == 0:
-            check_cancel(cancel)
-        inputs, target, missing = sampler.sample(cfg["batch"])
-        x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
-        y = torch.from_numpy(target).to(device)
-        rows = torch.from_numpy(missing).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            residual = network(x)
-        prediction = x[:, :1] + residual.float()  # the residual in low precision, the sum and loss in float32
-        loss = (prediction - y)[:, :, rows, :].square().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if step % 20 == 0:
-            report(progress, step / steps, f"training selfsup on {device} ({step}/{steps})")
+    with ThreadedDataParallel(network, workers=workers) as parallel:
+        for step in range(steps):
+            if step % 10 == 0:
+                check_cancel(cancel)
+            inputs, target, missing = sampler.sample(cfg["batch"])
+            x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(target).to(device)
+            rows = torch.from_numpy(missing).to(device)
+
+            def loss_of(replica: torch.nn.Module, part: int) -> torch.Tensor:
+                part_rows = slice(part * part_size, (part + 1) * part_size)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    residual = replica(x[part_rows])
+                prediction = x[part_rows, :1] + residual.float()  # the residual in low precision, the rest float32
+                return (prediction - y[part_rows])[:, :, rows, :].square().mean()
+
+            optimiser.zero_grad(set_to_none=True)
+            loss = parallel.step(loss_of)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            optimiser.step()
+            schedule.step()
+            parallel.sync()
+            losses.append(loss)
+            if step % 20 == 0:
+                report(progress, step / steps, f"training selfsup on {device} ({step}/{steps})")
     network.eval()
-    return network, losses
+    return network, losses, workers
 
 
 def selfsup_fill(
@@ -336,10 +397,9 @@ def selfsup_fill(
             "selfsup needs integer slice positions and at least 2 good slices of 24 x 24 voxels or more; "
             "use flow or linear for this volume"
         )
-    cfg = dict(SELFSUP_DEFAULTS)
-    cfg.update(settings or {})
     details = details if details is not None else {}
     target_device = select_device(device)
+    cfg = training_plan(target_device, settings)
     gaps = _gap_lengths(plan)
     # The output grid: good slices at their positions, linear interpolation in the gaps.
     length = int(round(plan.positions[-1])) + 1
@@ -355,7 +415,7 @@ def selfsup_fill(
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        network, losses = _train(
+        network, losses, workers = _train(
             good, keep, device=target_device, seed=seed, cfg=cfg, progress=subrange(progress, 0.0, 0.8), cancel=cancel
         )
     finally:
@@ -395,7 +455,8 @@ def selfsup_fill(
         "batch": int(cfg["batch"]),
         "patch": int(cfg["patch"]),
         "features": list(cfg["features"]),
-        "training_precision": str(training_autocast_dtype(target_device, cfg["mixed_precision"]) or torch.float32).replace("torch.", ""),
+        "workers": workers,
+        "training_precision": cfg["precision"],
         "final_loss": round(float(np.mean(losses[-20:])), 6) if losses else None,
         "train_seconds": round(train_seconds, 2),
         "inference_seconds": round(engine.seconds, 2),
