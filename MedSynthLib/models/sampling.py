@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 __all__ = ["make_scheduler", "ddim_sample", "ddim_sample_batches", "sample_lesion_shapes", "to_diffusion_range",
@@ -121,19 +122,19 @@ def ddim_sample(
 
 def ddim_sample_batches(
     network: torch.nn.Module,
-    condition: "np.ndarray",
+    condition: np.ndarray,
     *,
     scheduler_settings: dict,
     steps: int,
     seed: int,
     device: Union[str, torch.device] = "auto",
     batch_size: int = 8,
-    known: Optional["np.ndarray"] = None,
-    known_mask: Optional["np.ndarray"] = None,
+    known: Optional[np.ndarray] = None,
+    known_mask: Optional[np.ndarray] = None,
     multiple: int = 8,
     cancel=None,
     report_to=None,
-) -> "np.ndarray":
+) -> np.ndarray:
     """:func:`ddim_sample` over many items (arrays in, array out) on a device, with the engine's OOM policy.
 
     Every batch is sampled from the same noise (``shared_noise``, the generator reseeded with ``seed``
@@ -154,8 +155,6 @@ def ddim_sample_batches(
     ndarray, shape (N, 1, ...), float32, normalised units
     """
     import time
-
-    import numpy as np
 
     from ..engine import EngineReport, autocast, run_with_fallback, select_device
     from ..progress import check_cancel
@@ -190,7 +189,7 @@ def ddim_sample_batches(
 
 
 @torch.no_grad()
-def sample_lesion_shapes(network: torch.nn.Module, *, metadata: dict, count: int = 1, seed: int = 0) -> "np.ndarray":
+def sample_lesion_shapes(network: torch.nn.Module, *, metadata: dict, count: int = 1, seed: int = 0) -> np.ndarray:
     """New lesion masks from a ``lesion-shape`` VAE package: decode latents drawn from N(0, I).
 
     Parameters
@@ -207,8 +206,6 @@ def sample_lesion_shapes(network: torch.nn.Module, *, metadata: dict, count: int
     ndarray of bool, shape (count, P, P, P)
         Masks on an isotropic grid of ``metadata["input"]["voxel_mm"]`` mm, lesion centred.
     """
-    import numpy as np
-
     patch = int(metadata["input"]["patch"])
     args = metadata["builder_args"]
     factor = 2 ** (len(args["channels"]) - 1)

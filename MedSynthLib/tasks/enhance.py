@@ -34,15 +34,14 @@ import inspect
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..engine import EngineReport, select_device, describe_device
+from ..engine import EngineReport, select_device
 from ..errors import InputError, MedSynthError
-from ..intensity import guess_modality, restore_dtype
+from ..intensity import restore_dtype
 from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ..volume import Volume, array_axis, validate_volume
 from ._noise import NoiseEstimate, estimate_noise_array, otsu_foreground
