@@ -221,6 +221,26 @@ def test_selfsup_threaded_data_parallel_training_is_the_same_computation():
     assert np.abs(runs[2][0] - runs[1][0]).max() < 1e-3 * np.ptp(volume.array)
 
 
+def test_selfsup_thick_slice_training_strips_step_like_the_slices():
+    from MedSynthLib.tasks._fill_selfsup import _PatchSampler
+
+    # rows hold their own index: a strip sampled every `ratio` pixels steps by `ratio` from row to row
+    y = np.arange(200, dtype=np.float32)
+    good = np.broadcast_to(y[None, :, None], (4, 200, 200)).copy()
+    good = good + np.swapaxes(good, 1, 2)  # the second orientation sees the same ramp
+    keep = np.ones(40, bool)
+    keep[1::2] = False  # x2
+    for ratio, rows_allowed in ((1.0, 64), (4.0, 50)):
+        sampler = _PatchSampler(good, keep, 64, 0.0, np.random.default_rng(0), grid_ratio=(ratio, ratio))
+        assert sampler.rows == min(64, rows_allowed)
+        _, target, _ = sampler.sample(8)
+        steps = np.abs(np.diff(target[:, 0], axis=1))  # flips reverse some strips
+        assert np.allclose(np.median(steps), ratio, atol=0.05)
+    # below the threshold the strips are the in-plane rows as they are (near-isotropic grids)
+    sampler = _PatchSampler(good, keep, 64, 0.0, np.random.default_rng(0), grid_ratio=(1.4, 1.4))
+    assert sampler.ratios == [1.0, 1.0]
+
+
 def test_auto_reports_what_ran():
     volume = moving_disc()
     result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)

@@ -77,6 +77,9 @@ AUTO_STEPS = {"bfloat16": 4800, "float32": 2400}
 # to decide whether selfsup fits a budget.
 _CPU_STEP_S = {"bfloat16": 0.033, "float32": 0.043}
 _CPU_VOXEL_S = 0.5e-6
+#: Above this ratio of the output grid's step to an in-plane pixel, training strips are resampled to
+#: the grid step with a slice profile (thick slices); below it, in-plane rows are used as they are.
+SMORE_MIN_RATIO = 1.5
 _GPU_SPEEDUP = 20.0
 
 
@@ -255,14 +258,24 @@ class _PatchSampler:
     """
 
     def __init__(self, good: np.ndarray, keep: np.ndarray, patch: int, foreground_share: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, *, grid_ratio: tuple[float, float] = (1.0, 1.0)):
+        from scipy import ndimage
+
         self.images = [good, np.ascontiguousarray(np.swapaxes(good, 1, 2))]
+        # Thick slices (SMORE-style): the output grid's step is ``ratio`` in-plane pixels, so the rows of a
+        # training strip are taken every ``ratio`` pixels from the image blurred by a slice profile as wide
+        # as the step (a Gaussian of that FWHM): in-plane data then look like the through-plane planes.
+        self.ratios = [float(r) if r > SMORE_MIN_RATIO else 1.0 for r in grid_ratio]
+        self.sources = [ndimage.gaussian_filter1d(image, r / 2.355, axis=1, mode="nearest") if r > 1 else image
+                        for image, r in zip(self.images, self.ratios)]
         keep = _training_pattern(keep)
         self.keep = keep
         self.distance = _distance_map(keep)
         self.kept = np.flatnonzero(keep)
         self.missing = np.flatnonzero(~keep)
         self.patch = patch
+        # strips must fit the images' rows at the grid step
+        self.rows = min([patch] + [int((image.shape[1] - 1) / r) + 1 for image, r in zip(self.images, self.ratios) if r > 1])
         self.rng = rng
         self.share = foreground_share
         self.centres = []
@@ -270,15 +283,30 @@ class _PatchSampler:
             threshold = np.percentile(image, 60)
             self.centres.append(np.argwhere(image > threshold))
 
+    def _strip(self, which: int, s: int, cy: int, cx: int, height: int, width: int) -> np.ndarray:
+        image, ratio = self.sources[which], self.ratios[which]
+        n, h, w = image.shape
+        x0 = int(np.clip(cx - width // 2, 0, max(w - width, 0)))
+        if ratio == 1.0:
+            y0 = int(np.clip(cy - height // 2, 0, max(h - height, 0)))
+            return image[s, y0:y0 + height, x0:x0 + width]
+        span = (height - 1) * ratio
+        y0 = float(np.clip(cy - span / 2, 0, max(h - 1 - span, 0)))
+        rows = y0 + ratio * np.arange(height)
+        lower = np.minimum(np.floor(rows).astype(int), h - 1)
+        upper = np.minimum(lower + 1, h - 1)
+        frac = (rows - lower)[:, None].astype(np.float32)
+        return (1 - frac) * image[s, lower, x0:x0 + width] + frac * image[s, upper, x0:x0 + width]
+
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         width = self.patch
         row = int(self.missing[int(self.rng.integers(len(self.missing)))])
         # A window from a good row above the chosen missing row to the farthest good row below it that
         # keeps the window within ``patch`` rows: every missing row in it has both bounding rows in view,
         # as at inference (where blocks start and end on good rows or far from the rows kept).
-        above = self.kept[(self.kept < row) & (self.kept > row - self.patch)]
+        above = self.kept[(self.kept < row) & (self.kept > row - self.rows)]
         start = int(above[int(self.rng.integers(len(above)))]) if len(above) else int(self.kept[self.kept < row].max())
-        below = self.kept[(self.kept > row) & (self.kept < start + self.patch)]
+        below = self.kept[(self.kept > row) & (self.kept < start + self.rows)]
         last = int(below.max()) if len(below) else int(self.kept[self.kept > row].min())
         stop = last + 1
         height = stop - start
@@ -294,9 +322,7 @@ class _PatchSampler:
                 s, cy, cx = self.centres[which][int(self.rng.integers(len(self.centres[which])))]
             else:
                 s, cy, cx = int(self.rng.integers(n)), int(self.rng.integers(h)), int(self.rng.integers(w))
-            y0 = int(np.clip(cy - height // 2, 0, max(h - height, 0)))
-            x0 = int(np.clip(cx - width // 2, 0, max(w - width, 0)))
-            strip = image[s, y0:y0 + height, x0:x0 + width]
+            strip = self._strip(which, int(s), int(cy), int(cx), height, width)
             strip = np.pad(strip, ((0, height - strip.shape[0]), (0, width - strip.shape[1])), mode="reflect")
             if self.rng.random() < 0.5:
                 strip = strip[::-1]
@@ -329,6 +355,7 @@ def _train(
     cfg: dict,
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
+    grid_ratio: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.nn.Module, list[float], int]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -337,7 +364,7 @@ def _train(
     optimiser = torch.optim.Adam(network.parameters(), lr=cfg["learning_rate"])
     steps = int(cfg["steps"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["learning_rate"], total_steps=steps, pct_start=0.1)
-    sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng)
+    sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng, grid_ratio=grid_ratio)
     amp_dtype = training_autocast_dtype(device, cfg["mixed_precision"])
     workers = int(cfg["workers"])
     part_size = int(cfg["batch"]) // workers
@@ -382,6 +409,7 @@ def selfsup_fill(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     details: Optional[dict] = None,
+    grid_ratio: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """Train on ``good`` (G, H, W, normalised) and answer ``plan``; returns (Q, H, W) float32.
 
@@ -389,6 +417,9 @@ def selfsup_fill(
     ----------
     settings : dict, optional
         Overrides of :data:`SELFSUP_DEFAULTS` (e.g. fewer ``steps`` in tests).
+    grid_ratio : (float, float)
+        The output grid's step along the slice axis in pixels of H and of W. Above
+        :data:`SMORE_MIN_RATIO` the training strips are resampled to that step with a slice profile.
     details : dict, optional
         Filled with the device used, settings, final training loss and timings.
     """
@@ -416,7 +447,8 @@ def selfsup_fill(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         network, losses, workers = _train(
-            good, keep, device=target_device, seed=seed, cfg=cfg, progress=subrange(progress, 0.0, 0.8), cancel=cancel
+            good, keep, device=target_device, seed=seed, cfg=cfg, progress=subrange(progress, 0.0, 0.8), cancel=cancel,
+            grid_ratio=grid_ratio,
         )
     finally:
         torch.use_deterministic_algorithms(deterministic)
@@ -456,6 +488,8 @@ def selfsup_fill(
         "patch": int(cfg["patch"]),
         "features": list(cfg["features"]),
         "workers": workers,
+        "grid_ratio": [round(float(r), 3) for r in grid_ratio],
+        "thick_slice_training": any(r > SMORE_MIN_RATIO for r in grid_ratio),
         "training_precision": cfg["precision"],
         "final_loss": round(float(np.mean(losses[-20:])), 6) if losses else None,
         "train_seconds": round(train_seconds, 2),

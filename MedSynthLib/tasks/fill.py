@@ -198,6 +198,7 @@ def _synthesise(
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
     details: dict,
+    grid_ratio: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """Answer ``plan`` from the normalised ``good`` slices (G, H, W) with ``method``; (Q, H, W) float32."""
     if method == "linear":
@@ -212,7 +213,8 @@ def _synthesise(
         from ._fill_selfsup import selfsup_fill
 
         return selfsup_fill(
-            good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details
+            good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details,
+            grid_ratio=grid_ratio,
         )
     if method == "model":
         from ._fill_model import model_fill
@@ -252,7 +254,10 @@ def _run(
     # Output-grid step along the axis (upsampling refines it) against the finest in-plane spacing.
     span = float(good_index[-1] - good_index[0]) / float(positions[-1] - positions[0]) if len(good_index) > 1 else 1.0
     in_plane = min(volume.spacing_along(a) for a in range(3) if a != axis)
-    anisotropy = volume.spacing_along(axis) * span / in_plane
+    step_mm = volume.spacing_along(axis) * span
+    anisotropy = step_mm / in_plane
+    # the grid step in pixels of the stack's H and W axes (selfsup's thick-slice training pairs)
+    grid_ratio = tuple(step_mm / volume.spacing_along(a) for a in range(3) if a != axis)
     chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
                                   options=(options or {}).get("selfsup"), anisotropy=anisotropy)
     details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
@@ -260,6 +265,7 @@ def _run(
     values = _synthesise(
         good, plan, method=chosen, model=model, device=device, seed=seed,
         options=(options or {}).get(chosen), progress=subrange(progress, 0.02, 0.98), cancel=cancel, details=details,
+        grid_ratio=grid_ratio,
     )
     check_cancel(cancel)
     low, high = float(good_raw.min()), float(good_raw.max())
