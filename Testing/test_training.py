@@ -461,3 +461,104 @@ def test_val_field_is_refused_where_validation_uses_crops(tiny_data, tmp_path):
         train(tiny_config(tiny_data, tmp_path / "run", "fill", "unet", val_field=64))
     with pytest.raises(InputError, match="val_field must be"):
         train(tiny_config(tiny_data, tmp_path / "run", "fill", "diffusion", val_field=-1))
+
+
+# --------------------------------------------------------------------------- denoise: recorrupted targets (R2R)
+
+
+def _smooth_head(shape_kji=(24, 64, 64)) -> np.ndarray:
+    """A noise-free head-like image (0 outside an ellipsoid, smooth 100-190 inside)."""
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape_kji], indexing="ij")
+    r = np.sqrt((i / 0.85) ** 2 + (j / 0.8) ** 2 + (k / 0.95) ** 2)
+    return ((r < 1) * (130.0 + 30 * np.sin(3 * i) + 30 * np.cos(2 * j))).astype(np.float64)
+
+
+def _recorrupt_volumes(modality: str, sigma: float, seed: int = 0):
+    """(clean, noisy) raw volumes: MR with Rician magnitude noise, CT (air -1000 HU) with Gaussian noise."""
+    from MedSynthLib.volume import Volume
+
+    rng = np.random.default_rng(seed)
+    clean = _smooth_head()
+    if modality == "CT":
+        clean = np.where(clean > 0, clean - 100.0, -1000.0)  # soft tissue 0-90 HU in air
+        noisy = clean + rng.normal(0, sigma, clean.shape)
+    else:
+        noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    matrix = np.diag([1.0, 1.0, 1.0, 1.0])
+    return Volume(clean.astype(np.float32), matrix), Volume(noisy.astype(np.float32), matrix)
+
+
+def test_denoise_recorrupted_options_validate():
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    assert make_pair_maker("denoise").options["target"] == "clean"  # existing configs keep clean targets
+    make_pair_maker("denoise", {"target": "recorrupted", "alpha": 0.5, "sigma": 0.02})
+    for options, message in (({"target": "noisy"}, "target must be"), ({"target": "recorrupted", "alpha": 0}, "alpha"),
+                             ({"alpha": "big"}, "alpha"), ({"sigma": -0.1}, "sigma"), ({"sigma": float("nan")}, "sigma")):
+        with pytest.raises(InputError, match=message):
+            make_pair_maker("denoise", options)
+
+
+@pytest.mark.parametrize("modality", ["MR", "CT"])
+def test_denoise_recorrupted_estimates_the_scans_own_noise(modality):
+    """The per-volume sigma is the added noise's, in the normalised units the pairs are made in."""
+    from MedSynthLib.training.pairs import make_pair_maker
+
+    sigma = 6.0
+    _, noisy = _recorrupt_volumes(modality, sigma)
+    pair_maker = make_pair_maker("denoise", {"target": "recorrupted"})
+    _, info = pair_maker.normalise(noisy)
+    expected = sigma / (info["high"] - info["low"])
+    assert info["noise_sigma"] == pytest.approx(expected, rel=0.1)
+    assert "noise_sigma" not in make_pair_maker("denoise").normalise(noisy)[1]  # clean targets: no estimate
+    _, fixed = make_pair_maker("denoise", {"target": "recorrupted", "sigma": 0.03}).normalise(noisy)
+    assert fixed["noise_sigma"] == 0.03
+
+
+def _noise_pairs(target: str, *, alpha: float = 1.0, count: int = 60):
+    """(input noise, target noise) of the centre slice over ``count`` CT samples, tissue voxels only."""
+    from MedSynthLib.training.data import CachedVolume, _foreground_points
+    from MedSynthLib.training.pairs import _choose_axis, extract_planes, make_pair_maker, pick_center
+
+    sigma = 10.0
+    clean, noisy = _recorrupt_volumes("CT", sigma)
+    pair_maker = make_pair_maker("denoise", {"target": target, "alpha": alpha, "noise": [0.0, 0.0], "rician_probability": 0.0},
+                                 crop=32)
+    array, info = pair_maker.normalise(noisy)
+    clean_normalised = (clean.array - info["low"]) / (info["high"] - info["low"])
+    volume = CachedVolume(path=Path("phantom.nii.gz"), array=array, spacing_kji=(1.0, 1.0, 1.0), info=info)
+    volume.foreground = _foreground_points(array, 0.5, np.random.default_rng(0))
+    inputs, targets = [], []
+    for seed in range(count):
+        pair = pair_maker.sample(volume, np.random.default_rng(seed))
+        replay = np.random.default_rng(seed)  # the same draws locate the crop in the clean volume
+        axis = _choose_axis(volume, replay, "all")
+        center = pick_center(volume, replay)
+        truth = extract_planes(clean_normalised, axis=axis, indices=center[axis] + np.arange(-2, 3), center=center, crop=32)[2]
+        shifted = clean.array + 2000.0  # soft tissue 1900-2090, air 1000, zero padding of the crop 0
+        tissue = extract_planes(shifted, axis=axis, indices=[center[axis]], center=center, crop=32)[0] > 1500
+        inputs.append((pair["input"][2] - truth)[tissue])
+        targets.append((pair["target"][0] - truth)[tissue])
+    return np.concatenate(inputs), np.concatenate(targets), sigma / (info["high"] - info["low"])
+
+
+def test_denoise_recorrupted_target_is_unbiased_and_independent_of_the_input_noise():
+    """R2R: target noise has mean ~0 and does not correlate with the input noise; clean targets do."""
+    alpha = 0.5
+    input_noise, target_noise, sigma = _noise_pairs("recorrupted", alpha=alpha)
+    assert abs(target_noise.mean()) < 0.05 * sigma
+    assert abs(np.corrcoef(input_noise, target_noise)[0, 1]) < 0.03
+    assert target_noise.std() == pytest.approx(sigma * np.sqrt(1 + 1 / alpha**2), rel=0.1)
+    assert input_noise.std() == pytest.approx(sigma * np.sqrt(1 + alpha**2), rel=0.1)
+    # the old targets keep the scan's own noise, which the input shares: the network learns to keep it
+    input_noise, target_noise, _ = _noise_pairs("clean", count=20)
+    assert np.corrcoef(input_noise, target_noise)[0, 1] > 0.9
+
+
+def test_denoise_recorrupted_tiny_run_trains(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run", "denoise", "unet", task_options={"target": "recorrupted"},
+                         augment=1.0, loss={"ssim_weight": 0.0})
+    result = train(config, quiet=True)
+    assert np.all(np.isfinite(result.step_losses))
+    package = load_package(result.package, task="denoise")
+    assert package.metadata["training"]["config"]["task_options"]["target"] == "recorrupted"

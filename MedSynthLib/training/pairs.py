@@ -198,17 +198,62 @@ class PairMaker:
 
 
 class DenoisePairs(PairMaker):
-    """Clean 2.5D stacks plus simulated noise (Rician for MR magnitude, Gaussian for CT) at random levels.
+    """Training scans plus simulated noise (Rician for MR magnitude, Gaussian for CT) at random levels.
 
     The input is :func:`~MedSynthLib.tasks._denoise_inputs.make_denoise_inputs`
-    of the noisy stack (centre row), the target the clean centre slice. Noise
-    levels are drawn in normalised units (1 = the 99.5th percentile), so the
-    model covers the range from nearly clean to very noisy scans.
+    of the noisy stack (centre row). Noise levels are drawn in normalised units
+    (1 = the 99.5th percentile), so the model covers the range from nearly
+    clean to very noisy scans.
+
+    Options
+    -------
+    target : {"clean", "recorrupted"}
+        ``"clean"`` (default): the target is the training scan's centre slice
+        as it is. Real scans carry their own noise, so the network learns to
+        give back that noise level; on a cleaner scan it then under-denoises.
+        ``"recorrupted"``: Recorrupted-to-Recorrupted (Pang et al., CVPR 2021).
+        With the scan's own noise sigma_y, ``z ~ N(0, sigma_y^2)`` is drawn per
+        voxel, the input is built from ``y + alpha z`` (plus the simulated noise
+        on top), the target is ``y - z / alpha``. Input and target noise are
+        then uncorrelated (independent for Gaussian noise), so the L1/MSE to
+        the target trains, in expectation, as if the target were clean, with no
+        clean data. The price is a noisier target (noise variance
+        ``(1 + 1/alpha^2) sigma_y^2``): more steps for the same precision, and
+        SSIM against such a target rewards keeping noise (use ``ssim_weight: 0``).
+        Validation samples are recorrupted too: their L1/PSNR read against a
+        noisy target, lower than against a clean one, but they still rank
+        checkpoints as if the target were clean.
+    alpha : float
+        Recorruption strength (> 0). The input's own noise becomes
+        ``sqrt(1 + alpha^2) sigma_y``; 1 (default) keeps the target noise
+        (``sqrt(2) sigma_y``) low while the simulated noise covers higher levels.
+    sigma : float or None
+        The scans' own noise sigma in normalised units, one value for every
+        volume; None (default) estimates it once per volume with
+        :func:`~MedSynthLib.tasks._noise.estimate_noise_array` (Rician-aware
+        background estimate for MR, tissue residual for CT), as the Gaussian
+        sigma of the noise in tissue, where Rician noise is nearly Gaussian at
+        the SNR of clinical scans.
     """
 
     task = "denoise"
     families = ("unet", "gan")
-    defaults = {"context": 2, "axes": "all", "noise": [0.005, 0.12], "rician_probability": 0.8}
+    defaults = {"context": 2, "axes": "all", "noise": [0.005, 0.12], "rician_probability": 0.8,
+                "target": "clean", "alpha": 1.0, "sigma": None}
+
+    def __init__(self, options: Optional[dict] = None, *, crop: int = 64) -> None:
+        super().__init__(options, crop=crop)
+        target = self.options["target"]
+        if target not in ("clean", "recorrupted"):
+            raise InputError(f"task option target must be 'clean' or 'recorrupted', got {target!r}")
+        alpha = self.options["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha <= 0:
+            raise InputError(f"task option alpha must be a positive number, got {alpha!r}")
+        sigma = self.options["sigma"]
+        if sigma is not None and (
+            isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not np.isfinite(sigma) or sigma < 0
+        ):
+            raise InputError(f"task option sigma must be null (estimate per volume) or a number >= 0, got {sigma!r}")
 
     @property
     def context(self) -> int:
@@ -222,11 +267,37 @@ class DenoisePairs(PairMaker):
     def skip_channel(self) -> int:  # the noisy centre slice: an untrained model is the identity
         return self.context
 
+    @property
+    def recorrupted(self) -> bool:
+        return self.options["target"] == "recorrupted"
+
     def normalise(self, volume: Volume) -> tuple[np.ndarray, dict]:
+        """The denoise normalisation; with recorrupted targets also the scan's own noise (``noise_sigma``)."""
         from ..tasks._denoise_inputs import normalise_for_denoise
 
         array, scale = normalise_for_denoise(volume.array)
-        return array, {"low": scale.low, "high": scale.high}
+        info: dict = {"low": scale.low, "high": scale.high}
+        if self.recorrupted:
+            info["noise_sigma"] = self.native_sigma(volume, scale_range=float(scale.high - scale.low))
+        return array, info
+
+    def native_sigma(self, volume: Volume, *, scale_range: float) -> float:
+        """The scan's own noise sigma in normalised units: the ``sigma`` option, else estimated.
+
+        Parameters
+        ----------
+        volume : Volume
+            The raw (not normalised) scan: the estimator needs its background
+            and intensity units (HU tell CT from MR).
+        scale_range : float
+            ``high - low`` of the denoise normalisation, to convert the estimate.
+        """
+        if self.options["sigma"] is not None:
+            return float(self.options["sigma"])
+        from ..tasks._noise import estimate_noise_array
+
+        estimate = estimate_noise_array(volume)
+        return float(estimate.sigma) / scale_range if scale_range > 0 else 0.0
 
     def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0):
         from ..tasks._denoise_inputs import make_denoise_inputs
@@ -236,8 +307,13 @@ class DenoisePairs(PairMaker):
         center = pick_center(volume, rng)
         indices = center[axis] + np.arange(-c, c + 1)
         clean = extract_planes(volume.array, axis=axis, indices=indices, center=center, crop=self.crop)
-        clean = _apply(intensity, clean, transform_seed)
-        clean = _apply(spatial, clean, transform_seed + 1)
+        if self.recorrupted:
+            clean, target = self._recorrupt(volume, clean, rng, intensity=intensity, spatial=spatial,
+                                            transform_seed=transform_seed)
+        else:
+            clean = _apply(intensity, clean, transform_seed)
+            clean = _apply(spatial, clean, transform_seed + 1)
+            target = None
         low, high = self.options["noise"]
         sigma = float(rng.uniform(low, high))
         if rng.random() < float(self.options["rician_probability"]):
@@ -247,10 +323,31 @@ class DenoisePairs(PairMaker):
             noisy = np.sqrt(real**2 + imaginary**2)
         else:
             noisy = clean + rng.normal(0, sigma, clean.shape)
+        if target is None:  # clean targets: the (possibly clipped) centre slice the noise was added to
+            target = clean[c : c + 1]
         inputs = make_denoise_inputs(noisy.astype(np.float32), axis=0, context=c)[c]
-        target = clean[c : c + 1]
         baseline = inputs[c : c + 1]  # the noisy slice: what validation compares the model with
         return {"input": inputs, "target": target, "weight": np.ones_like(target), "baseline": baseline}
+
+    def _recorrupt(self, volume, planes, rng, *, intensity, spatial, transform_seed) -> tuple[np.ndarray, np.ndarray]:
+        """(input stack ``y + alpha z``, target slice ``y - z / alpha``), augmented alike.
+
+        Both go through one call of each augmentation (the target as an extra
+        channel), so they share the random contrast and orientation: flips,
+        rotations, scaling and shifts are linear and keep the target unbiased
+        and its noise uncorrelated with the input's; the gamma and histogram
+        changes do so to first order in the noise.
+        """
+        c = self.context
+        sigma = volume.info.get("noise_sigma")
+        if sigma is None:
+            raise InputError(f"{volume.path.name}: no noise estimate for recorrupted targets (normalise it with this pair maker)")
+        alpha = float(self.options["alpha"])
+        z = rng.normal(0, float(sigma), planes.shape).astype(np.float32)
+        stack = np.concatenate([planes + alpha * z, planes[c : c + 1] - z[c : c + 1] / alpha], axis=0)
+        stack = _apply(intensity, stack, transform_seed)
+        stack = _apply(spatial, stack, transform_seed + 1)
+        return stack[: 2 * c + 1], np.ascontiguousarray(stack[2 * c + 1 :])
 
     def input_spec(self) -> dict:
         from ..tasks._denoise_inputs import DENOISE_INPUT_SPEC
