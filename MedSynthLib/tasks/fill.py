@@ -177,8 +177,9 @@ def _resolve_method(
         return "flow", "too few or too small slices to train selfsup; flow needs no training"
     if anisotropy > MAX_SELFSUP_ANISOTROPY:
         return "flow", (
-            f"the slice grid is {anisotropy:.1f}x coarser than the in-plane pixels: selfsup's in-plane training "
-            "pairs would not look like the missing slices (lung1 CT, 5 mm slices: selfsup -0.1 dB, flow +1.5 dB)"
+            f"the slice grid is {anisotropy:.1f}x coarser than the in-plane pixels: flow is as good in seconds "
+            "(lung1 CT, 5 mm slices: thick-slice selfsup +1.6 dB at x2 and +1.3 dB on single slices in minutes, "
+            "flow +1.5 and +2.0 dB)"
         )
     estimate = _fill_selfsup.estimate_seconds(good, plan, device=target, settings=options)
     if estimate <= budget:
