@@ -54,6 +54,8 @@ from MedSynthLib.volume import Volume  # noqa: E402
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
 CORES = os.cpu_count() or 1
 METHODS = ("selfsup", "nlm", "aniso", "nlm-tuned", "aniso-tuned", "tv-tuned")
+#: Also measurable with --methods: a denoise model package (the bundled default, or --model PACKAGE.json).
+EXTRA_METHODS = ("model",)
 
 
 def rician(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -100,7 +102,7 @@ def sweep(name, candidates, run, clean, mask, data_range) -> dict:
 
 
 def denoise_methods(clean, noisy, volume_geometry, mask, data_range, *, sigma_true, methods, quick,
-                    training_steps, modality, seed) -> dict:
+                    training_steps, modality, seed, model=None) -> dict:
     from skimage.restoration import denoise_tv_chambolle
 
     volume = Volume(noisy, volume_geometry)
@@ -114,6 +116,12 @@ def denoise_methods(clean, noisy, volume_geometry, mask, data_range, *, sigma_tr
                                     training_steps=training_steps if method == "selfsup" else None)
             results[method] = with_cpu({"seconds": seconds, **scores(clean, result.volume.array, mask, data_range),
                                         "params": result.report["parameters"]})
+        elif method == "model":  # the bundled denoise_default unless --model names another package
+            result, seconds = timed(E.denoise, volume, method="model", model=model, modality=modality, device="cpu",
+                                    seed=seed)
+            results[method] = with_cpu({"seconds": seconds, **scores(clean, result.volume.array, mask, data_range),
+                                        "package": result.report.get("model", {}).get("name")
+                                        if isinstance(result.report.get("model"), dict) else result.report.get("model")})
         elif method == "nlm-tuned":
             factors = (0.6, 0.9) if quick else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
             results[method] = sweep(method, [{"h_factor": f} for f in factors],
@@ -132,7 +140,7 @@ def denoise_methods(clean, noisy, volume_geometry, mask, data_range, *, sigma_tr
                                     lambda weight: denoise_tv_chambolle(noisy / scale, weight=weight) * scale,
                                     clean, mask, data_range)
         else:
-            raise SystemExit(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+            raise SystemExit(f"unknown method {method!r}; known: {', '.join(METHODS + EXTRA_METHODS)}")
         entry = results[method]
         print(f"  {method:<12} {entry['psnr']:6.2f} dB  SSIM {entry['ssim']:.4f}  {entry['seconds']:6.1f} s "
               f"(CPU {entry['cpu_seconds']:.0f} s)", flush=True)
@@ -154,7 +162,8 @@ def part_mni(args) -> dict:
         noisy = rician(clean, sigma, seed=level)
         out[f"{level}%"] = denoise_methods(clean, noisy, matrix, mask, data_range, sigma_true=sigma,
                                            methods=args.methods, quick=args.quick,
-                                           training_steps=args.training_steps, modality="MR", seed=args.seed)
+                                           training_steps=args.training_steps, modality="MR", seed=args.seed,
+                                           model=args.model)
     return out
 
 
@@ -247,7 +256,7 @@ def table(results: dict) -> str:
         threads = min(CORES, int(results.get("settings", {}).get("cpu_threads") or CORES))
         lines.append(f"\n{part.upper()} denoising: PSNR dB / SSIM (CPU seconds / {threads} thread(s) used)")
         levels = [k for k in results[part] if k.endswith("%") or k.endswith("HU")]
-        methods = ["noisy"] + [m for m in METHODS if any(m in results[part][lv] for lv in levels)]
+        methods = ["noisy"] + [m for m in METHODS + EXTRA_METHODS if any(m in results[part][lv] for lv in levels)]
         lines.append(f"{'method':<13}" + "".join(f"{lv:>26}" for lv in levels))
         for method in methods:
             cells = []
@@ -289,6 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="3,5,9", help="MNI Rician noise levels in %% of the maximum")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--training-steps", type=int, default=None, help="selfsup steps (default: the library's)")
+    parser.add_argument("--model", default=None, help="denoise package for the 'model' method (default: the bundled one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small slab, short sweeps: a smoke run")
     parser.add_argument("--threads", type=int, default=None,
@@ -297,6 +307,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.levels = [float(x) if "." in x else int(x) for x in args.levels.split(",")]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "model" in args.methods and args.model is None:
+        from MedSynthLib.models import bundled_package
+
+        args.model = bundled_package("denoise")
+        if args.model is None:
+            raise SystemExit("method 'model': no bundled denoise package is installed; give --model PACKAGE.json")
     if args.quick and args.training_steps is None:
         args.training_steps = 60
     if not DATA.is_dir():
