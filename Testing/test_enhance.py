@@ -61,7 +61,6 @@ def test_estimate_noise_ct_gaussian():
 
 def test_estimate_noise_residual_without_background():
     # tissue fills the field of view: no air, so the in-tissue high-pass estimate must be used
-    rng = np.random.default_rng(3)
     clean = 200 + 20 * np.sin(np.linspace(0, 3, 64))[None, None, :] * np.ones((10, 64, 64))
     volume = Volume(_rician(clean, 8.0, seed=3), np.diag([1.0, 1.0, 3.0, 1.0]))
     estimate = E.estimate_noise(volume, mask=np.ones(clean.shape, bool))

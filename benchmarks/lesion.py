@@ -283,7 +283,6 @@ def guarantees(volumes: dict, regions: dict, montage: list) -> list[dict]:
         instances = result.labels.array
         changed = result.volume.array != volume.array
         allowed = np.zeros_like(changed)
-        spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
         for entry in result.report["lesions"]:
             (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
             kk, jj, ii = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
