@@ -314,7 +314,7 @@ class ThreadedDataParallel:
     is the same computation as on the whole batch (equal parts of a mean loss), up to float rounding,
     and deterministic for a seed whatever the thread timing.
 
-    Use ``step(loss_of, parts)`` for forward + backward (gradients land on ``network``), then the
+    Use ``step(loss_of)`` for forward + backward (gradients land on ``network``), then the
     optimiser's step, then ``sync()``; ``close()`` (or a ``with`` block) restores the thread setting.
     """
 

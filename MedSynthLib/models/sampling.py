@@ -12,13 +12,14 @@ region blends into them.
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
 __all__ = ["make_scheduler", "ddim_sample", "ddim_sample_batches", "sample_lesion_shapes", "to_diffusion_range",
-           "from_diffusion_range"]
+           "from_diffusion_range", "size_multiple", "package_schedule"]
 
 
 def to_diffusion_range(image: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,25 @@ def to_diffusion_range(image: torch.Tensor) -> torch.Tensor:
 
 def from_diffusion_range(sample: torch.Tensor) -> torch.Tensor:
     return (sample + 1.0) / 2.0
+
+
+def size_multiple(channels) -> int:
+    """The spatial multiple a DiffusionModelUNet with these per-level ``channels`` needs (its downsamplings).
+
+    Pass a package's ``builder_args["channels"]`` (the builder's default is 3 levels when absent).
+    """
+    return max(8, 2 ** (len(channels) - 1))
+
+
+def package_schedule(loaded) -> dict:
+    """A diffusion package's noise schedule (``training.scheduler``); :class:`ModelError` if it has none."""
+    scheduler = loaded.metadata.get("training", {}).get("scheduler")
+    if not scheduler:
+        from ..errors import ModelError
+
+        raise ModelError(f"model package {loaded.info.name} is a diffusion model without its noise schedule "
+                         "(training.scheduler); retrain it with medsynth-train")
+    return scheduler
 
 
 def make_scheduler(kind: str, settings: dict):
@@ -154,8 +174,6 @@ def ddim_sample_batches(
     -------
     ndarray, shape (N, 1, ...), float32, normalised units
     """
-    import time
-
     from ..engine import EngineReport, autocast, run_with_fallback, select_device
     from ..progress import check_cancel
 

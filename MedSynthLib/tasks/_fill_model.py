@@ -10,7 +10,7 @@ import numpy as np
 from ..engine import EngineReport, describe_device, run_slices, select_device
 from ..errors import InputError, ModelError
 from ..models.package import LoadedModel, load_package
-from ..models.sampling import ddim_sample_batches
+from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
 from ..progress import CancelToken, ProgressCallback
 from ._fill_inputs import apply_fill_output, check_fill_input_spec, make_fill_inputs
 from ._fill_interp import FillPlan, gather_context
@@ -45,13 +45,9 @@ def _diffusion_residual(loaded: LoadedModel, inputs: np.ndarray, *, device: str,
     so the residual is the sample minus 0.5. Whole planes, not tiles: a DDIM sample of this kind of
     model depends on how much of the plane it sees (small tiles drift; see docs/training.md).
     """
-    scheduler = loaded.metadata.get("training", {}).get("scheduler")
-    if not scheduler:
-        raise ModelError(f"model package {loaded.info.name} is a diffusion model without its noise schedule "
-                         "(training.scheduler); retrain it with medsynth-train")
-    multiple = max(8, 2 ** (len(loaded.metadata["builder_args"].get("channels", [0, 0, 0])) - 1))
-    sample = ddim_sample_batches(loaded.network, inputs, scheduler_settings=scheduler, steps=steps, seed=seed,
-                                 device=device, batch_size=batch_size, multiple=multiple, cancel=cancel,
+    sample = ddim_sample_batches(loaded.network, inputs, scheduler_settings=package_schedule(loaded), steps=steps,
+                                 seed=seed, device=device, batch_size=batch_size,
+                                 multiple=size_multiple(loaded.metadata["builder_args"].get("channels", (32, 64, 64))), cancel=cancel,
                                  report_to=engine)
     return sample - 0.5
 

@@ -365,7 +365,7 @@ def _train(
     steps = int(cfg["steps"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["learning_rate"], total_steps=steps, pct_start=0.1)
     sampler = _PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], rng, grid_ratio=grid_ratio)
-    amp_dtype = training_autocast_dtype(device, cfg["mixed_precision"])
+    amp_dtype = torch.bfloat16 if cfg["precision"] == "bfloat16" else None  # resolved by training_plan
     workers = int(cfg["workers"])
     part_size = int(cfg["batch"]) // workers
     losses: list[float] = []

@@ -28,13 +28,13 @@ from ..engine import EngineReport, describe_device, run_slices, select_device
 from ..errors import ModelError
 from ..intensity import Scale, robust_scale
 from ..models.package import LoadedModel, load_package
-from ..models.sampling import ddim_sample_batches
+from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
 
 __all__ = ["LesionPainter", "load_inpaint_model", "make_painter", "INPAINT_FORMAT"]
 
 INPAINT_FORMAT = ("lesion-inpaint-2.5d", 1)
 _FAMILIES = ("unet", "gan", "diffusion")
-_MULTIPLE = 16  # BasicUNet pools 4 times; DiffusionModelUNet needs less
+_UNET_MULTIPLE = 16  # BasicUNet (unet/gan families) pools 4 times
 _MIN_CONTEXT_PX = 16  # tissue seen around the lesion's bounding box, each side, in-plane
 
 
@@ -63,9 +63,8 @@ def load_inpaint_model(model: Union[str, Path, LoadedModel]) -> LoadedModel:
     if not isinstance(context, int) or context < 0 or spec.get("channels") != 2 * context + 2:
         raise ModelError(f"model package {name}: input context {context!r} and channels {spec.get('channels')!r} "
                          "do not match (channels must be 2 x context + 2)")
-    if loaded.info.family == "diffusion" and "scheduler" not in loaded.metadata.get("training", {}):
-        raise ModelError(f"model package {name} is a diffusion model without its noise schedule "
-                         "(training.scheduler); retrain it with medsynth-train")
+    if loaded.info.family == "diffusion":
+        package_schedule(loaded)  # refuses a package without its noise schedule
     return loaded
 
 
@@ -170,16 +169,20 @@ class LesionPainter:
 
     def _run(self, inputs: np.ndarray, known: np.ndarray, centre_mask: np.ndarray, *, seed: int) -> np.ndarray:
         """The network's centre slices (N, 1, H, W), normalised units (inputs padded to the network's multiple)."""
+        diffusion = self.model.info.family == "diffusion"
+        multiple = _UNET_MULTIPLE
+        if diffusion:  # at least what its downsamplings need (deeper networks than the default need more)
+            multiple = max(multiple, size_multiple(self.model.metadata["builder_args"].get("channels", (32, 64, 64))))
         height, width = inputs.shape[2:]
-        pad = ((0, 0), (0, 0), (0, (-height) % _MULTIPLE), (0, (-width) % _MULTIPLE))
+        pad = ((0, 0), (0, 0), (0, (-height) % multiple), (0, (-width) % multiple))
         # edge values: the model sees more of the same tissue, not a black border; padding is never painted
         condition = np.pad(inputs, pad, mode="edge")
-        if self.model.info.family == "diffusion":
+        if diffusion:
             sample = ddim_sample_batches(
-                self.model.network, condition, scheduler_settings=self.model.metadata["training"]["scheduler"],
+                self.model.network, condition, scheduler_settings=package_schedule(self.model),
                 steps=self.steps, seed=seed, device=self.device, batch_size=self.batch_size,
                 known=np.pad(known, pad, mode="edge"), known_mask=1.0 - np.pad(centre_mask, pad),
-                multiple=_MULTIPLE, report_to=self.engine)
+                multiple=multiple, report_to=self.engine)
         else:
             sample = run_slices(self.model.network, condition, device=self.device, batch_size=self.batch_size,
                                 amp=True, report_to=self.engine)

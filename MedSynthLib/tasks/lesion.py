@@ -598,13 +598,14 @@ def insert_lesions(
     report(progress, 0.92, "measuring")
     lesions = [_describe(volume, out, classes, instances, number, spec, item, mask)
                for number, (spec, item) in enumerate(zip(resolved, rendered), start=1)]
+    appearance = None if painter is None else painter.describe()
     result_report = {
         "task": "lesion",
         "method": " + ".join(["procedural"] + (["learned shapes"] if model is not None else [])
                              + (["learned appearance"] if painter is not None else [])),
         "shape_model": None if model is None else str(getattr(getattr(model, "info", None), "name", "given")),
-        "appearance_model": None if painter is None else painter.describe(),
-        "device": "cpu" if painter is None else painter.describe()["device"],
+        "appearance_model": appearance,
+        "device": "cpu" if appearance is None else appearance["device"],
         "seed": int(seed),
         "preset": preset_obj.name if preset_obj is not None else None,
         "modality": found_modality,

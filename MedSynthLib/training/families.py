@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .pairs import PairMaker
-from ..models.sampling import ddim_sample, make_scheduler, to_diffusion_range
+from ..models.sampling import ddim_sample, make_scheduler, size_multiple, to_diffusion_range
 
 __all__ = ["FAMILIES", "Family", "make_family", "valid_pairs"]
 
@@ -317,7 +317,7 @@ class DiffusionFamily(Family):
             known_mask=None if known is None else known[1],
             generator=generator,
             # validation fields (whole planes) have any size: pad to what the U-Net's downsamplings need
-            multiple=max(8, 2 ** (len(self.network_options["channels"]) - 1)),
+            multiple=size_multiple(self.network_options["channels"]),
         )
         return sample if base is None else sample - 0.5 + base
 
