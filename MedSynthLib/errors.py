@@ -13,6 +13,7 @@ __all__ = [
     "DeviceError",
     "ResourceError",
     "Cancelled",
+    "check_whole_number",
 ]
 
 
@@ -41,3 +42,15 @@ class ResourceError(MedSynthError):
 
 class Cancelled(MedSynthError):
     """The user cancelled; inputs are untouched. The CLI exits with 130."""
+
+
+def check_whole_number(value, name: str, *, low: int, high: int) -> int:
+    """``value`` as an int, or :class:`InputError` quoting it: "NAME must be a whole number from LOW to HIGH".
+
+    Booleans and floats are refused (``True`` is not a count, ``2.5`` steps is a typo).
+    """
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
+        raise InputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..engine import EngineReport, describe_device, run_slices, select_device
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, check_whole_number
 from ..models.package import LoadedModel, load_package
 from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
 from ..progress import CancelToken, ProgressCallback
@@ -75,9 +75,7 @@ def model_fill(
     unknown = sorted(set(cfg) - set(MODEL_DEFAULTS))
     if unknown:
         raise InputError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(MODEL_DEFAULTS)}")
-    steps = cfg["ddim_steps"]
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= int(steps) <= 1000:
-        raise InputError(f"model option ddim_steps must be a whole number from 1 to 1000, got {steps!r}")
+    steps = check_whole_number(cfg["ddim_steps"], "model option ddim_steps", low=1, high=1000)
     loaded = load_fill_model(model)
     diffusion = loaded.info.family == "diffusion"
     context = int(loaded.metadata["input"]["context"])

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, check_whole_number
 from ..intensity import guess_modality, restore_dtype
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from ..volume import Volume, validate_volume
@@ -467,18 +467,15 @@ def insert_lesions(
     given = [x is not None for x in (specs, count, centres)]
     if sum(given) != 1:
         raise InputError("give exactly one of specs, centres or count")
-    if count is not None and (not isinstance(count, (int, np.integer)) or isinstance(count, bool)
-                              or not 1 <= int(count) <= 1000):
-        raise InputError(f"count must be a whole number from 1 to 1000, got {count!r}")
+    if count is not None:
+        check_whole_number(count, "count", low=1, high=1000)
     if min_spacing_mm < 0:
         raise InputError(f"min_spacing_mm must be >= 0, got {min_spacing_mm}")
     if size_mm is not None and not (0.5 <= float(size_mm) <= 300):
         raise InputError(f"size must be between 0.5 and 300 mm, got {size_mm}")
     if labels is not None and not volume.same_grid(labels):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
-    if not isinstance(appearance_steps, (int, np.integer)) or isinstance(appearance_steps, bool) \
-            or not 1 <= int(appearance_steps) <= 1000:
-        raise InputError(f"appearance_steps must be a whole number from 1 to 1000, got {appearance_steps!r}")
+    check_whole_number(appearance_steps, "appearance_steps", low=1, high=1000)
     preset_obj = _resolve_preset(preset)
     model = _load_shape_model(shape_model)
     painter = None
