@@ -53,6 +53,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Training data for tiny medsynth-train runs: two oblique, anisotropic phantoms (``images/``) with
+    lesion-like label maps on the same grids (``labels/``). Read only."""
+    from MedSynthLib.io import write_volume
+
+    root = tmp_path_factory.mktemp("train_data")
+    for seed in range(2):
+        volume = make_phantom((12, 40, 48), seed=seed)
+        write_volume(volume, root / "images" / f"case{seed}.nii.gz")
+        label = (volume.array > 150).astype(np.uint8)
+        write_volume(volume.with_array(label), root / "labels" / f"case{seed}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="session")
 def has_cuda() -> bool:
     import torch
 

@@ -280,14 +280,11 @@ def test_model_method_with_tiny_package(tmp_path):
     assert np.all(np.isfinite(auto.volume.array))
 
 
-def test_model_method_runs_a_diffusion_package_from_the_trainer(tmp_path):
-    from MedSynthLib.io import write_volume
+def test_model_method_runs_a_diffusion_package_from_the_trainer(tiny_data, tmp_path):
     from MedSynthLib.training import TrainConfig, train
 
-    for seed in range(2):
-        write_volume(make_phantom((12, 40, 48), seed=seed), tmp_path / "images" / f"case{seed}.nii.gz")
     config = TrainConfig(
-        task="fill", family="diffusion", data=[str(tmp_path / "images")], out=str(tmp_path / "run"), epochs=1,
+        task="fill", family="diffusion", data=[str(tiny_data / "images")], out=str(tmp_path / "run"), epochs=1,
         batch_size=4, samples_per_epoch=8, crop=16, val_samples=2, augment=0.0, resample_each_epoch=False,
         tensorboard=False, network={"channels": [8, 8, 16], "num_head_channels": 8, "norm_num_groups": 4},
         loss={"num_train_timesteps": 100, "val_ddim_steps": 2},

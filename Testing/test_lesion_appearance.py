@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_phantom
 from test_lesion import _centre, mr_head
 
 from MedSynthLib.errors import InputError, ModelError
@@ -28,16 +27,11 @@ def head() -> Volume:
 
 
 @pytest.fixture(scope="module")
-def diffusion_package(tmp_path_factory) -> Path:
+def diffusion_package(tiny_data, tmp_path_factory) -> Path:
     """A lesion-inpaint diffusion package written by the training entry point itself (a few steps)."""
-    root = tmp_path_factory.mktemp("inpaint_data")
-    for seed in range(2):
-        volume = make_phantom((12, 40, 48), seed=seed)
-        write_volume(volume, root / "images" / f"case{seed}.nii.gz")
-        write_volume(volume.with_array((volume.array > 150).astype(np.uint8)), root / "labels" / f"case{seed}.nii.gz")
     config = TrainConfig(
-        task="lesion-inpaint", family="diffusion", data=[str(root / "images")], labels=[str(root / "labels")],
-        out=str(root / "run"), epochs=2, batch_size=4, samples_per_epoch=8, crop=16, val_samples=4, lr=3e-3,
+        task="lesion-inpaint", family="diffusion", data=[str(tiny_data / "images")], labels=[str(tiny_data / "labels")],
+        out=str(tmp_path_factory.mktemp("inpaint_run")), epochs=2, batch_size=4, samples_per_epoch=8, crop=16, val_samples=4, lr=3e-3,
         augment=0.0, resample_each_epoch=False, tensorboard=False,
         network={"channels": [8, 8, 16], "num_head_channels": 8, "norm_num_groups": 4},
         loss={"num_train_timesteps": 100, "val_ddim_steps": 2},

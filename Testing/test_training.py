@@ -29,18 +29,6 @@ TINY_NETWORKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """Two oblique, anisotropic phantoms with lesion-like label maps on the same grids."""
-    root = tmp_path_factory.mktemp("train_data")
-    for seed in range(2):
-        volume = make_phantom((12, 40, 48), seed=seed)
-        write_volume(volume, root / "images" / f"case{seed}.nii.gz")
-        label = (volume.array > 150).astype(np.uint8)
-        write_volume(volume.with_array(label), root / "labels" / f"case{seed}.nii.gz")
-    return root
-
-
 def tiny_config(root: Path, out: Path, task: str, family: str, **changes) -> TrainConfig:
     settings = dict(
         task=task,
