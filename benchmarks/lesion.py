@@ -99,6 +99,18 @@ def measure(before: Volume, after: np.ndarray, lesion: np.ndarray, core: np.ndar
     }
 
 
+def regions_of_influence(volume: Volume, lesions: list[dict]) -> np.ndarray:
+    """Voxels inside the reported regions of influence (balls) of the report's ``lesions`` entries."""
+    allowed = np.zeros(volume.array.shape, bool)
+    for entry in lesions:
+        (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
+        kk, jj, ii = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
+        ras = volume.ijk_points_to_ras(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1).astype(float))
+        inside = np.linalg.norm(ras - np.asarray(entry["region_of_influence"]["centre_ras"]), axis=1)
+        allowed[k0:k1, j0:j1, i0:i1] |= (inside <= entry["region_of_influence"]["radius_mm"]).reshape(kk.shape)
+    return allowed
+
+
 def sphericity(mask: np.ndarray, spacing_kji) -> float:
     """pi^(1/3) (6 V)^(2/3) / A with the surface from marching cubes (1 for a ball)."""
     from skimage.measure import marching_cubes, mesh_surface_area
@@ -282,15 +294,7 @@ def guarantees(volumes: dict, regions: dict, montage: list) -> list[dict]:
         classes = again.labels.array
         instances = result.labels.array
         changed = result.volume.array != volume.array
-        allowed = np.zeros_like(changed)
-        for entry in result.report["lesions"]:
-            (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
-            kk, jj, ii = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
-            ras = volume.ijk_points_to_ras(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1).astype(float))
-            inside = np.linalg.norm(ras - np.asarray(entry["region_of_influence"]["centre_ras"]), axis=1)
-            ball = (inside <= entry["region_of_influence"]["radius_mm"]).reshape(kk.shape)
-            allowed[k0:k1, j0:j1, i0:i1] |= ball
-        outside_changes = int(np.count_nonzero(changed & ~allowed))
+        outside_changes = int(np.count_nonzero(changed & ~regions_of_influence(volume, result.report["lesions"])))
         for number, (spec, entry) in enumerate(zip(result.specs, result.report["lesions"]), start=1):
             lesion = instances == number
             if not lesion.any():

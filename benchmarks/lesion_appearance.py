@@ -63,16 +63,6 @@ def texture_stats(before: Volume, after: np.ndarray, lesion: np.ndarray, others:
     }
 
 
-def _allowed(volume: Volume, entry: dict) -> np.ndarray:
-    allowed = np.zeros(volume.array.shape, bool)
-    (i0, i1), (j0, j1), (k0, k1) = entry["region_of_influence"]["bbox_ijk"]
-    kk, jj, ii = np.meshgrid(np.arange(k0, k1), np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
-    ras = volume.ijk_points_to_ras(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1).astype(float))
-    distance = np.linalg.norm(ras - np.asarray(entry["region_of_influence"]["centre_ras"]), axis=1)
-    allowed[k0:k1, j0:j1, i0:i1] = (distance <= entry["region_of_influence"]["radius_mm"]).reshape(kk.shape)
-    return allowed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--appearance-model", required=True, help="a lesion-inpaint package (JSON)")
@@ -136,7 +126,7 @@ def main() -> None:
             "w1_texture": round(float(stats.wasserstein_distance(
                 synthetic["relative_values"] - synthetic["relative_values"].mean(),
                 real_stats["relative_values"] - real_stats["relative_values"].mean())), 4),
-            "changed_outside_roi": int(np.count_nonzero(changed & ~_allowed(volume, entry))),
+            "changed_outside_roi": int(np.count_nonzero(changed & ~lesion_benchmark.regions_of_influence(volume, [entry]))),
             "bit_identical": bool(np.array_equal(result.volume.array, again.volume.array)),
             "labels_as_procedural": bool(np.array_equal(result.labels.array, procedural_labels)),
         })
