@@ -176,6 +176,21 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=bool(enabled and device.type == "cuda"))
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively, so training in it is faster rather than slower.
+
+    A CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX: on a 2-core AVX512-BF16 CPU a
+    U-Net training step took 32.5 against 52.7 ms in float32. Elsewhere bfloat16 is emulated and
+    slower than float32.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(probe()) for probe in probes if probe is not None)
+    return False
+
+
 def run_slices(
     model: torch.nn.Module,
     inputs: np.ndarray,

@@ -273,6 +273,38 @@ def test_amp_on_cuda_trains(tiny_data, tmp_path, family):
     assert "cuda" in result.device or "NVIDIA" in result.device
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_a_cpu_trains_in_bfloat16_only_where_it_is_native(tiny_data, tmp_path, monkeypatch, caplog, native):
+    """--amp on a CPU: bfloat16 autocast where the CPU computes it natively (faster), else float32 and a warning."""
+    import torch
+
+    from MedSynthLib.training import trainer
+
+    monkeypatch.setattr(trainer, "native_bfloat16", lambda device: native)
+    seen: list = []
+    original = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    settings = dict(epochs=1, device="cpu")
+    reference = train(tiny_config(tiny_data, tmp_path / "fp32", "fill", "unet", **settings), quiet=True)
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    with caplog.at_level("WARNING"):
+        result = train(tiny_config(tiny_data, tmp_path / "amp", "fill", "unet", amp=True, **settings), quiet=True)
+    assert np.all(np.isfinite(result.step_losses))
+    if native:
+        assert torch.bfloat16 in seen
+        assert result.step_losses == pytest.approx(reference.step_losses, rel=0.05)
+        assert not any("--amp" in r.message for r in caplog.records)
+    else:
+        assert torch.bfloat16 not in seen
+        assert result.step_losses == reference.step_losses
+        assert any("native bfloat16" in r.message for r in caplog.records)
+
+
 def test_dataloader_workers_do_not_change_the_samples(tiny_data, tmp_path):
     settings = dict(epochs=1, augment=1.0, resample_each_epoch=True)
     serial = train(tiny_config(tiny_data, tmp_path / "serial", "denoise", "unet", num_workers=0, **settings), quiet=True)

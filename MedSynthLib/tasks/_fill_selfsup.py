@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..engine import EngineReport, ThreadedDataParallel, describe_device, run_slices, select_device
+from ..engine import EngineReport, ThreadedDataParallel, describe_device, native_bfloat16, run_slices, select_device
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ._fill_interp import FillPlan
@@ -98,12 +98,7 @@ def training_autocast_dtype(device: torch.device, mode: str = "auto") -> Optiona
         return None
     if mode == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return torch.bfloat16 if any(probe() for probe in probes if probe is not None) else None
-    return None
+    return torch.bfloat16 if native_bfloat16(device) else None
 
 
 def training_workers(device: torch.device, setting, batch: int, *, low_precision: bool = False) -> int:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=positive_int, help="crop size in voxels (default 64)")
     parser.add_argument("--lr", type=float, help="learning rate (default 2e-4, cosine decay)")
     parser.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
-    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision: float16 on CUDA, bfloat16 on a CPU that computes it natively (AVX512-BF16/AMX)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--val-fraction", type=number_in(0.0, 1.0, include_high=False), help="share of volumes held out for validation (default 0.2)")

@@ -41,6 +41,10 @@ class TrainConfig:
         that a configuration can overfit).
     task_options, network, loss : dict
         Options of the task's pair maker, the family's network size, and the loss weights.
+    amp : bool
+        Mixed precision: float16 autocast with gradient scaling on CUDA,
+        bfloat16 autocast on a CPU that computes it natively (AVX512-BF16 or
+        AMX); elsewhere float32 with a warning (emulated bfloat16 is slower).
     threads : int, optional
         CPU threads for torch (``torch.set_num_threads``); None leaves torch's default.
     val_field : int, optional

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..engine import autocast as engine_autocast
+from ..engine import native_bfloat16
 from ..engine import describe_device, select_device
 from ..errors import Cancelled, InputError, ModelError
 from .config import TrainConfig
@@ -349,6 +349,19 @@ def train(
             dist.destroy_process_group()
 
 
+def _amp_dtype(requested: bool, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp``: float16 (with gradient scaling) on CUDA, bfloat16 on a CPU that
+    computes it natively (AVX512-BF16/AMX: a fill U-Net step 1.6x cheaper), else float32 with a warning."""
+    if not requested:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and native_bfloat16(device):
+        return torch.bfloat16
+    log.warning("--amp needs a CUDA device or a CPU with native bfloat16; training in float32 on %s", device)
+    return None
+
+
 def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> TrainResult:
     pair_maker, family, volumes, paths = _prepare(config, resume=resume)
     out = Path(config.out)
@@ -356,9 +369,8 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
     if dist_info.world > 1 and device.type == "cuda":
         device = torch.device(f"cuda:{dist_info.local_rank}")
         torch.cuda.set_device(device)
-    amp = bool(config.amp) and device.type == "cuda"
-    if config.amp and not amp:
-        log.warning("--amp needs a CUDA device; training in float32 on %s", device)
+    amp_dtype = _amp_dtype(bool(config.amp), device)
+    amp = amp_dtype == torch.float16  # gradient scaling: float16 only
 
     train_volumes, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
     train_set = PairDataset(train_volumes, pair_maker, length=config.samples_per_epoch, seed=config.seed,
@@ -478,7 +490,8 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
                 torch.manual_seed(sample_seed(config.seed, epoch, step, stream=2 + dist_info.rank))
                 batch = _to_device(batch, device)
                 losses = family.train_step(
-                    modules, optimisers, batch, scaler=scaler, autocast=lambda: engine_autocast(device, amp)
+                    modules, optimisers, batch, scaler=scaler,
+                    autocast=lambda: torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
                 )
                 step += 1
                 global_step += 1
