@@ -168,6 +168,62 @@ def test_selfsup_is_deterministic_and_fills_only_the_gaps():
     assert not np.array_equal(other.volume.array, out)
 
 
+@pytest.mark.parametrize(("flips", "flip_axes"), [(2, (2,)), (4, (2,)), (4, (1,)), (4, (1, 2))])
+def test_selfsup_flip_averaging_is_equivariant_to_the_flips_it_averages(flips, flip_axes):
+    """With ``flips`` variants the averaged prediction of mirrored planes is the mirrored prediction:
+    however the planes are stored, both halves of the network's view count equally."""
+    import torch
+
+    from MedSynthLib.tasks._fill_selfsup import _network, _predict_residual
+
+    torch.manual_seed(0)
+    network = _network((4, 4, 8, 8, 8, 4))
+    for module in network.modules():  # the zero-initialised last layer would make every prediction 0
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    network.eval()
+    rng = np.random.default_rng(0)
+    planes = rng.random((3, 20, 24), dtype=np.float32)
+    dist = np.broadcast_to(rng.random(20, dtype=np.float32)[:, None], (20, 24))
+    options = dict(flips=flips, device="cpu", batch_size=8, amp=False)
+    plain = _predict_residual(network, planes, dist, **options)
+    mirrored = _predict_residual(network, np.flip(planes, flip_axes).copy(),
+                                 np.flip(dist, tuple(a - 1 for a in flip_axes)).copy(), **options)
+    np.testing.assert_allclose(np.flip(mirrored, flip_axes), plain, atol=1e-5)
+    single = _predict_residual(network, planes, dist, **{**options, "flips": 1})
+    assert np.abs(single - plain).max() > 1e-3  # the network itself is not symmetric: the test can fail
+
+
+def test_selfsup_flips_are_reported_and_checked():
+    volume = make_phantom((10, 40, 40), dtype=np.float32)
+    options = {"selfsup": {**FAST_SELFSUP["selfsup"], "flips": 4}}
+    result = fill_slices(volume, slices=[3, 6], method="selfsup", device="cpu", seed=3, method_options=options)
+    assert result.report["selfsup"]["flips"] == 4
+    keep = [0, 1, 2, 4, 5, 7, 8, 9]
+    np.testing.assert_array_equal(result.volume.array[keep], volume.array[keep])
+    with pytest.raises(InputError, match="flips must be 'auto', 1, 2 or 4"):
+        fill_slices(volume, slices=[3], method="selfsup", device="cpu",
+                    method_options={"selfsup": {**FAST_SELFSUP["selfsup"], "flips": 3}})
+
+
+def test_selfsup_auto_flips_stay_within_a_tenth_of_the_training_time():
+    from MedSynthLib.tasks._fill_interp import make_plan
+    from MedSynthLib.tasks._fill_selfsup import FLIP_SHARE, _CPU_VOXEL_S, _flips, _inference_voxels, training_plan
+
+    cfg = training_plan(torch.device("cpu"))
+    train = cfg["steps"] * {"bfloat16": 0.033, "float32": 0.043}[cfg["precision"]]
+    for shape, step in (((95, 233, 197), 2), ((20, 64, 64), 2), ((78, 150, 116), 2), ((95, 512, 512), 2)):
+        positions = np.arange(shape[0]) * step
+        plan = make_plan(positions.astype(float), (positions[:-1] + 1).astype(float))
+        good = np.zeros(shape, np.float32)
+        flips = _flips(cfg, good, plan)
+        once = _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S
+        assert (flips - 1) * once <= FLIP_SHARE * train
+        bigger = {1: 2, 2: 4, 4: None}[flips]
+        assert bigger is None or (bigger - 1) * once > FLIP_SHARE * train
+    assert _flips({**cfg, "flips": 2}, good, plan) == 2
+
+
 def test_selfsup_training_precision_is_chosen_and_reported():
     import torch
 
@@ -241,11 +297,19 @@ def test_selfsup_thick_slice_training_strips_step_like_the_slices():
     assert sampler.ratios == [1.0, 1.0]
 
 
-def test_auto_reports_what_ran():
+def test_auto_reports_what_ran(monkeypatch):
+    """Over the budget on thin slices auto runs the bundled model (it beats flow there); without one, flow."""
+    import MedSynthLib.models as models
+
     volume = moving_disc()
     result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)
-    assert result.report["method"] == "flow" and result.report["method_requested"] == "auto"
-    assert "budget" in result.report["method_reason"]
+    assert result.report["method"] == "model" and result.report["method_requested"] == "auto"
+    assert "budget" in result.report["method_reason"] and "bundled fill model" in result.report["method_reason"]
+    assert result.report["model"]["name"] == "fill_default"
+    np.testing.assert_array_equal(np.delete(result.volume.array, 4, axis=0), np.delete(volume.array, 4, axis=0))
+    monkeypatch.setattr(models, "bundled_package", lambda task: None)
+    result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)
+    assert result.report["method"] == "flow" and "flow needs no training" in result.report["method_reason"]
 
 
 # ---- the model path --------------------------------------------------------------------------
@@ -317,11 +381,30 @@ def test_model_spec_mismatch_is_refused(tmp_path):
 def test_make_fill_inputs_layout():
     before = np.stack([np.full((2, 4, 4), 1.0), np.full((2, 4, 4), 2.0)], axis=1)  # nearest first
     after = np.full((2, 1, 4, 4), 5.0)  # one slice only: repeated
-    x = make_fill_inputs(before, after, np.array([0.25, 0.5]))
-    assert x.shape == (2, 5, 4, 4) and x.dtype == np.float32
-    assert x[0, :, 0, 0].tolist() == [1.0, 2.0, 5.0, 5.0, 0.25]
+    x = make_fill_inputs(before, after, np.array([0.25, 0.5]), offsets=np.array([[1.0, 0.0], [0.5, 0.0]]))
+    assert x.shape == (2, FILL_INPUT_SPEC["channels"], 4, 4) == (2, 7, 4, 4) and x.dtype == np.float32
+    assert x[0, :, 0, 0].tolist() == [1.0, 2.0, 5.0, 5.0, 0.25, 1.0, 0.0]
+    assert x[1, :, 0, 0].tolist() == [1.0, 2.0, 5.0, 5.0, 0.5, 0.5, 0.0]
     with pytest.raises(ValueError, match="strictly between"):
-        make_fill_inputs(before, after, 1.0)
+        make_fill_inputs(before, after, 1.0, offsets=1.0)
+    with pytest.raises(ValueError, match="offsets"):
+        make_fill_inputs(before, after, 0.5, offsets=-1.0)
+
+
+def test_context_offsets_tell_a_regular_grid_from_isolated_gaps():
+    """x2 puts the farther context slices a whole gap away, an isolated slice or slab one slice away."""
+    from MedSynthLib.tasks._fill_interp import context_offsets, make_plan
+
+    every_second = make_plan(np.arange(0, 20, 2).astype(float), np.arange(1, 19, 2).astype(float))
+    offsets = context_offsets(every_second, 2)
+    assert offsets.shape == (9, 2)
+    np.testing.assert_array_equal(offsets[1:-1], 1.0)
+    assert offsets[0].tolist() == [0.0, 1.0] and offsets[-1].tolist() == [1.0, 0.0]  # edges repeat a slice
+    good = np.array([0, 1, 2, 3, 7, 8, 9], float)  # a 3-slice slab: 4, 5, 6
+    slab = context_offsets(make_plan(good, np.array([4.0, 5.0, 6.0])), 2)
+    np.testing.assert_allclose(slab, 0.25)
+    isolated = context_offsets(make_plan(np.array([0, 1, 2, 4, 5, 6], float), np.array([3.0])), 2)
+    np.testing.assert_allclose(isolated, 0.5)
 
 
 # ---- upsampling geometry ---------------------------------------------------------------------

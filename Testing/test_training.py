@@ -396,6 +396,43 @@ def test_fill_noise_option_adds_noise_to_every_slice(tiny_data):
     assert torch.equal(noisy["input"][4], clean["input"][4])  # the fraction channel is untouched
 
 
+@pytest.mark.parametrize("regular_grid", [0.0, 1.0])
+def test_fill_pairs_space_the_context_as_the_task_does_and_say_so(tiny_data, monkeypatch, regular_grid):
+    """Context slices a gap apart (x2, x4) or one apart (isolated gaps), with the offsets the task builds."""
+    from MedSynthLib.tasks._fill_inputs import FILL_CONTEXT
+    from MedSynthLib.training import pairs
+    from MedSynthLib.training.data import PairDataset, load_volumes
+
+    maker = pairs.make_pair_maker("fill", {"regular_grid": regular_grid}, crop=32)
+    calls = []
+    original = pairs.extract_planes
+
+    def record(array, *, axis, indices, center, crop):
+        calls.append((array.shape[axis], np.asarray(indices)))
+        return original(array, axis=axis, indices=indices, center=center, crop=crop)
+
+    monkeypatch.setattr(pairs, "extract_planes", record)
+    dataset = PairDataset(load_volumes(sorted((tiny_data / "images").iterdir()), pair_maker=maker), maker,
+                          length=24, seed=2, augment=0.0)
+    checked = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        length, indices = calls[-1]
+        c = FILL_CONTEXT
+        below, above, position = int(indices[0]), int(indices[c]), int(indices[-1])
+        gap = above - below
+        assert float(item["input"][2 * c, 0, 0]) == pytest.approx((position - below) / gap)
+        offsets = item["input"][2 * c + 1 :, 0, 0].numpy()
+        step = gap if regular_grid == 1.0 else 1
+        expected = [min(step, below) / gap, min(step, length - 1 - above) / gap]
+        np.testing.assert_allclose(offsets, expected, rtol=1e-6)
+        assert indices[1] == max(below - step, 0) and indices[c + 1] == min(above + step, length - 1)
+        checked += 1
+    assert checked == 24
+    with pytest.raises(InputError, match="regular_grid"):
+        pairs.make_pair_maker("fill", {"regular_grid": 2})
+
+
 # --------------------------------------------------------------------------- diffusion validation (issue #6)
 
 
@@ -440,8 +477,9 @@ def test_diffusion_fill_validation_psnr_is_what_the_package_gives_on_whole_plane
     for item, (array, axis, indices, center) in zip(items, geometry):
         planes = np.moveaxis(array, axis, 0)[np.clip(indices, 0, array.shape[axis] - 1)].astype(np.float32)
         before, after, target = planes[None, :FILL_CONTEXT], planes[None, FILL_CONTEXT : 2 * FILL_CONTEXT], planes[-1]
-        t = float(item["input"][-1, 0, 0])
-        inputs = torch.from_numpy(make_fill_inputs(before, after, t))
+        t = float(item["input"][2 * FILL_CONTEXT, 0, 0])
+        offsets = item["input"][2 * FILL_CONTEXT + 1 :, 0, 0][None]
+        inputs = torch.from_numpy(make_fill_inputs(before, after, t, offsets=offsets))
         sample = ddim_sample(package.network, inputs, scheduler_settings=package.metadata["training"]["scheduler"],
                              steps=config.loss["val_ddim_steps"], generator=generator).numpy()[0, 0]
         filled = sample - 0.5 + linear_estimate(before, after, t)[0]

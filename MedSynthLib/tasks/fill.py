@@ -174,7 +174,7 @@ def _resolve_method(
     target = select_device(device)
     budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
     if not _fill_selfsup.can_train(good, plan):
-        return "flow", "too few or too small slices to train selfsup; flow needs no training"
+        return _fast_method(plan, anisotropy, "too few or too small slices to train selfsup")
     if anisotropy > MAX_SELFSUP_ANISOTROPY:
         return "flow", (
             f"the slice grid is {anisotropy:.1f}x coarser than the in-plane pixels: flow is as good in seconds "
@@ -184,7 +184,22 @@ def _resolve_method(
     estimate = _fill_selfsup.estimate_seconds(good, plan, device=target, settings=options)
     if estimate <= budget:
         return "selfsup", f"selfsup estimated at {estimate:.0f} s on {target}, within the {budget:.0f} s budget"
-    return "flow", f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget"
+    return _fast_method(plan, anisotropy, f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget")
+
+
+def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]:
+    """What ``auto`` runs when selfsup does not: the bundled model on thin slices with integer gaps, else flow.
+
+    The bundled ``fill_default`` (never trained on ROBEX) beat flow on ROBEX in every scenario (x2 +0.61
+    against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
+    under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
+    """
+    from ..models import bundled_package
+
+    integral = bool(np.allclose(plan.positions, np.round(plan.positions)) and np.allclose(plan.targets, np.round(plan.targets)))
+    if anisotropy <= MAX_SELFSUP_ANISOTROPY and integral and bundled_package("fill") is not None:
+        return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
+    return "flow", f"{why}; flow needs no training"
 
 
 def _synthesise(
@@ -261,6 +276,10 @@ def _run(
     grid_ratio = tuple(step_mm / volume.spacing_along(a) for a in range(3) if a != axis)
     chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
                                   options=(options or {}).get("selfsup"), anisotropy=anisotropy)
+    if chosen == "model" and model is None:  # auto's pick on thin slices
+        from ..models import bundled_package
+
+        model = bundled_package("fill")
     details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
     values = _synthesise(

@@ -370,8 +370,11 @@ class FillPairs(PairMaker):
     the family adds to the network output. Thin axes (in-plane, or isotropic
     scans) teach what sharp anatomy looks like between slices; the model learns
     from every axis by default (option ``axes``: ``all``, ``thin`` = axes at most
-    1.5x the finest spacing, or ``slice`` = the thickest axis only). Option
-    ``noise: [low, high]`` adds Gaussian noise of a random standard deviation in
+    1.5x the finest spacing, or ``slice`` = the thickest axis only). The slices
+    beyond each end of the gap are 1 slice apart (an isolated gap or slab) or a
+    whole gap apart (a regular grid: x2, x4, upsampling), with probability
+    ``regular_grid`` (default 0.5) for the latter; the input's offset channels say
+    which, as at inference. Option ``noise: [low, high]`` adds Gaussian noise of a random standard deviation in
     that range (normalised units) to every slice, so a model trained on clean
     data does not learn to sharpen the noise of real scans (off by default).
     """
@@ -380,7 +383,13 @@ class FillPairs(PairMaker):
     families = ("unet", "gan", "diffusion")
     residual = True
     supports_field = True  # the fill task runs packages on whole slices
-    defaults = {"max_gap": 4, "axes": "all", "noise": [0.0, 0.0]}
+    defaults = {"max_gap": 4, "axes": "all", "noise": [0.0, 0.0], "regular_grid": 0.5}
+
+    def __init__(self, options: Optional[dict] = None, *, crop: int = 64) -> None:
+        super().__init__(options, crop=crop)
+        share = self.options["regular_grid"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise InputError(f"fill task option regular_grid must be a number in [0, 1], got {share!r}")
 
     @property
     def context(self) -> int:
@@ -390,7 +399,9 @@ class FillPairs(PairMaker):
 
     @property
     def in_channels(self) -> int:
-        return 2 * self.context + 1
+        from ..tasks._fill_inputs import FILL_INPUT_SPEC
+
+        return int(FILL_INPUT_SPEC["channels"])
 
     def normalise(self, volume: Volume) -> tuple[np.ndarray, dict]:
         from ..tasks._fill_inputs import FILL_PERCENTILES
@@ -414,7 +425,12 @@ class FillPairs(PairMaker):
         center = pick_center(volume, rng)
         position = int(np.clip(center[axis], inner, length - 1 - (gap - inner)))
         below, above = position - inner, position - inner + gap
-        indices = np.concatenate([below - np.arange(c), above + np.arange(c), [position]])
+        spacing = gap if rng.random() < float(self.options["regular_grid"]) else 1
+        steps = spacing * np.arange(c)
+        # past the ends of the volume the edge slice repeats (offset 0), as in the task's gather_context
+        before_idx, after_idx = np.maximum(below - steps, 0), np.minimum(above + steps, length - 1)
+        offsets = np.concatenate([below - before_idx[1:], after_idx[1:] - above]) / gap
+        indices = np.concatenate([before_idx, after_idx, [position]])
         box = None
         if field is None:
             planes = extract_planes(volume.array, axis=axis, indices=indices, center=center, crop=self.crop)
@@ -427,7 +443,7 @@ class FillPairs(PairMaker):
             planes = planes + rng.normal(0, float(rng.uniform(low, high)), planes.shape).astype(np.float32)
         before, after, target = planes[None, :c], planes[None, c : 2 * c], planes[2 * c :]
         fraction = inner / gap
-        inputs = make_fill_inputs(before, after, fraction, context=c)[0]
+        inputs = make_fill_inputs(before, after, fraction, offsets=offsets[None], context=c)[0]
         base = linear_estimate(before, after, fraction)
         pair = {"input": inputs, "target": target, "weight": np.ones_like(target), "base": base}
         if box is not None:
