@@ -376,6 +376,10 @@ def test_model_spec_mismatch_is_refused(tmp_path):
     bad = _tiny_package(tmp_path, spec=dict(FILL_INPUT_SPEC, context=3))
     with pytest.raises(ModelError, match="context"):
         fill_slices(ramp_volume(shape=(9, 32, 32)), slices=[4], method="model", model=bad)
+    # a version-1 package (no offset channels: it extrapolated wrongly on x2 grids) is refused by name
+    old = _tiny_package(tmp_path / "v1", spec=dict(FILL_INPUT_SPEC, version=1))
+    with pytest.raises(ModelError, match="'version' is 1, this MedSynth's fill models use 2"):
+        fill_slices(ramp_volume(shape=(9, 32, 32)), slices=[4], method="model", model=old)
 
 
 def test_make_fill_inputs_layout():
