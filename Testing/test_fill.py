@@ -307,6 +307,8 @@ def test_auto_reports_what_ran(monkeypatch):
     assert "budget" in result.report["method_reason"] and "bundled fill model" in result.report["method_reason"]
     assert result.report["model"]["name"] == "fill_default"
     np.testing.assert_array_equal(np.delete(result.volume.array, 4, axis=0), np.delete(volume.array, 4, axis=0))
+    wide = fill_slices(volume, slices=[2, 3, 4, 5], method="auto", device="cpu", time_budget=0.0)
+    assert wide.report["method"] == "flow"  # a 5-slice gap: wider than the bundled model was trained on (4)
     monkeypatch.setattr(models, "bundled_package", lambda task: None)
     result = fill_slices(volume, slices=[4], method="auto", device="cpu", time_budget=0.0)
     assert result.report["method"] == "flow" and "flow needs no training" in result.report["method_reason"]

@@ -195,10 +195,15 @@ def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]
     under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
     """
     from ..models import bundled_package
+    from ..models.package import read_package_info
 
+    path = bundled_package("fill")
     integral = bool(np.allclose(plan.positions, np.round(plan.positions)) and np.allclose(plan.targets, np.round(plan.targets)))
-    if anisotropy <= MAX_SELFSUP_ANISOTROPY and integral and bundled_package("fill") is not None:
-        return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
+    if anisotropy <= MAX_SELFSUP_ANISOTROPY and integral and path is not None:
+        trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
+        widest = float(np.max(plan.gaps))
+        if widest <= float(trained.get("max_gap", 4)):  # gaps it was trained on, no wider
+            return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
     return "flow", f"{why}; flow needs no training"
 
 
