@@ -374,9 +374,10 @@ class FillPairs(PairMaker):
     beyond each end of the gap are 1 slice apart (an isolated gap or slab) or a
     whole gap apart (a regular grid: x2, x4, upsampling), with probability
     ``regular_grid`` (default 0.5) for the latter; the input's offset channels say
-    which, as at inference. Option ``noise: [low, high]`` adds Gaussian noise of a random standard deviation in
-    that range (normalised units) to every slice, so a model trained on clean
-    data does not learn to sharpen the noise of real scans (off by default).
+    which, as at inference. Option ``noise: [low, high]`` adds Gaussian noise of
+    a random standard deviation in that range (normalised units) to every
+    slice, so a model trained on clean data does not learn to sharpen the noise
+    of real scans (off by default).
     """
 
     task = "fill"
