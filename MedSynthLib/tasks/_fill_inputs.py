@@ -138,8 +138,7 @@ def make_fill_inputs(
     t_values = _as_t(t, n)
     t_plane = np.broadcast_to(t_values[:, None, None, None], (n, 1, h, w))
     count = 2 * (context - 1)
-    offset_values = np.broadcast_to(np.asarray(offsets, dtype=np.float32).reshape(-1, count) if np.ndim(offsets)
-                                    else np.float32(offsets), (n, count))
+    offset_values = np.broadcast_to(np.asarray(offsets, dtype=np.float32), (n, count))
     if not np.all(np.isfinite(offset_values)) or np.any(offset_values < 0):
         raise ValueError("offsets must be finite and >= 0")
     offset_planes = np.broadcast_to(offset_values[:, :, None, None], (n, count, h, w))

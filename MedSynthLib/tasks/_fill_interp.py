@@ -38,6 +38,14 @@ class FillPlan:
     t: np.ndarray
 
     @property
+    def integral(self) -> bool:
+        """Whether every good position and target is a whole slice index (the learned methods need it)."""
+        return bool(
+            np.all(np.abs(self.positions - np.round(self.positions)) < 1e-6)
+            and np.all(np.abs(self.targets - np.round(self.targets)) < 1e-6)
+        )
+
+    @property
     def gaps(self) -> np.ndarray:
         """Distance between the good slices bounding each target (output index units)."""
         return self.positions[self.lower + 1] - self.positions[self.lower]

@@ -133,16 +133,9 @@ def training_workers(device: torch.device, setting, batch: int, *, low_precision
     return int(setting)
 
 
-def _integral(plan: FillPlan) -> bool:
-    return bool(
-        np.all(np.abs(plan.positions - np.round(plan.positions)) < 1e-6)
-        and np.all(np.abs(plan.targets - np.round(plan.targets)) < 1e-6)
-    )
-
-
 def can_train(good: np.ndarray, plan: FillPlan) -> bool:
     """Whether selfsup can run: integer positions, at least 2 good slices of at least 24 x 24 voxels."""
-    return _integral(plan) and len(good) >= 2 and min(good.shape[1:]) >= 24
+    return plan.integral and len(good) >= 2 and min(good.shape[1:]) >= 24
 
 
 def _gap_lengths(plan: FillPlan) -> list[int]:
@@ -159,12 +152,12 @@ def _predict_residual(network, planes, dist_map, *, flips: int, **run_options) -
     total = np.zeros(planes.shape, np.float32)
     variants = FLIP_VARIANTS[flips]
     for flip_s, flip_x in variants:
-        axes = tuple(axis for axis, on in ((1, flip_s), (2, flip_x)) if on)
-        seen = np.flip(planes, axis=axes) if axes else planes
-        dist = np.flip(dist_map, axis=tuple(a - 1 for a in axes)) if axes else dist_map
+        axes = tuple(axis for axis, on in ((1, flip_s), (2, flip_x)) if on)  # () flips nothing
+        seen = np.flip(planes, axis=axes)
+        dist = np.flip(dist_map, axis=tuple(a - 1 for a in axes))
         inputs = _pad16(np.stack([seen, np.broadcast_to(dist, seen.shape)], axis=1))
         residual = run_slices(network, inputs, **run_options)[:, 0, : planes.shape[1], : planes.shape[2]]
-        total += np.flip(residual, axis=axes) if axes else residual
+        total += np.flip(residual, axis=axes)
     return total / len(variants)
 
 

@@ -160,7 +160,7 @@ def _resolve_method(
     name = str(method).lower()
     if name not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if name == "model" and model is None:
+    if name == "model" and model is None and _bundled_model() is None:
         raise InputError("method 'model' needs a model package (--model PACKAGE.json); no bundled fill model is installed")
     if model is not None and name not in ("model", "auto"):
         raise InputError(f"a model package was given but method is {name!r}; use method 'model' or 'auto'")
@@ -187,6 +187,13 @@ def _resolve_method(
     return _fast_method(plan, anisotropy, f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget")
 
 
+def _bundled_model():
+    """The shipped ``fill_default`` package's path, or None where it is not installed."""
+    from ..models import bundled_package
+
+    return bundled_package("fill")
+
+
 def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]:
     """What ``auto`` runs when selfsup does not: the bundled model on thin slices with integer gaps, else flow.
 
@@ -194,12 +201,10 @@ def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]
     against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
     under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
     """
-    from ..models import bundled_package
     from ..models.package import read_package_info
 
-    path = bundled_package("fill")
-    integral = bool(np.allclose(plan.positions, np.round(plan.positions)) and np.allclose(plan.targets, np.round(plan.targets)))
-    if anisotropy <= MAX_SELFSUP_ANISOTROPY and integral and path is not None:
+    path = _bundled_model()
+    if anisotropy <= MAX_SELFSUP_ANISOTROPY and plan.integral and path is not None:
         trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
         widest = float(np.max(plan.gaps))
         if widest <= float(trained.get("max_gap", 4)):  # gaps it was trained on, no wider
@@ -268,10 +273,6 @@ def _run(
     scale = robust_scale(good_raw, percentiles=FILL_PERCENTILES)
     good = scale.forward(good_raw)
     plan = make_plan(positions, targets)
-    if str(method).lower() == "model" and model is None:
-        from ..models import bundled_package
-
-        model = bundled_package("fill")  # the shipped default; None (an error below) if not installed
     # Output-grid step along the axis (upsampling refines it) against the finest in-plane spacing.
     span = float(good_index[-1] - good_index[0]) / float(positions[-1] - positions[0]) if len(good_index) > 1 else 1.0
     in_plane = min(volume.spacing_along(a) for a in range(3) if a != axis)
@@ -281,10 +282,8 @@ def _run(
     grid_ratio = tuple(step_mm / volume.spacing_along(a) for a in range(3) if a != axis)
     chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
                                   options=(options or {}).get("selfsup"), anisotropy=anisotropy)
-    if chosen == "model" and model is None:  # auto's pick on thin slices
-        from ..models import bundled_package
-
-        model = bundled_package("fill")
+    if chosen == "model" and model is None:  # method "model" without a package, or auto's pick on thin slices
+        model = _bundled_model()
     details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
     values = _synthesise(

@@ -351,7 +351,8 @@ def train(
 
 def _amp_dtype(requested: bool, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of ``--amp``: float16 (with gradient scaling) on CUDA, bfloat16 on a CPU that
-    computes it natively (AVX512-BF16/AMX: a fill U-Net step 1.6x cheaper), else float32 with a warning."""
+    computes it natively (AVX512-BF16/AMX; it pays for larger networks: selfsup's step 32.5 against 52.7 ms,
+    a 16-feature fill U-Net's step as cheap as an 8-feature float32 one), else float32 with a warning."""
     if not requested:
         return None
     if device.type == "cuda":
@@ -370,7 +371,6 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
         device = torch.device(f"cuda:{dist_info.local_rank}")
         torch.cuda.set_device(device)
     amp_dtype = _amp_dtype(bool(config.amp), device)
-    amp = amp_dtype == torch.float16  # gradient scaling: float16 only
 
     train_volumes, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
     train_set = PairDataset(train_volumes, pair_maker, length=config.samples_per_epoch, seed=config.seed,
@@ -398,7 +398,8 @@ def _train(config, dist_info: _Dist, *, resume, on_step, quiet, command) -> Trai
         name: torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs, eta_min=config.lr * 0.05)
         for name, optimiser in optimisers.items()
     }
-    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=amp)
+    # gradient scaling for float16 only (bfloat16 has float32's range)
+    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=amp_dtype == torch.float16)
 
     start_epoch, start_step, global_step = 0, 0, 0
     best: dict = {}
