@@ -396,6 +396,21 @@ def test_fill_noise_option_adds_noise_to_every_slice(tiny_data):
     assert torch.equal(noisy["input"][4], clean["input"][4])  # the fraction channel is untouched
 
 
+def _record_plane_extraction(monkeypatch) -> list:
+    """From now on, every ``extract_planes`` call of the pair makers appends (array, axis, indices, center)."""
+    from MedSynthLib.training import pairs
+
+    calls = []
+    original = pairs.extract_planes
+
+    def record(array, *, axis, indices, center, crop):
+        calls.append((array, axis, np.asarray(indices), np.asarray(center)))
+        return original(array, axis=axis, indices=indices, center=center, crop=crop)
+
+    monkeypatch.setattr(pairs, "extract_planes", record)
+    return calls
+
+
 @pytest.mark.parametrize("regular_grid", [0.0, 1.0])
 def test_fill_pairs_space_the_context_as_the_task_does_and_say_so(tiny_data, monkeypatch, regular_grid):
     """Context slices a gap apart (x2, x4) or one apart (isolated gaps), with the offsets the task builds."""
@@ -404,20 +419,14 @@ def test_fill_pairs_space_the_context_as_the_task_does_and_say_so(tiny_data, mon
     from MedSynthLib.training.data import PairDataset, load_volumes
 
     maker = pairs.make_pair_maker("fill", {"regular_grid": regular_grid}, crop=32)
-    calls = []
-    original = pairs.extract_planes
-
-    def record(array, *, axis, indices, center, crop):
-        calls.append((array.shape[axis], np.asarray(indices)))
-        return original(array, axis=axis, indices=indices, center=center, crop=crop)
-
-    monkeypatch.setattr(pairs, "extract_planes", record)
+    calls = _record_plane_extraction(monkeypatch)
     dataset = PairDataset(load_volumes(sorted((tiny_data / "images").iterdir()), pair_maker=maker), maker,
                           length=24, seed=2, augment=0.0)
     checked = 0
     for index in range(len(dataset)):
         item = dataset[index]
-        length, indices = calls[-1]
+        array, axis, indices, _ = calls[-1]
+        length = array.shape[axis]
         c = FILL_CONTEXT
         below, above, position = int(indices[0]), int(indices[c]), int(indices[-1])
         gap = above - below
@@ -444,14 +453,7 @@ def _recorded_val_crops(config: TrainConfig, monkeypatch) -> tuple[list, list]:
     maker = pairs.make_pair_maker(config.task, config.task_options, crop=config.crop)
     volumes = load_volumes(find_volumes(config.data), pair_maker=maker)
     _, val_volumes = split_volumes(volumes, val_fraction=config.val_fraction, seed=config.seed)
-    calls = []
-    original = pairs.extract_planes
-
-    def record(array, *, axis, indices, center, crop):
-        calls.append((array, axis, np.asarray(indices), np.asarray(center)))
-        return original(array, axis=axis, indices=indices, center=center, crop=crop)
-
-    monkeypatch.setattr(pairs, "extract_planes", record)
+    calls = _record_plane_extraction(monkeypatch)
     dataset = PairDataset(val_volumes, maker, length=config.val_samples, seed=config.seed, augment=0.0, stream=1)
     items = [dataset[i] for i in range(len(dataset))]
     monkeypatch.undo()
