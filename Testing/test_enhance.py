@@ -13,7 +13,7 @@ from MedSynthLib.errors import Cancelled, InputError, ModelError
 from MedSynthLib.io import read_volume, write_volume
 from MedSynthLib.progress import CancelToken
 from MedSynthLib.tasks import enhance as E
-from MedSynthLib.tasks._denoise_inputs import DENOISE_INPUT_SPEC, make_denoise_inputs
+from MedSynthLib.network_inputs import DENOISE_INPUT_SPEC, make_denoise_inputs
 from MedSynthLib.volume import Volume
 
 
@@ -99,7 +99,7 @@ def test_selfsup_improves_and_is_deterministic():
 
 def test_selfsup_sure_fusion_uses_no_clean_image_and_beats_its_parts():
     """SURE weights come from the noisy volume alone; the fused result beats NLM and the Wiener-only output."""
-    from MedSynthLib.tasks._denoise_selfsup import SelfSupSettings, denoise_selfsup
+    from MedSynthLib.tasks.enhance._selfsup import SelfSupSettings, denoise_selfsup
 
     clean = _head((14, 40, 44))
     noisy = _rician(clean, 8.0, seed=5)
@@ -118,7 +118,7 @@ def test_selfsup_sure_fusion_uses_no_clean_image_and_beats_its_parts():
 
 
 def test_blind_spot_network_never_sees_the_centre_voxel():
-    from MedSynthLib.tasks._denoise_selfsup import BlindSpotNet
+    from MedSynthLib.tasks.enhance._selfsup import BlindSpotNet
 
     for planar, outputs in ((False, 1), (True, 1), (False, 2)):
         torch.manual_seed(0)
@@ -328,7 +328,7 @@ def _has_upsample() -> bool:
 @pytest.mark.skipif(not _has_upsample(), reason="MedSynthLib.tasks.fill.upsample_slices not available yet")
 def test_super_resolve_uses_the_fill_machinery():
     volume = make_phantom((8, 24, 28), dtype=np.int16)
-    result = E.super_resolve(volume, 2, method="linear")
+    result = E.super_resolve(volume, factor=2, method="linear")
     axis = volume.slice_axis()
     assert result.volume.array.shape[axis] == 2 * volume.array.shape[axis] - 1
     assert result.volume.spacing_along(axis) == pytest.approx(volume.spacing_along(axis) / 2)
@@ -337,7 +337,7 @@ def test_super_resolve_uses_the_fill_machinery():
     staged = E.enhance(volume, steps="denoise:aniso,upsample:2:linear")
     assert staged.volume.array.shape == result.volume.array.shape
     with pytest.raises(InputError):
-        E.super_resolve(volume, 1)
+        E.super_resolve(volume, factor=1)
 
 
 # ---- CLI -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from conftest import make_phantom, oblique_matrix
 from MedSynthLib.errors import Cancelled, InputError, ModelError
 from MedSynthLib.metrics import psnr
 from MedSynthLib.progress import CancelToken
-from MedSynthLib.tasks._fill_inputs import FILL_INPUT_SPEC, make_fill_inputs
+from MedSynthLib.network_inputs import FILL_INPUT_SPEC, make_fill_inputs
 from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from MedSynthLib.volume import Volume
 
@@ -174,7 +174,7 @@ def test_selfsup_flip_averaging_is_equivariant_to_the_flips_it_averages(flips, f
     however the planes are stored, both halves of the network's view count equally."""
     import torch
 
-    from MedSynthLib.tasks._fill_selfsup import _network, _predict_residual
+    from MedSynthLib.tasks.fill._selfsup import _network, _predict_residual
 
     torch.manual_seed(0)
     network = _network((4, 4, 8, 8, 8, 4))
@@ -207,8 +207,8 @@ def test_selfsup_flips_are_reported_and_checked():
 
 
 def test_selfsup_auto_flips_stay_within_a_tenth_of_the_training_time():
-    from MedSynthLib.tasks._fill_interp import make_plan
-    from MedSynthLib.tasks._fill_selfsup import FLIP_SHARE, _CPU_VOXEL_S, _flips, _inference_voxels, training_plan
+    from MedSynthLib.tasks.fill._interp import make_plan
+    from MedSynthLib.tasks.fill._selfsup import FLIP_SHARE, _CPU_VOXEL_S, _flips, _inference_voxels, training_plan
 
     cfg = training_plan(torch.device("cpu"))
     train = cfg["steps"] * {"bfloat16": 0.033, "float32": 0.043}[cfg["precision"]]
@@ -227,7 +227,7 @@ def test_selfsup_auto_flips_stay_within_a_tenth_of_the_training_time():
 def test_selfsup_training_precision_is_chosen_and_reported():
     import torch
 
-    from MedSynthLib.tasks._fill_selfsup import AUTO_STEPS, training_autocast_dtype, training_plan
+    from MedSynthLib.tasks.fill._selfsup import AUTO_STEPS, training_autocast_dtype, training_plan
 
     cpu = torch.device("cpu")
     assert training_autocast_dtype(cpu, "off") is None
@@ -257,7 +257,7 @@ def test_selfsup_training_precision_is_chosen_and_reported():
 
 
 def test_selfsup_threaded_data_parallel_training_is_the_same_computation():
-    from MedSynthLib.tasks._fill_selfsup import training_workers
+    from MedSynthLib.tasks.fill._selfsup import training_workers
 
     assert training_workers(torch.device("cuda"), "auto", 16) == 1
     assert 16 % training_workers(torch.device("cpu"), "auto", 16) == 0
@@ -278,7 +278,7 @@ def test_selfsup_threaded_data_parallel_training_is_the_same_computation():
 
 
 def test_selfsup_thick_slice_training_strips_step_like_the_slices():
-    from MedSynthLib.tasks._fill_selfsup import _PatchSampler
+    from MedSynthLib.tasks.fill._selfsup import _PatchSampler
 
     # rows hold their own index: a strip sampled every `ratio` pixels steps by `ratio` from row to row
     y = np.arange(200, dtype=np.float32)
@@ -399,7 +399,7 @@ def test_make_fill_inputs_layout():
 
 def test_context_offsets_tell_a_regular_grid_from_isolated_gaps():
     """x2 puts the farther context slices a whole gap away, an isolated slice or slab one slice away."""
-    from MedSynthLib.tasks._fill_interp import context_offsets, make_plan
+    from MedSynthLib.tasks.fill._interp import context_offsets, make_plan
 
     every_second = make_plan(np.arange(0, 20, 2).astype(float), np.arange(1, 19, 2).astype(float))
     offsets = context_offsets(every_second, 2)

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from MedSynthLib.errors import Cancelled, InputError
 from MedSynthLib.progress import CancelToken
-from MedSynthLib.tasks._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mask
+from MedSynthLib.tasks.lesion import contrast_error, contrast_of, noise_ratio, shell_mask
 from MedSynthLib.tasks.lesion import PRESETS, LesionSpec, insert_lesions, list_presets
 from MedSynthLib.volume import Volume
 

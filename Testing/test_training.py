@@ -75,11 +75,11 @@ def test_tiny_run_learns_and_writes_a_valid_package(tiny_data, tmp_path, task, f
     assert package.metadata["metrics"], "validation metrics are recorded in the package"
     spec = package.metadata["input"]
     if task == "fill":
-        from MedSynthLib.tasks._fill_inputs import check_fill_input_spec
+        from MedSynthLib.network_inputs import check_fill_input_spec
 
         check_fill_input_spec(spec)
     elif task == "denoise":
-        from MedSynthLib.tasks._denoise_inputs import check_denoise_input_spec
+        from MedSynthLib.network_inputs import check_denoise_input_spec
 
         assert check_denoise_input_spec(spec) == spec["context"]
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -414,7 +414,7 @@ def _record_plane_extraction(monkeypatch) -> list:
 @pytest.mark.parametrize("regular_grid", [0.0, 1.0])
 def test_fill_pairs_space_the_context_as_the_task_does_and_say_so(tiny_data, monkeypatch, regular_grid):
     """Context slices a gap apart (x2, x4) or one apart (isolated gaps), with the offsets the task builds."""
-    from MedSynthLib.tasks._fill_inputs import FILL_CONTEXT
+    from MedSynthLib.network_inputs import FILL_CONTEXT
     from MedSynthLib.training import pairs
     from MedSynthLib.training.data import PairDataset, load_volumes
 
@@ -467,7 +467,7 @@ def test_diffusion_fill_validation_psnr_is_what_the_package_gives_on_whole_plane
     the sampler sees, so the log read -4.7 dB where the package gives 16-19 dB on whole planes.
     """
     from MedSynthLib.models.sampling import ddim_sample
-    from MedSynthLib.tasks._fill_inputs import FILL_CONTEXT, linear_estimate, make_fill_inputs
+    from MedSynthLib.network_inputs import FILL_CONTEXT, linear_estimate, make_fill_inputs
 
     config = tiny_config(tiny_data, tmp_path / "run", "fill", "diffusion")
     result = train(config, quiet=True)

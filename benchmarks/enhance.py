@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
 from MedSynthLib.tasks import enhance as E  # noqa: E402
-from MedSynthLib.tasks._denoise_classical import denoise_aniso, denoise_nlm  # noqa: E402
+from MedSynthLib.tasks.enhance import denoise_aniso, denoise_nlm  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -42,8 +42,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from MedSynthLib.io import read_volume
-from MedSynthLib.tasks._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mask
-from MedSynthLib.tasks._lesion_region import auto_region
+from MedSynthLib.tasks.lesion import contrast_error, contrast_of, noise_ratio, shell_mask
+from MedSynthLib.tasks.lesion import auto_region
 from MedSynthLib.tasks.lesion import PRESETS, insert_lesions
 from MedSynthLib.volume import Volume
 

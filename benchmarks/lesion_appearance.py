@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lesion as lesion_benchmark  # noqa: E402  (the shared measurements and montage of benchmarks/lesion.py)
 
 from MedSynthLib.io import read_volume  # noqa: E402
-from MedSynthLib.tasks._lesion_measure import shell_mask  # noqa: E402
+from MedSynthLib.tasks.lesion import shell_mask  # noqa: E402
 from MedSynthLib.tasks.lesion import insert_lesions  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 

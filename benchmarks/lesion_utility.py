@@ -50,7 +50,7 @@ import torch
 from scipy import ndimage
 
 from MedSynthLib.io import read_volume
-from MedSynthLib.tasks._lesion_region import auto_region
+from MedSynthLib.tasks.lesion import auto_region
 from MedSynthLib.tasks.lesion import PRESETS, insert_lesions
 from MedSynthLib.volume import Volume
 

@@ -165,7 +165,7 @@ def denoise_benchmark(strengths: tuple[float, ...], methods: set[str]) -> list[d
 
 def diffusion_benchmark(package_path: str, unet_path: str | None) -> list[dict]:
     from MedSynthLib.intensity import robust_scale
-    from MedSynthLib.tasks._fill_inputs import FILL_CONTEXT, linear_estimate, make_fill_inputs
+    from MedSynthLib.network_inputs import FILL_CONTEXT, linear_estimate, make_fill_inputs
     from MedSynthLib.training import ddim_sample
 
     package = load_package(package_path, task="fill")

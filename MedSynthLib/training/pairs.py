@@ -1,8 +1,8 @@
 """Self-supervised pair making per task: what a network sees (input) and must produce (target).
 
 One :class:`PairMaker` per task. Fill and denoise build their network inputs
-with the task side's own input builders (``MedSynthLib.tasks._fill_inputs`` and
-``MedSynthLib.tasks._denoise_inputs``), so a trained package and the task that
+with the task side's own input builders (``MedSynthLib.network_inputs.fill`` and
+``MedSynthLib.network_inputs.denoise``), so a trained package and the task that
 loads it can never disagree about channels, context or normalisation; the
 package's ``input`` spec is the task side's ``*_INPUT_SPEC`` (with the context
 this run used).
@@ -200,7 +200,7 @@ class PairMaker:
 class DenoisePairs(PairMaker):
     """Training scans plus simulated noise (Rician for MR magnitude, Gaussian for CT) at random levels.
 
-    The input is :func:`~MedSynthLib.tasks._denoise_inputs.make_denoise_inputs`
+    The input is :func:`~MedSynthLib.network_inputs.make_denoise_inputs`
     of the noisy stack (centre row). Noise levels are drawn in normalised units
     (1 = the 99.5th percentile), so the model covers the range from nearly
     clean to very noisy scans.
@@ -230,7 +230,7 @@ class DenoisePairs(PairMaker):
     sigma : float or None
         The scans' own noise sigma in normalised units, one value for every
         volume; None (default) estimates it once per volume with
-        :func:`~MedSynthLib.tasks._noise.estimate_noise_array` (Rician-aware
+        :func:`~MedSynthLib.noise.estimate_noise_array` (Rician-aware
         background estimate for MR, tissue residual for CT), as the Gaussian
         sigma of the noise in tissue, where Rician noise is nearly Gaussian at
         the SNR of clinical scans.
@@ -273,7 +273,7 @@ class DenoisePairs(PairMaker):
 
     def normalise(self, volume: Volume) -> tuple[np.ndarray, dict]:
         """The denoise normalisation; with recorrupted targets also the scan's own noise (``noise_sigma``)."""
-        from ..tasks._denoise_inputs import normalise_for_denoise
+        from ..network_inputs.denoise import normalise_for_denoise
 
         array, scale = normalise_for_denoise(volume.array)
         info: dict = {"low": scale.low, "high": scale.high}
@@ -294,13 +294,13 @@ class DenoisePairs(PairMaker):
         """
         if self.options["sigma"] is not None:
             return float(self.options["sigma"])
-        from ..tasks._noise import estimate_noise_array
+        from ..noise import estimate_noise_array
 
         estimate = estimate_noise_array(volume)
         return float(estimate.sigma) / scale_range if scale_range > 0 else 0.0
 
     def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0):
-        from ..tasks._denoise_inputs import make_denoise_inputs
+        from ..network_inputs.denoise import make_denoise_inputs
 
         c = self.context
         axis = _choose_axis(volume, rng, self.options["axes"])
@@ -350,7 +350,7 @@ class DenoisePairs(PairMaker):
         return stack[: 2 * c + 1], np.ascontiguousarray(stack[2 * c + 1 :])
 
     def input_spec(self) -> dict:
-        from ..tasks._denoise_inputs import DENOISE_INPUT_SPEC
+        from ..network_inputs.denoise import DENOISE_INPUT_SPEC
 
         return {**DENOISE_INPUT_SPEC, "context": self.context, "channels": self.in_channels}
 
@@ -363,7 +363,7 @@ class FillPairs(PairMaker):
 
     A sample picks a gap ``g`` (2..``max_gap``) and a slice ``s`` strictly inside
     it: the ``context`` slices at and beyond each end of the gap are the input
-    (built by :func:`~MedSynthLib.tasks._fill_inputs.make_fill_inputs`, the
+    (built by :func:`~MedSynthLib.network_inputs.make_fill_inputs`, the
     task side's own builder), ``s / g`` the fraction, the slice at ``s`` the
     target. The network predicts a residual over linear interpolation (the
     fill convention), so each sample carries ``base``, the linear estimate, that
@@ -394,24 +394,24 @@ class FillPairs(PairMaker):
 
     @property
     def context(self) -> int:
-        from ..tasks._fill_inputs import FILL_CONTEXT
+        from ..network_inputs.fill import FILL_CONTEXT
 
         return FILL_CONTEXT
 
     @property
     def in_channels(self) -> int:
-        from ..tasks._fill_inputs import FILL_INPUT_SPEC
+        from ..network_inputs.fill import FILL_INPUT_SPEC
 
         return int(FILL_INPUT_SPEC["channels"])
 
     def normalise(self, volume: Volume) -> tuple[np.ndarray, dict]:
-        from ..tasks._fill_inputs import FILL_PERCENTILES
+        from ..network_inputs.fill import FILL_PERCENTILES
 
         scale = robust_scale(volume.array, percentiles=FILL_PERCENTILES)
         return scale.forward(volume.array), {"low": scale.low, "high": scale.high}
 
     def sample(self, volume, rng, *, intensity=None, spatial=None, transform_seed=0, field=None):
-        from ..tasks._fill_inputs import linear_estimate, make_fill_inputs
+        from ..network_inputs.fill import linear_estimate, make_fill_inputs
 
         if field is not None and spatial is not None:
             raise ValueError("field samples are validation samples: no spatial augmentation (it would move the scored box)")
@@ -452,7 +452,7 @@ class FillPairs(PairMaker):
         return pair
 
     def input_spec(self) -> dict:
-        from ..tasks._fill_inputs import FILL_INPUT_SPEC
+        from ..network_inputs.fill import FILL_INPUT_SPEC
 
         return dict(FILL_INPUT_SPEC)
 

@@ -45,10 +45,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..engine import EngineReport, ThreadedDataParallel, describe_device, native_bfloat16, run_slices, select_device
-from ..errors import InputError
-from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ._fill_interp import FillPlan
+from ...engine import EngineReport, ThreadedDataParallel, describe_device, native_bfloat16, run_slices, select_device
+from ...errors import InputError
+from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ._interp import FillPlan
 
 __all__ = ["SELFSUP_DEFAULTS", "can_train", "estimate_seconds", "selfsup_fill"]
 
@@ -225,7 +225,7 @@ def _pad16(inputs: np.ndarray) -> np.ndarray:
 
 
 def _network(features) -> torch.nn.Module:
-    from ..models.networks import build_network
+    from ...models.networks import build_network
 
     network = build_network(
         "basic_unet", spatial_dims=2, in_channels=2, out_channels=1, features=tuple(features), norm=None

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import EngineReport, describe_device, run_with_fallback, select_device
-from ..progress import CancelToken, ProgressCallback, check_cancel, report
-from ._fill_interp import FillPlan
+from ...engine import EngineReport, describe_device, run_with_fallback, select_device
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
+from ._interp import FillPlan
 
 __all__ = ["FLOW_DEFAULTS", "estimate_flow", "flow_fill"]
 

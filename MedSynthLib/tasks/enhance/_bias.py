@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from ...errors import InputError
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["n4_field"]
 

@@ -54,8 +54,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from ..engine import EngineReport, run_with_fallback, select_device
-from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from ...engine import EngineReport, run_with_fallback, select_device
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["SelfSupSettings", "BlindSpotNet", "denoise_selfsup"]
 
@@ -185,7 +185,7 @@ def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarra
     high-SNR correction) and only voxels above twice the noise are fitted, where the noise is close
     to Gaussian.
     """
-    from ._denoise_classical import NLM_DEFAULTS, denoise_nlm
+    from ._classical import NLM_DEFAULTS, denoise_nlm
 
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2

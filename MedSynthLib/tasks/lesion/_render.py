@@ -37,8 +37,8 @@ from typing import Any, Optional
 import numpy as np
 from scipy import ndimage
 
-from ._lesion_measure import interior_masks, neighbour_differences, pooled_differences, robust_std, shell_mask
-from ._lesion_shape import Shape, calibrate_scale, occupancy
+from ._measure import interior_masks, neighbour_differences, pooled_differences, robust_std, shell_mask
+from ._shape import Shape, calibrate_scale, occupancy
 
 __all__ = ["RenderedLesion", "render_lesion", "roi_radius", "texture_field", "MIN_JACOBIAN"]
 
@@ -214,7 +214,7 @@ def render_lesion(
 
     ``label_layers`` are label arrays on the same grid that the mass effect moves
     (nearest neighbour); the caller writes this lesion's own labels afterwards.
-    ``painter`` (a :class:`~._lesion_inpaint.LesionPainter`) replaces the procedural
+    ``painter`` (a :class:`~._inpaint.LesionPainter`) replaces the procedural
     texture (mean + smooth random field + kept anatomy) by a learned painting of the
     lesion's interior; occupancies, exact compartment means, matched noise and the
     region of influence are the same in both cases.

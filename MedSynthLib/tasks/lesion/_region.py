@@ -24,8 +24,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..volume import Volume
+from ...errors import InputError
+from ...volume import Volume
 
 __all__ = ["auto_region", "place_centres"]
 

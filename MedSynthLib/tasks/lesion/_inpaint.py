@@ -1,7 +1,7 @@
 """Learned lesion appearance: a ``lesion-inpaint`` package paints the inside of a lesion from its mask and the
 tissue around it.
 
-The procedural renderer (``_lesion_render``) keeps everything that makes the label exact ground truth: the
+The procedural renderer (``_render``) keeps everything that makes the label exact ground truth: the
 shape and its occupancy, partial-volume blending, the region of influence, the mean of each labelled
 compartment and noise matched to the surrounding tissue. A painter only replaces the procedural texture
 model (mean + smooth random field) by what a network trained on real lesions draws there, given the
@@ -24,11 +24,11 @@ from typing import Union
 
 import numpy as np
 
-from ..engine import EngineReport, describe_device, run_slices, select_device
-from ..errors import ModelError
-from ..intensity import Scale, robust_scale
-from ..models.package import LoadedModel, load_package
-from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
+from ...engine import EngineReport, describe_device, run_slices, select_device
+from ...errors import ModelError
+from ...intensity import Scale, robust_scale
+from ...models.package import LoadedModel, load_package
+from ...models.sampling import ddim_sample_batches, package_schedule, size_multiple
 
 __all__ = ["LesionPainter", "load_inpaint_model", "make_painter", "INPAINT_FORMAT"]
 

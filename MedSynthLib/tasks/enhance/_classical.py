@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["NLM_DEFAULTS", "ANISO_DEFAULTS", "denoise_nlm", "denoise_aniso", "aniso_iterations"]
 

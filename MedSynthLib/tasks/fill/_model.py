@@ -1,4 +1,4 @@
-"""``model``: fill slices with a trained fill model package (input convention in ``_fill_inputs``)."""
+"""``model``: fill slices with a trained fill model package (input convention in :mod:`MedSynthLib.network_inputs.fill`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..engine import EngineReport, describe_device, run_slices, select_device
-from ..errors import InputError, ModelError, check_whole_number
-from ..models.package import LoadedModel, load_package
-from ..models.sampling import ddim_sample_batches, package_schedule, size_multiple
-from ..progress import CancelToken, ProgressCallback
-from ._fill_inputs import apply_fill_output, check_fill_input_spec, make_fill_inputs
-from ._fill_interp import FillPlan, context_offsets, gather_context
+from ...engine import EngineReport, describe_device, run_slices, select_device
+from ...errors import InputError, ModelError, check_whole_number
+from ...models.package import LoadedModel, load_package
+from ...models.sampling import ddim_sample_batches, package_schedule, size_multiple
+from ...progress import CancelToken, ProgressCallback
+from ...network_inputs.fill import apply_fill_output, check_fill_input_spec, make_fill_inputs
+from ._interp import FillPlan, context_offsets, gather_context
 
 __all__ = ["MODEL_DEFAULTS", "load_fill_model", "model_fill"]
 

@@ -12,7 +12,7 @@ Three entry points, one implementation:
   exact, and the new grid ends at the last original slice: nothing is
   extrapolated past it, so ``n`` slices become ``(n - 1) * factor + 1``.
 
-Both filling and upsampling reduce to one problem (see ``_fill_interp``): good
+Both filling and upsampling reduce to one problem (see ``_interp``): good
 slices at known positions and target positions between them, answered by one
 of the methods in :data:`METHODS`.
 """
@@ -27,12 +27,12 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError
-from ..intensity import restore_dtype, robust_scale
-from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ..volume import AXIS_NAMES, Volume, array_axis, validate_volume
-from ._fill_inputs import FILL_PERCENTILES
-from ._fill_interp import FillPlan, cubic_fill, linear_fill, make_plan
+from ...errors import InputError
+from ...intensity import restore_dtype, robust_scale
+from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ...volume import AXIS_NAMES, Volume, array_axis, validate_volume
+from ...network_inputs.fill import FILL_PERCENTILES
+from ._interp import FillPlan, cubic_fill, linear_fill, make_plan
 
 __all__ = [
     "METHODS",
@@ -168,12 +168,12 @@ def _resolve_method(
         return name, "requested"
     if model is not None:
         return "model", "a model package was given"
-    from ..engine import select_device
-    from . import _fill_selfsup
+    from ...engine import select_device
+    from . import _selfsup
 
     target = select_device(device)
     budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
-    if not _fill_selfsup.can_train(good, plan):
+    if not _selfsup.can_train(good, plan):
         return _fast_method(plan, anisotropy, "too few or too small slices to train selfsup")
     if anisotropy > MAX_SELFSUP_ANISOTROPY:
         return "flow", (
@@ -181,7 +181,7 @@ def _resolve_method(
             "(lung1 CT, 5 mm slices: thick-slice selfsup +1.6 dB at x2 and +1.3 dB on single slices in minutes, "
             "flow +1.5 and +2.0 dB)"
         )
-    estimate = _fill_selfsup.estimate_seconds(good, plan, device=target, settings=options)
+    estimate = _selfsup.estimate_seconds(good, plan, device=target, settings=options)
     if estimate <= budget:
         return "selfsup", f"selfsup estimated at {estimate:.0f} s on {target}, within the {budget:.0f} s budget"
     return _fast_method(plan, anisotropy, f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget")
@@ -189,7 +189,7 @@ def _resolve_method(
 
 def _bundled_model():
     """The shipped ``fill_default`` package's path, or None where it is not installed."""
-    from ..models import bundled_package
+    from ...models import bundled_package
 
     return bundled_package("fill")
 
@@ -201,7 +201,7 @@ def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]
     against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
     under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
     """
-    from ..models.package import read_package_info
+    from ...models.package import read_package_info
 
     path = _bundled_model()
     if anisotropy <= MAX_SELFSUP_ANISOTROPY and plan.integral and path is not None:
@@ -232,18 +232,18 @@ def _synthesise(
     if method == "cubic":
         return cubic_fill(good, plan)
     if method == "flow":
-        from ._fill_flow import flow_fill
+        from ._flow import flow_fill
 
         return flow_fill(good, plan, device=device, settings=options, progress=progress, cancel=cancel, details=details)
     if method == "selfsup":
-        from ._fill_selfsup import selfsup_fill
+        from ._selfsup import selfsup_fill
 
         return selfsup_fill(
             good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details,
             grid_ratio=grid_ratio,
         )
     if method == "model":
-        from ._fill_model import model_fill
+        from ._model import model_fill
 
         return model_fill(good, plan, model=model, device=device, seed=seed, settings=options, progress=progress,
                           cancel=cancel, details=details)
@@ -566,7 +566,7 @@ def upsample_slices(
 def find_missing_slices(volume: Volume, *, axis: Union[int, str, None] = None) -> list[tuple[int, str]]:
     """Blank and corrupted slices along ``axis``, each with the reason it was flagged.
 
-    See ``_fill_detect`` for the tests applied (constant slices, and slices
+    See ``_detect`` for the tests applied (constant slices, and slices
     that disagree with the interpolation of their neighbours far more than the
     volume's other slices do).
 
@@ -575,7 +575,7 @@ def find_missing_slices(volume: Volume, *, axis: Union[int, str, None] = None) -
     list of (int, str)
         0-based slice index and reason, sorted by index.
     """
-    from ._fill_detect import detect
+    from ._detect import detect
 
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)

@@ -121,7 +121,7 @@ def make_fill_inputs(
     offsets : float or ndarray, shape (N, 2 * (context - 1))
         How far ``before[:, 1:]`` and then ``after[:, 1:]`` lie beyond
         ``before[:, 0]`` / ``after[:, 0]``, in units of each gap
-        (:func:`~MedSynthLib.tasks._fill_interp.context_offsets`); a scalar
+        (:func:`~MedSynthLib.tasks.fill._interp.context_offsets`); a scalar
         for all (1.0: a regular grid, every slice a gap apart).
     context : int
         Slices per side the network expects (``FILL_INPUT_SPEC["context"]``).

@@ -28,8 +28,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage, special
 
-from ..intensity import guess_modality
-from ..volume import Volume
+from .intensity import guess_modality
+from .volume import Volume
 
 __all__ = ["NoiseEstimate", "estimate_noise_array", "otsu_foreground", "rician_correction_factor"]
 

@@ -14,11 +14,11 @@ Methods
 ``selfsup``
     A blind-spot network trained on this volume alone (Noise2Self family),
     combined with non-local means by SURE-fitted weights (no clean data);
-    see :mod:`MedSynthLib.tasks._denoise_selfsup`. Best quality, about 90
+    see :mod:`MedSynthLib.tasks.enhance._selfsup`. Best quality, about 90
     CPU-seconds (one thread) for a 1 mm brain.
 ``model``
     A trained denoise model package (``task="denoise"``) applied slice by slice
-    with 2.5D context (:mod:`MedSynthLib.tasks._denoise_inputs`).
+    with 2.5D context (:mod:`MedSynthLib.network_inputs.denoise`).
 ``nlm``
     scikit-image non-local means, patch 5, distance 3, ``h = 0.6 sigma``.
 ``aniso``
@@ -30,7 +30,6 @@ Methods
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -39,12 +38,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..engine import EngineReport, select_device
-from ..errors import InputError, MedSynthError
-from ..intensity import restore_dtype
-from ..progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ..volume import Volume, array_axis, validate_volume
-from ._noise import NoiseEstimate, estimate_noise_array, otsu_foreground
+from ...engine import EngineReport, select_device
+from ...errors import InputError
+from ...intensity import restore_dtype
+from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ...volume import Volume, array_axis, validate_volume
+from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 
 __all__ = [
     "DENOISE_METHODS",
@@ -225,9 +224,9 @@ def _denoise_model(
     volume: Volume, *, model: Any, strength: float, device: str, batch_size: int,
     progress: Optional[ProgressCallback], cancel: Optional[CancelToken], engine_report: EngineReport,
 ) -> tuple[np.ndarray, dict]:
-    from ..engine import run_slices
-    from ..models.package import LoadedModel, load_package
-    from ._denoise_inputs import (assemble_denoise_outputs, check_denoise_input_spec, make_denoise_inputs,
+    from ...engine import run_slices
+    from ...models.package import LoadedModel, load_package
+    from ...network_inputs.denoise import (assemble_denoise_outputs, check_denoise_input_spec, make_denoise_inputs,
                                   normalise_for_denoise)
 
     loaded = model if isinstance(model, LoadedModel) else load_package(model, task="denoise")
@@ -284,7 +283,7 @@ def denoise(
         Seeds the self-supervised training: same seed, same CPU result.
     training_steps : int, optional
         Self-supervised training steps (default from
-        :class:`~MedSynthLib.tasks._denoise_selfsup.SelfSupSettings`); fewer is faster.
+        :class:`~MedSynthLib.tasks.enhance._selfsup.SelfSupSettings`); fewer is faster.
 
     Returns
     -------
@@ -329,7 +328,7 @@ def denoise(
     elif chosen == "nlm":
         values, details = _nlm(data, noise, strength, step_progress, cancel)
     elif chosen == "aniso":
-        from ._denoise_classical import aniso_iterations, denoise_aniso
+        from ._classical import aniso_iterations, denoise_aniso
 
         relative = noise.sigma / max(abs(noise.signal), 1e-6)
         values, details = denoise_aniso(data, iterations=aniso_iterations(relative, strength),
@@ -369,7 +368,7 @@ def denoise(
 
 def _nlm(data: np.ndarray, noise: NoiseEstimate, strength: float,
          progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
-    from ._denoise_classical import denoise_nlm
+    from ._classical import denoise_nlm
 
     return denoise_nlm(data, sigma=noise.sigma, strength=strength, progress=progress, cancel=cancel)
 
@@ -377,7 +376,7 @@ def _nlm(data: np.ndarray, noise: NoiseEstimate, strength: float,
 def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, mask: Optional[np.ndarray], strength: float,
              seed: int, device: str, training_steps: Optional[int], progress: Optional[ProgressCallback],
              cancel: Optional[CancelToken], engine_report: EngineReport) -> tuple[np.ndarray, dict]:
-    from ._denoise_selfsup import SelfSupSettings, denoise_selfsup
+    from ._selfsup import SelfSupSettings, denoise_selfsup
 
     settings = SelfSupSettings() if training_steps is None else SelfSupSettings(steps=int(training_steps))
     spacing = [volume.spacing_along(a) for a in range(3)]
@@ -499,72 +498,33 @@ def correct_bias(
 
 
 # ---- super-resolution ------------------------------------------------------------------------
-def super_resolve(
-    volume: Volume,
-    factor: int,
-    *,
-    axis: Union[int, str, None] = None,
-    method: str = "auto",
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
-    **options: Any,
-) -> SuperResolveResult:
-    """Upsample ``volume`` through-plane by ``factor`` with the fill machinery.
+def super_resolve(volume: Volume, **options: Any) -> SuperResolveResult:
+    """Upsample ``volume`` through-plane: :func:`MedSynthLib.tasks.fill.upsample_slices`, reported as an enhance step.
 
-    One implementation, two entry points: this calls
-    :func:`MedSynthLib.tasks.fill.upsample_slices`, so every method of the fill
-    task (``linear``, ``cubic``, ``flow``, ``selfsup``, ``model``, ``auto``) is
-    available. Original slices keep their physical position; the slice spacing
-    becomes ``spacing / factor``.
-
-    Parameters
-    ----------
-    factor : int
-        Upsampling factor (>= 2).
-    axis : "i", "j", "k", int or None
-        Array axis to upsample; default the thickest (the slice axis).
-    method : str
-        A fill method name, passed through.
-    **options
-        Further keyword arguments of ``upsample_slices``.
+    One implementation, one set of arguments: every keyword (``factor`` or ``spacing``, ``axis``, ``method``,
+    ``model``, ``device``, ``seed``, ``time_budget``, ``method_options``, ``progress``, ``cancel``) is
+    ``upsample_slices``'s and is validated there, so ``factor=2.0`` is accepted here exactly when it is there.
+    What this adds is the enhance-style report (spacing before and after, the fill report inside).
     """
-    validate_volume(volume)
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 2:
-        raise InputError(f"factor must be an integer >= 2, got {factor!r}")
-    resolved_axis = array_axis(axis, volume)
-    try:
-        from .fill import upsample_slices
-    except ImportError as error:
-        raise MedSynthError(
-            f"through-plane super-resolution needs MedSynthLib.tasks.fill.upsample_slices, which is not available ({error})"
-        ) from None
+    from ..fill import upsample_slices
+
     start = time.perf_counter()
-    accepted = inspect.signature(upsample_slices).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise InputError(f"super_resolve got unknown option(s) {', '.join(unknown)}; "
-                         f"upsample_slices accepts {', '.join(accepted)}")
-    kwargs = dict(options)
-    for name, value in (("progress", progress), ("cancel", cancel)):
-        if name in accepted:
-            kwargs[name] = value
-    result = upsample_slices(volume, factor=int(factor), axis=resolved_axis, method=method, **kwargs)
-    check_cancel(cancel)
-    output = result if isinstance(result, Volume) else getattr(result, "volume")
-    inner = dict(getattr(result, "report", {}) or {})
+    result = upsample_slices(volume, **options)
+    inner = dict(result.report)
+    axis = array_axis(inner["axis"], volume)
     result_report = {
         "task": "super_resolve",
-        "method": inner.get("method", method),
-        "factor": int(factor),
-        "axis": int(resolved_axis),
+        "method": inner.get("method"),
+        "factor": inner.get("factor", options.get("factor")),
+        "axis": axis,
         "spacing_before": list(volume.spacing),
-        "spacing_after": list(output.spacing),
+        "spacing_after": list(result.volume.spacing),
         "device": inner.get("device", "cpu"),
         "fill_report": inner,
         "seconds": round(time.perf_counter() - start, 3),
         "warnings": list(inner.get("warnings", [])),
     }
-    return SuperResolveResult(volume=output, report=result_report)
+    return SuperResolveResult(volume=result.volume, report=result_report)
 
 
 # ---- pipeline --------------------------------------------------------------------------------
@@ -687,7 +647,7 @@ def enhance(
             outcome = denoise(current, mask=boolean_mask, model=model, device=device, seed=seed,
                               progress=step_progress, cancel=cancel, **step.options)
         else:
-            outcome = super_resolve(current, step.options["factor"], method=step.options.get("method", "auto"),
+            outcome = super_resolve(current, factor=step.options["factor"], method=step.options.get("method", "auto"),
                                     device=device, seed=seed, progress=step_progress, cancel=cancel)
         current = outcome.volume
         reports.append({"step": step.label(), **outcome.report})

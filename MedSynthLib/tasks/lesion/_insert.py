@@ -37,15 +37,15 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError, ModelError, check_whole_number
-from ..intensity import guess_modality, restore_dtype
-from ..progress import CancelToken, ProgressCallback, check_cancel, report
-from ..volume import Volume, validate_volume
-from ._lesion_measure import contrast_error, contrast_of, noise_ratio, shell_mask
-from ._lesion_presets import PRESETS, Preset, draw_parameters
-from ._lesion_region import auto_region, place_centres
-from ._lesion_render import _crop_for, render_lesion, roi_radius
-from ._lesion_shape import FAMILIES, Shape, make_shape, shape_from_mask
+from ...errors import InputError, ModelError, check_whole_number
+from ...intensity import guess_modality, restore_dtype
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
+from ...volume import Volume, validate_volume
+from ._measure import contrast_error, contrast_of, noise_ratio, shell_mask
+from ._presets import PRESETS, Preset, draw_parameters
+from ._region import auto_region, place_centres
+from ._render import _crop_for, render_lesion, roi_radius
+from ._shape import FAMILIES, Shape, make_shape, shape_from_mask
 
 __all__ = [
     "LesionSpec",
@@ -274,7 +274,7 @@ def _load_shape_model(shape_model: Any):
     """A lesion-shape VAE package: a path (loaded and checked) or an object with ``network`` and ``metadata``."""
     if shape_model is None or (hasattr(shape_model, "network") and hasattr(shape_model, "metadata")):
         return shape_model
-    from ..models import load_package
+    from ...models import load_package
 
     return load_package(shape_model, task="lesion-shape")
 
@@ -285,7 +285,7 @@ def _shape_for(spec: LesionSpec, centre: np.ndarray, shape_model: Any = None) ->
         if shape_model is None:
             raise InputError("shape 'learned' needs a lesion-shape model package (shape_model=..., "
                              "CLI --shape-model), trained by medsynth-train lesion-shape")
-        from ..models.sampling import sample_lesion_shapes
+        from ...models.sampling import sample_lesion_shapes
 
         mask = sample_lesion_shapes(shape_model.network, metadata=shape_model.metadata, count=1, seed=int(spec.seed))[0]
         voxel_mm = float(shape_model.metadata.get("input", {}).get("voxel_mm", 1.0))
@@ -480,7 +480,7 @@ def insert_lesions(
     model = _load_shape_model(shape_model)
     painter = None
     if appearance_model is not None:
-        from ._lesion_inpaint import make_painter
+        from ._inpaint import make_painter
 
         painter = make_painter(volume.array, appearance_model, slice_axis=volume.slice_axis(),
                                steps=int(appearance_steps), device=device)

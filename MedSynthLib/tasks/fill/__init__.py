@@ -1,0 +1,12 @@
+"""Fill missing slices and upsample through-plane.
+
+Public surface: :func:`find_missing_slices` (detection, with a reason per slice), :func:`fill_slices`,
+:func:`upsample_slices` and :func:`parse_slice_list` (the ``3,7,10-12`` grammar the CLI and the panel share).
+The private modules hold one method each: ``_interp`` (the fill plan, linear and cubic), ``_flow``
+(registration), ``_selfsup`` (a network trained on the volume itself), ``_model`` (trained packages) and
+``_detect``; ``_fill`` is the thin public layer that validates and dispatches.
+"""
+
+from ._fill import METHODS, FillResult, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
+
+__all__ = ["METHODS", "FillResult", "find_missing_slices", "fill_slices", "upsample_slices", "parse_slice_list"]
