@@ -6,6 +6,8 @@ problem and what to do about it, in a clinician's words, in one line.
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "MedSynthError",
     "InputError",
@@ -14,6 +16,7 @@ __all__ = [
     "ResourceError",
     "Cancelled",
     "check_whole_number",
+    "check_number",
 ]
 
 
@@ -54,3 +57,25 @@ def check_whole_number(value, name: str, *, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise InputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
+
+
+def check_number(value, name: str, *, low: float = -math.inf, high: float = math.inf,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float in the stated range, or :class:`InputError` quoting it.
+
+    The message reads "NAME must be a number in [LOW, HIGH], got VALUE" (``(`` / ``)`` for open ends, and
+    "> LOW" or ">= LOW" when there is no upper end). Booleans, strings and NaN/inf are refused.
+    """
+    import numbers
+
+    good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if good:
+        x = float(value)
+        good = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    if not good:
+        if math.isinf(high):
+            wanted = f"{'>' if low_open else '>='} {low:g}" if math.isfinite(low) else "finite"
+            raise InputError(f"{name} must be a number {wanted}, got {value!r}")
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise InputError(f"{name} must be a number in {left}{low:g}, {high:g}{right}, got {value!r}")
+    return float(value)
