@@ -27,6 +27,9 @@ __all__ = [
     "array_axis",
     "validate_volume",
     "MAX_VOXELS",
+    "THICK_SLICE_RATIO",
+    "GRID_TOLERANCE_MM",
+    "mask_on_grid",
 ]
 
 #: IJK name of each array axis (array axis 0 is k).
@@ -34,6 +37,14 @@ AXIS_NAMES = ("k", "j", "i")
 
 #: Largest volume MedSynth processes (voxels); 1024^3 float32 is already 4 GiB.
 MAX_VOXELS = 1024**3
+
+#: A slice spacing this many times the finest in-plane spacing makes a scan "thick-slice": methods that
+#: learn from in-plane data then degrade it with a slice profile first, and 3D filters work in-plane.
+THICK_SLICE_RATIO = 1.5
+
+#: Two grids are the same when their IJK-to-RAS matrices agree within this many mm (masks exported by
+#: other tools carry float32 geometry, off by ~1e-5 mm).
+GRID_TOLERANCE_MM = 1e-3
 
 _SUPPORTED_KINDS = ("b", "u", "i", "f")
 
@@ -126,12 +137,17 @@ class Volume:
         """Spacing (mm) along array axis ``axis`` (0 = k, 1 = j, 2 = i)."""
         return self.spacing[2 - axis]
 
+    @property
+    def spacing_kji(self) -> tuple[float, float, float]:
+        """Spacing (mm) per array axis, in array order (k, j, i): what ``ndimage`` ``sampling=`` wants."""
+        return tuple(self.spacing[::-1])
+
     def slice_axis(self) -> int:
         """Array axis with the largest spacing: the through-plane axis of a thick-slice scan.
 
         On ties the lowest array axis wins, so an isotropic volume slices along k.
         """
-        spacing_kji = [self.spacing_along(a) for a in range(3)]
+        spacing_kji = self.spacing_kji
         largest = max(spacing_kji)
         return next(a for a in range(3) if spacing_kji[a] >= largest * (1 - 1e-6))
 
@@ -177,11 +193,40 @@ class Volume:
     def copy(self) -> "Volume":
         return Volume(self.array.copy(), self.ijk_to_ras.copy())
 
-    def same_grid(self, other: "Volume", *, atol: float = 1e-4) -> bool:
+    def same_grid(self, other: "Volume", *, atol: float = GRID_TOLERANCE_MM) -> bool:
         """True if ``other`` has this volume's shape and geometry (within ``atol`` mm)."""
         return self.array.shape == other.array.shape and np.allclose(
             self.ijk_to_ras, other.ijk_to_ras, atol=atol
         )
+
+
+def mask_on_grid(volume: Volume, mask: Union[Volume, np.ndarray, None], *, name: str = "mask") -> Optional[np.ndarray]:
+    """``mask`` as a boolean array on ``volume``'s grid (None stays None): the one mask check of every task.
+
+    A :class:`Volume` must share the volume's grid (:data:`GRID_TOLERANCE_MM`); a plain array its shape.
+    Refuses other grids, NaN/inf and empty masks with an :class:`InputError` naming ``name``.
+    """
+    if mask is None:
+        return None
+
+    def describe(v: Volume) -> str:
+        return f"shape {v.array.shape} (KJI), spacing {tuple(round(x, 3) for x in v.spacing)}"
+
+    if isinstance(mask, Volume):
+        if not volume.same_grid(mask):
+            raise InputError(f"the {name} is on another grid ({describe(mask)}) than the volume ({describe(volume)}, "
+                             f"or a different origin or direction); resample the {name} onto the volume's grid first")
+        array = np.asarray(mask.array)
+    else:
+        array = np.asarray(mask)
+        if array.shape != volume.array.shape:
+            raise InputError(f"the {name} has shape {array.shape} but the volume has {volume.array.shape}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(f"the {name} contains NaN or infinite values")
+    boolean = array != 0
+    if not boolean.any():
+        raise InputError(f"the {name} is empty (every voxel is 0)")
+    return boolean
 
 
 def validate_volume(

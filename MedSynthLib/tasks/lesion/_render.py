@@ -200,6 +200,216 @@ def _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, i
                             "reach_mm": round(reach, 2), "min_jacobian": round(min_det, 3)}
 
 
+@dataclass
+class _Occupancy:
+    """Each compartment's occupancy (flat over the crop) and its label mask (occupancy >= 0.5)."""
+
+    shape: Shape
+    total: np.ndarray
+    core: np.ndarray
+    oedema: np.ndarray
+    lesion_mask: np.ndarray
+    core_mask: np.ndarray
+    oedema_mask: np.ndarray
+
+
+@dataclass
+class _Surroundings:
+    """The tissue around the lesion: the reference its mean, contrast and noise are matched to."""
+
+    tissue: np.ndarray  # flat crop of the tissue before the mass effect
+    before: np.ndarray  # flat crop after the mass effect: what the lesion is blended into
+    shell: np.ndarray  # 3D boolean shell on the crop
+    background: float
+    sigma: float
+    noise: np.ndarray  # 3D unit-amplitude noise coloured like the tissue's
+
+
+def _occupancies(spec, shape: Shape, grid: np.ndarray, roi: np.ndarray, dist: np.ndarray,
+                 ijk_to_ras: np.ndarray) -> _Occupancy:
+    """Occupancies of lesion, core and oedema; the shape's scale calibrated to ``pi/6 d^3`` on this grid.
+
+    The shape is evaluated only inside its own bounding ball (the crop may be much larger: mass effect).
+    """
+    voxel_mm3 = float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
+    corner = 0.5 * float(np.sum(np.linalg.norm(ijk_to_ras[:3, :3], axis=0)))
+    reach = shape.extent(grow=spec.oedema_mm) * 1.15 + 0.5 * max(spec.edge_width_mm, 2.0) + 2 * corner
+    near = np.flatnonzero(roi & (dist <= reach))
+    sub = grid[near]
+
+    def scatter(values: np.ndarray) -> np.ndarray:
+        full = np.zeros(len(grid))
+        full[near] = values
+        return full
+
+    target = np.pi / 6.0 * spec.diameter_mm**3
+    shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
+                                    target_mm3=target, voxel_mm3=voxel_mm3)
+    # an asymmetric shape's centroid is off its construction centre: move the shape so that the
+    # lesion's centroid is the requested centre (one translation, same scale)
+    weight = float(o_near.sum())
+    if weight > 0:
+        shift = shape.centre - (o_near[:, None] * sub).sum(axis=0) / weight
+        if np.linalg.norm(shift) > 0.1 * min(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in range(3)):
+            shape = dataclasses.replace(shape, centre=shape.centre + shift)
+            o_near = occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm)
+            if abs(np.count_nonzero(o_near >= 0.5) * voxel_mm3 - target) > 0.03 * target:  # the grid moved
+                shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
+                                                target_mm3=target, voxel_mm3=voxel_mm3)
+    o_total = scatter(o_near)
+    o_core = np.zeros_like(o_total)
+    if spec.core_fraction > 0:
+        o_core = scatter(occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm, shrink=spec.core_fraction))
+        o_core = np.minimum(o_core, o_total)
+    o_oedema = np.zeros_like(o_total)
+    lesion = o_total >= 0.5
+    oedema = np.zeros_like(lesion)
+    if spec.oedema_mm > 0:
+        o_outer = scatter(occupancy(shape, sub, ijk_to_ras, edge_width=max(spec.edge_width_mm, 2.0),
+                                    grow=spec.oedema_mm))
+        o_oedema = np.clip(o_outer - o_total, 0.0, 1.0)
+        oedema = (o_outer >= 0.5) & ~lesion
+    if not lesion.any():
+        raise ValueError("lesion has no voxel with occupancy >= 0.5")  # caller turns this into InputError
+    return _Occupancy(shape, o_total, o_core, o_oedema, lesion, lesion & (o_core >= 0.5), oedema)
+
+
+def _surroundings(work: np.ndarray, pristine: np.ndarray, outer, crop, occ: _Occupancy, roi: np.ndarray, *,
+                  region: Optional[np.ndarray], spacing_kji, rng_noise: np.random.Generator) -> _Surroundings:
+    """Mean and noise of the tissue in a shell around the lesion (inside the region where it has enough of it)."""
+    shape_crop = tuple(s.stop - s.start for s in crop)
+    smooth = ndimage.gaussian_filter(pristine, _SMOOTH_VOXELS, mode="nearest")[_inner(outer, crop)].reshape(-1)
+    tissue = pristine[_inner(outer, crop)].reshape(-1)
+    residual = tissue - smooth
+    before = work[crop].reshape(-1).copy()
+    lesion3 = occ.lesion_mask.reshape(shape_crop)
+    exclude = None if region is None else ~region[crop]
+    shell = shell_mask(lesion3 | occ.oedema_mask.reshape(shape_crop), spacing_kji).reshape(-1) & roi
+    if exclude is not None and np.count_nonzero(shell & ~exclude.reshape(-1)) >= 16:
+        shell &= ~exclude.reshape(-1)  # the surrounding tissue is the region's tissue
+    background = float(tissue[shell].mean()) if shell.any() else float(tissue[occ.lesion_mask].mean())
+    shell3 = shell.reshape(shape_crop)
+    sigma = robust_std(residual[shell]) if shell.any() else 0.0
+    noise = _matched_noise(tissue.reshape(shape_crop), shell3, sigma, rng_noise)
+    return _Surroundings(tissue, before, shell3, background, sigma, noise)
+
+
+def _target_of(spec, contrast: float, background: float) -> float:
+    if spec.contrast_mode == "relative":
+        return background * (1.0 + contrast)
+    if spec.contrast_mode == "offset":
+        return background + contrast
+    return float(contrast)
+
+
+def _noise_gain(noise_diffs: np.ndarray, fixed: np.ndarray, target_sd: float) -> float:
+    """Gain on the noise so that noise + ``fixed`` differences spread like the tissue's (robust spreads do not
+    add like variances: bisect)."""
+    low, high = 0.0, 4.0 * target_sd / robust_std(noise_diffs)
+    for _ in range(40):
+        gain = 0.5 * (low + high)
+        if robust_std(fixed + gain * noise_diffs) < target_sd:
+            low = gain
+        else:
+            high = gain
+    return 0.5 * (low + high)
+
+
+def _texture_and_noise(spec, occ: _Occupancy, sur: _Surroundings, grid: np.ndarray, crop, work: np.ndarray, *,
+                       painter: Any, spacing_kji, rng_texture: np.random.Generator, rendered: "RenderedLesion"):
+    """(texture or learned painting, kept anatomy, scaled noise, texture gain, pure-voxel mask).
+
+    Noise + texture together must vary voxel to voxel as much as the surrounding tissue does: the noise is
+    scaled so its in-plane neighbour differences make up what the texture leaves.
+    """
+    shape_crop = tuple(s.stop - s.start for s in crop)
+    background, before, noise = sur.background, sur.before, sur.noise
+    o_total, o_core, o_oedema = occ.total, occ.core, occ.oedema
+    ring, core = occ.lesion_mask & ~occ.core_mask, occ.core_mask
+    wavelength = max(0.6 * spec.diameter_mm, 6.0 * max(spacing_kji[1:]), 2.0)
+    texture = np.zeros(len(grid))
+    filled = o_total > 0  # the texture only matters where the lesion is
+    texture[filled] = texture_field(grid[filled], rng_texture, wavelength_mm=wavelength)
+    t_lesion, t_core = _target_of(spec, spec.contrast, background), _target_of(spec, spec.core_contrast, background)
+    amplitude = spec.heterogeneity * np.where(o_core > 0.5, abs(t_core - background), abs(t_lesion - background))
+    pure = ((o_total == 0) | (o_total == 1)) & ((o_core == 0) | (o_core == 1)) & ((o_oedema == 0) | (o_oedema == 1))
+    pure3 = pure.reshape(shape_crop)
+    inside = interior_masks([m.reshape(shape_crop) for m in (ring, core) if m.any()], spacing_kji, pure=pure3)
+    if pooled_differences(noise, inside).size < 16:
+        inside = [occ.lesion_mask.reshape(shape_crop)]
+    shell3 = sur.shell
+    wanted = robust_std(neighbour_differences(sur.tissue.reshape(shape_crop), shell3)) ** 2 if shell3.any() else 0.0
+    # a translucent lesion (ground glass) keeps a share of the anatomy beneath it; a solid core keeps none
+    anatomy = np.where(o_core > 0.5, 0.0, spec.anatomy)
+    if painter is None:
+        kept = anatomy * (before - background)
+        texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
+    else:
+        # the learned painting's structure replaces the random field; its finest scale (a 1-voxel in-plane
+        # Gaussian) is left to the matched noise below, so the scanner's own noise is what the lesion shows
+        # (the noise guarantee holds as for procedural lesions) and the model contributes what it knows:
+        # the lesion's internal structure at the scales above the noise
+        painted = painter.paint(work, crop, filled.reshape(shape_crop), seed=int(spec.seed))
+        in_plane = [0.0 if a == painter.axis else 1.0 for a in range(3)]
+        texture = ndimage.gaussian_filter(painted, in_plane, mode="nearest").reshape(-1)
+        texture -= texture[filled].mean()
+        kept = np.zeros_like(before)
+        texture_diffs = pooled_differences(texture.reshape(shape_crop), inside)
+    kept_diffs = pooled_differences(kept.reshape(shape_crop), inside)
+    noise_diffs = pooled_differences(noise, inside)
+    texture_gain = 1.0
+    if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
+        target_sd = float(np.sqrt(wanted))
+        texture_sd = robust_std(texture_diffs) if texture_diffs.size else 0.0
+        if texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
+            texture_gain = 0.6 * target_sd / texture_sd
+            texture_diffs = texture_diffs * texture_gain
+            rendered.notes.append(
+                (f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g}"
+                 if painter is None else f"learned texture scaled by {texture_gain:.3g}")
+                + " so that the lesion is not noisier than the surrounding tissue")
+        noise = noise * _noise_gain(noise_diffs, texture_diffs + kept_diffs, target_sd)
+    else:
+        noise = np.zeros_like(noise)
+    return texture, kept, noise, texture_gain, pure3
+
+
+def _blend(spec, occ: _Occupancy, sur: _Surroundings, texture, kept, noise, texture_gain: float, *,
+           learned: bool) -> np.ndarray:
+    """The crop's new values (flat): lesion and core replace the tissue, oedema offsets it, and a 3x3 solve
+    makes each labelled compartment's mean exactly the requested one despite partial-volume voxels."""
+    background, before = sur.background, sur.before
+    o_ring = occ.total - occ.core
+    ring, core, oedema = occ.lesion_mask & ~occ.core_mask, occ.core_mask, occ.oedema_mask
+    t_lesion, t_core = _target_of(spec, spec.contrast, background), _target_of(spec, spec.core_contrast, background)
+    replace = kept + noise.reshape(-1) - before  # x + this = matched noise (+ kept anatomy): the tissue is replaced
+    base = before.copy()
+    if not learned:
+        hetero = spec.heterogeneity * texture_gain
+        base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
+        base += occ.core * (t_core + hetero * abs(t_core - background) * texture + replace)
+    else:
+        base += o_ring * (t_lesion + texture_gain * texture + replace)
+        base += occ.core * (t_core + texture_gain * texture + replace)
+    oedema_offset = 0.0
+    if spec.oedema_mm > 0:
+        oedema_offset = background * spec.oedema_contrast if spec.contrast_mode == "relative" else spec.oedema_contrast
+        base += occ.oedema * oedema_offset
+    compartments = [(ring, o_ring, t_lesion), (core, occ.core, t_core)]
+    if spec.oedema_mm > 0:
+        compartments.append((oedema, occ.oedema, float(before[oedema].mean()) + oedema_offset if oedema.any() else 0.0))
+    used = [(m, o, g) for m, o, g in compartments if m.any()]
+    matrix = np.array([[o[m].mean() for _, o, _ in used] for m, _, _ in used])
+    goal = np.array([g - base[m].mean() for m, _, g in used])
+    try:
+        k = np.linalg.solve(matrix, goal)
+    except np.linalg.LinAlgError:
+        k = np.zeros(len(used))
+    for (m, o, _), kc in zip(used, k):
+        base += kc * o
+    return base
+
+
 def render_lesion(
     spec,
     shape: Shape,
@@ -229,7 +439,6 @@ def render_lesion(
     dist = np.linalg.norm(grid - shape.centre, axis=1)
     roi = dist <= radius
     spacing_kji = tuple(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in (2, 1, 0))
-    voxel_mm3 = float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
     rendered = RenderedLesion(crop, None, None, None, roi.reshape(shape_crop), radius, shape, 0.0, 0.0)  # type: ignore[arg-type]
 
     margin = int(np.ceil(3 * _SMOOTH_VOXELS))
@@ -237,168 +446,22 @@ def render_lesion(
     pristine = work[outer].copy()  # the tissue before the mass effect: its mean and noise are the reference
     if spec.mass_effect_mm > 0:
         _apply_mass_effect(spec, shape, work, label_layers, crop, grid, dist, roi, ijk_to_ras, rendered)
-
-    # ---- geometry: occupancies of the compartments ----------------------------------------------
-    # the shape is evaluated only inside its own bounding ball (the crop may be much larger: mass effect)
-    corner = 0.5 * float(np.sum(np.linalg.norm(ijk_to_ras[:3, :3], axis=0)))
-    reach = shape.extent(grow=spec.oedema_mm) * 1.15 + 0.5 * max(spec.edge_width_mm, 2.0) + 2 * corner
-    near = np.flatnonzero(roi & (dist <= reach))
-    sub = grid[near]
-
-    def scatter(values: np.ndarray) -> np.ndarray:
-        full = np.zeros(len(grid))
-        full[near] = values
-        return full
-
-    target = np.pi / 6.0 * spec.diameter_mm**3
-    shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
-                                    target_mm3=target, voxel_mm3=voxel_mm3)
-    # an asymmetric shape's centroid is off its construction centre: move the shape so that the
-    # lesion's centroid is the requested centre (one translation, same scale)
-    weight = float(o_near.sum())
-    if weight > 0:
-        shift = shape.centre - (o_near[:, None] * sub).sum(axis=0) / weight
-        if np.linalg.norm(shift) > 0.1 * min(float(np.linalg.norm(ijk_to_ras[:3, a])) for a in range(3)):
-            shape = dataclasses.replace(shape, centre=shape.centre + shift)
-            o_near = occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm)
-            if abs(np.count_nonzero(o_near >= 0.5) * voxel_mm3 - target) > 0.03 * target:  # the grid moved
-                shape, o_near = calibrate_scale(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm,
-                                                target_mm3=target, voxel_mm3=voxel_mm3)
-    rendered.shape = shape
-    o_total = scatter(o_near)
-    o_core = np.zeros_like(o_total)
-    if spec.core_fraction > 0:
-        o_core = scatter(occupancy(shape, sub, ijk_to_ras, edge_width=spec.edge_width_mm, shrink=spec.core_fraction))
-        o_core = np.minimum(o_core, o_total)
-    o_oedema = np.zeros_like(o_total)
-    if spec.oedema_mm > 0:
-        o_outer = scatter(occupancy(shape, sub, ijk_to_ras, edge_width=max(spec.edge_width_mm, 2.0),
-                                    grow=spec.oedema_mm))
-        o_oedema = np.clip(o_outer - o_total, 0.0, 1.0)
-        o_outer_label = o_outer >= 0.5
-    lesion = o_total >= 0.5
-    core = lesion & (o_core >= 0.5)
-    oedema = (o_outer_label & ~lesion) if spec.oedema_mm > 0 else np.zeros_like(lesion)
-    if not lesion.any():
-        raise ValueError("lesion has no voxel with occupancy >= 0.5")  # caller turns this into InputError
-    o_ring = o_total - o_core
-    ring = lesion & ~core
-
-    # ---- intensities -----------------------------------------------------------------------------
-    smooth = ndimage.gaussian_filter(pristine, _SMOOTH_VOXELS, mode="nearest")[_inner(outer, crop)].reshape(-1)
-    tissue = pristine[_inner(outer, crop)].reshape(-1)
-    residual = tissue - smooth
-    before = work[crop].reshape(-1).copy()  # after the mass effect: what the lesion is blended into
-
-    lesion3 = lesion.reshape(shape_crop)
-    exclude = None if region is None else ~region[crop]
-    shell = shell_mask(lesion3 | oedema.reshape(shape_crop), spacing_kji).reshape(-1) & roi
-    if exclude is not None and np.count_nonzero(shell & ~exclude.reshape(-1)) >= 16:
-        shell &= ~exclude.reshape(-1)  # the surrounding tissue is the region's tissue
-    background = float(tissue[shell].mean()) if shell.any() else float(tissue[lesion].mean())
-    shell3 = shell.reshape(shape_crop)
-    sigma = robust_std(residual[shell]) if shell.any() else 0.0
-    noise = _matched_noise(tissue.reshape(shape_crop), shell3, sigma, rng_noise)
-
-    def target_of(contrast: float) -> float:
-        if spec.contrast_mode == "relative":
-            return background * (1.0 + contrast)
-        if spec.contrast_mode == "offset":
-            return background + contrast
-        return float(contrast)
-
-    wavelength = max(0.6 * spec.diameter_mm, 6.0 * max(spacing_kji[1:]), 2.0)
-    texture = np.zeros(len(grid))
-    filled = o_total > 0  # the texture only matters where the lesion is
-    texture[filled] = texture_field(grid[filled], rng_texture, wavelength_mm=wavelength)
-    t_lesion = target_of(spec.contrast)
-    t_core = target_of(spec.core_contrast)
-    # noise + texture together must vary voxel to voxel as much as the surrounding tissue does:
-    # scale the noise so its in-plane neighbour differences make up what the texture leaves
-    amplitude = spec.heterogeneity * np.where(o_core > 0.5, abs(t_core - background), abs(t_lesion - background))
-    pure = ((o_total == 0) | (o_total == 1)) & ((o_core == 0) | (o_core == 1)) & ((o_oedema == 0) | (o_oedema == 1))
-    pure3 = pure.reshape(shape_crop)
-    inside = interior_masks([m.reshape(shape_crop) for m in (ring, core) if m.any()], spacing_kji, pure=pure3)
-    if pooled_differences(noise, inside).size < 16:
-        inside = [lesion.reshape(shape_crop)]
-    wanted = robust_std(neighbour_differences(tissue.reshape(shape_crop), shell3)) ** 2 if shell.any() else 0.0
-    # a translucent lesion (ground glass) keeps a share of the anatomy beneath it; a solid core keeps none
-    anatomy = np.where(o_core > 0.5, 0.0, spec.anatomy)
-    if painter is None:
-        kept = anatomy * (before - background)
-        texture_diffs = pooled_differences((amplitude * texture).reshape(shape_crop), inside)
-    else:
-        # the learned painting's structure replaces the random field; its finest scale (a 1-voxel in-plane
-        # Gaussian) is left to the matched noise below, so the scanner's own noise is what the lesion shows
-        # (the noise guarantee holds as for procedural lesions) and the model contributes what it knows:
-        # the lesion's internal structure at the scales above the noise
-        painted = painter.paint(work, crop, filled.reshape(shape_crop), seed=int(spec.seed))
-        in_plane = [0.0 if a == painter.axis else 1.0 for a in range(3)]
-        learned = ndimage.gaussian_filter(painted, in_plane, mode="nearest").reshape(-1)
-        learned -= learned[filled].mean()
-        kept = np.zeros_like(before)
-        texture_diffs = pooled_differences(learned.reshape(shape_crop), inside)
-    kept_diffs = pooled_differences(kept.reshape(shape_crop), inside)
-    noise_diffs = pooled_differences(noise, inside)
-    texture_gain = 1.0
-    if np.isfinite(wanted) and wanted > 0 and noise_diffs.size and robust_std(noise_diffs) > 0:
-        target_sd = float(np.sqrt(wanted))
-        texture_sd = robust_std(texture_diffs) if texture_diffs.size else 0.0
-        if texture_sd > 0.6 * target_sd:  # texture alone would be noisier than the tissue: soften it
-            texture_gain = 0.6 * target_sd / texture_sd
-            texture_diffs = texture_diffs * texture_gain
-            rendered.notes.append(
-                (f"heterogeneity reduced from {spec.heterogeneity:.3g} to {spec.heterogeneity * texture_gain:.3g}"
-                 if painter is None else f"learned texture scaled by {texture_gain:.3g}")
-                + " so that the lesion is not noisier than the surrounding tissue")
-        fixed = texture_diffs + kept_diffs
-        low, high = 0.0, 4.0 * target_sd / robust_std(noise_diffs)
-        for _ in range(40):  # robust spreads do not add like variances: bisect the noise gain
-            gain = 0.5 * (low + high)
-            if robust_std(fixed + gain * noise_diffs) < target_sd:
-                low = gain
-            else:
-                high = gain
-        noise = noise * (0.5 * (low + high))
-    else:
-        noise = np.zeros_like(noise)
-    replace = kept + noise.reshape(-1) - before  # x + this = matched noise (+ kept anatomy): the tissue is replaced
-    base = before.copy()
-    if painter is None:
-        hetero = spec.heterogeneity * texture_gain
-        base += o_ring * (t_lesion + hetero * abs(t_lesion - background) * texture + replace)
-        base += o_core * (t_core + hetero * abs(t_core - background) * texture + replace)
-    else:
-        base += o_ring * (t_lesion + texture_gain * learned + replace)
-        base += o_core * (t_core + texture_gain * learned + replace)
-    oedema_offset = 0.0
-    if spec.oedema_mm > 0:
-        oedema_offset = background * spec.oedema_contrast if spec.contrast_mode == "relative" else spec.oedema_contrast
-        base += o_oedema * oedema_offset
-
-    # exact means per labelled compartment despite partial-volume voxels: solve A k = b
-    compartments = [(ring, o_ring, t_lesion), (core, o_core, t_core)]
-    if spec.oedema_mm > 0:
-        compartments.append((oedema, o_oedema, float(before[oedema].mean()) + oedema_offset if oedema.any() else 0.0))
-    used = [(m, o, g) for m, o, g in compartments if m.any()]
-    matrix = np.array([[o[m].mean() for _, o, _ in used] for m, _, _ in used])
-    goal = np.array([g - base[m].mean() for m, _, g in used])
-    try:
-        k = np.linalg.solve(matrix, goal)
-    except np.linalg.LinAlgError:
-        k = np.zeros(len(used))
-    for (m, o, _), kc in zip(used, k):
-        base += kc * o
-
-    changed = roi & ((o_total > 0) | (o_oedema > 0))
+    occ = _occupancies(spec, shape, grid, roi, dist, ijk_to_ras)
+    rendered.shape = occ.shape
+    sur = _surroundings(work, pristine, outer, crop, occ, roi, region=region, spacing_kji=spacing_kji,
+                        rng_noise=rng_noise)
+    texture, kept, noise, gain, pure3 = _texture_and_noise(spec, occ, sur, grid, crop, work, painter=painter,
+                                                           spacing_kji=spacing_kji, rng_texture=rng_texture,
+                                                           rendered=rendered)
+    base = _blend(spec, occ, sur, texture, kept, noise, gain, learned=painter is not None)
+    changed = roi & ((occ.total > 0) | (occ.oedema > 0))
     flat = work[crop].reshape(-1).copy()
     flat[changed] = base[changed]
     work[crop] = flat.reshape(shape_crop)
-
-    rendered.lesion = lesion3
-    rendered.core = core.reshape(shape_crop)
-    rendered.oedema = oedema.reshape(shape_crop)
-    rendered.background = background
-    rendered.noise_sigma = sigma
+    rendered.lesion = occ.lesion_mask.reshape(shape_crop)
+    rendered.core = occ.core_mask.reshape(shape_crop)
+    rendered.oedema = occ.oedema_mask.reshape(shape_crop)
+    rendered.background = sur.background
+    rendered.noise_sigma = sur.sigma
     rendered.pure = pure3
     return rendered

@@ -1,0 +1,282 @@
+"""Resolving lesions: from what the caller gave (explicit specs, centres, or a count) to one fully drawn
+:class:`LesionSpec` and :class:`~._shape.Shape` per lesion, placed and checked to lie inside the volume and region.
+
+Every random draw happens here, from the call's seed, before anything is rendered: the resolved specs reproduce
+the run on their own (``insert_lesions(volume, specs=result.specs)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ...errors import InputError, ModelError
+from ...volume import Volume
+from ._presets import Preset, draw_parameters
+from ._region import place_centres
+from ._shape import FAMILIES, Shape, make_shape, shape_from_mask
+
+__all__ = ["LesionSpec", "CONTRAST_MODES", "draw_specs", "load_shape_model", "shape_for", "check_inside",
+           "resolve_specs", "ResolvedLesions"]
+
+CONTRAST_MODES = ("relative", "offset", "absolute")
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """Everything that defines one lesion, in physical units.
+
+    Parameters
+    ----------
+    centre_ras : tuple of 3 floats or None
+        Centre in RAS mm (Slicer's convention). ``None``: placed at random in the region.
+    diameter_mm : float
+        Diameter of the sphere of equal volume; the labelled volume matches ``pi/6 d^3``.
+    shape : {"round", "lobulated", "irregular", "infiltrative", "learned"}
+        Shape family (smooth random surfaces; infiltrative is not star-shaped;
+        learned: decoded by a lesion-shape VAE package, see ``shape_model``).
+    contrast : float
+        Lesion intensity, read by ``contrast_mode``: ``"relative"`` a fraction of the
+        surrounding tissue's mean (0.5: 50 % brighter; MR), ``"offset"`` a difference
+        in the volume's units (-40: 40 HU darker), ``"absolute"`` the lesion's mean
+        value itself (e.g. 30 HU for a solid nodule).
+    heterogeneity : float
+        Standard deviation of the smooth internal texture, as a fraction of the
+        lesion's step from the surrounding tissue (0: uniform).
+    edge_width_mm : float
+        Width of the soft margin (0: the sharpest edge the voxels allow).
+    core_fraction, core_contrast : float
+        A core of the same shape scaled by ``core_fraction`` (0: none), with its
+        own contrast in ``contrast_mode`` (necrotic core, or the solid part of a
+        part-solid nodule). Label class 2.
+    oedema_mm, oedema_contrast : float
+        A rim this thick around the lesion (0: none); contrast relative to the
+        tissue for ``"relative"``, else an offset in the volume's units. The rim
+        keeps the anatomy beneath it. Label class 3.
+    mass_effect_mm : float
+        How far the tissue at the lesion's edge is pushed outwards (0: none).
+    anatomy : float
+        Share (0-1) of the underlying anatomy that shows through the lesion
+        (0: opaque, the tissue is replaced; ~0.7: ground glass, vessels stay
+        visible). A core is always opaque.
+    elongation : float
+        Ratio of the longest to the shortest axis (>= 1), volume-preserving.
+    irregularity : float or None
+        Amplitude of the surface modulation as a fraction of the radius
+        (None: the family's default).
+    seed : int or None
+        Seed of this lesion's shape, orientation, texture and noise (None: drawn
+        from the call's seed).
+    kind : str
+        What the lesion models (the preset name), for the report.
+    """
+
+    centre_ras: Optional[tuple[float, float, float]] = None
+    diameter_mm: float = 10.0
+    shape: str = "round"
+    contrast: float = 0.5
+    contrast_mode: str = "relative"
+    heterogeneity: float = 0.1
+    edge_width_mm: float = 1.0
+    core_fraction: float = 0.0
+    core_contrast: float = 0.0
+    oedema_mm: float = 0.0
+    oedema_contrast: float = 0.0
+    mass_effect_mm: float = 0.0
+    anatomy: float = 0.0
+    elongation: float = 1.0
+    irregularity: Optional[float] = None
+    seed: Optional[int] = None
+    kind: str = "custom"
+
+    def validate(self) -> "LesionSpec":
+        """Return self, or raise :class:`InputError` quoting the bad field and value."""
+        def bad(name: str, rule: str) -> InputError:
+            return InputError(f"lesion {name} must be {rule}, got {getattr(self, name)!r}")
+
+        if self.centre_ras is not None:
+            centre = np.asarray(self.centre_ras, dtype=np.float64)
+            if centre.shape != (3,) or not np.all(np.isfinite(centre)):
+                raise bad("centre_ras", "three finite RAS coordinates in mm")
+        if not (0.5 <= float(self.diameter_mm) <= 300):
+            raise bad("diameter_mm", "between 0.5 and 300 mm")
+        if self.shape not in FAMILIES:
+            raise bad("shape", f"one of {', '.join(FAMILIES)}")
+        if self.contrast_mode not in CONTRAST_MODES:
+            raise bad("contrast_mode", f"one of {', '.join(CONTRAST_MODES)}")
+        if self.contrast_mode == "relative" and not (-0.95 <= self.contrast <= 20):
+            raise bad("contrast", "a relative contrast between -0.95 and 20")
+        if self.contrast_mode == "relative" and not (-0.95 <= self.core_contrast <= 20):
+            raise bad("core_contrast", "a relative contrast between -0.95 and 20")
+        if not (0 <= self.heterogeneity <= 1):
+            raise bad("heterogeneity", "between 0 and 1")
+        if not (0 <= self.edge_width_mm <= 20):
+            raise bad("edge_width_mm", "between 0 and 20 mm")
+        if not (0 <= self.core_fraction <= 0.9):
+            raise bad("core_fraction", "between 0 and 0.9")
+        if not (0 <= self.oedema_mm <= 50):
+            raise bad("oedema_mm", "between 0 and 50 mm")
+        if not (0 <= self.mass_effect_mm <= 0.4 * self.diameter_mm):
+            raise bad("mass_effect_mm", f"between 0 and 0.4 x the diameter ({0.4 * self.diameter_mm:.1f} mm)")
+        if not (0 <= self.anatomy <= 1):
+            raise bad("anatomy", "between 0 and 1")
+        if not (1 <= self.elongation <= 4):
+            raise bad("elongation", "between 1 and 4")
+        if self.irregularity is not None and not (0 <= self.irregularity <= 0.6):
+            raise bad("irregularity", "between 0 and 0.6 (or null for the family's default)")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["centre_ras"] is not None:
+            data["centre_ras"] = [float(x) for x in data["centre_ras"]]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LesionSpec":
+        """Build a spec from a mapping (e.g. JSON); unknown keys are an :class:`InputError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown lesion spec field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        values = dict(data)
+        if values.get("centre_ras") is not None:
+            values["centre_ras"] = tuple(float(x) for x in values["centre_ras"])
+        return cls(**values).validate()
+
+
+
+@dataclass(frozen=True)
+class ResolvedLesions:
+    """Step 1's output: the specs with centres and seeds, their shapes, and small-lesion warnings."""
+
+    specs: list[LesionSpec]
+    shapes: list[Shape]
+    warnings: list[str]
+
+
+def _given_specs(specs: Sequence[Union[LesionSpec, Mapping[str, Any]]], rng: np.random.Generator) -> list[LesionSpec]:
+    resolved = []
+    for item in specs:
+        spec = LesionSpec.from_dict(item) if isinstance(item, Mapping) else item
+        if not isinstance(spec, LesionSpec):
+            raise InputError(f"specs must hold LesionSpec objects or dicts, got {type(item).__name__}")
+        spec.validate()
+        seed_i = int(rng.integers(0, 2**31 - 1))  # drawn for every spec, so seeds do not depend on which are given
+        if spec.seed is None:
+            spec = dataclasses.replace(spec, seed=seed_i)
+        resolved.append(spec)
+    if not resolved:
+        raise InputError("specs is empty: give at least one lesion")
+    return resolved
+
+
+def _specs_at(centres: Iterable[Sequence[float]], preset: Optional[Preset], rng: np.random.Generator, *,
+              size_mm: Optional[float], contrast: Optional[float], learned: bool) -> list[LesionSpec]:
+    points = [np.asarray(c, dtype=np.float64) for c in centres]
+    if not points or any(p.shape != (3,) or not np.all(np.isfinite(p)) for p in points):
+        raise InputError("centres must be a non-empty list of (R, A, S) points in mm")
+    drawn = draw_specs(preset, rng, len(points), size_mm, contrast, learned=learned)
+    return [dataclasses.replace(s, centre_ras=tuple(float(x) for x in p)).validate() for s, p in zip(drawn, points)]
+
+
+def resolve_specs(volume: Volume, *, request: Any, mask: Optional[np.ndarray],
+                  rng: np.random.Generator) -> ResolvedLesions:
+    """Draw, place and check every lesion of ``request`` (a validated ``_insert.LesionRequest``).
+
+    ``mask`` is the region (boolean, volume grid) random centres are placed in and explicit centres are
+    checked against; the caller resolves it (``"auto"`` for a count) before calling.
+    """
+    learned = request.shape_model is not None
+    if request.specs is not None:
+        resolved = _given_specs(request.specs, rng)
+    elif request.centres is not None:
+        resolved = _specs_at(request.centres, request.preset, rng, size_mm=request.size_mm,
+                             contrast=request.contrast, learned=learned)
+    else:
+        drawn = draw_specs(request.preset, rng, int(request.count), request.size_mm, request.contrast, learned=learned)
+        resolved = [s.validate() for s in drawn]
+    needs_placing = [i for i, s in enumerate(resolved) if s.centre_ras is None]
+    if needs_placing:
+        extents = [shape_for(resolved[i], np.zeros(3), request.shape_model).extent(grow=resolved[i].oedema_mm)
+                   for i in needs_placing]
+        placed = place_centres(mask, volume, extents, rng, min_spacing_mm=request.min_spacing_mm)
+        for i, point in zip(needs_placing, placed):
+            resolved[i] = dataclasses.replace(resolved[i], centre_ras=tuple(float(x) for x in point))
+    shapes, warnings = [], []
+    for number, spec in enumerate(resolved, start=1):
+        shape = shape_for(spec, np.asarray(spec.centre_ras), request.shape_model)
+        check_inside(volume, spec, shape, number, mask if number - 1 not in needs_placing else None)
+        if spec.diameter_mm < 1.5 * min(volume.spacing):
+            warnings.append(f"lesion {number} ({spec.diameter_mm:.1f} mm) is small for this grid "
+                            f"(voxels {min(volume.spacing):.2f}-{max(volume.spacing):.2f} mm); its volume may be off")
+        shapes.append(shape)
+    return ResolvedLesions(resolved, shapes, warnings)
+
+
+def load_shape_model(shape_model: Any):
+    """A lesion-shape VAE package: a path (loaded and checked) or an object with ``network`` and ``metadata``."""
+    if shape_model is None or (hasattr(shape_model, "network") and hasattr(shape_model, "metadata")):
+        return shape_model
+    from ...models import load_package
+
+    return load_package(shape_model, task="lesion-shape")
+
+
+def shape_for(spec: LesionSpec, centre: np.ndarray, shape_model: Any = None) -> Shape:
+    rng = np.random.default_rng([int(spec.seed), 7])
+    if spec.shape == "learned":
+        if shape_model is None:
+            raise InputError("shape 'learned' needs a lesion-shape model package (shape_model=..., "
+                             "CLI --shape-model), trained by medsynth-train lesion-shape")
+        from ...models.sampling import sample_lesion_shapes
+
+        mask = sample_lesion_shapes(shape_model.network, metadata=shape_model.metadata, count=1, seed=int(spec.seed))[0]
+        voxel_mm = float(shape_model.metadata.get("input", {}).get("voxel_mm", 1.0))
+        try:
+            return shape_from_mask(mask, voxel_mm, rng, centre=centre, diameter_mm=spec.diameter_mm,
+                                   elongation=spec.elongation)
+        except ValueError as error:
+            raise ModelError(f"{error} for lesion seed {spec.seed}; try another seed or a better-trained model") from None
+    return make_shape(rng, centre=centre, diameter_mm=spec.diameter_mm, family=spec.shape,
+                      elongation=spec.elongation, irregularity=spec.irregularity)
+
+
+def check_inside(volume: Volume, spec: LesionSpec, shape: Shape, number: int, region: Optional[np.ndarray]) -> None:
+    centre = np.asarray(spec.centre_ras, dtype=np.float64)
+    ijk = volume.ras_points_to_ijk(centre)
+    size = np.array(volume.shape_ijk)
+    text = ",".join(f"{x:g}" for x in centre)
+    if np.any(ijk < -0.5) or np.any(ijk > size - 0.5):
+        raise InputError(f"lesion {number} at RAS ({text}) mm is outside the volume (voxel index "
+                         f"{tuple(round(float(x), 1) for x in ijk)}, volume size {tuple(int(s) for s in size)})")
+    extent = shape.extent(grow=spec.oedema_mm)
+    half = extent * np.linalg.norm(volume.ras_to_ijk()[:3, :3], axis=1)
+    if np.any(ijk - half < -0.5) or np.any(ijk + half > size - 0.5):
+        raise InputError(f"lesion {number} at RAS ({text}) mm, {spec.diameter_mm:.1f} mm across, extends beyond "
+                         "the edge of the volume; move it inwards or make it smaller")
+    if region is not None:
+        index = tuple(int(round(float(x))) for x in ijk[::-1])
+        if not region[index]:
+            raise InputError(f"lesion {number} at RAS ({text}) mm is outside the region")
+
+
+def draw_specs(preset: Optional[Preset], rng: np.random.Generator, n: int,
+                size_mm: Optional[float], contrast: Optional[float], *, learned: bool = False) -> list[LesionSpec]:
+    specs = []
+    for _ in range(n):
+        values: dict[str, Any] = draw_parameters(preset, rng) if preset is not None else {}
+        values["seed"] = int(rng.integers(0, 2**31 - 1))
+        if size_mm is not None:
+            values["diameter_mm"] = float(size_mm)
+            values["mass_effect_mm"] = min(values.get("mass_effect_mm", 0.0), 0.4 * float(size_mm))
+        if contrast is not None:
+            values["contrast"] = float(contrast)
+        values["kind"] = preset.name if preset is not None else "custom"
+        if learned:  # the shape comes from the model; the preset's other draws stay as they were
+            values["shape"] = "learned"
+        specs.append(LesionSpec(**values))
+    return specs
