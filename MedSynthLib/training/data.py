@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import glob
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +26,7 @@ from ..errors import InputError
 from ..io import read_volume
 from ..volume import Volume
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pairs import PairMaker
+from .pairs_base import CachedVolume, PairMaker
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -45,20 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-@dataclass
-class CachedVolume:
-    """One training volume in memory: normalised float32 array (KJI), optional label map, provenance."""
-
-    path: Path
-    array: np.ndarray
-    spacing_kji: tuple[float, float, float]
-    label: Optional[np.ndarray] = None
-    label_path: Optional[Path] = None
-    info: dict = field(default_factory=dict)
-    foreground: Optional[np.ndarray] = None  # (N, 3) KJI indices of a subsample of foreground voxels
-    lesion: Optional[np.ndarray] = None  # (N, 3) KJI indices of label voxels
 
 
 def _has_volume_suffix(path: Path) -> bool:
@@ -126,7 +110,7 @@ def load_volumes(
     paths: Sequence[Path],
     *,
     label_paths: Optional[Sequence[Path]] = None,
-    pair_maker: "PairMaker",
+    pair_maker: PairMaker,
     spacing: Optional[Sequence[float]] = None,
 ) -> list[CachedVolume]:
     """Read, check and normalise the training volumes (unreadable ones skipped with a warning).
@@ -298,7 +282,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         volumes: list[CachedVolume],
-        pair_maker: "PairMaker",
+        pair_maker: PairMaker,
         *,
         length: int,
         seed: int,

@@ -8,8 +8,8 @@ model (mean + smooth random field) by what a network trained on real lesions dra
 surrounding tissue: heterogeneous enhancement, internal structure, an edge that looks like the training
 lesions' edges.
 
-The package contract is the training side's ``LesionInpaintPairs`` (input format ``lesion-inpaint-2.5d``,
-version 1): ``2 * context + 1`` slices across the volume's slice axis with the lesion set to 0, then the
+The package contract is :mod:`MedSynthLib.network_inputs.lesion` (input format ``lesion-inpaint-2.5d``,
+version 1), which training uses too: ``2 * context + 1`` slices across the volume's slice axis with the lesion set to 0, then the
 centre slice's mask; intensities normalised by the whole volume's 0.5 / 99.5 percentiles; output the centre
 slice with the lesion painted in. ``diffusion`` packages sample with DDIM and data consistency outside the
 mask (one noise image shared by all slices of a lesion, so the slices agree); ``unet`` / ``gan`` packages
@@ -29,10 +29,10 @@ from ...errors import ModelError
 from ...intensity import Scale, robust_scale
 from ...models.package import LoadedModel, load_package
 from ...models.sampling import ddim_sample_batches, package_schedule, size_multiple
+from ...network_inputs.lesion import INPAINT_PERCENTILES, check_inpaint_input_spec, make_inpaint_inputs
 
-__all__ = ["LesionPainter", "load_inpaint_model", "make_painter", "INPAINT_FORMAT"]
+__all__ = ["LesionPainter", "load_inpaint_model", "make_painter"]
 
-INPAINT_FORMAT = ("lesion-inpaint-2.5d", 1)
 _FAMILIES = ("unet", "gan", "diffusion")
 _UNET_MULTIPLE = 16  # BasicUNet (unet/gan families) pools 4 times
 _MIN_CONTEXT_PX = 16  # tissue seen around the lesion's bounding box, each side, in-plane
@@ -54,15 +54,7 @@ def load_inpaint_model(model: Union[str, Path, LoadedModel]) -> LoadedModel:
     if loaded.info.family not in _FAMILIES:
         raise ModelError(f"model package {name} has family {loaded.info.family!r}; lesion appearance runs "
                          f"{', '.join(_FAMILIES)}")
-    spec = loaded.metadata.get("input", {})
-    found = (spec.get("format"), spec.get("version"))
-    if found != INPAINT_FORMAT:
-        raise ModelError(f"model package {name} has input format {found[0]!r} version {found[1]!r}; "
-                         f"this MedSynth reads {INPAINT_FORMAT[0]!r} version {INPAINT_FORMAT[1]}")
-    context = spec.get("context")
-    if not isinstance(context, int) or context < 0 or spec.get("channels") != 2 * context + 2:
-        raise ModelError(f"model package {name}: input context {context!r} and channels {spec.get('channels')!r} "
-                         "do not match (channels must be 2 x context + 2)")
+    check_inpaint_input_spec(loaded.metadata.get("input", {}), name=f"model package {name}")
     if loaded.info.family == "diffusion":
         package_schedule(loaded)  # refuses a package without its noise schedule
     return loaded
@@ -153,9 +145,8 @@ class LesionPainter:
         index = np.clip(centres[:, None] + offsets[None, :], 0, moved.shape[0] - 1)  # (N, 2c+1)
         planes = self.scale.forward(moved[(slice(None),) + plane][index])  # (N, 2c+1, H, W)
         masks = moved_mask[(slice(None),) + plane][index]
-        blanked = np.where(masks, 0.0, planes).astype(np.float32)
-        centre_mask = masks[:, c : c + 1].astype(np.float32)
-        inputs = np.concatenate([blanked, centre_mask], axis=1)
+        inputs = make_inpaint_inputs(planes, masks, context=c)
+        centre_mask = inputs[:, -1:]
         painted = self._run(inputs, planes[:, c : c + 1], centre_mask, seed=seed)[:, 0]  # (N, H, W)
         # within the range the model was trained on (the volume's 0.5-99.5 percentiles): a poorly trained
         # package cannot push values so far that clipping to the valid range would shift the lesion's mean
@@ -203,6 +194,6 @@ def make_painter(volume_array: np.ndarray, model: Union[str, Path, LoadedModel],
     loaded = load_inpaint_model(model)
     select_device(device)  # a missing device fails before any work
     spec = loaded.metadata["input"].get("normalisation", {})
-    percentiles = tuple(spec.get("percentiles", (0.5, 99.5)))
+    percentiles = tuple(spec.get("percentiles", INPAINT_PERCENTILES))
     return LesionPainter(model=loaded, scale=robust_scale(volume_array, percentiles=percentiles), axis=int(slice_axis),
                          steps=int(steps), device=device)
