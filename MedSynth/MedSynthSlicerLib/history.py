@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from MedSynthLib._version import __version__ as library_version
+from MedSynthLib import __version__ as library_version
 from MedSynthLib.cli._common import to_jsonable
 
 __all__ = [
