@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import InputError
+from ..errors import InputError, check_number, check_whole_number
 
 __all__ = ["TrainConfig", "load_config"]
 
@@ -99,26 +99,19 @@ class TrainConfig:
         if not self.out:
             raise InputError("no output folder given: pass --out DIR")
         for name in ("epochs", "batch_size", "samples_per_epoch", "val_samples", "crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
+            check_whole_number(getattr(self, name), name, low=1, high=10**9)
         if self.samples_per_epoch < self.batch_size:
             raise InputError(f"samples_per_epoch ({self.samples_per_epoch}) must be at least batch_size ({self.batch_size})")
-        side = self.val_field
-        if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 0):
-            raise InputError(f"val_field must be a non-negative integer (0 = whole planes) or null, got {self.val_field!r}")
-        if not 0 <= float(self.val_fraction) < 1:
-            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not float(self.lr) > 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
-        if float(self.augment) < 0:
-            raise InputError(f"augment must be >= 0, got {self.augment}")
+        if self.val_field is not None:
+            check_whole_number(self.val_field, "val_field", low=0, high=10**6)  # 0: whole planes; null: the crop
+        check_number(self.val_fraction, "val_fraction", low=0.0, high=1.0, high_open=True)
+        check_number(self.lr, "lr", low=0.0, low_open=True)
+        check_number(self.augment, "augment", low=0.0)
         if self.spacing is not None and (
             not isinstance(self.spacing, (list, tuple)) or len(self.spacing) != 3 or any(float(v) <= 0 for v in self.spacing)
         ):
             raise InputError(f"spacing must be three positive numbers (mm, i j k), got {self.spacing!r}")
-        if self.num_workers < 0:
-            raise InputError(f"num_workers must be >= 0, got {self.num_workers}")
+        check_whole_number(self.num_workers, "num_workers", low=0, high=1024)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

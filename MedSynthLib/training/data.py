@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from ..io import read_volume
 from ..volume import Volume
 
@@ -203,8 +203,7 @@ def split_volumes(
     With a single volume, validation draws from the same volume with other seeds
     and no augmentation, and a warning says the numbers are optimistic.
     """
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_number(val_fraction, "--val-fraction", low=0.0, high=1.0, high_open=True)
     count = int(round(len(volumes) * val_fraction))
     if val_fraction > 0 and count == 0 and len(volumes) > 1:
         count = 1

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from ..intensity import robust_scale
 from ..volume import Volume
 from .lesion_pairs import LesionInpaintPairs, LesionShapePairs
@@ -79,14 +79,9 @@ class DenoisePairs(PairMaker):
         target = self.options["target"]
         if target not in ("clean", "recorrupted"):
             raise InputError(f"task option target must be 'clean' or 'recorrupted', got {target!r}")
-        alpha = self.options["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha <= 0:
-            raise InputError(f"task option alpha must be a positive number, got {alpha!r}")
-        sigma = self.options["sigma"]
-        if sigma is not None and (
-            isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not np.isfinite(sigma) or sigma < 0
-        ):
-            raise InputError(f"task option sigma must be null (estimate per volume) or a number >= 0, got {sigma!r}")
+        check_number(self.options["alpha"], "task option alpha", low=0.0, low_open=True)
+        if self.options["sigma"] is not None:
+            check_number(self.options["sigma"], "task option sigma (null: estimate per volume)", low=0.0)
 
     @property
     def context(self) -> int:
@@ -221,9 +216,7 @@ class FillPairs(PairMaker):
 
     def __init__(self, options: Optional[dict] = None, *, crop: int = 64) -> None:
         super().__init__(options, crop=crop)
-        share = self.options["regular_grid"]
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-            raise InputError(f"fill task option regular_grid must be a number in [0, 1], got {share!r}")
+        check_number(self.options["regular_grid"], "fill task option regular_grid", low=0.0, high=1.0)
 
     @property
     def context(self) -> int:

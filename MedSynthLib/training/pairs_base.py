@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_whole_number
 from ..intensity import robust_scale
 from ..volume import THICK_SLICE_RATIO, Volume
 
@@ -164,8 +164,7 @@ class PairMaker:
         self.options = {**self.defaults, **options}
         if "axes" in self.options and self.options["axes"] not in ("all", "thin", "slice"):
             raise InputError(f"task option axes must be 'all', 'thin' or 'slice', got {self.options['axes']!r}")
-        if int(crop) < 8:
-            raise InputError(f"crop must be at least 8 voxels, got {crop}")
+        check_whole_number(crop, "crop (voxels)", low=8, high=4096)
         self.crop = int(crop)
 
     @property

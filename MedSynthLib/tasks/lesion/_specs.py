@@ -8,12 +8,13 @@ the run on their own (``insert_lesions(volume, specs=result.specs)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ...errors import InputError, ModelError
+from ...errors import InputError, ModelError, check_number
 from ...volume import Volume
 from ._presets import Preset, draw_parameters
 from ._region import place_centres
@@ -23,6 +24,10 @@ __all__ = ["LesionSpec", "CONTRAST_MODES", "draw_specs", "load_shape_model", "sh
            "resolve_specs", "ResolvedLesions"]
 
 CONTRAST_MODES = ("relative", "offset", "absolute")
+
+#: The range of each numeric spec field (mm, fractions, ratios): what the renderer is tested for.
+_SPEC_RANGES = {"diameter_mm": (0.5, 300.0), "heterogeneity": (0.0, 1.0), "edge_width_mm": (0.0, 20.0),
+                "core_fraction": (0.0, 0.9), "oedema_mm": (0.0, 50.0), "anatomy": (0.0, 1.0), "elongation": (1.0, 4.0)}
 
 
 @dataclass(frozen=True)
@@ -101,32 +106,20 @@ class LesionSpec:
             centre = np.asarray(self.centre_ras, dtype=np.float64)
             if centre.shape != (3,) or not np.all(np.isfinite(centre)):
                 raise bad("centre_ras", "three finite RAS coordinates in mm")
-        if not (0.5 <= float(self.diameter_mm) <= 300):
-            raise bad("diameter_mm", "between 0.5 and 300 mm")
+        for name, (low, high) in _SPEC_RANGES.items():
+            check_number(getattr(self, name), f"lesion {name}", low=low, high=high)
         if self.shape not in FAMILIES:
             raise bad("shape", f"one of {', '.join(FAMILIES)}")
         if self.contrast_mode not in CONTRAST_MODES:
             raise bad("contrast_mode", f"one of {', '.join(CONTRAST_MODES)}")
-        if self.contrast_mode == "relative" and not (-0.95 <= self.contrast <= 20):
-            raise bad("contrast", "a relative contrast between -0.95 and 20")
-        if self.contrast_mode == "relative" and not (-0.95 <= self.core_contrast <= 20):
-            raise bad("core_contrast", "a relative contrast between -0.95 and 20")
-        if not (0 <= self.heterogeneity <= 1):
-            raise bad("heterogeneity", "between 0 and 1")
-        if not (0 <= self.edge_width_mm <= 20):
-            raise bad("edge_width_mm", "between 0 and 20 mm")
-        if not (0 <= self.core_fraction <= 0.9):
-            raise bad("core_fraction", "between 0 and 0.9")
-        if not (0 <= self.oedema_mm <= 50):
-            raise bad("oedema_mm", "between 0 and 50 mm")
-        if not (0 <= self.mass_effect_mm <= 0.4 * self.diameter_mm):
-            raise bad("mass_effect_mm", f"between 0 and 0.4 x the diameter ({0.4 * self.diameter_mm:.1f} mm)")
-        if not (0 <= self.anatomy <= 1):
-            raise bad("anatomy", "between 0 and 1")
-        if not (1 <= self.elongation <= 4):
-            raise bad("elongation", "between 1 and 4")
-        if self.irregularity is not None and not (0 <= self.irregularity <= 0.6):
-            raise bad("irregularity", "between 0 and 0.6 (or null for the family's default)")
+        relative = self.contrast_mode == "relative"
+        for name in ("contrast", "core_contrast", "oedema_contrast"):
+            low, high = (-0.95, 20.0) if relative and name != "oedema_contrast" else (-math.inf, math.inf)
+            check_number(getattr(self, name), f"lesion {name}" + (" (relative)" if relative else ""), low=low, high=high)
+        check_number(self.mass_effect_mm, "lesion mass_effect_mm (at most 0.4 x the diameter)", low=0.0,
+                     high=0.4 * float(self.diameter_mm))
+        if self.irregularity is not None:
+            check_number(self.irregularity, "lesion irregularity (or null for the family's default)", low=0.0, high=0.6)
         return self
 
     def as_dict(self) -> dict[str, Any]:
