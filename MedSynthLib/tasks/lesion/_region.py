@@ -113,7 +113,7 @@ def auto_region(volume: Volume, kind: str) -> np.ndarray:
     if kind == "white-matter":
         mask = _white_matter(volume.array)
     elif kind == "brain":
-        mask = _brain(volume.array, tuple(volume.spacing_along(a) for a in range(3)))
+        mask = _brain(volume.array, volume.spacing_kji)
     elif kind == "lung":
         mask = _lung(volume.array, volume.slice_axis())
     elif kind == "liver":
@@ -146,7 +146,7 @@ def place_centres(
     InputError
         A lesion is larger than the region allows, or the lesions cannot all fit.
     """
-    spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
+    spacing_kji = volume.spacing_kji
     box = ndimage.find_objects(region.astype(np.uint8))[0]  # the distance map only where the region is
     padded = np.pad(region[box], 1, constant_values=False)  # the volume's edge is the region's edge
     depth = ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
