@@ -24,7 +24,7 @@ from ..progress import CancelToken, ProgressCallback
 from ._inputs import Case, derive_seed, file_sha256, read_cases
 from ._layout import (check_output_dir, clear_partial, datalist_json, dataset_json, image_path, label_path, read_manifest,
                       write_manifest, write_text_if_changed)
-from ._run import DASK_MISSING, execute
+from ._run import DASK_MISSING, execute, require_dask
 from ._work import AUTO_PRESETS, LesionOptions, OutputTask
 
 __all__ = ["augment", "AugmentResult", "LesionOptions", "Case", "read_cases", "derive_seed", "AUTO_PRESETS",
@@ -198,6 +198,8 @@ def augment(source: Union[str, Path], output_dir: Union[str, Path], *, variants:
     """
     options = _options(lesion)
     _check(options, variants, jobs)
+    if scheduler is not None:
+        require_dask()
     cases = read_cases(source)
     if options.lesion_label is None:
         options = dataclasses.replace(options, lesion_label=_default_lesion_label(cases))

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..progress import CancelToken, check_cancel
 from ._work import OutputTask, limit_threads, run_output
 
-__all__ = ["execute", "DASK_MISSING"]
+__all__ = ["execute", "require_dask", "DASK_MISSING"]
 
 DASK_MISSING = ("--scheduler needs Dask distributed, which is not installed: "
                 "pip install 'medsynth[distributed]' (or pip install 'dask[distributed]')")
@@ -80,11 +80,18 @@ def _processes(tasks: Sequence[OutputTask], jobs: int, on_row: OnRow, cancel: Op
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _client(scheduler: Any) -> tuple[Any, bool]:
+def require_dask() -> None:
+    """Raise :class:`InputError` saying how to install Dask distributed when it is missing."""
     try:
-        from distributed import Client
+        import distributed  # noqa: F401
     except ImportError:
         raise InputError(DASK_MISSING) from None
+
+
+def _client(scheduler: Any) -> tuple[Any, bool]:
+    require_dask()
+    from distributed import Client
+
     if isinstance(scheduler, Client):
         return scheduler, False
     try:
@@ -94,9 +101,9 @@ def _client(scheduler: Any) -> tuple[Any, bool]:
 
 
 def _dask(tasks: Sequence[OutputTask], scheduler: Any, on_row: OnRow, cancel: Optional[CancelToken]) -> None:
+    client, owned = _client(scheduler)
     from distributed import as_completed as dask_completed
 
-    client, owned = _client(scheduler)
     token = uuid.uuid4().hex[:8]
     keys = [f"medsynth-augment-{task.case.name}-v{task.variant}-{token}" for task in tasks]
     futures = client.map(run_output, list(tasks), key=keys, pure=False)

@@ -45,7 +45,7 @@ class LesionOptions:
     appearance_model: Optional[str] = None
     appearance_steps: int = 20
     device: str = "auto"
-    lesion_label: int = 1
+    lesion_label: Optional[int] = None  #: None: one more than the largest id in the sources' labels
     oedema_label: Optional[int] = None
 
     def fingerprint(self, seed: int) -> dict[str, Any]:
