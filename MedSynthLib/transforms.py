@@ -1,0 +1,172 @@
+"""MONAI transforms: synthetic lesions with exact masks, on the fly inside a training pipeline.
+
+:class:`RandSyntheticLesiond` inserts lesions (:func:`~MedSynthLib.tasks.lesion.insert_lesions`)
+into an image ``MetaTensor`` and writes their mask into its label, so a segmenter
+sees real and synthetic lesions mixed. It reads the voxel-to-world affine from
+the tensor's meta, so lesion sizes in mm and RAS placement stay right after
+MONAI's own ``Orientationd`` / ``Spacingd``; it draws everything from MONAI's
+random state, so ``set_determinism`` and a ``DataLoader`` with workers give the
+same batches for the same seed. Importing this module imports MONAI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Hashable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RandomizableTransform
+
+from .errors import InputError
+from .volume import Volume
+
+__all__ = ["RandSyntheticLesiond", "META_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: Meta-dict key (image and label) holding a JSON record of what the transform did.
+META_KEY = "medsynth_synthetic_lesions"
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _ras_affine(image: Any) -> np.ndarray:
+    """The (x, y, z) voxel index to RAS mm affine of a MetaTensor (LPS meta converted); identity otherwise."""
+    if not isinstance(image, MetaTensor):
+        return np.eye(4)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    space = str(image.meta.get("space", "RAS")).upper()
+    return _LPS_TO_RAS @ affine if space.endswith("LPS") else affine
+
+
+def _volume(tensor: Any, affine: np.ndarray, name: str) -> Volume:
+    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise InputError(f"RandSyntheticLesiond needs {name} as one channel, shape (1, X, Y, Z), got {array.shape}")
+    return Volume(np.ascontiguousarray(array[0].transpose(2, 1, 0)), affine)  # MONAI xyz -> MedSynth kji
+
+
+def _put(like: Any, kji: np.ndarray) -> Any:
+    """``like`` (tensor or array, channel first) holding ``kji`` as its channel, meta and dtype kept."""
+    xyz = np.ascontiguousarray(kji.transpose(2, 1, 0))[None]
+    if isinstance(like, torch.Tensor):
+        out = like.clone()
+        out[...] = torch.as_tensor(xyz).to(dtype=out.dtype, device=out.device)
+        return out
+    return xyz.astype(np.asarray(like).dtype, copy=False)
+
+
+def _mask_like(image: Any, mask_kji: np.ndarray) -> Any:
+    """A uint8 channel-first mask on ``image``'s grid (a MetaTensor with its meta when ``image`` is one)."""
+    xyz = torch.from_numpy(np.ascontiguousarray(mask_kji.astype(np.uint8).transpose(2, 1, 0))[None])
+    if isinstance(image, MetaTensor):
+        return MetaTensor(xyz, affine=image.affine.clone(), meta={k: v for k, v in image.meta.items() if k != "affine"})
+    return xyz if isinstance(image, torch.Tensor) else xyz.numpy()
+
+
+def _record(item: Any, record: str) -> None:
+    if isinstance(item, MetaTensor):
+        item.meta[META_KEY] = record
+
+
+class RandSyntheticLesiond(RandomizableTransform, MapTransform):
+    """Randomly insert synthetic lesions into ``keys[0]`` and their mask into ``keys[1]``.
+
+    Parameters
+    ----------
+    keys : (image key, label key)
+        Channel-first one-channel tensors (``MetaTensor``: its affine is used; a plain
+        tensor is taken as 1 mm voxels). The label key may be absent from ``keys`` when ``mask_key`` is given.
+    preset : str, optional
+        A lesion preset (``medsynth lesion --list-presets``); its modality is checked, so
+        apply CT presets before intensity scaling (the image in HU).
+    prob : float
+        Chance that a sample gets lesions.
+    count : int
+        Lesions per sample.
+    size_mm, contrast : float, optional
+        Override the preset's draws.
+    region : "auto" or a key
+        Where lesions may go: ``"auto"`` (white matter on MR, lungs on CT) or the key of a
+        mask in the data dict (faster, and right for patches: a brain or organ mask).
+    lesion_label : int
+        Class id of the synthetic lesion in the label (default 1: the class of real lesions,
+        so real and synthetic lesions train one class). Existing labels are kept (moved
+        with any mass effect) and the lesion (with its core) is written on top.
+    mask_key : str, optional
+        Write the lesion mask (0/1) to this key instead, leaving the label as it is.
+    options : mapping, optional
+        Further :func:`~MedSynthLib.tasks.lesion.insert_lesions` keywords (``min_spacing_mm``,
+        ``modality``, ``shape_model``, ``appearance_model``, ...).
+
+    Notes
+    -----
+    A sample where the lesions cannot be placed (patch without room in the region) is
+    returned unchanged, with the reason in its meta record; the first such case is logged.
+    The record (``meta["medsynth_synthetic_lesions"]``, JSON) holds ``applied``, ``seed``,
+    ``preset``, the resolved specs and the lesion volumes in mL.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, preset: Optional[str] = None,
+                 prob: float = 0.5, count: int = 1, size_mm: Optional[float] = None, contrast: Optional[float] = None,
+                 region: str = "auto", lesion_label: int = 1, mask_key: Optional[str] = None,
+                 options: Optional[Mapping[str, Any]] = None) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        if len(self.keys) not in (1, 2) or (len(self.keys) == 1 and mask_key is None):
+            raise InputError("keys must be (image key, label key), or (image key,) with mask_key")
+        self.preset, self.count, self.size_mm, self.contrast = preset, int(count), size_mm, contrast
+        self.region, self.lesion_label, self.mask_key = region, int(lesion_label), mask_key
+        self.options = dict(options or {})
+        self._warned = False
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._seed = int(self.R.randint(0, 2**31 - 1))  # drawn every time: the stream does not depend on prob
+
+    def _insert(self, data: dict, image: Volume, labels: Optional[Volume]):
+        from .tasks.lesion import insert_lesions
+
+        region: Any = self.region
+        if region != "auto":
+            region = _volume(data[region], image.ijk_to_ras, f"region {region!r}").array != 0
+        kwargs = {"min_spacing_mm": 2.0, **self.options}
+        return insert_lesions(image, count=self.count, region=region, preset=self.preset, seed=self._seed,
+                              size_mm=self.size_mm, contrast=self.contrast, labels=labels, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        self.randomize()
+        image_key = self.keys[0]
+        label_key = self.keys[1] if len(self.keys) == 2 else None
+        record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.preset}
+        image = _volume(d[image_key], _ras_affine(d[image_key]), f"image {image_key!r}")
+        labels = None if label_key is None else _volume(d[label_key], image.ijk_to_ras, "label")
+        result = None
+        if self._do_transform:
+            try:
+                result = self._insert(d, image, labels)
+            except InputError as error:
+                record["skipped"] = str(error)
+                if not self._warned:
+                    logger.warning("RandSyntheticLesiond: sample left without lesions: %s", error)
+                    self._warned = True
+        lesion = np.zeros(image.array.shape, bool) if result is None else np.isin(result.labels.array, (1, 2))
+        if result is not None:
+            d[image_key] = _put(d[image_key], result.volume.array)
+            record.update(applied=True, specs=[s.as_dict() for s in result.specs],
+                          volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
+        if self.mask_key:
+            d[self.mask_key] = _mask_like(d[image_key], lesion)
+        if result is not None and label_key is not None:
+            kept = np.asarray(result.moved_labels.array).copy()  # existing labels, moved with any mass effect
+            if not self.mask_key:
+                kept[lesion] = self.lesion_label
+            d[label_key] = _put(d[label_key], kept)
+        text = json.dumps(record, separators=(",", ":"))
+        for key in (image_key, label_key, self.mask_key):
+            if key is not None:
+                _record(d[key], text)
+        return d
