@@ -66,6 +66,14 @@ def _mask_like(image: Any, mask_kji: np.ndarray) -> Any:
     return xyz if isinstance(image, torch.Tensor) else xyz.numpy()
 
 
+def _crop(volume: Volume, window: tuple) -> Volume:
+    """The sub-volume ``window`` (KJI slices) with its own shifted geometry."""
+    shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] = (volume.ijk_to_ras @ shift)[:3]
+    return Volume(volume.array[window], matrix)
+
+
 def _record(item: Any, record: str) -> None:
     if isinstance(item, MetaTensor):
         item.meta[META_KEY] = record
@@ -103,10 +111,13 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
 
     Notes
     -----
+    The cost is bounded on patches: lesions are placed in a window half the patch along
+    each axis (at least 48 voxels) around a random voxel of the region (a random point for
+    ``"auto"``), the whole patch when they do not fit there; nothing outside the window changes.
     A sample where the lesions cannot be placed (patch without room in the region) is
     returned unchanged, with the reason in its meta record; the first such case is logged.
     The record (``meta["medsynth_synthetic_lesions"]``, JSON) holds ``applied``, ``seed``,
-    ``preset``, the resolved specs and the lesion volumes in mL.
+    ``preset``, ``window_ijk``, the resolved specs and the lesion volumes in mL.
     """
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, preset: Optional[str] = None,
@@ -126,15 +137,40 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         super().randomize(None)
         self._seed = int(self.R.randint(0, 2**31 - 1))  # drawn every time: the stream does not depend on prob
 
+    def _windows(self, shape: tuple, mask: Optional[np.ndarray]) -> list[tuple]:
+        """Where to try: a window half the patch along each axis (at least 48 voxels) around a random
+        region voxel, then the whole patch; the cost follows the window, not the patch."""
+        full = tuple(slice(0, n) for n in shape)
+        sides = [min(n, max(48, n // 2)) for n in shape]
+        if sides == list(shape):
+            return [full]
+        rng = np.random.default_rng([self._seed, 1])
+        if mask is not None:
+            inside = np.flatnonzero(mask)
+            centre = np.unravel_index(int(inside[rng.integers(len(inside))]), shape) if inside.size else [n // 2 for n in shape]
+        else:
+            centre = [int(rng.integers(n)) for n in shape]
+        starts = [int(np.clip(c - side // 2, 0, n - side)) for c, side, n in zip(centre, sides, shape)]
+        return [tuple(slice(a, a + side) for a, side in zip(starts, sides)), full]
+
     def _insert(self, data: dict, image: Volume, labels: Optional[Volume]):
         from .tasks.lesion import insert_lesions
 
-        region: Any = self.region
-        if region != "auto":
-            region = _volume(data[region], image.ijk_to_ras, f"region {region!r}").array != 0
+        mask = None
+        if self.region != "auto":
+            mask = _volume(data[self.region], image.ijk_to_ras, f"region {self.region!r}").array != 0
         kwargs = {"min_spacing_mm": 2.0, **self.options}
-        return insert_lesions(image, count=self.count, region=region, preset=self.preset, seed=self._seed,
-                              size_mm=self.size_mm, contrast=self.contrast, labels=labels, **kwargs)
+        error: Optional[InputError] = None
+        for window in self._windows(image.array.shape, mask):
+            try:
+                result = insert_lesions(
+                    _crop(image, window), count=self.count, region="auto" if mask is None else mask[window],
+                    preset=self.preset, seed=self._seed, size_mm=self.size_mm, contrast=self.contrast,
+                    labels=None if labels is None else _crop(labels, window), **kwargs)
+                return result, window
+            except InputError as failure:  # no room in the window: the whole patch next
+                error = failure
+        raise error  # type: ignore[misc]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -144,29 +180,38 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.preset}
         image = _volume(d[image_key], _ras_affine(d[image_key]), f"image {image_key!r}")
         labels = None if label_key is None else _volume(d[label_key], image.ijk_to_ras, "label")
-        result = None
+        lesion = np.zeros(image.array.shape, bool)
         if self._do_transform:
             try:
-                result = self._insert(d, image, labels)
+                result, window = self._insert(d, image, labels)
             except InputError as error:
                 record["skipped"] = str(error)
                 if not self._warned:
                     logger.warning("RandSyntheticLesiond: sample left without lesions: %s", error)
                     self._warned = True
-        lesion = np.zeros(image.array.shape, bool) if result is None else np.isin(result.labels.array, (1, 2))
-        if result is not None:
-            d[image_key] = _put(d[image_key], result.volume.array)
-            record.update(applied=True, specs=[s.as_dict() for s in result.specs],
-                          volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
+            else:
+                self._paste(d, image_key, label_key, image, labels, result, window, lesion)
+                record.update(applied=True, window_ijk=[[w.start, w.stop] for w in window[::-1]],
+                              specs=[s.as_dict() for s in result.specs],
+                              volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
         if self.mask_key:
             d[self.mask_key] = _mask_like(d[image_key], lesion)
-        if result is not None and label_key is not None:
-            kept = np.asarray(result.moved_labels.array).copy()  # existing labels, moved with any mass effect
-            if not self.mask_key:
-                kept[lesion] = self.lesion_label
-            d[label_key] = _put(d[label_key], kept)
         text = json.dumps(record, separators=(",", ":"))
         for key in (image_key, label_key, self.mask_key):
             if key is not None:
                 _record(d[key], text)
         return d
+
+    def _paste(self, d: dict, image_key: Hashable, label_key: Optional[Hashable], image: Volume,
+               labels: Optional[Volume], result, window: tuple, lesion: np.ndarray) -> None:
+        """Write the window's result into the sample (image; label: existing ids moved, lesion on top)."""
+        array = image.array.copy()
+        array[window] = result.volume.array
+        d[image_key] = _put(d[image_key], array)
+        lesion[window] = np.isin(result.labels.array, (1, 2))
+        if labels is not None:
+            kept = labels.array.copy()
+            kept[window] = result.moved_labels.array  # existing labels, moved with any mass effect
+            if not self.mask_key:
+                kept[lesion] = self.lesion_label
+            d[label_key] = _put(d[label_key], kept)

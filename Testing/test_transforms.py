@@ -119,3 +119,31 @@ def test_same_batches_for_the_same_seed_through_a_dataloader_with_workers():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert any(not torch.equal(a[0], c[0]) for a, c in zip(first, other))
     assert any(json.loads(text)["applied"] for batch in first for text in batch[2])
+
+
+def test_cost_bounded_by_a_window_nothing_outside_it_changes():
+    volume = mr_head((96, 96, 96), seed=3)
+    affine = torch.from_numpy(volume.ijk_to_ras)
+    xyz = torch.from_numpy(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))[None]
+    wm = (volume.array > 800)
+    sample = {"image": MetaTensor(xyz, affine=affine), "label": MetaTensor(torch.zeros_like(xyz), affine=affine),
+              "wm": MetaTensor(torch.from_numpy(np.ascontiguousarray(wm.transpose(2, 1, 0)))[None], affine=affine)}
+    transform = _transform(region="wm")
+    transform.set_random_state(seed=2)
+    out = transform(sample)
+    record = json.loads(out["image"].meta[META_KEY])
+    (i0, i1), (j0, j1), (k0, k1) = record["window_ijk"]
+    assert [i1 - i0, j1 - j0, k1 - k0] == [48, 48, 48]
+    window = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+    changed = _kji(out["image"]) != volume.array
+    outside = np.ones(changed.shape, bool)
+    outside[window] = False
+    assert changed.any() and not changed[outside].any()
+    crop = Volume(volume.array[window], volume.ijk_to_ras.copy())
+    crop.ijk_to_ras[:3, 3] = volume.ijk_points_to_ras([i0, j0, k0])
+    again = insert_lesions(crop, count=1, preset="mr-metastasis", seed=record["seed"], size_mm=6.0,
+                           region=wm[window], min_spacing_mm=2.0, labels=Volume(np.zeros(crop.array.shape, np.float32), crop.ijk_to_ras))
+    label = _kji(out["label"])
+    assert np.array_equal(label[window] == 1, np.isin(again.labels.array, (1, 2)))
+    assert not label[outside].any()
+    assert wm[tuple(np.rint(volume.ras_points_to_ijk(again.specs[0].centre_ras)[::-1]).astype(int))]
