@@ -14,9 +14,10 @@ import os
 import signal
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError
 from ..progress import CancelToken, check_cancel
 from ._work import OutputTask, limit_threads, run_output
 
@@ -75,6 +76,10 @@ def _processes(tasks: Sequence[OutputTask], jobs: int, on_row: OnRow, cancel: Op
         for future in as_completed(futures):
             check_cancel(cancel)
             on_row(future.result())
+    except BrokenProcessPool:
+        raise ResourceError(
+            "a worker process died: out of memory (try fewer --jobs), or a Python script that calls augment(jobs>1) "
+            "without the `if __name__ == \"__main__\":` guard worker processes need") from None
     finally:
         # outputs in flight finish (their files are complete); the rest never start
         executor.shutdown(wait=True, cancel_futures=True)
