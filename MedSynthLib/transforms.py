@@ -41,29 +41,34 @@ def _ras_affine(image: Any) -> np.ndarray:
     return _LPS_TO_RAS @ affine if space.endswith("LPS") else affine
 
 
+#: MONAI arrays are (x, y, z); MedSynth arrays are (k, j, i). Read an (x, y, z) array as MedSynth's array
+#: directly (no transposed copy: 30 ms per 128^3 array) by swapping the affine's first and third columns.
+_SWAP_IK = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
 def _volume(tensor: Any, affine: np.ndarray, name: str) -> Volume:
+    """The one channel of ``tensor`` as a Volume on the same voxels (array shared, not copied)."""
     array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
     if array.ndim != 4 or array.shape[0] != 1:
         raise InputError(f"RandSyntheticLesiond needs {name} as one channel, shape (1, X, Y, Z), got {array.shape}")
-    return Volume(np.ascontiguousarray(array[0].transpose(2, 1, 0)), affine)  # MONAI xyz -> MedSynth kji
+    return Volume(array[0], affine @ _SWAP_IK)
 
 
-def _put(like: Any, kji: np.ndarray) -> Any:
-    """``like`` (tensor or array, channel first) holding ``kji`` as its channel, meta and dtype kept."""
-    xyz = np.ascontiguousarray(kji.transpose(2, 1, 0))[None]
+def _put(like: Any, array: np.ndarray) -> Any:
+    """``like`` (tensor or array, channel first) holding ``array`` (x, y, z) as its channel, meta and dtype kept."""
     if isinstance(like, torch.Tensor):
         out = like.clone()
-        out[...] = torch.as_tensor(xyz).to(dtype=out.dtype, device=out.device)
+        out[0] = torch.from_numpy(np.ascontiguousarray(array)).to(dtype=out.dtype, device=out.device)
         return out
-    return xyz.astype(np.asarray(like).dtype, copy=False)
+    return np.asarray(array, dtype=np.asarray(like).dtype)[None]
 
 
-def _mask_like(image: Any, mask_kji: np.ndarray) -> Any:
+def _mask_like(image: Any, mask: np.ndarray) -> Any:
     """A uint8 channel-first mask on ``image``'s grid (a MetaTensor with its meta when ``image`` is one)."""
-    xyz = torch.from_numpy(np.ascontiguousarray(mask_kji.astype(np.uint8).transpose(2, 1, 0))[None])
+    values = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None]
     if isinstance(image, MetaTensor):
-        return MetaTensor(xyz, affine=image.affine.clone(), meta={k: v for k, v in image.meta.items() if k != "affine"})
-    return xyz if isinstance(image, torch.Tensor) else xyz.numpy()
+        return MetaTensor(values, affine=image.affine.clone(), meta={k: v for k, v in image.meta.items() if k != "affine"})
+    return values if isinstance(image, torch.Tensor) else values.numpy()
 
 
 def _crop(volume: Volume, window: tuple) -> Volume:
@@ -117,7 +122,7 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
     A sample where the lesions cannot be placed (patch without room in the region) is
     returned unchanged, with the reason in its meta record; the first such case is logged.
     The record (``meta["medsynth_synthetic_lesions"]``, JSON) holds ``applied``, ``seed``,
-    ``preset``, ``window_ijk``, the resolved specs and the lesion volumes in mL.
+    ``preset``, ``window_xyz`` (voxel ranges of the window in the tensor's x, y, z), the resolved specs and the lesion volumes in mL.
     """
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, preset: Optional[str] = None,
@@ -158,7 +163,7 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
 
         mask = None
         if self.region != "auto":
-            mask = _volume(data[self.region], image.ijk_to_ras, f"region {self.region!r}").array != 0
+            mask = _volume(data[self.region], np.eye(4), f"region {self.region!r}").array != 0
         kwargs = {"min_spacing_mm": 2.0, **self.options}
         error: Optional[InputError] = None
         for window in self._windows(image.array.shape, mask):
@@ -178,8 +183,9 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         image_key = self.keys[0]
         label_key = self.keys[1] if len(self.keys) == 2 else None
         record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.preset}
-        image = _volume(d[image_key], _ras_affine(d[image_key]), f"image {image_key!r}")
-        labels = None if label_key is None else _volume(d[label_key], image.ijk_to_ras, "label")
+        affine = _ras_affine(d[image_key])
+        image = _volume(d[image_key], affine, f"image {image_key!r}")
+        labels = None if label_key is None else _volume(d[label_key], affine, "label")
         lesion = np.zeros(image.array.shape, bool)
         if self._do_transform:
             try:
@@ -191,7 +197,7 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
                     self._warned = True
             else:
                 self._paste(d, image_key, label_key, image, labels, result, window, lesion)
-                record.update(applied=True, window_ijk=[[w.start, w.stop] for w in window[::-1]],
+                record.update(applied=True, window_xyz=[[w.start, w.stop] for w in window],
                               specs=[s.as_dict() for s in result.specs],
                               volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
         if self.mask_key:

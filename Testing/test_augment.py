@@ -174,8 +174,14 @@ def test_local_dask_cluster_gives_the_same_bytes_as_serial(serial, cohort, tmp_p
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         result = augment(cohort / "cohort.csv", tmp_path / "dataset", variants=2, seed=SEED, lesion=OPTIONS,
                          scheduler=cluster.scheduler_address)
+        again = augment(cohort / "cohort.csv", tmp_path / "again" / "dataset", variants=1, seed=SEED, lesion=OPTIONS,
+                        scheduler=cluster)  # a cluster object, as dask-jobqueue's SLURMCluster in the README
     assert result.written == 6 and not result.failed
     assert _outputs(tmp_path / "dataset") == _outputs(serial)
+    assert again.written == 3
+    for name, data in _outputs(tmp_path / "again" / "dataset").items():
+        if name.endswith(".nii.gz"):
+            assert data == _outputs(serial)[name]
 
 
 def test_scheduler_without_dask_says_how_to_install(cohort, tmp_path, monkeypatch, capsys):

@@ -38,7 +38,13 @@ def _sample(seed: int, *, lps: bool = False) -> dict:
 
 
 def _kji(tensor) -> np.ndarray:
+    """The tensor's (x, y, z) channel in MedSynth's (k, j, i) order."""
     return np.asarray(tensor)[0].transpose(2, 1, 0)
+
+
+def _as_volume(tensor) -> Volume:
+    """The volume the transform works on: the same voxels and RAS geometry, MedSynth's array order."""
+    return Volume(_kji(tensor), np.asarray(tensor.affine))
 
 
 def _transform(**kwargs) -> RandSyntheticLesiond:
@@ -54,16 +60,20 @@ def test_labels_exact_and_meta_records_what_was_done():
     record = json.loads(out["image"].meta[META_KEY])
     assert record["applied"] and len(record["specs"]) == 1 and record["volumes_ml"][0] > 0
     assert json.loads(out["label"].meta[META_KEY]) == record
-    source = Volume(_kji(sample["image"]), np.asarray(sample["image"].affine))
-    existing = Volume(_kji(sample["label"]), source.ijk_to_ras)
+    swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)  # (x, y, z) read as (k, j, i)
+    source = Volume(np.asarray(sample["image"])[0], np.asarray(sample["image"].affine) @ swap)
+    existing = Volume(np.asarray(sample["label"])[0], source.ijk_to_ras)
     again = insert_lesions(source, count=1, preset="mr-metastasis", seed=record["seed"], size_mm=6.0,
                            region="auto", min_spacing_mm=2.0, labels=existing)
-    assert np.array_equal(_kji(out["image"]), again.volume.array)
+    assert np.array_equal(np.asarray(out["image"])[0], again.volume.array)
     lesion = np.isin(again.labels.array, (1, 2))
-    label = _kji(out["label"])
+    label = np.asarray(out["label"])[0]
     assert np.array_equal(label[lesion], np.ones(lesion.sum()))
     assert np.array_equal(label[~lesion], again.moved_labels.array[~lesion])  # existing label kept
-    assert label[4:8, 6:12, 6:12].mean() > 0.9
+    assert _kji(out["label"])[4:8, 6:12, 6:12].mean() > 0.9
+    # the same lesion in MedSynth's own array order: same place and size (RAS), within a voxel
+    centre = np.asarray(record["specs"][0]["centre_ras"])
+    assert _as_volume(out["label"]).array[tuple(np.rint(_as_volume(out["label"]).ras_points_to_ijk(centre)[::-1]).astype(int))] == 1
     assert out["image"].dtype == sample["image"].dtype and torch.equal(out["image"].affine, sample["image"].affine)
     assert record["specs"][0]["centre_ras"] == [float(x) for x in again.specs[0].centre_ras]
 
@@ -132,18 +142,22 @@ def test_cost_bounded_by_a_window_nothing_outside_it_changes():
     transform.set_random_state(seed=2)
     out = transform(sample)
     record = json.loads(out["image"].meta[META_KEY])
-    (i0, i1), (j0, j1), (k0, k1) = record["window_ijk"]
-    assert [i1 - i0, j1 - j0, k1 - k0] == [48, 48, 48]
-    window = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
-    changed = _kji(out["image"]) != volume.array
+    (x0, x1), (y0, y1), (z0, z1) = record["window_xyz"]
+    assert [x1 - x0, y1 - y0, z1 - z0] == [48, 48, 48]
+    window = (slice(x0, x1), slice(y0, y1), slice(z0, z1))
+    source, wm_xyz = np.asarray(xyz)[0], wm.transpose(2, 1, 0)
+    changed = np.asarray(out["image"])[0] != source
     outside = np.ones(changed.shape, bool)
     outside[window] = False
     assert changed.any() and not changed[outside].any()
-    crop = Volume(volume.array[window], volume.ijk_to_ras.copy())
-    crop.ijk_to_ras[:3, 3] = volume.ijk_points_to_ras([i0, j0, k0])
+    swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    matrix = volume.ijk_to_ras @ swap
+    matrix[:3, 3] = volume.ijk_points_to_ras([x0, y0, z0])
+    crop = Volume(source[window], matrix)
     again = insert_lesions(crop, count=1, preset="mr-metastasis", seed=record["seed"], size_mm=6.0,
-                           region=wm[window], min_spacing_mm=2.0, labels=Volume(np.zeros(crop.array.shape, np.float32), crop.ijk_to_ras))
-    label = _kji(out["label"])
+                           region=wm_xyz[window], min_spacing_mm=2.0,
+                           labels=Volume(np.zeros(crop.array.shape, np.float32), matrix))
+    label = np.asarray(out["label"])[0]
     assert np.array_equal(label[window] == 1, np.isin(again.labels.array, (1, 2)))
     assert not label[outside].any()
     assert wm[tuple(np.rint(volume.ras_points_to_ijk(again.specs[0].centre_ras)[::-1]).astype(int))]

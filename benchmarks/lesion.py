@@ -418,7 +418,7 @@ def transform_cost(repeats: int) -> list[dict]:
                     best, cpu = min(best, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
                     record = json.loads(out["image"].meta[META_KEY])
                     placed = len(record.get("specs", []))
-                window = record.get("window_ijk")
+                window = record.get("window_xyz")
                 rows.append({"patch_offset": offset, "region": region, "lesions": placed, "seconds_call": round(best, 3),
                              "seconds_per_lesion": round(best / max(placed, 1), 3),
                              "cpu_seconds_per_lesion": round(cpu / max(placed, 1), 3),

@@ -176,9 +176,10 @@ def augment(source: Union[str, Path], output_dir: Union[str, Path], *, variants:
         ``lesion_label=None`` picks one more than the largest id in the sources' labels.
     jobs : int
         Worker processes on this machine (each with its share of the cores).
-    scheduler : str or dask.distributed.Client, optional
-        Run on a Dask cluster (needs ``medsynth[distributed]``); the output folder must be
-        on a file system the workers share.
+    scheduler : str, dask.distributed.Client or a Dask cluster object, optional
+        Run on a Dask cluster (needs ``medsynth[distributed]``): a scheduler address, a client,
+        or a cluster (``LocalCluster``, dask-jobqueue's ``SLURMCluster``...); the output folder
+        must be on a file system the workers share.
     strict : bool
         Stop at the first failing case instead of recording it and going on.
     progress : bool or callback, optional

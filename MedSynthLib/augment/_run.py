@@ -99,6 +99,8 @@ def _client(scheduler: Any) -> tuple[Any, bool]:
 
     if isinstance(scheduler, Client):
         return scheduler, False
+    if hasattr(scheduler, "scheduler_address"):  # a cluster object (LocalCluster, dask-jobqueue's SLURMCluster...)
+        return Client(scheduler), True
     try:
         return Client(str(scheduler), timeout="20s"), True
     except (OSError, TimeoutError, ValueError) as error:
