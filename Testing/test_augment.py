@@ -163,6 +163,18 @@ def test_interrupted_then_resumed_gives_the_same_bytes(serial, cohort, tmp_path)
     assert not (out / ".partial").exists()
 
 
+def test_jobs_2_cancelled_keeps_a_row_for_every_file_then_resumes(serial, cohort, tmp_path):
+    out, token = tmp_path / "dataset", CancelToken()
+    with pytest.raises(Cancelled):
+        augment(cohort / "cohort.csv", out, variants=2, seed=SEED, lesion=OPTIONS, jobs=2, cancel=token,
+                progress=lambda fraction, message: token.cancel())
+    rows = json.loads((out / "dataset.json").read_text())["numTraining"]
+    assert rows >= 1  # how many finished depends on timing: outputs in flight finish, and are listed
+    assert len(list((out / "imagesTr").iterdir())) == len(list((out / "labelsTr").iterdir())) == rows
+    augment(cohort / "cohort.csv", out, variants=2, seed=SEED, lesion=OPTIONS, jobs=2)
+    assert _outputs(out) == _outputs(serial)
+
+
 def test_jobs_2_gives_the_same_bytes_as_serial(serial, cohort, tmp_path):
     result = augment(cohort / "cohort.csv", tmp_path / "dataset", variants=2, seed=SEED, lesion=OPTIONS, jobs=2)
     assert result.written == 6 and not result.failed

@@ -72,17 +72,23 @@ def _processes(tasks: Sequence[OutputTask], jobs: int, on_row: OnRow, cancel: Op
         executor = ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_init_worker,
                                        initargs=(threads,))
         futures = [executor.submit(run_output, task) for task in tasks]
+    delivered = set()
     try:
         for future in as_completed(futures):
             check_cancel(cancel)
+            delivered.add(future)
             on_row(future.result())
     except BrokenProcessPool:
         raise ResourceError(
             "a worker process died: out of memory (try fewer --jobs), or a Python script that calls augment(jobs>1) "
             "without the `if __name__ == \"__main__\":` guard worker processes need") from None
     finally:
-        # outputs in flight finish (their files are complete); the rest never start
+        # stopped (Ctrl-C, cancel, --strict): outputs in flight finish, and get their rows; the rest never start
         executor.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if future not in delivered and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(Exception):
+                    on_row(future.result())
 
 
 def require_dask() -> None:
