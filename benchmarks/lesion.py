@@ -25,7 +25,11 @@ What it measures
 4. A QC montage PNG: axial, coronal and sagittal through each lesion, without
    and with the label outline.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/lesion.py [--data ../shared/data] [--threads 1] [--timing-only]``; prints
+5. The MONAI transform ``RandSyntheticLesiond`` (issue #16): seconds per lesion on
+   128^3 patches of the MNI T1 template, automatic region and a white-matter mask
+   given by key (bar: at most 0.2 s per lesion on one thread).
+
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/lesion.py [--data ../shared/data] [--threads 1] [--timing-only|--transform-only]``; prints
 tables and writes ``benchmarks/results/lesion.json`` and ``benchmarks/results/lesion_qc.png``.
 """
 
@@ -370,6 +374,58 @@ def realism(volumes: dict) -> list[dict]:
     return rows
 
 
+# ---- the MONAI transform on patches (issue #16) ------------------------------------------------------
+MNI_T1 = "MNI152_2009a_T1_template_nilearn.nii.gz"
+MNI_WM = "MNI152_2009a_WMprob_nilearn.nii.gz"
+
+
+def transform_cost(repeats: int) -> list[dict]:
+    """Seconds per lesion of ``RandSyntheticLesiond`` on 128^3 patches (MNI T1, 1 mm; bar <= 0.2 s per lesion).
+
+    Three patches through the brain, mr-metastasis, 1 and 3 lesions, the automatic
+    region and a white-matter mask given by key; wall seconds of the whole transform
+    call (best of ``repeats``) divided by the lesions it placed.
+    """
+    import torch
+    from monai.data import MetaTensor
+
+    from MedSynthLib.transforms import META_KEY, RandSyntheticLesiond
+
+    t1, wm = read_volume(_find(MNI_T1)), read_volume(_find(MNI_WM))
+    k, j, i = (n // 2 for n in t1.array.shape)
+    rows = []
+    for offset in (-20, 0, 20):
+        window = (slice(k - 64 + offset // 2, k + 64 + offset // 2), slice(j - 64 + offset, j + 64 + offset), slice(i - 64, i + 64))
+        shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
+        affine = t1.ijk_to_ras.copy()
+        affine[:3, 3] = (t1.ijk_to_ras @ shift)[:3]
+
+        def tensor(kji, dtype):
+            return MetaTensor(torch.from_numpy(np.ascontiguousarray(kji.transpose(2, 1, 0)).astype(dtype))[None],
+                              affine=torch.from_numpy(affine))
+
+        sample = {"image": tensor(t1.array[window], np.float32), "label": tensor(np.zeros((128,) * 3), np.float32),
+                  "wm": tensor(wm.array[window] > 0.5, np.uint8)}
+        for region in ("auto", "wm"):
+            for count in (1, 3):
+                transform = RandSyntheticLesiond(("image", "label"), preset="mr-metastasis", prob=1.0, count=count,
+                                                 region=region)
+                best, cpu, placed = np.inf, np.inf, 0
+                for repeat in range(repeats):
+                    transform.set_random_state(seed=repeat)
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    out = transform(sample)
+                    best, cpu = min(best, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+                    record = json.loads(out["image"].meta[META_KEY])
+                    placed = len(record.get("specs", []))
+                window = record.get("window_xyz")
+                rows.append({"patch_offset": offset, "region": region, "lesions": placed, "seconds_call": round(best, 3),
+                             "seconds_per_lesion": round(best / max(placed, 1), 3),
+                             "cpu_seconds_per_lesion": round(cpu / max(placed, 1), 3),
+                             "window": "whole patch" if window and window[0][1] - window[0][0] == 128 else "half"})
+    return rows
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
@@ -383,6 +439,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best kept)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--timing-only", action="store_true", help="only the seconds per lesion")
+    parser.add_argument("--transform-only", action="store_true",
+                        help="only the MONAI transform's seconds per lesion on 128^3 patches")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; set OMP_NUM_THREADS too)")
     parser.add_argument("--output", type=Path, default=RESULTS / "lesion.json")
     args = parser.parse_args()
@@ -392,9 +450,20 @@ def main() -> None:
     if args.data is not None:
         global DATA
         DATA = args.data
-    volumes = {name: read_volume(_find(name)) for name in (ROBEX, BRAIN1, LUNG1)}
     results: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "load_average_at_start": list(os.getloadavg()),
                      "note": "2-core CPU shared with other jobs: timings on one thread; wall and CPU seconds"}
+    results["transform"] = transform_cost(args.repeats)
+    print(f"\nRandSyntheticLesiond, 128^3 MNI T1 patches, mr-metastasis (bar: <= 0.2 s per lesion); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(_table(results["transform"], ["patch_offset", "region", "lesions", "window", "seconds_call", "seconds_per_lesion",
+                                        "cpu_seconds_per_lesion"]))
+    if args.transform_only:
+        output = args.output if args.output != RESULTS / "lesion.json" else RESULTS / "lesion_transform.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"wrote {output}")
+        return
+    volumes = {name: read_volume(_find(name)) for name in (ROBEX, BRAIN1, LUNG1)}
 
     if not args.skip_timing:
         results["timing"] = timing(volumes[ROBEX], volumes[LUNG1], args.repeats)

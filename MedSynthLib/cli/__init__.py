@@ -18,7 +18,7 @@ from ._common import run_reporting_errors
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: Subcommand modules of this package; each defines ``register(subparsers)``.
-COMMANDS = ("info", "check", "models", "enhance", "lesion", "fill", "demo")
+COMMANDS = ("info", "check", "models", "enhance", "lesion", "augment", "fill", "demo")
 
 
 

@@ -29,7 +29,7 @@ from ..progress import ProgressCallback, subrange
 from ..volume import Volume
 from ._common import add_report_arg, device_arg, progress_bar, write_json
 
-__all__ = ["register", "ras_point", "demo_step"]
+__all__ = ["register", "ras_point", "demo_step", "add_lesion_options"]
 
 #: What argparse may take for a value rather than an option: negative numbers and R,A,S triples.
 _VALUE_LIKE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(e-?\d+)?(,\s*-?\d*\.?\d+(e-?\d+)?){2}$", re.IGNORECASE)
@@ -75,22 +75,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", metavar="LABELS_OUT", help="label map to write (required; .seg.nrrd gives a Slicer segmentation)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets and their parameter ranges, then exit")
     parser.add_argument("--json", action="store_true", help="with --list-presets: print JSON")
-    parser.add_argument("--preset", metavar="NAME", help="lesion family (see --list-presets); checks the modality")
     placement = parser.add_argument_group("placement (one of)")
     placement.add_argument("--at", action="append", type=ras_point, metavar="R,A,S",
                            help="lesion centre in RAS mm (repeatable); negative values work as typed")
-    placement.add_argument("--count", type=_positive(int), metavar="N", help="N lesions at random inside --region")
     placement.add_argument("--spec", metavar="SPEC.json",
                            help="explicit lesion specs: a JSON list of specs, or a report written by --report (reproduces that run)")
-    parser.add_argument("--region", metavar="MASK|auto", help="with --count: a label map on the input's grid, or 'auto' "
-                        "(white matter on MR, lungs on CT; default)")
+    add_lesion_options(parser, count_group=placement)
+    parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
+                        help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
+    add_report_arg(parser)
+    parser.set_defaults(func=_run)
+
+
+def add_lesion_options(parser: argparse.ArgumentParser, *, count_group=None, cohort: bool = False) -> None:
+    """The lesion options ``medsynth lesion`` and ``medsynth augment`` share (one definition for both).
+
+    ``count_group``: where ``--count`` goes (the lesion command's "placement (one of)"
+    group). ``cohort``: the wording for many scans (``--preset auto``, ``--count`` default 1,
+    ``--region`` auto only, a manifest column giving per-scan regions).
+    """
+    parser.add_argument("--preset", metavar="NAME" + ("|auto" if cohort else ""), default="auto" if cohort else None,
+                        help="lesion family (see medsynth lesion --list-presets); checks the modality"
+                        + ("; auto: ct-nodule-solid on CT, mr-metastasis on MR (default: auto)" if cohort else ""))
+    (count_group or parser).add_argument(
+        "--count", type=_positive(int), metavar="N", default=1 if cohort else None,
+        help="N lesions per output at random inside --region" + (" (default: %(default)s)" if cohort else ""))
+    if cohort:
+        parser.add_argument("--region", metavar="auto", choices=("auto",), default="auto",
+                            help="where lesions go: auto (white matter on MR, lungs on CT); per-scan masks "
+                            "come from the manifest's region column")
+    else:
+        parser.add_argument("--region", metavar="MASK|auto", help="with --count: a label map on the input's grid, "
+                            "or 'auto' (white matter on MR, lungs on CT; default)")
     parser.add_argument("--size", type=_positive(float), metavar="MM", help="lesion diameter in mm (overrides the preset's draw)")
     parser.add_argument("--contrast", type=float, metavar="X", help="lesion contrast in the preset's mode "
                         "(relative fraction on MR, HU on CT; overrides the preset's draw)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same output bit for bit (default: 0)")
     parser.add_argument("--min-spacing", type=float, default=5.0, metavar="MM", help="gap between random lesions (default: %(default)s mm)")
-    parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
-                        help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
     parser.add_argument("--modality", choices=("CT", "MR"), help="override the modality guess used to check presets")
     parser.add_argument("--shape-model", metavar="PACKAGE.json", help="lesion-shape VAE package from medsynth-train: "
                         "lesion shapes decoded from it instead of the procedural families")
@@ -101,8 +122,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="DDIM steps of a diffusion appearance model (default: %(default)s; 10-50 useful)")
     parser.add_argument("--device", type=device_arg, default="auto", help="where the appearance model runs: auto, cpu, cuda, cuda:N, mps "
                         "(default: %(default)s)")
-    add_report_arg(parser)
-    parser.set_defaults(func=_run)
 
 
 def _print_presets(as_json: bool) -> None:

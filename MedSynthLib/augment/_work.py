@@ -1,0 +1,196 @@
+"""One output of ``medsynth augment``: read a case, insert lesions with its derived seed, write both files.
+
+This is the function worker processes and Dask workers run: it takes a plain,
+picklable :class:`OutputTask`, never raises for a bad case (it returns a
+``failed`` row with the reason) and writes its files by atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError, MedSynthError
+from ..io import read_volume, write_volume
+from ..volume import Volume
+from ._inputs import Case, file_sha256
+from ._layout import image_path, label_path, replace_atomically, temporary_name
+
+__all__ = ["LesionOptions", "OutputTask", "run_output", "limit_threads", "AUTO_PRESETS"]
+
+#: ``--preset auto``: the preset used for each modality.
+AUTO_PRESETS = {"CT": "ct-nodule-solid", "MR": "mr-metastasis"}
+
+
+@dataclass(frozen=True)
+class LesionOptions:
+    """The lesion options of a run (those of ``medsynth lesion`` that make sense for a cohort)."""
+
+    preset: Optional[str] = "auto"
+    count: int = 1
+    size_mm: Optional[float] = None
+    contrast: Optional[float] = None
+    region: Optional[str] = "auto"
+    min_spacing_mm: float = 5.0
+    modality: Optional[str] = None
+    shape_model: Optional[str] = None
+    appearance_model: Optional[str] = None
+    appearance_steps: int = 20
+    device: str = "auto"
+    lesion_label: Optional[int] = None  #: None: one more than the largest id in the sources' labels
+    oedema_label: Optional[int] = None
+
+    def fingerprint(self, seed: int) -> dict[str, Any]:
+        """What decides the outputs' bytes (the device does not): a rerun with another fingerprint is refused."""
+        data = dataclasses.asdict(self)
+        data.pop("device")
+        for key in ("shape_model", "appearance_model"):
+            if data[key]:
+                data[key] = {"name": Path(data[key]).name, "sha256": file_sha256(data[key])}
+        return {"format": "medsynth-augment-1", "seed": int(seed), **data}
+
+
+@dataclass(frozen=True)
+class OutputTask:
+    """Everything one output needs, in plain values (sent to worker processes and Dask workers)."""
+
+    case: Case
+    variant: int
+    seed: int
+    root: str
+    options: LesionOptions
+    source_sha256: str = ""
+    inputs_sha256: str = ""
+    threads: Optional[int] = None
+
+
+def limit_threads(threads: int) -> None:
+    """Limit this process's math libraries to ``threads`` (set before they start their pools)."""
+    threads = max(1, int(threads))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _dask_worker_threads() -> Optional[int]:
+    """Cores per task on a Dask worker (its cores shared by its task threads), or None outside one."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    nthreads = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", 1)
+    return max(1, (os.cpu_count() or 1) // max(1, int(nthreads)))
+
+
+def _read_inputs(case: Case, options: LesionOptions) -> tuple[Volume, Optional[Volume], Any]:
+    volume = read_volume(case.image)
+    labels = None
+    if case.label:
+        labels = read_volume(case.label)
+        if not volume.same_grid(labels):
+            raise InputError(f"label {Path(case.label).name} is on another grid (shape {labels.array.shape}) "
+                             f"than its image (shape {volume.array.shape}); resample it to the image first")
+        if labels.array.dtype.kind not in "biu":
+            labels = labels.with_array(np.rint(labels.array).astype(np.int32))
+        used = {int(v) for v in (options.lesion_label, options.oedema_label) if v is not None}
+        clash = sorted(used & {int(v) for v in np.unique(labels.array)})
+        if clash:
+            raise InputError(f"label {Path(case.label).name} already uses id {clash[0]}, the synthetic lesions' id; "
+                             "choose another --lesion-label")
+    region = case.region or options.region
+    if region and region != "auto":
+        region = read_volume(region)
+    return volume, labels, region
+
+
+def _preset_for(case: Case, options: LesionOptions, volume: Volume) -> tuple[Optional[str], str]:
+    from ..intensity import guess_modality
+
+    modality = (options.modality or guess_modality(volume)).upper()
+    preset = case.preset or options.preset
+    return (AUTO_PRESETS.get(modality, "mr-metastasis") if preset == "auto" else preset), modality
+
+
+def _compose_labels(result, labels: Optional[Volume], options: LesionOptions) -> np.ndarray:
+    """Existing labels (moved by any mass effect), synthetic oedema where unlabelled, synthetic lesion on top."""
+    synthetic = result.labels.array
+    base = (np.zeros(synthetic.shape, np.int64) if labels is None
+            else np.asarray(result.moved_labels.array, dtype=np.int64).copy())
+    if options.oedema_label is not None:
+        base[(synthetic == 3) & (base == 0)] = options.oedema_label
+    base[(synthetic == 1) | (synthetic == 2)] = options.lesion_label
+    return base.astype(np.uint8 if base.max(initial=0) < 256 else np.uint16)
+
+
+def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
+    from ..tasks.lesion import insert_lesions, provenance_metadata
+
+    case, options, root = task.case, task.options, Path(task.root)
+    volume, labels, region = _read_inputs(case, options)
+    preset, modality = _preset_for(case, options, volume)
+    result = insert_lesions(
+        volume, count=options.count, region=region, preset=preset, seed=task.seed, size_mm=options.size_mm,
+        contrast=options.contrast, min_spacing_mm=options.min_spacing_mm, labels=labels, modality=options.modality,
+        shape_model=options.shape_model, appearance_model=options.appearance_model,
+        appearance_steps=options.appearance_steps, device=options.device,
+    )
+    label_array = _compose_labels(result, labels, options)
+    metadata = provenance_metadata(result)
+    name = f"{case.name}_v{task.variant:03d}"
+    finals = (image_path(root, name), label_path(root, name))
+    temporaries = tuple(temporary_name(root, final) for final in finals)
+    write_volume(result.volume, temporaries[0], metadata=metadata)
+    write_volume(result.volume.with_array(label_array), temporaries[1], metadata=metadata)
+    existing = [] if labels is None else sorted(int(v) for v in np.unique(result.moved_labels.array) if v)
+    row = {
+        "status": "ok", "image": finals[0].relative_to(root).as_posix(), "label": finals[1].relative_to(root).as_posix(),
+        "preset": preset, "modality": modality,
+        "specs": json.dumps([s.as_dict() for s in result.specs], separators=(",", ":")),
+        "lesion_ml": json.dumps([lesion["volume_ml"] for lesion in result.report["lesions"]]),
+        "label_ids": json.dumps(existing),
+        "image_sha256": file_sha256(temporaries[0]), "label_sha256": file_sha256(temporaries[1]),
+    }
+    return row, list(zip(temporaries, finals))
+
+
+def run_output(task: OutputTask) -> dict:
+    """Make one output; return its manifest row (``status`` ``ok`` or ``failed`` with ``error``)."""
+    start = time.perf_counter()
+    threads = task.threads or _dask_worker_threads()
+    if threads:
+        limit_threads(threads)
+    row: dict[str, Any] = {
+        "case": task.case.name, "variant": task.variant, "source": task.case.image,
+        "source_sha256": task.source_sha256, "source_label": task.case.label or "",
+        "inputs_sha256": task.inputs_sha256, "seed": task.seed, "error": "",
+    }
+    pairs: list[tuple[Path, Path]] = []
+    try:
+        done, pairs = _insert(task)
+        row.update(done)
+        replace_atomically(pairs)
+        pairs = []
+    except (MedSynthError, OSError, ValueError, RuntimeError, MemoryError) as error:
+        row.update(status="failed", error=f"{type(error).__name__}: {error}" if not isinstance(error, MedSynthError)
+                   else str(error))
+    finally:
+        for temporary, _ in pairs:  # failed or interrupted after writing: leave nothing half-done
+            temporary.unlink(missing_ok=True)
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row

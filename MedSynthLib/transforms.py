@@ -1,0 +1,223 @@
+"""MONAI transforms: synthetic lesions with exact masks, on the fly inside a training pipeline.
+
+:class:`RandSyntheticLesiond` inserts lesions (:func:`~MedSynthLib.tasks.lesion.insert_lesions`)
+into an image ``MetaTensor`` and writes their mask into its label, so a segmenter
+sees real and synthetic lesions mixed. It reads the voxel-to-world affine from
+the tensor's meta, so lesion sizes in mm and RAS placement stay right after
+MONAI's own ``Orientationd`` / ``Spacingd``; it draws everything from MONAI's
+random state, so ``set_determinism`` and a ``DataLoader`` with workers give the
+same batches for the same seed. Importing this module imports MONAI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Hashable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RandomizableTransform
+
+from .errors import InputError
+from .volume import Volume
+
+__all__ = ["RandSyntheticLesiond", "META_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: Meta-dict key (image and label) holding a JSON record of what the transform did.
+META_KEY = "medsynth_synthetic_lesions"
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _ras_affine(image: Any) -> np.ndarray:
+    """The (x, y, z) voxel index to RAS mm affine of a MetaTensor (LPS meta converted); identity otherwise."""
+    if not isinstance(image, MetaTensor):
+        return np.eye(4)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    space = str(image.meta.get("space", "RAS")).upper()
+    return _LPS_TO_RAS @ affine if space.endswith("LPS") else affine
+
+
+#: MONAI arrays are (x, y, z); MedSynth arrays are (k, j, i). Read an (x, y, z) array as MedSynth's array
+#: directly (no transposed copy: 30 ms per 128^3 array) by swapping the affine's first and third columns.
+_SWAP_IK = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
+def _volume(tensor: Any, affine: np.ndarray, name: str) -> Volume:
+    """The one channel of ``tensor`` as a Volume on the same voxels (array shared, not copied)."""
+    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise InputError(f"RandSyntheticLesiond needs {name} as one channel, shape (1, X, Y, Z), got {array.shape}")
+    return Volume(array[0], affine @ _SWAP_IK)
+
+
+def _put(like: Any, array: np.ndarray) -> Any:
+    """``like`` (tensor or array, channel first) holding ``array`` (x, y, z) as its channel, meta and dtype kept."""
+    if isinstance(like, torch.Tensor):
+        out = like.clone()
+        out[0] = torch.from_numpy(np.ascontiguousarray(array)).to(dtype=out.dtype, device=out.device)
+        return out
+    return np.asarray(array, dtype=np.asarray(like).dtype)[None]
+
+
+def _mask_like(image: Any, mask: np.ndarray) -> Any:
+    """A uint8 channel-first mask on ``image``'s grid (a MetaTensor with its meta when ``image`` is one)."""
+    values = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None]
+    if isinstance(image, MetaTensor):
+        return MetaTensor(values, affine=image.affine.clone(), meta={k: v for k, v in image.meta.items() if k != "affine"})
+    return values if isinstance(image, torch.Tensor) else values.numpy()
+
+
+def _crop(volume: Volume, window: tuple) -> Volume:
+    """The sub-volume ``window`` (KJI slices) with its own shifted geometry."""
+    shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] = (volume.ijk_to_ras @ shift)[:3]
+    return Volume(volume.array[window], matrix)
+
+
+def _record(item: Any, record: str) -> None:
+    if isinstance(item, MetaTensor):
+        item.meta[META_KEY] = record
+
+
+class RandSyntheticLesiond(RandomizableTransform, MapTransform):
+    """Randomly insert synthetic lesions into ``keys[0]`` and their mask into ``keys[1]``.
+
+    Parameters
+    ----------
+    keys : (image key, label key)
+        Channel-first one-channel tensors (``MetaTensor``: its affine is used; a plain
+        tensor is taken as 1 mm voxels). The label key may be absent from ``keys`` when ``mask_key`` is given.
+    preset : str, optional
+        A lesion preset (``medsynth lesion --list-presets``); its modality is checked, so
+        apply CT presets before intensity scaling (the image in HU).
+    prob : float
+        Chance that a sample gets lesions.
+    count : int
+        Lesions per sample.
+    size_mm, contrast : float, optional
+        Override the preset's draws.
+    region : "auto" or a key
+        Where lesions may go: ``"auto"`` (white matter on MR, lungs on CT) or the key of a
+        mask in the data dict (faster, and right for patches: a brain or organ mask).
+    lesion_label : int
+        Class id of the synthetic lesion in the label (default 1: the class of real lesions,
+        so real and synthetic lesions train one class). Existing labels are kept (moved
+        with any mass effect) and the lesion (with its core) is written on top.
+    mask_key : str, optional
+        Write the lesion mask (0/1) to this key instead, leaving the label as it is.
+    options : mapping, optional
+        Further :func:`~MedSynthLib.tasks.lesion.insert_lesions` keywords (``min_spacing_mm``,
+        ``modality``, ``shape_model``, ``appearance_model``, ...).
+
+    Notes
+    -----
+    The cost is bounded on patches: lesions are placed in a window half the patch along
+    each axis (at least 48 voxels) around a random voxel of the region (a random point for
+    ``"auto"``), the whole patch when they do not fit there; nothing outside the window changes.
+    A sample where the lesions cannot be placed (patch without room in the region) is
+    returned unchanged, with the reason in its meta record; the first such case is logged.
+    The record (``meta["medsynth_synthetic_lesions"]``, JSON) holds ``applied``, ``seed``,
+    ``preset``, ``window_xyz`` (voxel ranges of the window in the tensor's x, y, z), the resolved specs and the lesion volumes in mL.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, preset: Optional[str] = None,
+                 prob: float = 0.5, count: int = 1, size_mm: Optional[float] = None, contrast: Optional[float] = None,
+                 region: str = "auto", lesion_label: int = 1, mask_key: Optional[str] = None,
+                 options: Optional[Mapping[str, Any]] = None) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        if len(self.keys) not in (1, 2) or (len(self.keys) == 1 and mask_key is None):
+            raise InputError("keys must be (image key, label key), or (image key,) with mask_key")
+        self.preset, self.count, self.size_mm, self.contrast = preset, int(count), size_mm, contrast
+        self.region, self.lesion_label, self.mask_key = region, int(lesion_label), mask_key
+        self.options = dict(options or {})
+        self._warned = False
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._seed = int(self.R.randint(0, 2**31 - 1))  # drawn every time: the stream does not depend on prob
+
+    def _windows(self, shape: tuple, mask: Optional[np.ndarray]) -> list[tuple]:
+        """Where to try: a window half the patch along each axis (at least 48 voxels) around a random
+        region voxel, then the whole patch; the cost follows the window, not the patch."""
+        full = tuple(slice(0, n) for n in shape)
+        sides = [min(n, max(48, n // 2)) for n in shape]
+        if sides == list(shape):
+            return [full]
+        rng = np.random.default_rng([self._seed, 1])
+        if mask is not None:
+            inside = np.flatnonzero(mask)
+            centre = np.unravel_index(int(inside[rng.integers(len(inside))]), shape) if inside.size else [n // 2 for n in shape]
+        else:
+            centre = [int(rng.integers(n)) for n in shape]
+        starts = [int(np.clip(c - side // 2, 0, n - side)) for c, side, n in zip(centre, sides, shape)]
+        return [tuple(slice(a, a + side) for a, side in zip(starts, sides)), full]
+
+    def _insert(self, data: dict, image: Volume, labels: Optional[Volume]):
+        from .tasks.lesion import insert_lesions
+
+        mask = None
+        if self.region != "auto":
+            mask = _volume(data[self.region], np.eye(4), f"region {self.region!r}").array != 0
+        kwargs = {"min_spacing_mm": 2.0, **self.options}
+        error: Optional[InputError] = None
+        for window in self._windows(image.array.shape, mask):
+            try:
+                result = insert_lesions(
+                    _crop(image, window), count=self.count, region="auto" if mask is None else mask[window],
+                    preset=self.preset, seed=self._seed, size_mm=self.size_mm, contrast=self.contrast,
+                    labels=None if labels is None else _crop(labels, window), **kwargs)
+                return result, window
+            except InputError as failure:  # no room in the window: the whole patch next
+                error = failure
+        raise error  # type: ignore[misc]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        self.randomize()
+        image_key = self.keys[0]
+        label_key = self.keys[1] if len(self.keys) == 2 else None
+        record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.preset}
+        affine = _ras_affine(d[image_key])
+        image = _volume(d[image_key], affine, f"image {image_key!r}")
+        labels = None if label_key is None else _volume(d[label_key], affine, "label")
+        lesion = np.zeros(image.array.shape, bool)
+        if self._do_transform:
+            try:
+                result, window = self._insert(d, image, labels)
+            except InputError as error:
+                record["skipped"] = str(error)
+                if not self._warned:
+                    logger.warning("RandSyntheticLesiond: sample left without lesions: %s", error)
+                    self._warned = True
+            else:
+                self._paste(d, image_key, label_key, image, labels, result, window, lesion)
+                record.update(applied=True, window_xyz=[[w.start, w.stop] for w in window],
+                              specs=[s.as_dict() for s in result.specs],
+                              volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
+        if self.mask_key:
+            d[self.mask_key] = _mask_like(d[image_key], lesion)
+        text = json.dumps(record, separators=(",", ":"))
+        for key in (image_key, label_key, self.mask_key):
+            if key is not None:
+                _record(d[key], text)
+        return d
+
+    def _paste(self, d: dict, image_key: Hashable, label_key: Optional[Hashable], image: Volume,
+               labels: Optional[Volume], result, window: tuple, lesion: np.ndarray) -> None:
+        """Write the window's result into the sample (image; label: existing ids moved, lesion on top)."""
+        array = image.array.copy()
+        array[window] = result.volume.array
+        d[image_key] = _put(d[image_key], array)
+        lesion[window] = np.isin(result.labels.array, (1, 2))
+        if labels is not None:
+            kept = labels.array.copy()
+            kept[window] = result.moved_labels.array  # existing labels, moved with any mass effect
+            if not self.mask_key:
+                kept[lesion] = self.lesion_label
+            d[label_key] = _put(d[label_key], kept)
