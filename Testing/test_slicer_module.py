@@ -176,7 +176,8 @@ def test_module_imports_nothing_heavy_at_import_time():
 
     code = ("import sys; sys.path.insert(0, 'MedSynth'); "
             "import MedSynthSlicerLib.dependencies, MedSynthSlicerLib.history, MedSynthSlicerLib.nodes, "
-            "MedSynthSlicerLib.tasks, MedSynthSlicerLib.undo, MedSynthSlicerLib.worker, MedSynthSlicerLib.devices; "
+            "MedSynthSlicerLib.requests, MedSynthSlicerLib.undo, MedSynthSlicerLib.worker, MedSynthSlicerLib.devices, "
+            "MedSynthSlicerLib.choices; "
             "print('torch' in sys.modules, 'monai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -207,12 +208,12 @@ def test_self_test_runs_every_task_through_the_logic():
     test_class = next(n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == "MedSynthTest")
     methods = {n.name: n for n in test_class.body if isinstance(n, ast.FunctionDef)}
     run_test = ast.unparse(methods["runTest"])
-    called = set(re.findall(r"self\.(test_\w+)\(", run_test))
+    called = set(re.findall(r"self\.(test_\w+)\b", run_test))
     assert called == {m for m in methods if m.startswith("test_")}, "runTest must call every test_ method"
     bodies = " ".join(ast.unparse(methods[m]) for m in called)
     for task in ("'fill'", "'upsample'", "'lesion'", "'enhance'"):
         assert task in bodies, f"the self-test does not run {task}"
-    assert "undo" in bodies and "assertSameGeometry" in bodies
+    assert "undo" in bodies and "matrixOf" in bodies and "cancel" in bodies
     assert "download" not in bodies.lower() and "urllib" not in bodies
 
 
@@ -242,7 +243,7 @@ def test_every_task_has_its_tab():
     widgets = _ui_widgets()
     sys.path.insert(0, str(MODULE_DIR))
     try:
-        from MedSynthSlicerLib.tasks import TASKS
+        from MedSynthSlicerLib.requests import TASKS
     finally:
         sys.path.remove(str(MODULE_DIR))
     tabs = {w.get("name") for w in widgets["taskTabWidget"].findall("widget")}

@@ -1,6 +1,8 @@
-"""The Slicer module's helpers, run without Slicer: node <-> Volume maths with the ``vtk`` wheel,
-the worker thread (progress, cancel, failure), the undo stack, provenance, and the panel's
-requests run through the real library on small oblique phantoms.
+"""The Slicer module's helpers that need no scene, tested with plain objects: the worker thread
+(progress, cancel, failure), the undo stack, provenance, panel settings -> requests and the reasons
+Apply is disabled, the choice lists, the dependency install flow, thread limits, and the requests
+run through the real library on small oblique phantoms. What touches MRML is in
+``test_slicer_module_mrml.py``, on Slicer's real nodes.
 """
 
 from __future__ import annotations
@@ -20,151 +22,16 @@ from MedSynthLib.progress import check_cancel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSynth"))
 
-from MedSynthSlicerLib import dependencies, devices, history, nodes, tasks  # noqa: E402
+from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, requests  # noqa: E402
 from MedSynthSlicerLib.undo import UndoStack, arrays_equal  # noqa: E402
 from MedSynthSlicerLib.worker import BackgroundWorker, JobState  # noqa: E402
 
-vtk = pytest.importorskip("vtk")
-from vtk.util import numpy_support  # noqa: E402
 
 
-class FakeVolumeNode:
-    """The part of vtkMRMLScalarVolumeNode the module uses: image data + IJK-to-RAS matrix."""
-
-    def __init__(self, image=None, matrix=None, name="node"):
-        self.image = image
-        self.matrix = matrix if matrix is not None else vtk.vtkMatrix4x4()
-        self.name = name
-        self.modify_depth = 0
-        self.events = []
-
-    def GetName(self):
-        return self.name
-
-    def GetImageData(self):
-        return self.image
-
-    def GetIJKToRASMatrix(self, matrix):
-        matrix.DeepCopy(self.matrix)
-
-    def SetIJKToRASMatrix(self, matrix):
-        self.matrix.DeepCopy(matrix)
-        self.events.append(("matrix", self.modify_depth))
-
-    def SetAndObserveImageData(self, image):
-        self.image = image
-        self.events.append(("image", self.modify_depth))
-
-    def StorableModified(self):
-        self.events.append(("storable", self.modify_depth))
-
-    def StartModify(self):
-        self.modify_depth += 1
-        return self.modify_depth - 1
-
-    def EndModify(self, previous):
-        self.modify_depth = previous
-
-
-class FakeMarkups:
-    def __init__(self, points):
-        self.points = points
-
-    def GetNumberOfControlPoints(self):
-        return len(self.points)
-
-    def GetNthControlPointPositionWorld(self, index, position):
-        position[:] = self.points[index]
-
-
-def _slicer_array(node) -> np.ndarray:
-    """What slicer.util.arrayFromVolume returns: the scalars as (K, J, I)."""
-    i, j, k = node.GetImageData().GetDimensions()
-    return numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(k, j, i)
-
-
-# ---- node <-> Volume ----------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
-def test_node_round_trip_keeps_voxels_dtype_and_oblique_geometry(dtype):
-    volume = make_phantom((7, 11, 13), dtype=dtype)
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, volume)
-    # The node holds what Slicer expects: KJI voxels with i fastest, the matrix as geometry.
-    np.testing.assert_array_equal(_slicer_array(node), volume.array)
-    assert node.GetImageData().GetDimensions() == volume.shape_ijk
-    np.testing.assert_allclose(nodes.matrix_to_array(node.matrix), volume.ijk_to_ras)
-    back = nodes.volume_from_node(node)
-    assert back.array.dtype == np.dtype(dtype)
-    assert arrays_equal(back, volume)
-    # Matrix and image were swapped inside one StartModify/EndModify.
-    # and the node is marked as changed since it was loaded, so Save writes it.
-    assert node.events == [("matrix", 1), ("image", 1), ("storable", 1)] and node.modify_depth == 0
-
-
-def test_voxel_to_ras_through_the_vtk_matrix_matches_the_volume():
-    volume = make_phantom((5, 6, 7))
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, volume)
-    for ijk in [(0, 0, 0), (6, 5, 4), (3, 1, 2)]:
-        ras = node.matrix.MultiplyPoint((*ijk, 1.0))[:3]
-        np.testing.assert_allclose(ras, volume.ijk_points_to_ras(ijk), atol=1e-9)
-        # and the voxel at ijk is array[k, j, i]
-        assert _slicer_array(node)[ijk[2], ijk[1], ijk[0]] == volume.array[ijk[2], ijk[1], ijk[0]]
-
-
-def test_image_data_origin_and_spacing_are_ignored_as_in_slicer():
-    volume = make_phantom((4, 5, 6))
-    from MedSynthLib.convert import to_vtk
-
-    image, matrix = to_vtk(volume)
-    image.SetSpacing(2.0, 3.0, 4.0)
-    image.SetOrigin(10.0, 20.0, 30.0)
-    back = nodes.volume_from_node(FakeVolumeNode(image, matrix))
-    np.testing.assert_allclose(back.ijk_to_ras, volume.ijk_to_ras)
-
-
-def test_update_node_can_change_shape_and_geometry():
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, make_phantom((6, 8, 9)))
-    bigger = make_phantom((11, 8, 9), matrix=oblique_matrix(spacing=(0.8, 0.9, 1.5)))
-    nodes.update_node_from_volume(node, bigger)
-    assert arrays_equal(nodes.volume_from_node(node), bigger)
-
-
-def test_volume_from_node_refuses_missing_or_vector_data():
-    with pytest.raises(InputError, match="no input volume"):
-        nodes.volume_from_node(None)
-    with pytest.raises(InputError, match="no voxel data"):
-        nodes.volume_from_node(FakeVolumeNode(image=None))
-    image = vtk.vtkImageData()
-    image.SetDimensions(3, 3, 3)
-    image.AllocateScalars(vtk.VTK_FLOAT, 3)
-    with pytest.raises(InputError, match="components"):
-        nodes.volume_from_node(FakeVolumeNode(image))
-
-
+# ---- node helpers that need no node ---------------------------------------------------------------
 def test_matrix_helpers_round_trip():
     matrix = oblique_matrix()
     np.testing.assert_allclose(nodes.matrix_to_array(nodes.array_to_matrix(matrix)), matrix)
-
-
-def test_markups_give_ras_centres_with_an_optional_world_to_local_map():
-    markups = FakeMarkups([(1.0, 2.0, 3.0), (-4.5, 0.0, 9.0)])
-    assert nodes.control_points_ras(markups) == [(1.0, 2.0, 3.0), (-4.5, 0.0, 9.0)]
-    shifted = nodes.control_points_ras(markups, world_to_local=lambda p: (p[0] - 1, p[1], p[2] + 1))
-    assert shifted == [(0.0, 2.0, 4.0), (-5.5, 0.0, 10.0)]
-    assert nodes.control_points_ras(None) == []
-
-
-def test_points_still_being_placed_are_not_centres():
-    class PlacingMarkups(FakeMarkups):
-        PositionDefined, PositionPreview = 2, 3
-
-        def GetNthControlPointPositionStatus(self, index):
-            return self.PositionPreview if index == 1 else self.PositionDefined
-
-    markups = PlacingMarkups([(1.0, 2.0, 3.0), (7.0, 7.0, 7.0)])
-    assert nodes.control_points_ras(markups) == [(1.0, 2.0, 3.0)]
 
 
 def test_lesion_volumes_use_the_voxel_volume_of_the_oblique_grid():
@@ -330,19 +197,19 @@ def test_lesion_volume_name_says_synthetic_once():
 
 # ---- panel requests through the real library -------------------------------------------------------
 def test_slice_field_parsing_and_formatting():
-    assert tasks.parse_slice_list("") is None and tasks.parse_slice_list("   ") is None
-    assert tasks.parse_slice_list("12, 15-17; 3") == [3, 12, 15, 16, 17]
-    assert tasks.format_slice_list([3, 12, 15, 16, 17]) == "3, 12, 15-17"
+    assert requests.parse_slice_list("") is None and requests.parse_slice_list("   ") is None
+    assert requests.parse_slice_list("12, 15-17; 3") == [3, 12, 15, 16, 17]
+    assert requests.format_slice_list([3, 12, 15, 16, 17]) == "3, 12, 15-17"
     with pytest.raises(InputError, match=r"\[0, 9\]"):
-        tasks.parse_slice_list("4, 10", size=10)
+        requests.parse_slice_list("4, 10", size=10)
     with pytest.raises(InputError):
-        tasks.parse_slice_list("4, x")
+        requests.parse_slice_list("4, x")
     with pytest.raises(InputError):
-        tasks.TaskRequest("segment", {})
+        requests.TaskRequest("segment", {})
 
 
 def test_available_tasks_names_the_library_modules():
-    found = tasks.available_tasks()
+    found = requests.available_tasks()
     assert set(found) == {"fill", "upsample", "lesion", "enhance"}
     assert all(isinstance(v, bool) for v in found.values())
 
@@ -357,46 +224,46 @@ def damaged_volume():
 
 def test_fill_request_fills_only_the_listed_slice_on_the_oblique_grid(damaged_volume):
     pytest.importorskip("MedSynthLib.tasks.fill")
-    request = tasks.TaskRequest("fill", {"slices": [4], "axis": "k", "method": "linear", "device": "cpu", "seed": 0,
+    request = requests.TaskRequest("fill", {"slices": [4], "axis": "k", "method": "linear", "device": "cpu", "seed": 0,
                                          "model": "auto"})
     messages = []
-    outcome = tasks.run_request(damaged_volume, request, progress=lambda f, m: messages.append(f))
+    outcome = requests.run_request(damaged_volume, request, progress=lambda f, m: messages.append(f))
     assert outcome.volume.array.dtype == np.int16
     assert outcome.volume.same_grid(damaged_volume)
     np.testing.assert_array_equal(np.delete(outcome.volume.array, 4, 0), np.delete(damaged_volume.array, 4, 0))
     assert np.any(outcome.volume.array[4]) and outcome.details["slices"] == [4]
     assert messages and messages[-1] == 1.0
-    line = tasks.summarize(outcome)
+    line = requests.summarize(outcome)
     assert line.startswith("Filled 1 slice(s) (4)") and "linear" in line
 
 
 def test_upsample_request_changes_spacing_along_the_axis_only():
     pytest.importorskip("MedSynthLib.tasks.fill")
     volume = make_phantom((6, 20, 22))
-    request = tasks.TaskRequest("upsample", {"factor": 2, "axis": "k", "method": "linear", "device": "cpu"})
-    outcome = tasks.run_request(volume, request)
+    request = requests.TaskRequest("upsample", {"factor": 2, "axis": "k", "method": "linear", "device": "cpu"})
+    outcome = requests.run_request(volume, request)
     assert outcome.volume.array.shape == (11, 20, 22)
     np.testing.assert_allclose(outcome.volume.spacing, (0.8, 0.9, 1.5), atol=1e-6)
     np.testing.assert_allclose(outcome.volume.origin, volume.origin, atol=1e-6)
     np.testing.assert_allclose(outcome.volume.direction, volume.direction, atol=1e-9)
-    assert "Upsampled to 22x20x11" in tasks.summarize(outcome)
+    assert "Upsampled to 22x20x11" in requests.summarize(outcome)
 
 
 def test_lesion_request_at_a_clicked_centre_gives_named_segments_and_ml():
     pytest.importorskip("MedSynthLib.tasks.lesion")
     volume = make_phantom((16, 40, 48), dtype=np.int16)
     centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0]).tolist()
-    request = tasks.TaskRequest("lesion", {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1,
+    request = requests.TaskRequest("lesion", {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1,
                                            "label_mode": "instances", "preset": ""})
-    outcome = tasks.run_request(volume, request)
+    outcome = requests.run_request(volume, request)
     assert outcome.labels.shape == volume.array.shape and outcome.labels.max() >= 1
     assert outcome.volume.same_grid(volume) and outcome.volume.array.dtype == np.int16
     assert outcome.segments[0]["name"].startswith("Synthetic lesion 1")
     assert len(outcome.segments[0]["color"]) == 3
     assert outcome.details["lesion_ml"] and outcome.details["lesion_ml"][0] > 0
-    assert "Inserted 1 lesion(s)" in tasks.summarize(outcome)
+    assert "Inserted 1 lesion(s)" in requests.summarize(outcome)
     # Same request, same seed: bit-identical (what the history promises).
-    again = tasks.run_request(volume, request)
+    again = requests.run_request(volume, request)
     np.testing.assert_array_equal(again.volume.array, outcome.volume.array)
 
 
@@ -414,43 +281,61 @@ def test_lesion_request_uses_the_chosen_package_by_its_task(tmp_path):
     network = build_network("basic_unet", **args)
     inpaint = save_package(network, tmp_path / "paint", task="lesion-inpaint", family="unet", builder="basic_unet",
                            builder_args=args, input_spec=spec)
-    painted = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(inpaint)}))
-    plain = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": "auto"}))
+    painted = requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": str(inpaint)}))
+    plain = requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": "auto"}))
     assert painted.report["method"] == "procedural + learned appearance"
     assert plain.report["method"] == "procedural"
     np.testing.assert_array_equal(painted.labels, plain.labels)
     fill = save_package(network, tmp_path / "fill", task="fill", family="unet", builder="basic_unet",
                         builder_args=args, input_spec=spec)
     with pytest.raises(ModelError, match="synthetic lesions take a 'lesion-inpaint'"):
-        tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(fill)}))
+        requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": str(fill)}))
 
 
-def test_segment_descriptions_for_classes():
+def test_segment_names_and_colours_are_the_librarys():
+    from MedSynthLib.errors import InputError as Refused
+    from MedSynthLib.lesion_segments import segment_descriptions
+
     labels = np.array([[[0, 1, 2, 3]]], np.uint8)
-    names = [s["name"] for s in tasks.segment_descriptions(labels, label_mode="classes", preset="mr-tumour")]
-    assert names == ["Synthetic lesion (mr-tumour)", "Synthetic core (mr-tumour)", "Synthetic oedema (mr-tumour)"]
+    classes = segment_descriptions(labels, label_mode="classes", preset="mr-tumour")
+    assert [s["name"] for s in classes] == [
+        "Synthetic lesion (mr-tumour)", "Synthetic core (mr-tumour)", "Synthetic oedema (mr-tumour)"]
+    instances = segment_descriptions([0, 2, 1, 1], label_mode="instances")
+    assert [(s["value"], s["name"]) for s in instances] == [(1, "Synthetic lesion 1"), (2, "Synthetic lesion 2")]
+    assert len({s["color"] for s in instances}) == 2 and all(len(s["color"]) == 3 for s in instances)
+    with pytest.raises(Refused, match="label_mode"):
+        segment_descriptions(labels, label_mode="lesions")
 
 
 def test_enhance_request_runs_the_steps_and_keeps_geometry():
     pytest.importorskip("MedSynthLib.tasks.enhance")
     volume = make_phantom((6, 24, 28))
-    request = tasks.TaskRequest("enhance", {"steps": ["denoise:aniso:1"], "device": "cpu"})
-    outcome = tasks.run_request(volume, request)
+    request = requests.TaskRequest("enhance", {"steps": ["denoise:aniso:1"], "device": "cpu"})
+    outcome = requests.run_request(volume, request)
     assert outcome.volume.same_grid(volume) and outcome.volume.array.dtype == np.float32
-    line = tasks.summarize(outcome)
+    line = requests.summarize(outcome)
     assert line.startswith("Enhanced (1 step(s))") and "aniso" in line
 
 
-def test_a_cancelled_request_raises_and_leaves_the_volume_untouched(damaged_volume):
+def test_a_request_cancelled_mid_batch_raises_and_leaves_the_volume_untouched():
+    pytest.importorskip("MedSynthLib.tasks.lesion")
     from MedSynthLib.errors import Cancelled
     from MedSynthLib.progress import CancelToken
 
-    token = CancelToken()
-    token.cancel()
-    before = damaged_volume.array.copy()
+    volume = make_phantom((16, 40, 48), dtype=np.int16)
+    before = volume.array.copy()
+    token, seen = CancelToken(), []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message.startswith("lesion 2 of"):
+            token.cancel()  # between the second and the third lesion of the batch
+
+    request = requests.request_for("lesion", {"count": 4, "size_mm": 4.0, "preset": "", "device": "cpu"})
     with pytest.raises(Cancelled):
-        tasks.run_request(damaged_volume, tasks.TaskRequest("fill", {"slices": [4]}), cancel=token)
-    np.testing.assert_array_equal(damaged_volume.array, before)
+        requests.run_request(volume, request, mask=volume.array > 50, progress=progress, cancel=token)
+    assert "lesion 1 of 4" in seen and not any(m.startswith("lesion 3") for m in seen)
+    np.testing.assert_array_equal(volume.array, before)
 
 
 # ---- dependencies and devices -----------------------------------------------------------------------
@@ -504,15 +389,163 @@ def test_device_choices_name_what_is_present():
 
 
 def test_model_choice_resolves_names_and_files(tmp_path):
-    assert tasks.resolve_model("auto") is None and tasks.resolve_model("") is None
+    assert requests.resolve_model("auto") is None and requests.resolve_model("") is None
     with pytest.raises(InputError, match="not installed"):
-        tasks.resolve_model("no-such-package")
+        requests.resolve_model("no-such-package")
     with pytest.raises(InputError, match="does not exist"):
-        tasks.resolve_model(str(tmp_path / "missing.json"))
+        requests.resolve_model(str(tmp_path / "missing.json"))
     package = tmp_path / "mine.json"
     package.write_text("{}")
-    assert tasks.resolve_model(str(package)) == str(package)
+    assert requests.resolve_model(str(package)) == str(package)
     from MedSynthLib.models import list_packages
 
     for info in list_packages():
-        assert tasks.resolve_model(info.name) == str(info.json_path)
+        assert requests.resolve_model(info.name) == str(info.json_path)
+
+
+# ---- panel settings -> the Python API's options -> requests ----------------------------------------
+class _Image:
+    """The two image-data calls the settings helpers make."""
+
+    def __init__(self, dimensions=(28, 24, 10), components=1):
+        self.dimensions, self.components = dimensions, components
+
+    def GetDimensions(self):
+        return self.dimensions
+
+    def GetNumberOfScalarComponents(self):
+        return self.components
+
+
+class _Volume:
+    def __init__(self, image=None):
+        self.image = image
+
+    def GetImageData(self):
+        return self.image
+
+
+def _panel_defaults() -> dict:
+    """The @parameterNodeWrapper class's defaults, read from MedSynth.py (fields without one are None)."""
+    import ast
+
+    source = (Path(__file__).resolve().parents[1] / "MedSynth" / "MedSynth.py").read_text(encoding="utf-8")
+    wrapper = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "MedSynthParameterNode")
+    return {item.target.id: None if item.value is None else ast.literal_eval(item.value)
+            for item in wrapper.body if isinstance(item, ast.AnnAssign)}
+
+
+def _settings(**overrides):
+    from types import SimpleNamespace
+
+    values = {**_panel_defaults(), "inputVolume": _Volume(_Image()), "fillSlices": "4", "fillAxis": "k",
+              "fillMethod": "linear", "device": "cpu", "seed": 5, "modelFile": Path(".")}
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_panel_settings_become_the_python_apis_options():
+    assert requests.options_from_settings(_settings(fillSlices="3, 6-7")) == ("fill", {
+        "device": "cpu", "seed": 5, "model": "auto", "slices": [3, 6, 7], "axis": "k", "method": "linear"})
+    task, options = requests.options_from_settings(_settings(fillUpsample=True, upsampleFactor=3))
+    assert task == "upsample" and options["factor"] == 3 and "slices" not in options
+    task, options = requests.options_from_settings(_settings(task="lesion", lesionSize=8.0, lesionLabels="per lesion"))
+    assert task == "lesion" and options["size_mm"] == 8.0 and options["label_mode"] == "instances"
+    assert options["count"] == 3 and options["preset"] == ""
+    task, options = requests.options_from_settings(_settings(
+        task="enhance", enhanceBias=True, enhanceSuperResolve=True, denoiseStrength=0.5, denoiseMethod="nlm",
+        model="file", modelFile=Path("/m/denoise.json")))
+    assert options["steps"] == ["bias:6", "denoise:nlm:0.5", "upsample:2"] and options["model"] == "/m/denoise.json"
+    with pytest.raises(InputError, match=r"\[0, 9\]"):
+        requests.options_from_settings(_settings(fillSlices="12"))
+
+
+def test_requests_take_only_the_librarys_option_names():
+    request = requests.request_for("lesion", {"size": 8.0, "count": 2}, centres=[(1, 2, 3)])
+    assert request.parameters == {"device": "auto", "seed": 0, "model": "auto", "size_mm": 8.0, "count": 2,
+                                  "centres": [[1.0, 2.0, 3.0]]}
+    with pytest.raises(InputError, match="fill takes no option factor, spacing"):
+        requests.request_for("fill", {"factor": 2, "spacing": 1.0})
+    with pytest.raises(InputError, match="size or size_mm"):
+        requests.request_for("lesion", {"size": 8.0, "size_mm": 8.0})
+    with pytest.raises(InputError, match="centres are lesion centres"):
+        requests.request_for("fill", {}, centres=[(1, 2, 3)])
+    with pytest.raises(InputError, match="unknown task"):
+        requests.request_for("segment", {})
+
+
+def test_apply_is_disabled_with_reasons():
+    assert requests.reasons_not_to_apply(_settings()) == []
+    assert any("input volume" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=None)))
+    assert any("no voxels" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=_Volume())))
+    assert any("scalar" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=_Volume(_Image(components=3)))))
+    assert any("model package" in r for r in requests.reasons_not_to_apply(_settings(model="file")))
+    assert any("enhancement step" in r for r in requests.reasons_not_to_apply(
+        _settings(task="enhance", enhanceDenoise=False)))
+    assert any("x" in r for r in requests.reasons_not_to_apply(_settings(fillSlices="4, x")))
+
+
+def test_panel_defaults_are_the_librarys_defaults():
+    import inspect
+
+    from MedSynthLib.tasks.enhance import correct_bias, denoise
+    from MedSynthLib.tasks.fill import fill_slices
+    from MedSynthLib.tasks.lesion import insert_lesions
+
+    panel = _panel_defaults()
+    library = {
+        "biasShrink": inspect.signature(correct_bias).parameters["shrink"].default,
+        "denoiseMethod": inspect.signature(denoise).parameters["method"].default,
+        "denoiseStrength": inspect.signature(denoise).parameters["strength"].default,
+        "fillMethod": inspect.signature(fill_slices).parameters["method"].default,
+        "seed": inspect.signature(fill_slices).parameters["seed"].default,
+        "device": inspect.signature(fill_slices).parameters["device"].default,
+        "lesionLabels": {"classes": "per class", "instances": "per lesion"}[
+            inspect.signature(insert_lesions).parameters["label_mode"].default],
+    }
+    assert {name: panel[name] for name in library} == library
+
+
+# ---- choices, dependencies, threads ---------------------------------------------------------------------
+def test_panel_choices_list_what_is_installed():
+    found = choices.panel_choices()
+    assert found["devices"][0] == ("auto (best available)", "auto") or found["devices"] == [("auto", "auto")]
+    assert found["models"][0][1] == "auto" and found["models"][-1][1] == "file"
+    assert found["presets"][0][1] == "" and "mr-wmh" in [value for _label, value in found["presets"]]
+    assert set(found["tasks"]) == {"fill", "upsample", "lesion", "enhance"}
+    from MedSynthLib.models import list_packages
+
+    assert {info.name for info in list_packages()} <= {value for _label, value in found["models"]}
+
+
+def test_the_install_flow_asks_once_and_installs_only_what_is_missing():
+    calls = []
+
+    def flow(torch_present, torch_ok, answer, requirements=("monai>=1.4", "surely-not-installed-pkg>=1")):
+        calls.clear()
+        return dependencies.ensure_dependencies(
+            list(requirements), torch_installed=lambda: torch_present,
+            install_torch=lambda: calls.append("torch") or torch_ok,
+            confirm=lambda text: calls.append(("confirm", text)) or answer,
+            install_packages=lambda missing: calls.append(("pip", missing)), status=lambda text: calls.append(text))
+
+    assert flow(True, True, True)
+    assert calls[0][0] == "confirm" and "surely-not-installed-pkg" in calls[0][1] and "monai" not in calls[0][1]
+    assert calls[-1] == ("pip", ["surely-not-installed-pkg>=1"])
+    assert not flow(True, True, False) and not any(c[0] == "pip" for c in calls if isinstance(c, tuple))
+    assert not flow(False, False, True) and calls == ["torch"]  # torch declined: nothing else asked
+    assert flow(False, True, True, requirements=("monai>=1.4",)) and calls == ["torch"]
+
+
+def test_torch_threads_leave_one_core_to_the_gui():
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        assert devices.limit_torch_threads(cores=8) == 7 and torch.get_num_threads() == 7
+        assert devices.limit_torch_threads(cores=8) is None  # already below the cores: kept
+        torch.set_num_threads(2)
+        assert devices.limit_torch_threads(cores=2) is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
