@@ -524,30 +524,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
 
     # ---- inputs: centres through transforms, masks -------------------------------------------
     def centresInVolumeFrame(self, volumeNode, centres) -> list:
-        """Lesion centres (a markups point list, or world RAS points) in ``volumeNode``'s own RAS frame.
-
-        Markups are read at their world positions (their own transform applied); world points go
-        through the inverse of the volume's transform. A volume under a non-linear transform is
-        refused: its voxel grid is not where a rigid map would put the centres.
-        """
-        if centres is None:
-            return []
-        if hasattr(centres, "GetNumberOfControlPoints"):
-            world = nodes.control_points_ras(centres)
-        else:
-            world = [tuple(float(x) for x in point) for point in centres]
-            if any(len(point) != 3 for point in world):
-                raise InputError("each lesion centre must be an (R, A, S) point in mm")
-        transformNode = volumeNode.GetParentTransformNode() if world else None
-        if transformNode is None:
-            return world
-        if not transformNode.IsTransformToWorldLinear():
-            raise InputError(
-                f"volume {volumeNode.GetName()!r} is under the non-linear transform {transformNode.GetName()!r}; "
-                "harden it (Transforms module) or remove it before placing lesions at points")
-        fromWorld = vtk.vtkGeneralTransform()
-        transformNode.GetTransformFromWorld(fromWorld)
-        return [tuple(fromWorld.TransformPoint(point)) for point in world]
+        """Lesion centres (markups or world RAS points) in the volume's own frame, transforms respected."""
+        return nodes.centres_in_volume_frame(volumeNode, centres)
 
     def maskArray(self, segmentationNode, referenceVolumeNode) -> Optional[np.ndarray]:
         """The visible segments of ``segmentationNode`` as one boolean mask on the volume's grid.
