@@ -433,9 +433,12 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDetectButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to detect missing slices."), waitCursor=True):
             p = self._parameterNode
-            if not self.ensureDependencies():
-                return
-            found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
+            try:
+                found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
+            except ImportError:  # the library's dependencies are installed at first use
+                if not self.ensureDependencies():
+                    return
+                found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
             self.ui.suspectSlicesList.clear()
             for index, reason in found:
                 self.ui.suspectSlicesList.addItem(f"{index}: {reason}")

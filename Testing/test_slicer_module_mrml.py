@@ -420,3 +420,32 @@ def test_the_console_example_of_the_docs_runs(medsynth, monkeypatch, capsys):
     assert [line.split(" -> ")[0] for line in lines] == ["scan 0", "scan 1"]
     assert all("(synthetic lesions)" in line and line.endswith(" mL") and line.count(",") == 3 for line in lines)
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+
+
+def test_process_and_the_cli_make_the_same_lesions_and_segments(medsynth, logic, tmp_path):
+    _module, slicer = medsynth
+    from MedSynthLib.cli import main
+    from MedSynthLib.io import read_volume, write_volume
+
+    volume = make_phantom((16, 40, 48), dtype=np.int16)
+    centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0])
+    write_volume(volume, tmp_path / "t1.nrrd")
+    assert main(["-q", "lesion", str(tmp_path / "t1.nrrd"), str(tmp_path / "out.nrrd"), "--labels",
+                 str(tmp_path / "out.seg.nrrd"), "--preset", "mr-enhancing-tumour", "--size", "14", "--seed", "2",
+                 "--at", ",".join(f"{x:.12g}" for x in centre)]) == 0
+    result = logic.process("lesion", _node(slicer, volume), centres=[centre], preset="mr-enhancing-tumour",
+                           size=14.0, seed=2)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.volume), read_volume(tmp_path / "out.nrrd").array)
+    cli = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "out.seg.nrrd"))
+    assert storage.ReadData(cli)
+    ours, theirs = result.segmentation.GetSegmentation(), cli.GetSegmentation()
+    assert ours.GetNumberOfSegments() == theirs.GetNumberOfSegments() >= 2  # lesion and necrotic core
+    for index in range(ours.GetNumberOfSegments()):
+        a, b = ours.GetNthSegment(index), theirs.GetNthSegment(index)
+        assert a.GetName() == b.GetName() and a.GetName().endswith("(mr-enhancing-tumour)")
+        np.testing.assert_allclose(a.GetColor(), b.GetColor(), atol=1e-5)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, ours.GetNthSegmentID(index), result.volume),
+            slicer.util.arrayFromSegmentBinaryLabelmap(cli, theirs.GetNthSegmentID(index), result.volume))
