@@ -697,8 +697,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         scene = slicer.mrmlScene
         baseName = f"{inputNode.GetName()} {task}"
         name = scene.GenerateUniqueName(history.lesion_volume_name(baseName) if task == "lesion" else baseName)
-        # The volumes logic makes the name it is given unique again; set the one chosen here after.
-        outputNode = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(scene, inputNode, name)
+        # The volumes logic makes any name it is given unique again (and counts it as used), so clone
+        # under a scratch name and set the one chosen here after: "T1 upsample", then "T1 upsample_1"...
+        outputNode = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(scene, inputNode, "MedSynth output")
         outputNode.SetName(name)
         return outputNode
 

@@ -268,8 +268,7 @@ def test_output_names_are_the_ones_the_real_scene_gives(medsynth, logic):
     _module, slicer = medsynth
     node = _node(slicer, make_phantom((6, 20, 22)))
     names = [logic.process("upsample", node, factor=2, axis="k", method="linear").volume.GetName() for _ in range(3)]
-    assert names[0] == "T1 upsample" and len(set(names)) == 3
-    assert all(name.startswith("T1 upsample_") for name in names[1:])
+    assert names == ["T1 upsample", "T1 upsample_1", "T1 upsample_2"]  # as Slicer names copies
     assert [n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")][1:] == names
 
 
