@@ -1,5 +1,3 @@
-import json
-import logging
 import os
 import pathlib
 import time
@@ -36,11 +34,12 @@ from slicer.util import VTKObservationMixin
 
 # Heavy packages (torch, MONAI, MedSynthLib's tasks) are imported at first use, never here:
 # opening Slicer must not wait for them, and they may not be installed yet.
-from MedSynthSlicerLib import dependencies, history, nodes, tasks
+from MedSynthLib.errors import Cancelled, InputError
+from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, requests
 from MedSynthSlicerLib.undo import UndoStack, arrays_equal
-from MedSynthSlicerLib.worker import BackgroundWorker, Job, JobState
+from MedSynthSlicerLib.worker import BackgroundWorker, Job, JobState, JobStatus
 
-DOCS_URL = "https://github.com/medsynth/MedSynth/blob/main/docs/slicer.md"
+DOCS_URL = "https://github.com/medsynth/MedSynth/blob/main/docs/slicer.md"  # = EXTENSION_HOMEPAGE
 
 #: Edits remembered per volume, and the memory all undo copies together may use.
 UNDO_STEPS = 5
@@ -198,7 +197,7 @@ class MedSynthParameterNode:
     lesionCount: Annotated[int, WithinRange(1, 50)] = 3
     lesionSize: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lesionContrast: Annotated[float, WithinRange(-1000.0, 1000.0)] = 0.0
-    lesionLabels: Annotated[str, Choice(["per lesion", "per class"])] = "per lesion"
+    lesionLabels: Annotated[str, Choice(["per lesion", "per class"])] = "per class"
     lesionSegmentation: vtkMRMLSegmentationNode
 
     # Enhance
@@ -206,7 +205,7 @@ class MedSynthParameterNode:
     denoiseMethod: Annotated[str, Choice(["auto", "selfsup", "model", "nlm", "aniso"])] = "auto"
     denoiseStrength: Annotated[float, WithinRange(0.1, 2.0)] = 1.0
     enhanceBias: bool = False
-    biasShrink: Annotated[int, WithinRange(1, 8)] = 4
+    biasShrink: Annotated[int, WithinRange(1, 8)] = 6
     enhanceSuperResolve: bool = False
     superResolveFactor: Annotated[int, WithinRange(2, 8)] = 2
 
@@ -324,41 +323,42 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelPathLineEdit.enabled = p.model == "file"
             self.ui.upsampleFactorSpinBox.enabled = p.fillUpsample
             self.ui.fillSlicesLineEdit.enabled = not p.fillUpsample
-            self.ui.lesionCountSpinBox.enabled = not self.logic.centresOf(p)
+            self.ui.lesionCountSpinBox.enabled = not (p.lesionCentres and p.lesionCentres.GetNumberOfControlPoints())
             self.ui.lesionPlaceWidget.setCurrentNode(p.lesionCentres)
             self.ui.denoiseMethodComboBox.enabled = p.enhanceDenoise
             self.ui.denoiseStrengthSliderWidget.enabled = p.enhanceDenoise
             self.ui.biasShrinkSpinBox.enabled = p.enhanceBias
             self.ui.superResolveFactorSpinBox.enabled = p.enhanceSuperResolve
-
-            reasons = [] if running else self.logic.reasonsNotToApply(p)
-            self.ui.applyButton.text = _("Cancel") if running else _("Apply")
-            self.ui.applyButton.enabled = running or not reasons
-            self.ui.applyButton.toolTip = (
-                _("Stop the running task; the input is left unchanged.") if running
-                else ("\n".join(reasons) if reasons else _("Run the task of the selected tab."))
-            )
-            self.ui.inputsCollapsibleButton.enabled = not running
-            self.ui.taskTabWidget.enabled = not running
-            self.ui.settingsCollapsibleButton.enabled = not running
-            self.ui.detectButton.enabled = not running and p.inputVolume is not None
-            canUndo = not running and p.inputVolume is not None and self.logic.canUndo(p.inputVolume)
-            self.ui.undoButton.enabled = canUndo
-            self.ui.undoButton.toolTip = (
-                _("Restore {name} as it was before the last in-place edit ({count} step(s) kept).").format(
-                    name=p.inputVolume.GetName(), count=self.logic.undoStack.depth(p.inputVolume.GetID()))
-                if canUndo else _("Nothing to undo: only in-place edits of the input volume can be undone.")
-            )
+            self.updateButtons(p, running)
         finally:
             self._updatingGUI = False
 
+    def updateButtons(self, p, running: bool) -> None:
+        reasons = [] if running else requests.reasons_not_to_apply(p)
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.enabled = running or not reasons
+        self.ui.applyButton.toolTip = (
+            _("Stop the running task; the input is left unchanged.") if running
+            else ("\n".join(reasons) if reasons else _("Run the task of the selected tab."))
+        )
+        for section in (self.ui.inputsCollapsibleButton, self.ui.taskTabWidget, self.ui.settingsCollapsibleButton):
+            section.enabled = not running
+        self.ui.detectButton.enabled = not running and p.inputVolume is not None
+        canUndo = not running and p.inputVolume is not None and self.logic.canUndo(p.inputVolume)
+        self.ui.undoButton.enabled = canUndo
+        self.ui.undoButton.toolTip = (
+            _("Restore {name} as it was before the last in-place edit ({count} step(s) kept).").format(
+                name=p.inputVolume.GetName(), count=self.logic.undoStack.depth(p.inputVolume.GetID()))
+            if canUndo else _("Nothing to undo: only in-place edits of the input volume can be undone.")
+        )
+
     def populateChoices(self) -> None:
         """Fill the run-time lists (devices, models, presets) from what is installed now."""
-        choices = self.logic.choices()
+        found = choices.panel_choices()
         for combo, items in (
-            (self.ui.deviceComboBox, choices["devices"]),
-            (self.ui.modelComboBox, choices["models"]),
-            (self.ui.lesionPresetComboBox, choices["presets"]),
+            (self.ui.deviceComboBox, found["devices"]),
+            (self.ui.modelComboBox, found["models"]),
+            (self.ui.lesionPresetComboBox, found["presets"]),
         ):
             current = combo.currentData
             wasBlocked = combo.blockSignals(True)
@@ -371,13 +371,11 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             # Signals were blocked: let the parameter node re-select its saved values.
             self._parameterNode.Modified()
-        self.ui.deviceInfoLabel.text = choices["deviceSummary"]
-        self.ui.deviceInfoLabel.toolTip = choices.get("deviceWarning") or choices["deviceSummary"]
-        for task, present in choices["tasks"].items():
-            tab = getattr(self.ui, f"{'fill' if task == 'upsample' else task}Tab")
-            index = self.ui.taskTabWidget.indexOf(tab)
-            if task != "upsample":
-                self.ui.taskTabWidget.setTabEnabled(index, present)
+        self.ui.deviceInfoLabel.text = found["deviceSummary"]
+        self.ui.deviceInfoLabel.toolTip = found["deviceWarning"] or found["deviceSummary"]
+        for task, present in found["tasks"].items():
+            if task != "upsample":  # upsampling is an option of the Fill tab
+                self.ui.taskTabWidget.setTabEnabled(self.ui.taskTabWidget.indexOf(getattr(self.ui, f"{task}Tab")), present)
 
     # ---- handlers ---------------------------------------------------------------------------
     def onRefreshChoices(self) -> None:
@@ -393,8 +391,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.ensureDependencies():
                 return
             self.populateChoices()
-            p = self._parameterNode
-            self._job, self._jobContext = self.logic.startFromParameters(p)
+            self._job, self._jobContext = self.logic.startFromParameters(self._parameterNode)
             self.ui.resultLabel.text = ""
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
@@ -415,11 +412,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         context, self._job, self._jobContext = self._jobContext, None, None
         self.ui.progressBar.setVisible(False)
-        if status.state == JobState.SUCCEEDED and slicer.mrmlScene.GetNodeByID(context["inputNodeID"]) is None:
-            self.ui.statusLabel.text = _("The input volume was removed (or the scene closed); the result was discarded.")
-        elif status.state == JobState.SUCCEEDED:
+        if status.state == JobState.SUCCEEDED:
             with slicer.util.tryWithErrorDisplay(_("Failed to apply the result."), waitCursor=True):
-                self.ui.resultLabel.text = self.logic.apply(status.result, context)
+                self.ui.resultLabel.text = self.logic.finish(status, context).summary
                 self.ui.statusLabel.text = _("Done")
         elif status.state == JobState.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
@@ -440,14 +435,14 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             try:
                 found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
-            except ImportError:
+            except ImportError:  # the library's dependencies are installed at first use
                 if not self.ensureDependencies():
                     return
                 found = self.logic.detectMissingSlices(p.inputVolume, axis=p.fillAxis)
             self.ui.suspectSlicesList.clear()
             for index, reason in found:
                 self.ui.suspectSlicesList.addItem(f"{index}: {reason}")
-            p.fillSlices = tasks.format_slice_list([index for index, _reason in found])
+            p.fillSlices = requests.format_slice_list([index for index, _reason in found])
             self.ui.statusLabel.text = (
                 _("{count} suspect slice(s) found; they are in the Slices field.").format(count=len(found))
                 if found else _("No missing or corrupted slices found.")
@@ -460,22 +455,15 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def ensureDependencies(self) -> bool:
         """Install what is missing after asking (torch via PyTorchUtils, the rest with pip)."""
-        if not self.logic.torchInstalled():
-            if not self.logic.installTorch(askConfirmation=True):
-                return False
-        missing = self.logic.missingPackages()
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                _("MedSynth needs these Python packages, which will be downloaded and installed now "
-                  "(Slicer's own numpy, SimpleITK, vtk and the installed PyTorch are kept):\n\n{packages}")
-                .format(packages="\n".join(missing)),
-                windowTitle=_("Install MedSynth dependencies"),
-            ):
-                return False
-            self.ui.statusLabel.text = _("Installing Python packages...")
+
+        def status(text: str) -> None:
+            self.ui.statusLabel.text = text
             slicer.app.processEvents()
-            self.logic.installPackages(missing)
-        return True
+
+        return self.logic.ensureDependencies(
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install MedSynth dependencies")),
+            status=status,
+        )
 
 
 #
@@ -485,11 +473,12 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 class MedSynthLogic(ScriptedLoadableModuleLogic):
     """The only place that touches MRML for MedSynth: node <-> Volume, background runs, results,
-    undo and provenance. Computation is MedSynthLib's; this class can be used from Slicer's
-    Python console without the widget::
+    undo and provenance. Computation is MedSynthLib's. Scriptable from Slicer's Python console
+    (the panel's Apply takes the same path)::
 
-        logic = slicer.modules.medsynth.widgetRepresentation().self().logic  # or MedSynthLogic()
-        outputNode = logic.run(volumeNode, "fill", {"method": "linear"}, inPlace=False)
+        logic = slicer.util.getModuleLogic("MedSynth")  # or MedSynth.MedSynthLogic()
+        result = logic.process("lesion", getNode("T1"), preset="mr-wmh", count=3, seed=7)
+        result.volume, result.segmentation, result.report["lesions"]
     """
 
     def __init__(self) -> None:
@@ -505,10 +494,12 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         self.worker.shutdown(timeout=2.0)
 
     # ---- dependencies -----------------------------------------------------------------------
-    def torchInstalled(self) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("torch") is not None
+    def ensureDependencies(self, *, confirm, status=None) -> bool:
+        """Install what is missing: torch through PyTorchUtils, the rest with pip after ``confirm(text)``."""
+        return dependencies.ensure_dependencies(
+            dependencies.read_requirements(self.requirementsPath), torch_installed=choices.torch_installed,
+            install_torch=self.installTorch, confirm=confirm, install_packages=self.installPackages, status=status,
+        )
 
     def installTorch(self, *, askConfirmation: bool = True) -> bool:
         """Install torch through SlicerPyTorch (it picks the CUDA build for this GPU and driver)."""
@@ -522,13 +513,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if torchLogic.torchInstalled():
             return True
-        torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=">=2.1")
-        return torch is not None
+        return torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=">=2.1") is not None
 
-    def missingPackages(self) -> list[str]:
-        return dependencies.missing_requirements(dependencies.read_requirements(self.requirementsPath))
-
-    def installPackages(self, requirements: list[str]) -> None:
+    def installPackages(self, requirements: list) -> None:
         """pip install ``requirements`` with Slicer's numpy, SimpleITK, vtk and torch pinned."""
         import tempfile
 
@@ -537,119 +524,18 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             with open(constraints, "w", encoding="utf-8") as file:
                 file.write(dependencies.constraints_text())
             slicer.util.pip_install(["-c", constraints, *requirements])
-        import importlib
 
-        importlib.invalidate_caches()
+    # ---- inputs: centres through transforms, masks -------------------------------------------
+    def centresInVolumeFrame(self, volumeNode, centres) -> list:
+        """Lesion centres (markups or world RAS points) in the volume's own frame, transforms respected."""
+        return nodes.centres_in_volume_frame(volumeNode, centres)
 
-    def choices(self) -> dict:
-        """Devices, models, lesion presets and tasks available now (no install triggered)."""
-        from MedSynthSlicerLib import devices
-
-        result = {
-            "devices": [("auto", "auto")],
-            "deviceSummary": _("PyTorch not installed yet: it is installed at the first Apply"),
-            "models": [(_("auto (best available)"), "auto"), (_("from file..."), "file")],
-            "presets": [(_("default ({presets})").format(
-                presets=", ".join(f"{m}: {n}" for m, n in tasks.DEFAULT_PRESETS.items())), "")],
-            "tasks": tasks.available_tasks(),
-        }
-        try:
-            from MedSynthLib.tasks import lesion
-
-            result["presets"] += [(f"{preset['name']} ({preset['modality']})", preset["name"])
-                                  for preset in lesion.list_presets()]
-        except ImportError as error:
-            logging.info("MedSynth: lesion presets not listed yet (%s)", error)
-        if not self.torchInstalled():
-            return result
-        import torch
-
-        result["devices"], result["deviceSummary"] = devices.device_choices(torch)
-        result["deviceWarning"] = dependencies.torch_problem(torch, nvidia_gpu_present=devices.nvidia_gpu_present())
-        if result["deviceWarning"]:
-            # Said in the panel itself, not hidden in a tooltip: the CPU-only surprise is the most
-            # reported problem of AI extensions.
-            result["deviceSummary"] += " — " + result["deviceWarning"]
-        try:
-            from MedSynthLib.models import list_packages
-        except ImportError as error:
-            logging.info("MedSynth: model packages not listed yet (%s)", error)
-            return result
-        result["models"][1:1] = [
-            (f"{info.name} ({info.task}{', bundled' if info.bundled else ''})", info.name)
-            for info in list_packages()
-        ]
-        return result
-
-    # ---- what can run ------------------------------------------------------------------------
-    def centresOf(self, p) -> list:
-        """RAS lesion centres of the point list, in the input volume's own frame."""
-        if p.lesionCentres is None:
-            return []
-        return nodes.control_points_ras(p.lesionCentres, world_to_local=self._worldToLocal(p.inputVolume))
-
-    @staticmethod
-    def _worldToLocal(volumeNode):
-        if volumeNode is None or volumeNode.GetParentTransformNode() is None:
-            return None
-        transform = volumeNode.GetParentTransformNode().GetTransformFromWorld()
-        return lambda point: transform.TransformPoint(point)
-
-    def reasonsNotToApply(self, p) -> list[str]:
-        """Why Apply is disabled, for its tooltip; empty when it can run."""
-        reasons = []
-        if p.inputVolume is None:
-            reasons.append(_("Select an input volume."))
-        elif p.inputVolume.GetImageData() is None:
-            reasons.append(_("The input volume has no voxels."))
-        elif p.inputVolume.GetImageData().GetNumberOfScalarComponents() != 1:
-            reasons.append(_("The input is a colour or vector volume; MedSynth needs a scalar volume."))
-        if p.model == "file" and not str(p.modelFile or "").strip(". "):
-            reasons.append(_("Choose the model package file (.json) or another model."))
-        if p.task == "enhance" and not (p.enhanceDenoise or p.enhanceBias or p.enhanceSuperResolve):
-            reasons.append(_("Tick at least one enhancement step."))
-        if p.task == "fill" and not p.fillUpsample and p.inputVolume is not None:
-            try:
-                tasks.parse_slice_list(p.fillSlices)
-            except ValueError as error:
-                reasons.append(str(error))
-            except ImportError:
-                pass  # checked again after the dependencies are installed
-        return reasons
-
-    def requestFor(self, p) -> tasks.TaskRequest:
-        """The panel's settings for the selected task as a :class:`TaskRequest`."""
-        model = str(p.modelFile) if p.model == "file" else p.model
-        common = {"device": p.device or "auto", "seed": int(p.seed), "model": model}
-        if p.task == "fill" and p.fillUpsample:
-            return tasks.TaskRequest("upsample", {**common, "factor": int(p.upsampleFactor),
-                                                  "axis": p.fillAxis, "method": p.fillMethod})
-        if p.task == "fill":
-            shape = p.inputVolume.GetImageData().GetDimensions() if p.inputVolume is not None else None
-            axisSize = None
-            if shape is not None and p.fillAxis in ("i", "j", "k"):
-                axisSize = shape["ijk".index(p.fillAxis)]
-            slices = tasks.parse_slice_list(p.fillSlices, size=axisSize)
-            return tasks.TaskRequest("fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod})
-        if p.task == "lesion":
-            return tasks.TaskRequest("lesion", {
-                **common, "preset": p.lesionPreset, "centres": self.centresOf(p), "count": int(p.lesionCount),
-                "size_mm": float(p.lesionSize), "contrast": float(p.lesionContrast),
-                "label_mode": "classes" if p.lesionLabels == "per class" else "instances",
-            })
-        # The library's step grammar (``medsynth enhance --steps`` takes the same strings).
-        steps = []
-        if p.enhanceBias:
-            steps.append(f"bias:{int(p.biasShrink)}")
-        if p.enhanceDenoise:
-            steps.append(f"denoise:{p.denoiseMethod}:{float(p.denoiseStrength):g}")
-        if p.enhanceSuperResolve:
-            steps.append(f"upsample:{int(p.superResolveFactor)}")
-        return tasks.TaskRequest("enhance", {**common, "steps": steps})
-
-    # ---- node <-> Volume -------------------------------------------------------------------
     def maskArray(self, segmentationNode, referenceVolumeNode) -> Optional[np.ndarray]:
-        """The visible segments of ``segmentationNode`` as one boolean mask on the volume's grid."""
+        """The visible segments of ``segmentationNode`` as one boolean mask on the volume's grid.
+
+        The segments are resampled onto the volume's geometry, so a segmentation drawn on another
+        grid (or another volume) works.
+        """
         if segmentationNode is None:
             return None
         segmentIds = vtk.vtkStringArray()
@@ -659,7 +545,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         else:
             segmentationNode.GetSegmentation().GetSegmentIDs(segmentIds)
         if segmentIds.GetNumberOfValues() == 0:
-            raise ValueError(_("The mask segmentation {name} has no visible segment; show one or choose no mask.")
+            raise InputError(_("The mask segmentation {name} has no visible segment; show one or choose no mask.")
                              .format(name=segmentationNode.GetName()))
         labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         try:
@@ -669,71 +555,109 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(labelmapNode)
 
-    # ---- running ----------------------------------------------------------------------------
-    def start(self, inputNode, request: tasks.TaskRequest, *, inPlace: bool = False, maskNode=None,
-              segmentationNode=None):
-        """Copy the input (main thread) and start ``request`` on the worker thread.
+    def _mask(self, mask, volumeNode, volume) -> Optional[np.ndarray]:
+        if mask is None or hasattr(mask, "GetSegmentation"):
+            return self.maskArray(mask, volumeNode)
+        mask = np.asarray(mask)
+        if mask.shape != volume.array.shape:
+            raise InputError(f"mask shape {mask.shape} does not match the volume's {volume.array.shape} (KJI)")
+        return mask.astype(bool)
 
-        Returns ``(job, context)``; pass the job's result and ``context`` to :meth:`apply` once the
-        job has succeeded. The node is not touched until then.
+    # ---- running: start (panel and process), wait, finish ------------------------------------
+    def start(self, task: str, inputVolume, *, inPlace: bool = False, mask=None, centres=None,
+              segmentation=None, **options):
+        """Copy the input (main thread) and start ``task`` on the worker thread; returns ``(job, context)``.
+
+        The node is not touched until :meth:`finish` is given the job's final status.
         """
-        volume = nodes.volume_from_node(inputNode)
-        mask = self.maskArray(maskNode, inputNode)
+        volume = nodes.volume_from_node(inputVolume)
+        request = requests.request_for(task, options, centres=self.centresInVolumeFrame(inputVolume, centres))
+        maskArray = self._mask(mask, inputVolume, volume)
         context = {
             "request": request,
-            "inputNodeID": inputNode.GetID(),
+            "inputNodeID": inputVolume.GetID(),
             "snapshot": volume,
             "inPlace": bool(inPlace),
-            "segmentationNodeID": segmentationNode.GetID() if segmentationNode is not None else None,
+            "segmentationNodeID": segmentation.GetID() if segmentation is not None else None,
         }
 
         def work(progress, cancel):
-            _limitTorchThreads()
-            return tasks.run_request(volume, request, mask=mask, progress=progress, cancel=cancel)
+            devices.limit_torch_threads()
+            return requests.run_request(volume, request, mask=maskArray, progress=progress, cancel=cancel)
 
-        return self.worker.submit(work, description=request.task), context
+        return self.worker.submit(work, description=task), context
 
     def startFromParameters(self, p):
-        """:meth:`start` with the panel's settings."""
+        """:meth:`start` with the panel's settings (the same call ``process`` makes)."""
+        task, options = requests.options_from_settings(p)
+        lesion = task == "lesion"
         return self.start(
-            p.inputVolume, self.requestFor(p), inPlace=p.outputMode == "in place", maskNode=p.maskSegmentation,
-            segmentationNode=p.lesionSegmentation,
+            task, p.inputVolume, inPlace=p.outputMode == "in place", mask=p.maskSegmentation,
+            centres=p.lesionCentres if lesion else None, segmentation=p.lesionSegmentation if lesion else None,
+            **options,
         )
 
-    def run(self, inputNode, task: str, parameters: dict, *, inPlace: bool = False, maskNode=None,
-            segmentationNode=None, timeout: float = 600.0):
-        """Run one task and wait for it (scripts, the self-test); returns the output volume node.
+    def process(self, task: str, inputVolume, *, inPlace: bool = False, mask=None, centres=None,
+                segmentation=None, timeout: Optional[float] = None, **options) -> requests.ProcessResult:
+        """Run ``task`` on ``inputVolume`` and wait for it; what the panel's Apply does, for scripts.
 
-        Slicer's event loop keeps running while waiting, as it does when the panel polls.
+        Parameters
+        ----------
+        task : {"fill", "upsample", "lesion", "enhance"}
+        inputVolume : vtkMRMLScalarVolumeNode
+        inPlace : bool
+            Edit the input (undoable with :meth:`undo`) instead of creating a new volume.
+        mask : vtkMRMLSegmentationNode or ndarray, optional
+            Its visible segments (resampled onto the input's grid), or a KJI boolean array: the
+            lesion region, or the denoise/bias mask.
+        centres : vtkMRMLMarkupsFiducialNode or list of (R, A, S), optional
+            Lesion centres in world RAS; the markups' and the volume's transforms are respected.
+        segmentation : vtkMRMLSegmentationNode, optional
+            Lesions: add the segments here instead of to a new segmentation.
+        timeout : float, optional
+            Seconds after which the task is cancelled (and :class:`Cancelled` raised).
+        **options
+            The Python API's keyword arguments: ``slices``, ``axis``, ``method``, ``factor``,
+            ``preset``, ``count``, ``size`` (or ``size_mm``), ``contrast``, ``label_mode``,
+            ``steps``, ``model``, ``device``, ``seed``.
+
+        Returns
+        -------
+        ProcessResult
+            ``volume`` (output node), ``segmentation`` (lesions, else None), ``report``, ``summary``.
+
+        Raises
+        ------
+        InputError, ModelError, Cancelled
+            The library's errors, as the library raises them; the scene is then unchanged.
         """
-        request = tasks.TaskRequest(task, {"device": "auto", "seed": 0, "model": "auto", **parameters})
-        job, context = self.start(inputNode, request, inPlace=inPlace, maskNode=maskNode,
-                                  segmentationNode=segmentationNode)
-        deadline = time.monotonic() + timeout
+        job, context = self.start(task, inputVolume, inPlace=inPlace, mask=mask, centres=centres,
+                                  segmentation=segmentation, **options)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        processEvents = getattr(getattr(slicer, "app", None), "processEvents", None)
         while not job.wait(0.03):
-            slicer.app.processEvents()
-            if time.monotonic() > deadline:
+            if processEvents is not None:
+                processEvents()  # inside Slicer the GUI keeps drawing; a plain Python session just waits
+            if deadline is not None and time.monotonic() > deadline:
                 job.cancel()
-                job.wait()
-        status = job.status()
+        return self.finish(job.status(), context)
+
+    def finish(self, status: JobStatus, context: dict) -> requests.ProcessResult:
+        """Put a finished job's result into the scene (main thread), or raise why there is none."""
         if status.state != JobState.SUCCEEDED:
             raise status.error or RuntimeError(status.message)
-        self.apply(status.result, context)
-        return context["outputNode"]
+        if slicer.mrmlScene.GetNodeByID(context["inputNodeID"]) is None:
+            raise InputError(_("The input volume was removed (or the scene closed); the result was discarded."))
+        return self._apply(status.result, context)
 
-    def apply(self, outcome: tasks.TaskOutcome, context: dict) -> str:
-        """Put a finished result into the scene (main thread); returns the panel's result line.
-
-        In place: the voxels are replaced only now, after success, with an undo copy kept first.
+    def _apply(self, outcome: requests.TaskOutcome, context: dict) -> requests.ProcessResult:
+        """In place: the voxels are replaced only now, after success, with an undo copy kept first.
         If the input's voxels or geometry changed while the task ran, the result goes to a new
         volume instead, so the user's edit is not overwritten.
         """
-        scene = slicer.mrmlScene
-        inputNode = scene.GetNodeByID(context["inputNodeID"])
-        if inputNode is None:
-            raise RuntimeError(_("The input volume was deleted while MedSynth was running."))
+        inputNode = slicer.mrmlScene.GetNodeByID(context["inputNodeID"])
         request = outcome.request
-        summary = tasks.summarize(outcome)
+        summary = requests.summarize(outcome)
         inPlace = context["inPlace"]
         current = nodes.volume_from_node(inputNode) if inPlace else None
         if inPlace and not arrays_equal(current, context["snapshot"]):
@@ -746,32 +670,40 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             source=None if inPlace else f"{inputNode.GetName()} ({inputNode.GetID()})",
         )
         previousHistory = inputNode.GetAttribute(history.HISTORY_ATTRIBUTE)
+        kept = False
         if inPlace:
             outputNode = inputNode
-            kept = self.undoStack.push(
-                inputNode.GetID(), current, description=request.task, history=previousHistory,
-                name=inputNode.GetName(),
-            )
-            if not kept:
-                summary += _(" · too large to keep an undo copy")
+            kept = self.undoStack.push(inputNode.GetID(), current, description=request.task,
+                                       history=previousHistory, name=inputNode.GetName())
+            summary += "" if kept else _(" · too large to keep an undo copy")
         else:
-            name = scene.GenerateUniqueName(f"{inputNode.GetName()} {request.task}")
-            outputNode = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(scene, inputNode, name)
+            outputNode = self._newOutputNode(inputNode, request.task)
         nodes.update_node_from_volume(outputNode, outcome.volume)
         outputNode.SetAttribute(history.HISTORY_ATTRIBUTE, history.append_history(previousHistory, entry))
+        segmentationNode = None
         if request.task == "lesion":
             outputNode.SetName(history.lesion_volume_name(outputNode.GetName()))
             segmentationNode, segmentIds = self.labelsToSegmentation(outcome, outputNode, context, entry)
-            context["segmentationNode"] = segmentationNode
-            if inPlace and kept:
-                # Undo of these lesions removes their segments too.
+            if kept:  # undo of these lesions removes their segments too
                 self.undoStack.peek(inputNode.GetID()).extra["segments"] = [
                     (segmentationNode.GetID(), segmentId) for segmentId in segmentIds]
-        context["outputNode"] = outputNode
         slicer.util.setSliceViewerLayers(background=outputNode)
-        return summary
+        return requests.ProcessResult(volume=outputNode, segmentation=segmentationNode, report=outcome.report,
+                                      summary=summary)
 
-    def labelsToSegmentation(self, outcome: tasks.TaskOutcome, volumeNode, context: dict, entry: dict):
+    @staticmethod
+    def _newOutputNode(inputNode, task: str):
+        """An empty copy of the input (display, transform, attributes) named "<input> <task>", made unique once."""
+        scene = slicer.mrmlScene
+        baseName = f"{inputNode.GetName()} {task}"
+        name = scene.GenerateUniqueName(history.lesion_volume_name(baseName) if task == "lesion" else baseName)
+        # The volumes logic makes any name it is given unique again (and counts it as used), so clone
+        # under a scratch name and set the one chosen here after: "T1 upsample", then "T1 upsample_1"...
+        outputNode = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(scene, inputNode, "MedSynth output")
+        outputNode.SetName(name)
+        return outputNode
+
+    def labelsToSegmentation(self, outcome: requests.TaskOutcome, volumeNode, context: dict, entry: dict):
         """Lesion labels as named, coloured segments on the edited volume's geometry."""
         scene = slicer.mrmlScene
         segmentationNode = scene.GetNodeByID(context["segmentationNodeID"]) if context.get("segmentationNodeID") else None
@@ -779,7 +711,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             segmentationNode = scene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volumeNode.GetName()} lesions"))
             segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentation = segmentationNode.GetSegmentation()
         segmentIds = []
         for segment in outcome.segments:
@@ -802,7 +735,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         """Restore the voxels, geometry, name and history from before the last in-place edit."""
         entry = self.undoStack.pop(volumeNode.GetID()) if volumeNode is not None else None
         if entry is None:
-            raise RuntimeError(_("Nothing to undo for this volume."))
+            raise InputError(_("Nothing to undo for this volume."))
         nodes.update_node_from_volume(volumeNode, entry.volume)
         if entry.name:
             volumeNode.SetName(entry.name)
@@ -828,22 +761,9 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         from MedSynthLib.volume import array_axis
 
         volume = nodes.volume_from_node(volumeNode)
-        arrayAxis = array_axis(axis, volume)
         centre = [(n - 1) / 2.0 for n in volume.shape_ijk]
-        centre[2 - arrayAxis] = float(index)
-        ras = volume.ijk_points_to_ras(centre)
-        slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
-
-
-def _limitTorchThreads() -> None:
-    """Leave one CPU core to Slicer's GUI while torch works (runs once, on the worker thread)."""
-    try:
-        import torch
-    except ImportError:
-        return
-    cores = os.cpu_count() or 1
-    if cores > 2 and torch.get_num_threads() >= cores:
-        torch.set_num_threads(cores - 1)
+        centre[2 - array_axis(axis, volume)] = float(index)
+        slicer.modules.markups.logic().JumpSlicesToLocation(*volume.ijk_points_to_ras(centre), True)
 
 
 #
@@ -852,29 +772,20 @@ def _limitTorchThreads() -> None:
 
 
 class MedSynthTest(ScriptedLoadableModuleTest):
-    """Self-test on synthetic volumes made here (no downloads): each task through the Logic,
-    geometry, dtype, provenance and undo checked. Run it from the Reload & Test button or with
-    ``Slicer --testing --python-code "slicer.selfTests['MedSynth']()"``.
+    """Self-test on synthetic volumes made here (no downloads): each task through ``process`` (the
+    panel's path), with geometry, dtype, provenance, undo and a cancel mid-run checked. Run it from
+    the Reload & Test button or with ``Slicer --testing --python-code "slicer.selfTests['MedSynth']()"``;
+    pytest runs it too, on Slicer's real MRML from the ``slicer-core`` wheel.
     """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_NodeConversionRoundTrip()
-        self.setUp()
-        self.test_FillInPlaceAndUndo()
-        self.setUp()
-        self.test_UpsampleNewVolume()
-        self.setUp()
-        self.test_LesionsSegmentation()
-        self.setUp()
-        self.test_Enhance()
-        self.setUp()
-        self.test_CancelLeavesInputUntouched()
-        self.setUp()
-        self.test_MaskFromSegmentation()
+        for test in (self.test_FillInPlaceAndUndo, self.test_UpsampleNewVolume, self.test_LesionsSegmentation,
+                     self.test_Enhance, self.test_CancelMidRunLeavesInputUntouched, self.test_MaskFromSegmentation):
+            self.setUp()
+            test()
 
     # ---- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -888,131 +799,139 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         matrix[:3, 3] = (-12.5, 30.25, 4.0)
         return matrix
 
-    def makeVolumeNode(self, shape=(12, 40, 48), dtype=np.int16, name="MedSynthTestVolume"):
+    def makeVolumeNode(self, shape=(12, 40, 48), dtype=np.int16, name="MedSynthTestVolume", matrix=None):
         """A head-like phantom (ellipsoid with a bright core, texture and noise) on an oblique grid."""
         rng = np.random.default_rng(0)
         k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
         r = np.sqrt((i / 0.85) ** 2 + (j / 0.8) ** 2 + (k / 0.95) ** 2)
         image = 100.0 * (r < 1) + 60.0 * (r < 0.35) + 30 * np.sin(3 * i) * (r < 1) + rng.normal(0, 2.0, shape)
         array = np.round(np.clip(image, 0, None)).astype(dtype)
-        return slicer.util.addVolumeFromArray(array, ijkToRAS=self.obliqueMatrix(), name=name)
+        ijkToRAS = self.obliqueMatrix() if matrix is None else matrix
+        return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name=name)
 
-    def assertSameGeometry(self, nodeA, nodeB):
-        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        nodeA.GetIJKToRASMatrix(a)
-        nodeB.GetIJKToRASMatrix(b)
-        np.testing.assert_allclose(nodes.matrix_to_array(a), nodes.matrix_to_array(b), atol=1e-6)
+    @staticmethod
+    def matrixOf(node):
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        return nodes.matrix_to_array(matrix)
 
     # ---- tests ------------------------------------------------------------------------------
-    def test_NodeConversionRoundTrip(self):
-        self.delayDisplay("Node <-> Volume round trip")
-        node = self.makeVolumeNode()
-        volume = nodes.volume_from_node(node)
-        np.testing.assert_array_equal(volume.array, slicer.util.arrayFromVolume(node))
-        np.testing.assert_allclose(volume.ijk_to_ras, self.obliqueMatrix(), atol=1e-9)
-        copy = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(slicer.mrmlScene, node, "copy")
-        nodes.update_node_from_volume(copy, volume)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(copy), volume.array)
-        self.assertSameGeometry(node, copy)
-        self.delayDisplay("Round trip passed")
-
     def test_FillInPlaceAndUndo(self):
         self.delayDisplay("Fill slices in place, then undo")
         node = self.makeVolumeNode()
-        original = slicer.util.arrayFromVolume(node).copy()
-        damaged = original.copy()
+        damaged = slicer.util.arrayFromVolume(node).copy()
         damaged[5] = 0
         slicer.util.updateVolumeFromArray(node, damaged)
         logic = MedSynthLogic()
-        output = logic.run(node, "fill", {"slices": [5], "axis": "k", "method": "linear"}, inPlace=True)
-        self.assertIs(output, node)
+        result = logic.process("fill", node, inPlace=True, slices=[5], axis="k", method="linear")
+        self.assertIs(result.volume, node)
+        self.assertIsNone(result.segmentation)
+        self.assertEqual(result.report["method"], "linear")
         filled = slicer.util.arrayFromVolume(node)
-        self.assertEqual(filled.dtype, original.dtype)
+        self.assertEqual(filled.dtype, damaged.dtype)
         np.testing.assert_array_equal(np.delete(filled, 5, axis=0), np.delete(damaged, 5, axis=0))
         self.assertGreater(np.abs(filled[5].astype(float)).sum(), 0)
-        self.assertSameGeometry(node, self.makeVolumeNode(name="reference"))
-        self.assertEqual(json.loads(node.GetAttribute(history.HISTORY_ATTRIBUTE))[-1]["task"], "fill")
-        logic.undo(node)
+        np.testing.assert_allclose(self.matrixOf(node), self.obliqueMatrix(), atol=1e-9)
+        entry = history.read_history(node.GetAttribute(history.HISTORY_ATTRIBUTE))[-1]
+        self.assertEqual((entry["task"], entry["action"], entry["parameters"]["slices"]), ("fill", "edited", [5]))
+        self.assertIn("Undid fill", logic.undo(node))
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), damaged)
+        np.testing.assert_allclose(self.matrixOf(node), self.obliqueMatrix(), atol=1e-9)
+        self.assertEqual(node.GetName(), "MedSynthTestVolume")
         self.assertIsNone(node.GetAttribute(history.HISTORY_ATTRIBUTE))
-        self.delayDisplay("Fill and undo passed")
+        self.assertFalse(logic.canUndo(node))
 
     def test_UpsampleNewVolume(self):
         self.delayDisplay("Upsample through-plane into a new volume")
-        node = self.makeVolumeNode()
+        node = self.makeVolumeNode(name="T1")
         before = slicer.util.arrayFromVolume(node).copy()
-        output = MedSynthLogic().run(node, "upsample", {"factor": 2, "axis": "k", "method": "linear"})
+        logic = MedSynthLogic()
+        output = logic.process("upsample", node, factor=2, axis="k", method="linear").volume
         self.assertIsNot(output, node)
+        self.assertEqual(output.GetName(), "T1 upsample")
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
-        upsampled = nodes.volume_from_node(output)
-        self.assertAlmostEqual(upsampled.spacing[2], 1.5, places=4)
-        np.testing.assert_allclose(upsampled.direction, nodes.volume_from_node(node).direction, atol=1e-6)
-        self.assertIn('"created"', output.GetAttribute(history.HISTORY_ATTRIBUTE))
-        self.delayDisplay("Upsample passed")
+        upsampled, original = nodes.volume_from_node(output), nodes.volume_from_node(node)
+        self.assertEqual(upsampled.array.shape, (23, 40, 48))
+        np.testing.assert_allclose(upsampled.spacing, (0.9, 1.1, 1.5), atol=1e-9)
+        np.testing.assert_allclose(upsampled.direction, original.direction, atol=1e-9)
+        # The first and the last original slice keep their position in RAS.
+        for lastIndex, lastOriginal in ((0, 0), (22, 11)):
+            np.testing.assert_allclose(upsampled.ijk_points_to_ras([0, 0, lastIndex]),
+                                       original.ijk_points_to_ras([0, 0, lastOriginal]), atol=1e-9)
+        self.assertEqual(history.read_history(output.GetAttribute(history.HISTORY_ATTRIBUTE))[-1]["action"], "created")
+        self.assertFalse(logic.canUndo(node))
+        second = logic.process("upsample", node, factor=2, axis="k", method="linear").volume.GetName()
+        self.assertRegex(second, r"^T1 upsample_\d+$")  # made unique by the scene, once
 
     def test_LesionsSegmentation(self):
         self.delayDisplay("Synthetic lesions at a clicked point")
-        node = self.makeVolumeNode()
-        volume = nodes.volume_from_node(node)
-        centre = volume.ijk_points_to_ras([24.0, 20.0, 6.0]).tolist()
-        output = MedSynthLogic().run(node, "lesion", {"centres": [centre], "seed": 3})
-        self.assertIn(history.SYNTHETIC_LESIONS_SUFFIX.strip(), output.GetName())
-        segmentationNodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
-        self.assertEqual(len(segmentationNodes), 1)
-        segmentation = segmentationNodes[0].GetSegmentation()
-        self.assertGreaterEqual(segmentation.GetNumberOfSegments(), 1)
-        segmentId = segmentation.GetNthSegmentID(0)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNodes[0], segmentId, output)
+        node = self.makeVolumeNode(name="T1")
+        centre = nodes.volume_from_node(node).ijk_points_to_ras([24.0, 20.0, 6.0]).tolist()
+        result = MedSynthLogic().process("lesion", node, centres=[centre], size=8.0, seed=3, label_mode="instances")
+        self.assertEqual(result.volume.GetName(), "T1 lesion" + history.SYNTHETIC_LESIONS_SUFFIX)
+        segmentation = result.segmentation.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertTrue(segmentation.GetNthSegment(0).GetName().startswith("Synthetic lesion 1"))
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, segmentation.GetNthSegmentID(0), result.volume)
         self.assertGreater(int(mask.sum()), 0)
-        self.assertIsNotNone(segmentationNodes[0].GetAttribute(history.HISTORY_ATTRIBUTE))
+        self.assertAlmostEqual(result.report["lesions"][0]["volume_ml"],
+                               mask.sum() * abs(np.linalg.det(self.obliqueMatrix()[:3, :3])) / 1000, places=3)
+        self.assertIsNotNone(result.segmentation.GetAttribute(history.HISTORY_ATTRIBUTE))
         # In place, into the same segmentation; undo restores the voxels and removes the new segments.
         before = slicer.util.arrayFromVolume(node).copy()
-        segmentCount = segmentation.GetNumberOfSegments()
         logic = MedSynthLogic()
-        logic.run(node, "lesion", {"centres": [centre], "seed": 4}, inPlace=True,
-                  segmentationNode=segmentationNodes[0])
-        self.assertGreater(segmentation.GetNumberOfSegments(), segmentCount)
+        logic.process("lesion", node, inPlace=True, centres=[centre], size=8.0, seed=4, label_mode="instances",
+                      segmentation=result.segmentation)
+        self.assertEqual(segmentation.GetNumberOfSegments(), 2)
         self.assertFalse(np.array_equal(slicer.util.arrayFromVolume(node), before))
+        self.assertTrue(node.GetName().endswith(history.SYNTHETIC_LESIONS_SUFFIX))
         logic.undo(node)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
-        self.assertEqual(segmentation.GetNumberOfSegments(), segmentCount)
-        self.assertNotIn(history.SYNTHETIC_LESIONS_SUFFIX.strip(), node.GetName())
-        self.delayDisplay("Lesions passed")
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertEqual(node.GetName(), "T1")
 
     def test_Enhance(self):
         self.delayDisplay("Enhance: denoise into a new volume")
         node = self.makeVolumeNode(dtype=np.float32)
-        output = MedSynthLogic().run(node, "enhance", {"steps": ["denoise:nlm"]})
+        output = MedSynthLogic().process("enhance", node, steps=["denoise:nlm"]).volume
         result = slicer.util.arrayFromVolume(output)
         self.assertEqual(result.dtype, np.float32)
         self.assertEqual(result.shape, slicer.util.arrayFromVolume(node).shape)
-        self.assertSameGeometry(node, output)
-        self.delayDisplay("Enhance passed")
+        self.assertFalse(np.array_equal(result, slicer.util.arrayFromVolume(node)))
+        np.testing.assert_allclose(self.matrixOf(output), self.matrixOf(node), atol=1e-9)
 
-    def test_CancelLeavesInputUntouched(self):
-        self.delayDisplay("Cancel leaves the input untouched")
-        node = self.makeVolumeNode()
+    def test_CancelMidRunLeavesInputUntouched(self):
+        self.delayDisplay("Cancel during training leaves the input untouched")
+        node = self.makeVolumeNode(dtype=np.float32)
         before = slicer.util.arrayFromVolume(node).copy()
         logic = MedSynthLogic()
-        job, _context = logic.start(node, tasks.TaskRequest("enhance", {"steps": ["denoise:nlm"]}), inPlace=True)
+        job, context = logic.start("enhance", node, inPlace=True, steps=["denoise:selfsup"], device="cpu")
+        deadline = time.monotonic() + 120
+        while "training" not in job.status().message and not job.done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertIn("training", job.status().message)  # it is running, mid-training
         job.cancel()
-        job.wait(60)
-        self.assertIn(job.status().state, (JobState.CANCELLED, JobState.SUCCEEDED))
+        self.assertTrue(job.wait(60))
+        self.assertEqual(job.status().state, JobState.CANCELLED)
+        with self.assertRaises(Cancelled):
+            logic.finish(job.status(), context)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+        self.assertIsNone(node.GetAttribute(history.HISTORY_ATTRIBUTE))
         self.assertFalse(logic.canUndo(node))
-        self.delayDisplay("Cancel passed")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), 1)
 
     def test_MaskFromSegmentation(self):
-        self.delayDisplay("A segmentation becomes a mask on the volume's grid")
+        self.delayDisplay("A segmentation drawn on another grid becomes a mask on the volume's grid")
         node = self.makeVolumeNode()
-        labels = np.zeros(slicer.util.arrayFromVolume(node).shape, np.uint8)
-        labels[3:7, 10:20, 12:30] = 1
-        labelmap = slicer.util.addVolumeFromArray(labels, ijkToRAS=self.obliqueMatrix(), name="box",
-                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        # Drawn on a grid twice as fine in-plane and offset by half a voxel of the volume.
+        fine = self.obliqueMatrix(spacing=(0.45, 0.55, 3.0))
+        fine[:3, 3] = self.obliqueMatrix()[:3, :3] @ [-0.25, -0.25, 0.0] + self.obliqueMatrix()[:3, 3]
+        labels = np.zeros((12, 80, 96), np.uint8)
+        labels[3:7, 20:40, 24:60] = 1  # voxels j 10-19, i 12-29 of the volume
+        labelmap = slicer.util.addVolumeFromArray(labels, ijkToRAS=fine, name="box", nodeClassName="vtkMRMLLabelMapVolumeNode")
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
         mask = MedSynthLogic().maskArray(segmentationNode, node)
-        self.assertEqual(mask.shape, labels.shape)
-        self.assertEqual(int(mask.sum()), int(labels.sum()))
-        np.testing.assert_array_equal(mask, labels > 0)
-        self.delayDisplay("Mask passed")
+        expected = np.zeros(slicer.util.arrayFromVolume(node).shape, bool)
+        expected[3:7, 10:20, 12:30] = True
+        np.testing.assert_array_equal(mask, expected)

@@ -1,6 +1,6 @@
-"""The Slicer module's helpers, run without Slicer: node <-> Volume maths with the ``vtk`` wheel,
-the worker thread (progress, cancel, failure), the undo stack, provenance, and the panel's
-requests run through the real library on small oblique phantoms.
+"""The Slicer module's helpers that need no scene, tested with plain objects: node maths, the worker
+thread (progress, cancel, failure), the undo stack and provenance. Requests, choices and installs are
+in ``test_slicer_module_requests.py``; what touches MRML in ``test_slicer_module_mrml.py``, on real nodes.
 """
 
 from __future__ import annotations
@@ -20,151 +20,16 @@ from MedSynthLib.progress import check_cancel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSynth"))
 
-from MedSynthSlicerLib import dependencies, devices, history, nodes, tasks  # noqa: E402
+from MedSynthSlicerLib import dependencies, devices, history, nodes, requests  # noqa: E402
 from MedSynthSlicerLib.undo import UndoStack, arrays_equal  # noqa: E402
 from MedSynthSlicerLib.worker import BackgroundWorker, JobState  # noqa: E402
 
-vtk = pytest.importorskip("vtk")
-from vtk.util import numpy_support  # noqa: E402
 
 
-class FakeVolumeNode:
-    """The part of vtkMRMLScalarVolumeNode the module uses: image data + IJK-to-RAS matrix."""
-
-    def __init__(self, image=None, matrix=None, name="node"):
-        self.image = image
-        self.matrix = matrix if matrix is not None else vtk.vtkMatrix4x4()
-        self.name = name
-        self.modify_depth = 0
-        self.events = []
-
-    def GetName(self):
-        return self.name
-
-    def GetImageData(self):
-        return self.image
-
-    def GetIJKToRASMatrix(self, matrix):
-        matrix.DeepCopy(self.matrix)
-
-    def SetIJKToRASMatrix(self, matrix):
-        self.matrix.DeepCopy(matrix)
-        self.events.append(("matrix", self.modify_depth))
-
-    def SetAndObserveImageData(self, image):
-        self.image = image
-        self.events.append(("image", self.modify_depth))
-
-    def StorableModified(self):
-        self.events.append(("storable", self.modify_depth))
-
-    def StartModify(self):
-        self.modify_depth += 1
-        return self.modify_depth - 1
-
-    def EndModify(self, previous):
-        self.modify_depth = previous
-
-
-class FakeMarkups:
-    def __init__(self, points):
-        self.points = points
-
-    def GetNumberOfControlPoints(self):
-        return len(self.points)
-
-    def GetNthControlPointPositionWorld(self, index, position):
-        position[:] = self.points[index]
-
-
-def _slicer_array(node) -> np.ndarray:
-    """What slicer.util.arrayFromVolume returns: the scalars as (K, J, I)."""
-    i, j, k = node.GetImageData().GetDimensions()
-    return numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(k, j, i)
-
-
-# ---- node <-> Volume ----------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
-def test_node_round_trip_keeps_voxels_dtype_and_oblique_geometry(dtype):
-    volume = make_phantom((7, 11, 13), dtype=dtype)
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, volume)
-    # The node holds what Slicer expects: KJI voxels with i fastest, the matrix as geometry.
-    np.testing.assert_array_equal(_slicer_array(node), volume.array)
-    assert node.GetImageData().GetDimensions() == volume.shape_ijk
-    np.testing.assert_allclose(nodes.matrix_to_array(node.matrix), volume.ijk_to_ras)
-    back = nodes.volume_from_node(node)
-    assert back.array.dtype == np.dtype(dtype)
-    assert arrays_equal(back, volume)
-    # Matrix and image were swapped inside one StartModify/EndModify.
-    # and the node is marked as changed since it was loaded, so Save writes it.
-    assert node.events == [("matrix", 1), ("image", 1), ("storable", 1)] and node.modify_depth == 0
-
-
-def test_voxel_to_ras_through_the_vtk_matrix_matches_the_volume():
-    volume = make_phantom((5, 6, 7))
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, volume)
-    for ijk in [(0, 0, 0), (6, 5, 4), (3, 1, 2)]:
-        ras = node.matrix.MultiplyPoint((*ijk, 1.0))[:3]
-        np.testing.assert_allclose(ras, volume.ijk_points_to_ras(ijk), atol=1e-9)
-        # and the voxel at ijk is array[k, j, i]
-        assert _slicer_array(node)[ijk[2], ijk[1], ijk[0]] == volume.array[ijk[2], ijk[1], ijk[0]]
-
-
-def test_image_data_origin_and_spacing_are_ignored_as_in_slicer():
-    volume = make_phantom((4, 5, 6))
-    from MedSynthLib.convert import to_vtk
-
-    image, matrix = to_vtk(volume)
-    image.SetSpacing(2.0, 3.0, 4.0)
-    image.SetOrigin(10.0, 20.0, 30.0)
-    back = nodes.volume_from_node(FakeVolumeNode(image, matrix))
-    np.testing.assert_allclose(back.ijk_to_ras, volume.ijk_to_ras)
-
-
-def test_update_node_can_change_shape_and_geometry():
-    node = FakeVolumeNode()
-    nodes.update_node_from_volume(node, make_phantom((6, 8, 9)))
-    bigger = make_phantom((11, 8, 9), matrix=oblique_matrix(spacing=(0.8, 0.9, 1.5)))
-    nodes.update_node_from_volume(node, bigger)
-    assert arrays_equal(nodes.volume_from_node(node), bigger)
-
-
-def test_volume_from_node_refuses_missing_or_vector_data():
-    with pytest.raises(InputError, match="no input volume"):
-        nodes.volume_from_node(None)
-    with pytest.raises(InputError, match="no voxel data"):
-        nodes.volume_from_node(FakeVolumeNode(image=None))
-    image = vtk.vtkImageData()
-    image.SetDimensions(3, 3, 3)
-    image.AllocateScalars(vtk.VTK_FLOAT, 3)
-    with pytest.raises(InputError, match="components"):
-        nodes.volume_from_node(FakeVolumeNode(image))
-
-
+# ---- node helpers that need no node ---------------------------------------------------------------
 def test_matrix_helpers_round_trip():
     matrix = oblique_matrix()
     np.testing.assert_allclose(nodes.matrix_to_array(nodes.array_to_matrix(matrix)), matrix)
-
-
-def test_markups_give_ras_centres_with_an_optional_world_to_local_map():
-    markups = FakeMarkups([(1.0, 2.0, 3.0), (-4.5, 0.0, 9.0)])
-    assert nodes.control_points_ras(markups) == [(1.0, 2.0, 3.0), (-4.5, 0.0, 9.0)]
-    shifted = nodes.control_points_ras(markups, world_to_local=lambda p: (p[0] - 1, p[1], p[2] + 1))
-    assert shifted == [(0.0, 2.0, 4.0), (-5.5, 0.0, 10.0)]
-    assert nodes.control_points_ras(None) == []
-
-
-def test_points_still_being_placed_are_not_centres():
-    class PlacingMarkups(FakeMarkups):
-        PositionDefined, PositionPreview = 2, 3
-
-        def GetNthControlPointPositionStatus(self, index):
-            return self.PositionPreview if index == 1 else self.PositionDefined
-
-    markups = PlacingMarkups([(1.0, 2.0, 3.0), (7.0, 7.0, 7.0)])
-    assert nodes.control_points_ras(markups) == [(1.0, 2.0, 3.0)]
 
 
 def test_lesion_volumes_use_the_voxel_volume_of_the_oblique_grid():
@@ -328,131 +193,6 @@ def test_lesion_volume_name_says_synthetic_once():
     assert name == "T1 (synthetic lesions)" and history.lesion_volume_name(name) == name
 
 
-# ---- panel requests through the real library -------------------------------------------------------
-def test_slice_field_parsing_and_formatting():
-    assert tasks.parse_slice_list("") is None and tasks.parse_slice_list("   ") is None
-    assert tasks.parse_slice_list("12, 15-17; 3") == [3, 12, 15, 16, 17]
-    assert tasks.format_slice_list([3, 12, 15, 16, 17]) == "3, 12, 15-17"
-    with pytest.raises(InputError, match=r"\[0, 9\]"):
-        tasks.parse_slice_list("4, 10", size=10)
-    with pytest.raises(InputError):
-        tasks.parse_slice_list("4, x")
-    with pytest.raises(InputError):
-        tasks.TaskRequest("segment", {})
-
-
-def test_available_tasks_names_the_library_modules():
-    found = tasks.available_tasks()
-    assert set(found) == {"fill", "upsample", "lesion", "enhance"}
-    assert all(isinstance(v, bool) for v in found.values())
-
-
-@pytest.fixture
-def damaged_volume():
-    volume = make_phantom((10, 24, 28), dtype=np.int16)
-    array = volume.array.copy()
-    array[4] = 0
-    return volume.with_array(array)
-
-
-def test_fill_request_fills_only_the_listed_slice_on_the_oblique_grid(damaged_volume):
-    pytest.importorskip("MedSynthLib.tasks.fill")
-    request = tasks.TaskRequest("fill", {"slices": [4], "axis": "k", "method": "linear", "device": "cpu", "seed": 0,
-                                         "model": "auto"})
-    messages = []
-    outcome = tasks.run_request(damaged_volume, request, progress=lambda f, m: messages.append(f))
-    assert outcome.volume.array.dtype == np.int16
-    assert outcome.volume.same_grid(damaged_volume)
-    np.testing.assert_array_equal(np.delete(outcome.volume.array, 4, 0), np.delete(damaged_volume.array, 4, 0))
-    assert np.any(outcome.volume.array[4]) and outcome.details["slices"] == [4]
-    assert messages and messages[-1] == 1.0
-    line = tasks.summarize(outcome)
-    assert line.startswith("Filled 1 slice(s) (4)") and "linear" in line
-
-
-def test_upsample_request_changes_spacing_along_the_axis_only():
-    pytest.importorskip("MedSynthLib.tasks.fill")
-    volume = make_phantom((6, 20, 22))
-    request = tasks.TaskRequest("upsample", {"factor": 2, "axis": "k", "method": "linear", "device": "cpu"})
-    outcome = tasks.run_request(volume, request)
-    assert outcome.volume.array.shape == (11, 20, 22)
-    np.testing.assert_allclose(outcome.volume.spacing, (0.8, 0.9, 1.5), atol=1e-6)
-    np.testing.assert_allclose(outcome.volume.origin, volume.origin, atol=1e-6)
-    np.testing.assert_allclose(outcome.volume.direction, volume.direction, atol=1e-9)
-    assert "Upsampled to 22x20x11" in tasks.summarize(outcome)
-
-
-def test_lesion_request_at_a_clicked_centre_gives_named_segments_and_ml():
-    pytest.importorskip("MedSynthLib.tasks.lesion")
-    volume = make_phantom((16, 40, 48), dtype=np.int16)
-    centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0]).tolist()
-    request = tasks.TaskRequest("lesion", {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1,
-                                           "label_mode": "instances", "preset": ""})
-    outcome = tasks.run_request(volume, request)
-    assert outcome.labels.shape == volume.array.shape and outcome.labels.max() >= 1
-    assert outcome.volume.same_grid(volume) and outcome.volume.array.dtype == np.int16
-    assert outcome.segments[0]["name"].startswith("Synthetic lesion 1")
-    assert len(outcome.segments[0]["color"]) == 3
-    assert outcome.details["lesion_ml"] and outcome.details["lesion_ml"][0] > 0
-    assert "Inserted 1 lesion(s)" in tasks.summarize(outcome)
-    # Same request, same seed: bit-identical (what the history promises).
-    again = tasks.run_request(volume, request)
-    np.testing.assert_array_equal(again.volume.array, outcome.volume.array)
-
-
-def test_lesion_request_uses_the_chosen_package_by_its_task(tmp_path):
-    pytest.importorskip("MedSynthLib.tasks.lesion")
-    from MedSynthLib.errors import ModelError
-    from MedSynthLib.models import build_network, save_package
-
-    volume = make_phantom((16, 40, 48))
-    centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0]).tolist()
-    parameters = {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1, "preset": "", "device": "cpu"}
-    spec = {"format": "lesion-inpaint-2.5d", "version": 1, "context": 1, "channels": 4,
-            "normalisation": {"kind": "robust_percentile", "percentiles": [0.5, 99.5]}}
-    args = {"spatial_dims": 2, "in_channels": 4, "out_channels": 1, "features": [4, 4, 8, 8, 16, 4]}
-    network = build_network("basic_unet", **args)
-    inpaint = save_package(network, tmp_path / "paint", task="lesion-inpaint", family="unet", builder="basic_unet",
-                           builder_args=args, input_spec=spec)
-    painted = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(inpaint)}))
-    plain = tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": "auto"}))
-    assert painted.report["method"] == "procedural + learned appearance"
-    assert plain.report["method"] == "procedural"
-    np.testing.assert_array_equal(painted.labels, plain.labels)
-    fill = save_package(network, tmp_path / "fill", task="fill", family="unet", builder="basic_unet",
-                        builder_args=args, input_spec=spec)
-    with pytest.raises(ModelError, match="synthetic lesions take a 'lesion-inpaint'"):
-        tasks.run_request(volume, tasks.TaskRequest("lesion", {**parameters, "model": str(fill)}))
-
-
-def test_segment_descriptions_for_classes():
-    labels = np.array([[[0, 1, 2, 3]]], np.uint8)
-    names = [s["name"] for s in tasks.segment_descriptions(labels, label_mode="classes", preset="mr-tumour")]
-    assert names == ["Synthetic lesion (mr-tumour)", "Synthetic core (mr-tumour)", "Synthetic oedema (mr-tumour)"]
-
-
-def test_enhance_request_runs_the_steps_and_keeps_geometry():
-    pytest.importorskip("MedSynthLib.tasks.enhance")
-    volume = make_phantom((6, 24, 28))
-    request = tasks.TaskRequest("enhance", {"steps": ["denoise:aniso:1"], "device": "cpu"})
-    outcome = tasks.run_request(volume, request)
-    assert outcome.volume.same_grid(volume) and outcome.volume.array.dtype == np.float32
-    line = tasks.summarize(outcome)
-    assert line.startswith("Enhanced (1 step(s))") and "aniso" in line
-
-
-def test_a_cancelled_request_raises_and_leaves_the_volume_untouched(damaged_volume):
-    from MedSynthLib.errors import Cancelled
-    from MedSynthLib.progress import CancelToken
-
-    token = CancelToken()
-    token.cancel()
-    before = damaged_volume.array.copy()
-    with pytest.raises(Cancelled):
-        tasks.run_request(damaged_volume, tasks.TaskRequest("fill", {"slices": [4]}), cancel=token)
-    np.testing.assert_array_equal(damaged_volume.array, before)
-
-
 # ---- dependencies and devices -----------------------------------------------------------------------
 def test_requirements_reader_drops_slicers_packages(tmp_path):
     path = tmp_path / "requirements.txt"
@@ -504,15 +244,17 @@ def test_device_choices_name_what_is_present():
 
 
 def test_model_choice_resolves_names_and_files(tmp_path):
-    assert tasks.resolve_model("auto") is None and tasks.resolve_model("") is None
+    assert requests.resolve_model("auto") is None and requests.resolve_model("") is None
     with pytest.raises(InputError, match="not installed"):
-        tasks.resolve_model("no-such-package")
+        requests.resolve_model("no-such-package")
     with pytest.raises(InputError, match="does not exist"):
-        tasks.resolve_model(str(tmp_path / "missing.json"))
+        requests.resolve_model(str(tmp_path / "missing.json"))
     package = tmp_path / "mine.json"
     package.write_text("{}")
-    assert tasks.resolve_model(str(package)) == str(package)
+    assert requests.resolve_model(str(package)) == str(package)
     from MedSynthLib.models import list_packages
 
     for info in list_packages():
-        assert tasks.resolve_model(info.name) == str(info.json_path)
+        assert requests.resolve_model(info.name) == str(info.json_path)
+
+

@@ -11,11 +11,12 @@ Nothing here imports Slicer; the module's Logic runs the installs.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import re
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 __all__ = [
     "PROTECTED",
@@ -25,6 +26,8 @@ __all__ = [
     "missing_requirements",
     "constraints_text",
     "torch_problem",
+    "install_message",
+    "ensure_dependencies",
 ]
 
 #: Distributions Slicer ships (or PyTorchUtils manages) that pip must never replace.
@@ -95,3 +98,43 @@ def torch_problem(torch_module: Optional[object], *, nvidia_gpu_present: bool) -
         return (f"PyTorch was built for CUDA {cuda_build} but cannot use the GPU (driver too old or GPU too new "
                 "for this build); MedSynth runs on the CPU. Update the NVIDIA driver or reinstall PyTorch.")
     return None
+
+
+def install_message(packages: Sequence[str]) -> str:
+    """The confirmation text listing what pip is about to install."""
+    return ("MedSynth needs these Python packages, which will be downloaded and installed now "
+            "(Slicer's own numpy, SimpleITK, vtk and the installed PyTorch are kept):\n\n" + "\n".join(packages))
+
+
+def ensure_dependencies(
+    requirements: Sequence[str],
+    *,
+    torch_installed: Callable[[], bool],
+    install_torch: Callable[[], bool],
+    confirm: Callable[[str], bool],
+    install_packages: Callable[[list[str]], None],
+    status: Optional[Callable[[str], None]] = None,
+) -> bool:
+    """The first-use install flow: torch first (through PyTorchUtils), then the rest after one confirmation.
+
+    The Slicer parts are passed in (``install_torch`` runs PyTorchUtils, ``confirm`` shows the
+    dialog, ``install_packages`` runs Slicer's pip with the protected packages pinned), so the
+    order and the refusals are tested without Slicer.
+
+    Returns
+    -------
+    bool
+        True when everything needed is installed; False when the user declined an install.
+    """
+    if not torch_installed() and not install_torch():
+        return False
+    missing = missing_requirements(requirements)
+    if not missing:
+        return True
+    if not confirm(install_message(missing)):
+        return False
+    if status is not None:
+        status("Installing Python packages...")
+    install_packages(missing)
+    importlib.invalidate_caches()
+    return True

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Optional
 
-__all__ = ["device_choices", "nvidia_gpu_present"]
+__all__ = ["device_choices", "nvidia_gpu_present", "limit_torch_threads"]
 
 
 def nvidia_gpu_present() -> bool:
@@ -35,3 +36,20 @@ def device_choices(torch_module: Optional[object] = None) -> tuple[list[tuple[st
     else:
         summary = f"GPU: {describe_device(best)}"
     return choices, summary
+
+
+def limit_torch_threads(*, cores: Optional[int] = None) -> Optional[int]:
+    """Leave one CPU core to Slicer's GUI while torch works; returns the thread count set, or None.
+
+    Called on the worker thread before each task. With two cores or fewer nothing changes (one
+    thread would halve the speed); a limit the user set below the core count is kept.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if cores > 2 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+        return cores - 1
+    return None

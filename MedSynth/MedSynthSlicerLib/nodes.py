@@ -24,6 +24,8 @@ __all__ = [
     "volume_from_node",
     "update_node_from_volume",
     "control_points_ras",
+    "world_to_volume",
+    "centres_in_volume_frame",
     "lesion_volumes_ml",
 ]
 
@@ -114,6 +116,56 @@ def control_points_ras(
             position = list(world_to_local(position))
         points.append(tuple(float(x) for x in position))
     return points
+
+
+def world_to_volume(volume_node: Any) -> Optional[Callable[[Sequence[float]], Sequence[float]]]:
+    """The map from world RAS into ``volume_node``'s own RAS frame; None when it is under no transform.
+
+    Slicer's ``GetTransformFromWorld`` fills the ``vtkGeneralTransform`` it is given. A non-linear
+    transform is refused: the voxel grid is not where a rigid map would put a point.
+
+    Raises
+    ------
+    InputError
+        The volume is under a non-linear transform.
+    """
+    import vtk
+
+    transform_node = volume_node.GetParentTransformNode()
+    if transform_node is None:
+        return None
+    if not transform_node.IsTransformToWorldLinear():
+        raise InputError(
+            f"volume {volume_node.GetName()!r} is under the non-linear transform {transform_node.GetName()!r}; "
+            "harden it (Transforms module) or remove it before placing lesions at points")
+    from_world = vtk.vtkGeneralTransform()
+    transform_node.GetTransformFromWorld(from_world)
+    return from_world.TransformPoint
+
+
+def centres_in_volume_frame(volume_node: Any, centres: Any) -> list[tuple[float, float, float]]:
+    """Lesion centres (a markups point list, or world RAS points) in ``volume_node``'s own RAS frame.
+
+    Markups are read at their world positions (their own transform applied), then everything goes
+    through the inverse of the volume's transform, so points shown on a registered volume land there.
+
+    Raises
+    ------
+    InputError
+        A point that is not three numbers, or a volume under a non-linear transform.
+    """
+    if centres is None:
+        return []
+    if hasattr(centres, "GetNumberOfControlPoints"):
+        world = control_points_ras(centres)
+    else:
+        world = [tuple(float(x) for x in point) for point in centres]
+        if any(len(point) != 3 for point in world):
+            raise InputError("each lesion centre must be an (R, A, S) point in mm")
+    to_volume = world_to_volume(volume_node) if world else None
+    if to_volume is None:
+        return world
+    return [tuple(float(x) for x in to_volume(point)) for point in world]
 
 
 def lesion_volumes_ml(labels: np.ndarray, volume: Volume) -> dict[int, float]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import read_volume, write_segmentation, write_volume
+from ..lesion_segments import segment_descriptions
 from ..progress import ProgressCallback, subrange
 from ..volume import Volume
 from ._common import add_report_arg, device_arg, progress_bar, write_json
@@ -33,9 +34,6 @@ __all__ = ["register", "ras_point", "demo_step", "add_lesion_options"]
 
 #: What argparse may take for a value rather than an option: negative numbers and R,A,S triples.
 _VALUE_LIKE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(e-?\d+)?(,\s*-?\d*\.?\d+(e-?\d+)?){2}$", re.IGNORECASE)
-
-_SEGMENT_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.95, 0.85, 0.2), 3: (0.3, 0.6, 0.95)}
-
 
 def ras_point(text: str) -> tuple[float, float, float]:
     """argparse type for ``--at``: ``R,A,S`` in mm, e.g. ``-12.5,30,4``."""
@@ -157,7 +155,7 @@ def _read_specs(path: str) -> list[dict]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..tasks.lesion import LABEL_CLASSES, insert_lesions, provenance_metadata
+    from ..tasks.lesion import insert_lesions, provenance_metadata
 
     if args.list_presets:
         _print_presets(args.json)
@@ -190,11 +188,8 @@ def _run(args: argparse.Namespace) -> int:
     # everything is computed: only now write, so a bad input leaves nothing behind
     write_volume(result.volume, args.output, metadata=metadata)
     if str(args.labels).lower().endswith(".seg.nrrd"):
-        values = sorted(int(v) for v in np.unique(result.labels.array) if v)
-        if args.label_mode == "classes":
-            segments = [{"value": v, "name": f"synthetic {LABEL_CLASSES[v]}", "color": _SEGMENT_COLOURS[v]} for v in values]
-        else:
-            segments = [{"value": v, "name": f"synthetic lesion {v}", "color": _SEGMENT_COLOURS[1 + (v - 1) % 3]} for v in values]
+        segments = segment_descriptions(result.labels.array, label_mode=args.label_mode,
+                                        preset=result.report.get("preset"))
         write_segmentation(result.labels, args.labels, segments)
     else:
         write_volume(result.labels, args.labels, metadata=metadata)

@@ -1,10 +1,12 @@
-"""What the panel asks for, as plain data, and how it is run with MedSynthLib (no Slicer here).
+"""What the panel and ``MedSynthLogic.process`` ask for, as plain data, and how it runs (no Slicer here).
 
-The widget turns its parameter node into a :class:`TaskRequest` (plain, JSON-able values that
-go into the ``MedSynth.history`` attribute as they are), the worker thread calls
-:func:`run_request` on a *copy* of the volume, and the widget applies the :class:`TaskOutcome`
-on the main thread. Keeping this step free of Slicer means every panel setting is tested by
-pytest against the real library.
+Both ways in end in one :class:`TaskRequest`: :func:`request_for` turns the Python API's keyword
+arguments (what ``process(task, volume, **options)`` takes) into one, and
+:func:`options_from_settings` turns the panel's settings into those same keyword arguments, so the
+panel's Apply, ``process`` and the ``medsynth`` CLI call the library the same way. The worker thread
+calls :func:`run_request` on a *copy* of the volume and the Logic applies the :class:`TaskOutcome`
+on the main thread. :func:`reasons_not_to_apply` says why Apply is disabled. None of this needs a
+scene, so every panel setting is tested with plain objects against the real library.
 """
 
 from __future__ import annotations
@@ -19,20 +21,25 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from MedSynthLib.errors import InputError
+from MedSynthLib.lesion_segments import segment_descriptions
 from MedSynthLib.progress import CancelToken, ProgressCallback, check_cancel, report
 from MedSynthLib.volume import Volume
 
 
 __all__ = [
     "TASKS",
+    "TASK_OPTIONS",
     "TaskRequest",
     "TaskOutcome",
+    "ProcessResult",
     "available_tasks",
     "parse_slice_list",
     "format_slice_list",
+    "request_for",
+    "options_from_settings",
+    "reasons_not_to_apply",
     "run_request",
     "summarize",
-    "segment_descriptions",
     "DEFAULT_PRESETS",
     "default_preset",
     "resolve_model",
@@ -47,19 +54,6 @@ TASKS = {
     "lesion": "MedSynthLib.tasks.lesion",
     "enhance": "MedSynthLib.tasks.enhance",
 }
-
-#: Segment colours (RGB in [0, 1]) for lesions and lesion classes, distinct on grey images.
-_PALETTE = (
-    (0.95, 0.30, 0.25), (0.25, 0.75, 0.95), (0.98, 0.80, 0.20), (0.45, 0.85, 0.40),
-    (0.80, 0.45, 0.95), (1.00, 0.55, 0.10), (0.30, 0.45, 1.00), (0.95, 0.45, 0.70),
-)
-#: Label classes of ``insert_lesions(label_mode="classes")``: value -> (name, colour).
-_CLASS_NAMES = {
-    1: ("lesion", (0.95, 0.30, 0.25)),
-    2: ("core", (0.55, 0.10, 0.10)),
-    3: ("oedema", (0.98, 0.80, 0.20)),
-}
-
 
 @dataclass(frozen=True)
 class TaskRequest:
@@ -92,6 +86,144 @@ class TaskOutcome:
     segments: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass
+class ProcessResult:
+    """What ``MedSynthLogic.process`` returns (and the panel shows).
+
+    Attributes
+    ----------
+    volume
+        The output volume node: a new node, or the input when edited in place.
+    segmentation
+        Lesions: the segmentation node holding the new segments; other tasks: None.
+    report : dict
+        The library's report (method that ran, device, seconds, warnings, lesions...).
+    summary : str
+        The panel's one-line result.
+    """
+
+    volume: Any
+    segmentation: Any
+    report: dict
+    summary: str = ""
+
+
+#: Keyword arguments every task takes (the library's names).
+COMMON_OPTIONS = ("device", "seed", "model")
+
+#: Keyword arguments of each task, as the Python API names them; ``centres`` are passed apart.
+TASK_OPTIONS = {
+    "fill": ("slices", "axis", "method"),
+    "upsample": ("factor", "axis", "method"),
+    "lesion": ("preset", "count", "size_mm", "contrast", "label_mode"),
+    "enhance": ("steps",),
+}
+
+#: Short names accepted as well (``size`` is the panel's and the CLI's word for ``size_mm``).
+_ALIASES = {"size": "size_mm"}
+
+
+def request_for(task: str, options: Optional[dict] = None, *, centres: Optional[Sequence] = None) -> TaskRequest:
+    """The :class:`TaskRequest` for ``task`` with the Python API's keyword arguments ``options``.
+
+    Unknown names are refused (a typo must not silently run with a default), so ``process`` and
+    the panel can only ask for what the library takes.
+
+    Parameters
+    ----------
+    task : {"fill", "upsample", "lesion", "enhance"}
+    options : dict, optional
+        E.g. ``{"slices": [4], "method": "linear"}``; ``device``, ``seed``, ``model`` default to
+        ``"auto"``, 0, ``"auto"``.
+    centres : sequence of (R, A, S), optional
+        Lesion centres in the volume's own RAS frame (mm).
+
+    Raises
+    ------
+    InputError
+        An unknown task or option, or centres for a task other than lesion.
+    """
+    TaskRequest(task)  # checks the task name
+    given = dict(options or {})
+    for alias, name in _ALIASES.items():
+        if alias in given:
+            if name in given:
+                raise InputError(f"give {alias} or {name}, not both")
+            given[name] = given.pop(alias)
+    allowed = COMMON_OPTIONS + TASK_OPTIONS[task]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise InputError(f"{task} takes no option {', '.join(unknown)}; its options are {', '.join(allowed)}")
+    if centres and task != "lesion":
+        raise InputError(f"centres are lesion centres; the {task} task takes none")
+    parameters = {"device": "auto", "seed": 0, "model": "auto", **given}
+    if task == "lesion":
+        parameters["centres"] = [[float(x) for x in centre] for centre in centres or []]
+    return TaskRequest(task, parameters)
+
+
+def options_from_settings(p: Any) -> tuple[str, dict]:
+    """The panel's settings ``p`` (the parameter node) as ``(task, options)`` in the Python API's terms.
+
+    Centres are not included: the Logic reads them from ``p.lesionCentres`` with the transforms.
+
+    Raises
+    ------
+    InputError
+        A slice list that does not parse or lies outside the volume.
+    """
+    common = {"device": p.device or "auto", "seed": int(p.seed),
+              "model": str(p.modelFile) if p.model == "file" else p.model}
+    if p.task == "fill" and p.fillUpsample:
+        return "upsample", {**common, "factor": int(p.upsampleFactor), "axis": p.fillAxis, "method": p.fillMethod}
+    if p.task == "fill":
+        axis_size = None
+        image = p.inputVolume.GetImageData() if p.inputVolume is not None else None
+        if image is not None and p.fillAxis in ("i", "j", "k"):
+            axis_size = image.GetDimensions()["ijk".index(p.fillAxis)]
+        slices = parse_slice_list(p.fillSlices, size=axis_size)
+        return "fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod}
+    if p.task == "lesion":
+        return "lesion", {
+            **common, "preset": p.lesionPreset, "count": int(p.lesionCount), "size_mm": float(p.lesionSize),
+            "contrast": float(p.lesionContrast),
+            "label_mode": "classes" if p.lesionLabels == "per class" else "instances",
+        }
+    # The library's step grammar (``medsynth enhance --steps`` takes the same strings).
+    steps = []
+    if p.enhanceBias:
+        steps.append(f"bias:{int(p.biasShrink)}")
+    if p.enhanceDenoise:
+        steps.append(f"denoise:{p.denoiseMethod}:{float(p.denoiseStrength):g}")
+    if p.enhanceSuperResolve:
+        steps.append(f"upsample:{int(p.superResolveFactor)}")
+    return "enhance", {**common, "steps": steps}
+
+
+def reasons_not_to_apply(p: Any) -> list[str]:
+    """Why Apply is disabled, for its tooltip; empty when it can run."""
+    reasons = []
+    image = p.inputVolume.GetImageData() if p.inputVolume is not None else None
+    if p.inputVolume is None:
+        reasons.append("Select an input volume.")
+    elif image is None:
+        reasons.append("The input volume has no voxels.")
+    elif image.GetNumberOfScalarComponents() != 1:
+        reasons.append("The input is a colour or vector volume; MedSynth needs a scalar volume.")
+    if p.model == "file" and not str(p.modelFile or "").strip(". "):
+        reasons.append("Choose the model package file (.json) or another model.")
+    if p.task == "enhance" and not (p.enhanceDenoise or p.enhanceBias or p.enhanceSuperResolve):
+        reasons.append("Tick at least one enhancement step.")
+    if p.task == "fill" and not p.fillUpsample and image is not None:
+        try:
+            parse_slice_list(p.fillSlices)
+        except ValueError as error:
+            reasons.append(str(error))
+        except ImportError:
+            pass  # checked again after the dependencies are installed
+    return reasons
 
 
 def available_tasks() -> dict[str, bool]:
@@ -267,12 +399,13 @@ def run_request(
         details["slices"] = [int(i) for i in result.slices]
     elif task == "lesion":
         lesion = _module("lesion")
-        label_mode = p.get("label_mode", "instances")
+        label_mode = p.get("label_mode") or "classes"
         result = lesion.insert_lesions(
             volume,
-            count=None if p.get("centres") else int(p.get("count", 1)),
-            region=mask if mask is not None else "auto",
-            preset=p.get("preset") or default_preset(volume),
+            count=None if p.get("centres") else p.get("count"),
+            region=mask,
+            # "" is the panel's "default" item: the modality's preset; None (the API's default) is none.
+            preset=default_preset(volume) if p.get("preset") == "" else p.get("preset"),
             seed=int(p.get("seed", 0)),
             progress=progress,
             cancel=cancel,
@@ -290,7 +423,7 @@ def run_request(
     else:
         enhance = _module("enhance")
         result = enhance.enhance(
-            volume, steps=list(p.get("steps", [])), mask=mask, model=_model_argument(p),
+            volume, steps=p.get("steps") or [], mask=mask, model=_model_argument(p),
             device=p.get("device", "auto"), seed=int(p.get("seed", 0)), progress=progress, cancel=cancel,
         )
     check_cancel(cancel)
@@ -299,25 +432,6 @@ def run_request(
         request=request, volume=result.volume, report=dict(result.report), labels=labels,
         segments=segments, details=details, seconds=time.perf_counter() - start,
     )
-
-
-def segment_descriptions(labels: np.ndarray, *, label_mode: str = "instances",
-                         preset: Optional[str] = None) -> list[dict]:
-    """``{"value", "name", "color"}`` per label value present (the format of ``io.write_segmentation``).
-
-    ``instances``: one segment per lesion, "Synthetic lesion N (preset)", distinct colours.
-    ``classes``: the library's classes 1 lesion, 2 core, 3 oedema.
-    """
-    out = []
-    suffix = f" ({preset})" if preset else ""
-    for number, value in enumerate(int(v) for v in np.unique(labels) if v != 0):
-        if label_mode == "classes":
-            name, colour = _CLASS_NAMES.get(value, (f"Class {value}", _PALETTE[number % len(_PALETTE)]))
-            name = f"Synthetic {name}{suffix}"
-        else:
-            name, colour = f"Synthetic lesion {value}{suffix}", _PALETTE[number % len(_PALETTE)]
-        out.append({"value": value, "name": name, "color": tuple(float(c) for c in colour)})
-    return out
 
 
 def summarize(outcome: TaskOutcome) -> str:
@@ -337,7 +451,7 @@ def summarize(outcome: TaskOutcome) -> str:
         listed = ", ".join(f"{ml:.2f}" for ml in sizes)
         what = f"Inserted {len(sizes)} lesion(s): {listed} mL" if sizes else "No lesion voxels were written"
     else:
-        what = f"Enhanced ({len(outcome.request.parameters.get('steps', []))} step(s))"
+        what = f"Enhanced ({len(outcome.report.get('steps') or outcome.request.parameters.get('steps') or [])} step(s))"
     line = f"{what} · {method} · {outcome.seconds:.1f} s · {device}"
     warnings = r.get("warnings") or []
     if warnings:
