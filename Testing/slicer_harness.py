@@ -169,21 +169,10 @@ class _ScriptedLoadableModule:
 
 
 class _ScriptedLoadableModuleLogic:
-    """Slicer's base logic: the parameter node is one ``vtkMRMLScriptedModuleNode`` per module."""
+    """Slicer's base logic; MedSynth's Logic uses only its constructor outside the panel."""
 
     def __init__(self, parent: Any = None) -> None:
         self.moduleName = type(self).__name__.removesuffix("Logic")
-
-    def getParameterNode(self) -> Any:
-        import slicer
-
-        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
-            node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
-            node.SetSingletonTag(self.moduleName)
-            node.SetAttribute("ModuleName", self.moduleName)
-        return node
 
 
 class _ScriptedLoadableModuleTest(unittest.TestCase):
