@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ...checks import DEFAULT_MARGIN, check_result
 from ...errors import InputError, ModelError, check_whole_number
 from ...intensity import guess_modality, restore_dtype
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
@@ -619,6 +620,8 @@ def insert_lesions(
     for w in warnings:
         logger.warning(w)
     report(progress, 1.0, "done")
+    relative = [abs(float(s.contrast)) for s in resolved if s.contrast_mode == "relative"]  # intended brightening
+    check_result(volume, out_volume, task="lesion", margin=DEFAULT_MARGIN + max(relative, default=0.0))
     return LesionResult(out_volume, label_volume, resolved, result_report,
                         None if moved is None else Volume(moved, volume.ijk_to_ras.copy()))
 
