@@ -223,3 +223,11 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line_and_writes_nothing(tmp_pat
     assert process.returncode == 130, err
     assert err.strip() == "medsynth: cancelled; nothing was written"
     assert list(out.iterdir()) == []
+
+
+def test_insert_lesions_refuses_an_absent_device_without_a_network():
+    from MedSynthLib.errors import DeviceError
+    from MedSynthLib.tasks.lesion import insert_lesions
+
+    with pytest.raises(DeviceError, match="not available"):
+        insert_lesions(make_phantom((12, 40, 48)), count=1, preset="mr-metastasis", size_mm=3.0, device=_absent_device())

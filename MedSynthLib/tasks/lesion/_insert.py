@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ...checks import DEFAULT_MARGIN, check_result
+from ...engine import select_device
 from ...errors import InputError, ModelError, check_whole_number
 from ...intensity import guess_modality, restore_dtype
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
@@ -477,6 +478,8 @@ def insert_lesions(
     if labels is not None and not volume.same_grid(labels):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
     check_whole_number(appearance_steps, "appearance_steps", low=1, high=1000)
+    if str(device).strip().lower() not in ("auto", "cpu"):  # absent: an error even when no network runs
+        select_device(device)
     preset_obj = _resolve_preset(preset)
     model = _load_shape_model(shape_model)
     painter = None
