@@ -245,3 +245,15 @@ def test_damaged_weights_of_the_same_size_are_refused_naming_the_file(tmp_path):
     assert weights.stat().st_size == (BUNDLED_DIR / "fill_default.safetensors").stat().st_size
     with pytest.raises(ModelError, match=r"fill_default\.safetensors.*damaged"):
         load_package(tmp_path / "fill_default.json", task="fill")
+
+
+def test_medsynth_train_writes_the_weights_checksum(tiny_data, tmp_path):
+    import hashlib
+
+    from test_training import tiny_config
+
+    from MedSynthLib.training import train
+
+    result = train(tiny_config(tiny_data, tmp_path / "run", "denoise", "unet"), quiet=True)
+    recorded = json.loads(result.package.read_text())["weights_sha256"]
+    assert recorded == hashlib.sha256(result.package.with_suffix(".safetensors").read_bytes()).hexdigest()
