@@ -13,7 +13,9 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from ._common import EXIT_CANCELLED, OneLineParser, cli_words, run_reporting_errors
+
+# Nothing heavier than the standard library is imported before main() runs, so a Ctrl-C while numpy,
+# SimpleITK or torch load (seconds, at start-up) is caught there: exit 130, one line, no traceback.
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -23,6 +25,8 @@ COMMANDS = ("info", "check", "models", "enhance", "lesion", "fill", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._common import OneLineParser
+
     parser = OneLineParser(
         prog="medsynth",
         description="Generative editing of medical volumes: fill missing slices, "
@@ -48,12 +52,14 @@ def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:  # building the parser imports torch (seconds): a Ctrl-C then is a clean exit too
+    try:  # building the parser imports numpy, SimpleITK and torch (seconds): a Ctrl-C then is a clean exit too
+        from ._common import cli_words, run_reporting_errors
+
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("medsynth: cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
+        return 130
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="medsynth: %(levelname)s: %(message)s",
