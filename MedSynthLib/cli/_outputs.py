@@ -82,7 +82,8 @@ def _check_writable(name: str, path: Path) -> None:
     try:
         handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
     except OSError as error:
-        raise InputError(f"cannot write {name} {path}: {(error.strerror or str(error)).lower()} in {folder}") from None
+        reason = (error.strerror or str(error)).lower()
+        raise InputError(f"cannot write {name} {path}: no file can be created in {folder} ({reason})") from None
     os.close(handle)
     os.unlink(probe)
 
