@@ -3,26 +3,52 @@
 The library behind the MedSynth 3D Slicer module and the ``medsynth`` /
 ``medsynth-train`` command lines. It never imports Slicer: everything works on
 :class:`Volume` objects (KJI voxel array + IJK-to-RAS matrix) and files.
+
+The names below are imported on first use (PEP 562), so ``import MedSynthLib``
+itself costs nothing: the command line can then catch a Ctrl-C during start-up
+(numpy, SimpleITK and torch load inside its error handling) instead of
+printing a traceback.
 """
 
-from ._version import __version__
-from .errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError, ResourceError
-from .io import read_volume, write_volume
-from .progress import CancelToken
-from .volume import Volume, array_axis, validate_volume
+from __future__ import annotations
 
-__all__ = [
-    "__version__",
-    "Volume",
-    "array_axis",
-    "validate_volume",
-    "read_volume",
-    "write_volume",
-    "CancelToken",
-    "MedSynthError",
-    "InputError",
-    "ModelError",
-    "DeviceError",
-    "ResourceError",
-    "Cancelled",
-]
+import importlib
+
+from ._version import __version__
+
+#: Public name -> submodule that defines it.
+_EXPORTS = {
+    "Volume": "volume",
+    "array_axis": "volume",
+    "validate_volume": "volume",
+    "read_volume": "io",
+    "write_volume": "io",
+    "CancelToken": "progress",
+    "MedSynthError": "errors",
+    "InputError": "errors",
+    "ModelError": "errors",
+    "DeviceError": "errors",
+    "ResourceError": "errors",
+    "Cancelled": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """Import a public name (or a submodule, ``MedSynthLib.io``) on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,6 +11,7 @@ import math
 __all__ = [
     "MedSynthError",
     "InputError",
+    "ResultError",
     "ModelError",
     "DeviceError",
     "ResourceError",
@@ -28,6 +29,14 @@ class InputError(MedSynthError, ValueError):
     """The user's input cannot be used as given (file, volume, parameter).
 
     The CLI maps it to exit code 2.
+    """
+
+
+class ResultError(InputError):
+    """A computed result failed a plausibility check (non-finite, out of range); nothing was written.
+
+    An ``InputError`` because what the user can do is the same: change the input,
+    the method or the model. The CLI maps it to exit code 2.
     """
 
 

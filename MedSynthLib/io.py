@@ -7,9 +7,13 @@ file and the problem. The voxel dtype is kept on read and on write.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,7 +22,10 @@ from .convert import from_sitk, to_sitk
 from .errors import InputError
 from .volume import Volume
 
-__all__ = ["read_volume", "write_volume", "write_segmentation", "WRITE_EXTENSIONS", "READ_EXTENSIONS"]
+__all__ = [
+    "read_volume", "write_volume", "write_segmentation", "staged_file", "StagedFile",
+    "WRITE_EXTENSIONS", "READ_EXTENSIONS",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -83,7 +90,67 @@ def read_volume(path: PathLike) -> Volume:
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise InputError(f"cannot read {path}: not an image format MedSynth can open ({first_line})") from None
-    return from_sitk(image)
+    volume = from_sitk(image)
+    if path.is_file() and _extension(path) in (".nii", ".nii.gz"):
+        _restore_nifti_non_finite(path, volume.array)
+    return volume
+
+
+#: NIfTI float datatype codes and their numpy types (the only codes that can hold NaN or infinity).
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _restore_nifti_non_finite(path: Path, array: np.ndarray) -> None:
+    """Put back the NaN and infinite voxels ITK's NIfTI reader turns into 0.
+
+    SimpleITK reads a float NIfTI voxel that holds NaN or infinity as 0, so a
+    corrupt file would pass every check and be processed as if it were tissue
+    (NRRD and MetaImage keep them). Only zero voxels can have been such a
+    voxel, so a float volume without zeros costs nothing; otherwise the raw
+    voxels are read once and the non-finite ones restored in place, for
+    :func:`~MedSynthLib.volume.validate_volume` to refuse.
+    """
+    if array.dtype.kind != "f" or not np.any(array == 0):
+        return
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+            layout = _nifti_layout(header)
+            if layout is None:
+                return
+            dtype, offset, count = layout
+            stream.seek(offset)
+            raw = np.frombuffer(stream.read(count * dtype.itemsize), dtype=dtype)
+    except (OSError, EOFError, ValueError):
+        return  # ITK read it; a header this parser does not follow is left to ITK
+    if raw.size < array.size:
+        return
+    raw = raw[: array.size].reshape(array.shape)
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        array[bad] = raw[bad]
+
+
+def _nifti_layout(header: bytes) -> "Optional[tuple[np.dtype, int, int]]":
+    """(voxel dtype, data offset, voxels in the first 3D volume) of a float NIfTI-1/2 header, else None."""
+    for order in ("<", ">"):
+        size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+        if size == 348:  # NIfTI-1: dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
+            dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
+            code = int(np.frombuffer(header[70:72], f"{order}i2")[0])
+            offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+        elif size == 540:  # NIfTI-2: datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
+            code = int(np.frombuffer(header[12:14], f"{order}i2")[0])
+            dims = np.frombuffer(header[16:80], f"{order}i8")
+            offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
+        else:
+            continue
+        if code not in _NIFTI_FLOATS or dims[0] < 3:
+            return None
+        count = int(np.prod(np.maximum(dims[1:4], 1)))
+        return np.dtype(order + _NIFTI_FLOATS[code]), max(offset, size + 4), count
+    return None
 
 
 def write_volume(
@@ -100,15 +167,76 @@ def write_volume(
         raise InputError(
             f"cannot write {path.name}: use one of the extensions {', '.join(WRITE_EXTENSIONS)}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = to_sitk(volume)
     for key, value in (metadata or {}).items():
         image.SetMetaData(str(key), str(value))
+    with staged_file(path) as temporary:
+        _write_image(image, temporary, path, compress=compress)
+    return path
+
+
+def _write_image(image: sitk.Image, temporary: Path, path: Path, *, compress: bool) -> None:
     try:
-        sitk.WriteImage(image, str(path), useCompression=compress)
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
     except RuntimeError as error:
         raise InputError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
-    return path
+
+
+class StagedFile:
+    """A file written under its final name in a hidden folder beside its destination, moved there by :meth:`commit`.
+
+    Writing in the destination's own folder makes the final move an atomic
+    ``os.replace`` on the same file system: a reader (or a crash, a full disk,
+    a Ctrl-C) sees the old file or the whole new one, never half of it. Formats
+    that write two files (``.mhd`` + ``.zraw``, ``.nhdr`` + ``.raw.gz``) keep
+    the data file's name the header refers to; the header moves last.
+    """
+
+    def __init__(self, destination: PathLike) -> None:
+        self.destination = Path(destination)
+        if self.destination.is_dir():
+            raise InputError(f"cannot write {self.destination}: it is a folder")
+        parent = self.destination.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", suffix=".partial", dir=parent))
+        except OSError as error:
+            raise InputError(f"cannot write {self.destination}: {error.strerror or error}") from None
+        self.path = self.folder / self.destination.name
+
+    def commit(self) -> Path:
+        """Move the written file(s) into place (header last) and remove the hidden folder."""
+        if not self.path.exists():
+            self.discard()
+            raise InputError(f"cannot write {self.destination}: nothing was written")
+        try:
+            for item in sorted(self.folder.iterdir(), key=lambda p: p.name == self.destination.name):
+                os.replace(item, self.destination.parent / item.name)
+        except OSError as error:
+            raise InputError(f"cannot write {self.destination}: {error.strerror or error}") from None
+        finally:
+            self.discard()
+        return self.destination
+
+    def discard(self) -> None:
+        """Remove the hidden folder and whatever was written into it (idempotent)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(destination: PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``destination`` to; on success it replaces ``destination`` atomically.
+
+    On any failure (including ``KeyboardInterrupt``) the temporary file is
+    removed and ``destination`` is left as it was.
+    """
+    staged = StagedFile(destination)
+    try:
+        yield staged.path
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
 
 
 def write_segmentation(
@@ -157,6 +285,6 @@ def write_segmentation(
         }
         for key, text in fields.items():
             image.SetMetaData(prefix + key, text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    with staged_file(path) as temporary:
+        _write_image(image, temporary, path, compress=True)
     return path

@@ -153,3 +153,57 @@ def test_segmentation_file_has_slicer_fields_and_geometry(tmp_path):
     assert reader.GetMetaData("Segmentation_MasterRepresentation") == "Binary labelmap"
     with pytest.raises(InputError, match="seg.nrrd"):
         write_segmentation(image.with_array(labels), tmp_path / "lesions.nrrd", segments)
+
+
+def _non_finite_array():
+    array = make_phantom(dtype=np.float32).array.copy()
+    array[3, 10, 12] = np.nan
+    array[5, 20, 30] = np.inf
+    array[6, 1, 1] = -np.inf
+    return array
+
+
+@pytest.mark.parametrize("writer", ["nibabel", "SimpleITK"])
+@pytest.mark.parametrize("extension", [".nii", ".nii.gz"])
+def test_nifti_non_finite_voxels_are_read_as_written(tmp_path, writer, extension):
+    """ITK's NIfTI reader turns NaN/inf into 0; MedSynth must see them (and refuse them) as NRRD readers do."""
+    array = _non_finite_array()
+    path = tmp_path / f"nan{extension}"
+    if writer == "nibabel":
+        nibabel = pytest.importorskip("nibabel")
+        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.eye(4)), str(path))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    volume = read_volume(path)
+    assert np.count_nonzero(np.isnan(volume.array)) == 1
+    assert np.count_nonzero(np.isposinf(volume.array)) == 1 and np.count_nonzero(np.isneginf(volume.array)) == 1
+    finite = np.isfinite(array)
+    assert np.array_equal(volume.array[finite], array[finite])
+    from MedSynthLib import validate_volume
+
+    with pytest.raises(InputError, match="3 NaN or infinite voxel"):
+        validate_volume(volume)
+
+
+def test_writes_are_atomic_and_leave_no_partial_file(tmp_path, monkeypatch):
+    volume = make_phantom()
+    target = write_volume(volume, tmp_path / "out.nrrd")
+    before = target.read_bytes()
+
+    def interrupted(image, path, **kwargs):
+        open(path, "wb").write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sitk, "WriteImage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_volume(volume.with_array(volume.array + 1), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nrrd"]
+
+
+@pytest.mark.parametrize("extension", [".mhd", ".nhdr"])
+def test_two_file_formats_are_moved_into_place_together(tmp_path, extension):
+    volume = make_phantom()
+    path = write_volume(volume, tmp_path / f"out{extension}")
+    assert np.array_equal(read_volume(path).array, volume.array)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

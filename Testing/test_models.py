@@ -16,6 +16,15 @@ torch.set_num_threads(1)
 TINY_UNET = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 4, 8, 8, 16, 4]}
 
 
+def _rehash(path):
+    """Record the tampered weights' checksum, so the checks behind the checksum are what a test reaches."""
+    from MedSynthLib.models.package import weights_sha256
+
+    metadata = json.loads(path.read_text())
+    metadata["weights_sha256"] = weights_sha256(path.with_suffix(".safetensors"))
+    path.write_text(json.dumps(metadata))
+
+
 def _save(tmp_path, name="tiny", builder="basic_unet", args=TINY_UNET, task="denoise", family="unet"):
     torch.manual_seed(0)
     network = build_network(builder, **args)
@@ -75,6 +84,7 @@ def test_tampered_tensor_shape_is_refused(tmp_path):
     key = next(k for k, v in state.items() if v.dim() == 4)
     state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
     save_file(state, str(weights))
+    _rehash(path)
     with pytest.raises(ModelError, match=f"tensor {key} has shape"):
         load_package(path)
 
@@ -88,6 +98,7 @@ def test_missing_or_extra_tensors_are_refused(tmp_path):
     state.pop(next(iter(state)))
     state["injected.weight"] = torch.zeros(1)
     save_file(state, str(weights))
+    _rehash(path)
     with pytest.raises(ModelError, match="weights do not match the network"):
         load_package(path)
 
@@ -107,10 +118,12 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     weights = path.with_suffix(".safetensors")
     weights.write_bytes(pickle.dumps({"conv.weight": _Payload(str(marker))}))
+    _rehash(path)
     with pytest.raises(ModelError, match="not a valid safetensors file"):
         load_package(path)
     assert not marker.exists()
     torch.save({"conv.weight": _Payload(str(marker))}, weights)  # a torch pickle checkpoint in disguise
+    _rehash(path)
     with pytest.raises(ModelError, match="not a valid safetensors file"):
         load_package(path)
     assert not marker.exists()
@@ -202,3 +215,45 @@ def test_batched_ddim_samples_do_not_depend_on_the_batch_size_and_keep_known_vox
     assert engine.device_used == "cpu" and engine.batch_size == 1
     other = ddim_sample_batches(network, condition, scheduler_settings=settings, steps=3, seed=5, device="cpu")
     assert not np.allclose(other[:, :, 10:], one[:, :, 10:])
+
+
+def test_packages_record_the_sha256_of_their_weights(tmp_path):
+    import hashlib
+
+    from MedSynthLib.models import BUNDLED_DIR
+
+    _, path = _save(tmp_path)
+    for json_path in [path, *sorted(BUNDLED_DIR.glob("*.json"))]:
+        recorded = json.loads(json_path.read_text())["weights_sha256"]
+        assert recorded == hashlib.sha256(json_path.with_suffix(".safetensors").read_bytes()).hexdigest(), json_path
+
+
+def test_damaged_weights_of_the_same_size_are_refused_naming_the_file(tmp_path):
+    """4,000 bytes after the safetensors header overwritten: the file still parses, the checksum does not match."""
+    import shutil
+    import struct
+
+    from MedSynthLib.models import BUNDLED_DIR
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(BUNDLED_DIR / f"fill_default{suffix}", tmp_path / f"fill_default{suffix}")
+    weights = tmp_path / "fill_default.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    data[start:start + 4000] = bytes(4000)
+    weights.write_bytes(bytes(data))
+    assert weights.stat().st_size == (BUNDLED_DIR / "fill_default.safetensors").stat().st_size
+    with pytest.raises(ModelError, match=r"fill_default\.safetensors.*damaged"):
+        load_package(tmp_path / "fill_default.json", task="fill")
+
+
+def test_medsynth_train_writes_the_weights_checksum(tiny_data, tmp_path):
+    import hashlib
+
+    from test_training import tiny_config
+
+    from MedSynthLib.training import train
+
+    result = train(tiny_config(tiny_data, tmp_path / "run", "denoise", "unet"), quiet=True)
+    recorded = json.loads(result.package.read_text())["weights_sha256"]
+    assert recorded == hashlib.sha256(result.package.with_suffix(".safetensors").read_bytes()).hexdigest()

@@ -1,10 +1,14 @@
-"""QC pictures are shown the way radiologists read them, whatever the volume's direction matrix."""
+"""QC pictures a person can read: radiological orientation, titled panels, the grey window from the good data,
+a diverging difference with its colour bar, the edited region outlined, at least 512 px wide."""
 
 import numpy as np
 import pytest
 
+from conftest import make_phantom
 from MedSynthLib import Volume
-from MedSynthLib.qc import qc_picture
+from MedSynthLib.qc import display_plane, qc_picture, save_qc_png
+
+YELLOW = np.array([255, 215, 0])
 
 
 def _marked(diagonal):
@@ -23,7 +27,58 @@ def _marked(diagonal):
 @pytest.mark.parametrize("diagonal", [(1, 1, 1), (-1, -1, 1), (-1, 1, 1), (1, -1, 1)])
 def test_anterior_right_is_top_left(diagonal):
     volume = _marked(diagonal)
-    picture = qc_picture(volume, volume, axis=0, index=1)
-    before_panel = picture[:, :30].astype(float)
-    rows, cols = np.nonzero(before_panel > 200)
+    (plane,), _ = display_plane(volume, [volume.array], axis=0, index=1)
+    rows, cols = np.nonzero(plane > 50)
     assert rows.max() < 5 and cols.max() < 5
+
+
+def _yellow(picture):
+    return np.all(picture == YELLOW, axis=-1)
+
+
+def test_picture_is_wide_rgb_with_a_diverging_difference():
+    before = make_phantom()
+    array = before.array.copy()
+    array[6, 5:15, 5:15] += 80   # brighter: red in the difference
+    array[6, 25:35, 30:40] -= 80  # darker: blue
+    picture = qc_picture(before, before.with_array(array), axis=0, index=6, title="test")
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[1] >= 512
+    red = (picture[..., 0] > 150) & (picture[..., 1] < 60) & (picture[..., 2] < 80)
+    blue = (picture[..., 2] > 150) & (picture[..., 0] < 60)
+    assert red.sum() > 200 and blue.sum() > 200  # the edits, plus the colour bar's two ends
+
+
+def test_grey_window_comes_from_the_good_slices_not_the_corrupted_one():
+    """A corrupted slice of huge values must not dim the restored slice to black."""
+    before = make_phantom((12, 40, 48))
+    corrupted = before.array.copy()
+    corrupted[6] = np.random.default_rng(0).uniform(0, 1e5, corrupted[6].shape)
+    picture = qc_picture(before.with_array(corrupted), before, axis=0, slices=[6])
+    top = picture[40:290]
+    # the 'after' panel of the restored slice shows the phantom's grey levels, not black
+    grey = (np.abs(top[..., 0].astype(int) - top[..., 2]) < 3) & (top[..., 0] > 60) & (top[..., 0] < 250)
+    assert grey.sum() > 20_000
+
+
+def test_edited_region_is_outlined_and_a_whole_volume_edit_is_not():
+    before = make_phantom((12, 40, 48))
+    region = np.zeros(before.array.shape, bool)
+    region[5:8, 15:25, 20:30] = True
+    after = before.with_array(np.where(region, before.array + 50, before.array))
+    assert _yellow(qc_picture(before, after, axis=0, region=region)).sum() > 100
+    denoised = before.with_array(before.array * 0.9 + 1)
+    assert _yellow(qc_picture(before, denoised, axis=0)).sum() == 0
+
+
+def test_fill_picture_shows_the_good_neighbour_and_upsampled_grids_work(tmp_path):
+    from MedSynthLib.tasks.fill import upsample_slices
+
+    before = make_phantom((12, 40, 48))
+    damaged = before.array.copy()
+    damaged[6] = 0
+    three = qc_picture(before, before.with_array(before.array + 1), axis=0, index=6)
+    four = qc_picture(before.with_array(damaged), before, axis=0, slices=[6])
+    assert four.shape[1] > three.shape[1] + 150  # one more panel: the neighbouring good slice
+    result = upsample_slices(before, factor=2, method="linear")
+    path = save_qc_png(before, result.volume, tmp_path / "up.png", axis=result.axis, slices=result.slices)
+    assert path.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

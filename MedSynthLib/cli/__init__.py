@@ -13,7 +13,9 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from ._common import run_reporting_errors
+
+# Nothing heavier than the standard library is imported before main() runs, so a Ctrl-C while numpy,
+# SimpleITK or torch load (seconds, at start-up) is caught there: exit 130, one line, no traceback.
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -23,7 +25,9 @@ COMMANDS = ("info", "check", "models", "enhance", "lesion", "augment", "fill", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ._common import OneLineParser
+
+    parser = OneLineParser(
         prog="medsynth",
         description="Generative editing of medical volumes: fill missing slices, "
         "insert synthetic lesions with exact masks, denoise and correct bias.",
@@ -38,18 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The option strings of ``command`` (for :func:`cli_words`)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        sub = getattr(action, "choices", {}).get(command)
+        if sub is not None:
+            return set(sub._option_string_actions)
+    return set()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser imports numpy, SimpleITK and torch (seconds): a Ctrl-C then is a clean exit too
+        from ._common import cli_words, run_reporting_errors
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("medsynth: cancelled; nothing was written", file=sys.stderr)
+        return 130
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="medsynth: %(levelname)s: %(message)s",
     )
+    options = _options(parser, args.command)
     return run_reporting_errors(
         lambda: args.func(args),
         prog="medsynth",
         debug=args.debug,
         cancelled_message=lambda error: "cancelled; nothing was written",
+        words=lambda message: cli_words(message, options),
     )
 
 

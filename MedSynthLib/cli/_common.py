@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -16,7 +17,7 @@ from ..progress import ProgressCallback
 
 __all__ = [
     "progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg",
-    "positive_int", "number_in", "run_reporting_errors",
+    "positive_int", "number_in", "run_reporting_errors", "OneLineParser", "cli_words",
 ]
 
 
@@ -57,12 +58,14 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(data: Any, path: Optional[str | Path]) -> None:
-    """Write ``data`` as indented JSON to ``path`` (no-op for ``None``)."""
+    """Write ``data`` as indented JSON to ``path`` atomically (no-op for ``None``)."""
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")
+    from ..io import staged_file
+
+    text = json.dumps(to_jsonable(data), indent=2) + "\n"
+    with staged_file(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def axis_arg(text: str) -> str:
@@ -84,24 +87,57 @@ def device_arg(text: str) -> str:
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line in the command's words, without the usage block.
+
+    ``medsynth fill: --slices: '3-x' is not an index or range like 3,7,10-12`` instead of
+    six lines of usage and "argument --slices: invalid _slices_arg value: '3-x'".
+    """
+
+    _KINDS = {"int": "a whole number", "float": "a number", "positive_int": "a positive whole number"}
+
+    def error(self, message: str):  # type: ignore[override]
+        message = re.sub(r"^argument ", "", message)
+        invalid = re.search(r"invalid (\w+) value: (.*)$", message)
+        if invalid:
+            kind = self._KINDS.get(invalid.group(1), "a valid value")
+            message = message[: invalid.start()] + f"{invalid.group(2)} is not {kind}"
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def cli_words(message: str, options: set[str]) -> str:
+    """Python keyword syntax in a library message (``modality='CT'``) as the CLI option (``--modality CT``).
+
+    Only names that are options of the command are rewritten, so other text stays as it is.
+    """
+
+    def option(match: re.Match) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        return f"{name} {match.group(3)}" if name in options else match.group(0)
+
+    return re.sub(r"\b([a-z][a-z_]*)=(['\"]?)([^'\"\s,;)]+)\2", option, message)
+
+
 def run_reporting_errors(
     action: Callable[[], int],
     *,
     prog: str,
     debug: bool,
     cancelled_message: Callable[[BaseException], str],
+    words: Callable[[str], str] = str,
 ) -> int:
     """Run ``action`` and turn every failure into one line on stderr and the documented exit code.
 
     Input, device and model errors exit 2; cancellation and Ctrl-C 130; anything else 1.
-    ``debug`` re-raises instead, for a full traceback.
+    ``debug`` re-raises instead, for a full traceback. ``words`` rewrites a
+    message in the command line's terms (see :func:`cli_words`).
     """
     try:
         return int(action() or EXIT_OK)
     except (InputError, DeviceError, ModelError) as error:
         if debug:
             raise
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {words(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except (Cancelled, KeyboardInterrupt) as error:
         print(f"{prog}: {cancelled_message(error)}", file=sys.stderr)
@@ -146,4 +182,5 @@ def number_in(low: float, high: float, *, include_high: bool = True):
 
 
 def add_report_arg(parser: argparse.ArgumentParser) -> None:
+    """``--report`` only; task commands use :func:`MedSynthLib.cli._outputs.add_output_args` (also --qc, --overwrite)."""
     parser.add_argument("--report", metavar="FILE.json", help="write the run's report (what was done, device, seconds, warnings) as JSON")

@@ -37,6 +37,8 @@ class DemoOutcome:
     outputs: list[Path] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     qc_axis: Optional[int] = None
+    #: Further keyword arguments of :func:`MedSynthLib.qc.qc_picture` (``slices``, ``region``, ``title``).
+    qc_options: dict = field(default_factory=dict)
 
 
 DemoStep = Callable[[dict, Path, Optional[ProgressCallback]], DemoOutcome]
@@ -73,7 +75,8 @@ def run_demo(out_dir: Path, *, progress: Optional[ProgressCallback] = None, only
     for number, (name, step) in enumerate(steps):
         start = time.perf_counter()
         outcome = step(samples, out_dir, subrange(progress, number / len(steps), (number + 1) / len(steps)))
-        qc = save_qc_png(outcome.before, outcome.after, out_dir / f"qc_{outcome.task}.png", axis=outcome.qc_axis)
+        qc = save_qc_png(outcome.before, outcome.after, out_dir / f"qc_{outcome.task}.png", axis=outcome.qc_axis,
+                         **outcome.qc_options)
         report["steps"].append(
             {
                 "task": outcome.task,

@@ -1,7 +1,9 @@
 """``medsynth denoise``, ``medsynth bias`` and ``medsynth enhance``: the enhance task on files.
 
-Each reads the input (and the optional mask), runs the task function, and
-writes the output only when it succeeded: a bad input or a cancellation writes
+Each checks its files and device, reads the input (and the optional mask),
+runs the task function, checks that the result is plausible
+(:func:`MedSynthLib.checks.check_result`) and writes the outputs only when all
+of that succeeded: a bad input, an implausible result or a cancellation writes
 nothing.
 """
 
@@ -11,40 +13,53 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
+from ..checks import check_result
 from ..io import read_volume, write_volume
 from ..progress import ProgressCallback
 from ..volume import Volume
-from ._common import add_report_arg, device_arg, number_in, positive_int, progress_bar, write_json
+from ._common import device_arg, number_in, positive_int, progress_bar
+from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]
 
-
+#: Bias correction divides by a field that can dip to about 0.5: its results may reach twice the input's range.
+_BIAS_MARGIN = 1.0
 
 
 def _read_mask(path: Optional[str]) -> Optional[Volume]:
     return None if path is None else read_volume(path)
 
 
-def _check_output(path: str) -> None:
-    from ..errors import InputError
+def _write(outputs, volume: Volume, result, *, task: str, margin: Optional[float] = None) -> None:
+    """Check the result, stage it with the field and the QC picture, move them into place, write the report."""
+    from ..qc import save_qc_png
 
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist")
+    check_result(volume, result.volume, task=task, **({} if margin is None else {"margin": margin}))
+    with outputs:
+        outputs.stage_volume("OUTPUT", result.volume)
+        if getattr(result, "field", None) is not None:
+            outputs.stage_volume("--field", result.field)
+        if result.volume.array.shape == volume.array.shape:
+            outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task))
+        else:
+            outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task + "; before "
+                                                           "shown as the nearest original voxel"))
+        outputs.commit()
+        outputs.write_report(result.report)
 
 
 def _run_denoise(args: argparse.Namespace) -> int:
     from ..tasks.enhance import denoise
 
-    _check_output(args.output)
+    outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask, "--model": args.model},
+                      outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "denoise") as progress:
         result = denoise(volume, method=args.method, strength=args.strength, mask=mask, model=args.model,
                          modality=args.modality, device=args.device, seed=args.seed,
                          training_steps=args.training_steps, progress=progress)
-    write_volume(result.volume, args.output)
-    write_json(result.report, args.report)
+    _write(outputs, volume, result, task=f"denoise ({result.report['method']})")
     if not args.quiet:
         noise = result.noise
         print(f"denoised with {result.report['method']} in {result.report['seconds']:.1f} s "
@@ -55,18 +70,14 @@ def _run_denoise(args: argparse.Namespace) -> int:
 def _run_bias(args: argparse.Namespace) -> int:
     from ..tasks.enhance import correct_bias
 
-    _check_output(args.output)
-    if args.field:
-        _check_output(args.field)
+    outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask},
+                      outputs={"OUTPUT": args.output, "--field": args.field})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "bias") as progress:
         options = {} if args.shrink is None else {"shrink": args.shrink}
         result = correct_bias(volume, mask=mask, progress=progress, **options)
-    write_volume(result.volume, args.output)
-    if args.field:
-        write_volume(result.field, args.field)
-    write_json(result.report, args.report)
+    _write(outputs, volume, result, task="bias correction", margin=_BIAS_MARGIN)
     if not args.quiet:
         low, high = result.report["parameters"]["field_range"]
         print(f"bias corrected in {result.report['seconds']:.1f} s (field {low:.2f}-{high:.2f} in the mask): {args.output}")
@@ -77,18 +88,14 @@ def _run_enhance(args: argparse.Namespace) -> int:
     from ..tasks.enhance import enhance, parse_steps
 
     parse_steps(args.steps)  # a malformed pipeline fails before the input is even read
-    _check_output(args.output)
-    if args.field:
-        _check_output(args.field)
+    outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask, "--model": args.model},
+                      outputs={"OUTPUT": args.output, "--field": args.field})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "enhance") as progress:
         result = enhance(volume, steps=args.steps, mask=mask, model=args.model, device=args.device,
                          seed=args.seed, progress=progress)
-    write_volume(result.volume, args.output)
-    if args.field and result.field is not None:
-        write_volume(result.field, args.field)
-    write_json(result.report, args.report)
+    _write(outputs, volume, result, task=f"enhance ({result.report['method']})", margin=_BIAS_MARGIN)
     if not args.quiet:
         print(f"enhanced ({result.report['method']}) in {result.report['seconds']:.1f} s: {args.output}")
     return 0
@@ -115,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
     parser.add_argument("--training-steps", type=positive_int, metavar="N",
                         help="self-supervised training steps (default 300; fewer is faster and a little weaker)")
-    add_report_arg(parser)
+    add_output_args(parser)
     parser.set_defaults(func=_run_denoise)
 
     parser = subparsers.add_parser(
@@ -127,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
     parser.add_argument("--shrink", type=positive_int, default=None, metavar="N",
                         help="fit on an image shrunk N times per axis (default: the library's, 6; 1 is exact but slow)")
-    add_report_arg(parser)
+    add_output_args(parser)
     parser.set_defaults(func=_run_bias)
 
     parser = subparsers.add_parser(
@@ -141,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package for denoise:model")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
-    add_report_arg(parser)
+    add_output_args(parser)
     parser.set_defaults(func=_run_enhance)
 
 
@@ -160,4 +167,5 @@ def demo_step(samples: dict, out_dir: Path, progress: Optional[ProgressCallback]
     write_volume(corrected.field, paths[1])
     summary = {"bias": corrected.report, "denoise": denoised.report}
     return DemoOutcome(task="enhance", sample="mr-t1", before=before, after=denoised.volume, outputs=paths,
-                       summary=summary, qc_axis=None)
+                       summary=summary, qc_axis=None,
+                       qc_options={"title": f"enhance: N4 bias correction, then denoise ({denoised.report['method']})"})

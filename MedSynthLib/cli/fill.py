@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +18,42 @@ from ..errors import InputError
 from ..io import WRITE_EXTENSIONS, read_volume, write_volume
 from ..tasks.fill import METHODS, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from ..volume import AXIS_NAMES, Volume, array_axis
-from ._common import add_report_arg, axis_arg, device_arg, progress_bar, to_jsonable, write_json
+from ._common import axis_arg, device_arg, progress_bar, to_jsonable
+from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]
-
-
-def _check_output(path: str) -> Path:
-    out = Path(path)
-    name = out.name.lower()
-    if not any(name.endswith(ext) for ext in WRITE_EXTENSIONS):
-        raise InputError(f"cannot write {out.name}: use one of the extensions {', '.join(WRITE_EXTENSIONS)}")
-    return out
 
 
 def _slices_arg(text: str) -> str:
     value = text.strip().lower()
     if value == "auto":
         return value
-    parse_slice_list(value)  # raises InputError -> argparse shows it as a usage error
+    for piece in (p.strip() for p in value.split(",")):
+        if not re.fullmatch(r"\d+(\s*-\s*\d+)?", piece):
+            raise argparse.ArgumentTypeError(f"{piece!r} is not an index or range like 3,7,10-12")
+    try:
+        parse_slice_list(value)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
+
+
+def _write(outputs, volume: Volume, result) -> None:
+    """Stage the result (and the QC picture), move them into place, then write the report."""
+    from ..qc import save_qc_png
+
+    outputs.stage_volume("OUTPUT", result.volume)
+    outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, axis=result.axis,
+                                                   slices=result.slices, title=_qc_title(result.report)))
+    outputs.commit()
+    outputs.write_report(result.report)
+
+
+def _qc_title(report: dict) -> str:
+    if report["operation"] == "fill":
+        return f"fill: {len(report['slices'])} slice(s) along {report['axis']} restored with {report['method']}"
+    return (f"upsample: {report['slices_before']} -> {report['slices_after']} slices along {report['axis']} "
+            f"({report['method']}); new slices marked, before = nearest original slice")
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -54,7 +72,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def _run_fill(args: argparse.Namespace) -> int:
-    output = _check_output(args.output)
+    output = Path(args.output)
+    outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     slices = None if args.slices == "auto" else parse_slice_list(args.slices)
     with progress_bar(args.quiet, "fill") as progress:
@@ -62,8 +81,8 @@ def _run_fill(args: argparse.Namespace) -> int:
             volume, slices=slices, axis=args.axis, method=args.method, model=args.model,
             device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
         )
-    write_volume(result.volume, output)
-    write_json(result.report, args.report)
+    with outputs:
+        _write(outputs, volume, result)
     if not args.quiet:
         r = result.report
         listed = ",".join(str(s) for s in r["slices"]) or "none"
@@ -75,15 +94,16 @@ def _run_fill(args: argparse.Namespace) -> int:
 
 
 def _run_upsample(args: argparse.Namespace) -> int:
-    output = _check_output(args.output)
+    output = Path(args.output)
+    outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     with progress_bar(args.quiet, "upsample") as progress:
         result = upsample_slices(
             volume, factor=args.factor, spacing=args.spacing, axis=args.axis, method=args.method,
             model=args.model, device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
         )
-    write_volume(result.volume, output)
-    write_json(result.report, args.report)
+    with outputs:
+        _write(outputs, volume, result)
     if not args.quiet:
         r = result.report
         print(f"{r['slices_before']} -> {r['slices_after']} slices along {r['axis']}, spacing "
@@ -106,7 +126,7 @@ def _add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of selfsup training (default: 0)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="seconds auto may spend (default: 180 on a CPU)")
-    add_report_arg(parser)
+    add_output_args(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -173,4 +193,5 @@ def demo_step(samples: dict, out_dir: Path, progress):
         "upsample": upsampled.report,
     }
     return DemoOutcome(task="fill", sample="mr-t1", before=damaged, after=filled.volume, outputs=paths,
-                       summary=to_jsonable(summary), qc_axis=axis)
+                       summary=to_jsonable(summary), qc_axis=axis,
+                       qc_options={"slices": list(filled.slices), "title": _qc_title(filled.report)})

@@ -28,7 +28,8 @@ from ..io import read_volume, write_segmentation, write_volume
 from ..lesion_segments import segment_descriptions
 from ..progress import ProgressCallback, subrange
 from ..volume import Volume
-from ._common import add_report_arg, device_arg, progress_bar, write_json
+from ._common import device_arg, progress_bar
+from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "ras_point", "demo_step", "add_lesion_options"]
 
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_lesion_options(parser, count_group=placement)
     parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
                         help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
-    add_report_arg(parser)
+    add_output_args(parser)
     parser.set_defaults(func=_run)
 
 
@@ -155,7 +156,7 @@ def _read_specs(path: str) -> list[dict]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..tasks.lesion import insert_lesions, provenance_metadata
+    from ..tasks.lesion import insert_lesions
 
     if args.list_presets:
         _print_presets(args.json)
@@ -168,9 +169,9 @@ def _run(args: argparse.Namespace) -> int:
     if len(ways) != 1:
         raise InputError("give exactly one of --at R,A,S, --count N or --spec SPEC.json"
                          + (f" (got {', '.join(ways)})" if ways else ""))
-    for target in (args.output, args.labels):
-        if Path(target).resolve() == Path(args.input).resolve():
-            raise InputError(f"{target} would overwrite the input; choose another output name")
+    outputs = prepare(args, inputs={"INPUT": args.input, "--region": args.region, "--spec": args.spec,
+                                    "--shape-model": args.shape_model, "--appearance-model": args.appearance_model},
+                      outputs={"OUTPUT": args.output, "--labels": args.labels})
     volume = read_volume(args.input)
     region = None
     if args.region:
@@ -184,18 +185,12 @@ def _run(args: argparse.Namespace) -> int:
             shape_model=args.shape_model, appearance_model=args.appearance_model,
             appearance_steps=args.appearance_steps, device=args.device,
         )
-    metadata = provenance_metadata(result)
-    # everything is computed: only now write, so a bad input leaves nothing behind
-    write_volume(result.volume, args.output, metadata=metadata)
-    if str(args.labels).lower().endswith(".seg.nrrd"):
-        segments = segment_descriptions(result.labels.array, label_mode=args.label_mode,
-                                        preset=result.report.get("preset"))
-        write_segmentation(result.labels, args.labels, segments)
-    else:
-        write_volume(result.labels, args.labels, metadata=metadata)
     report = dict(result.report)
     report["input"], report["output"], report["labels"] = str(args.input), str(args.output), str(args.labels)
-    write_json(report, args.report)
+    with outputs:  # everything is computed and checked: only now write, so a bad input leaves nothing behind
+        _stage(outputs, args, volume, result)
+        outputs.commit()
+        outputs.write_report(report)
     if not args.quiet:
         for lesion in result.report["lesions"]:
             centre = ",".join(f"{x:.1f}" for x in lesion["centre_ras"])
@@ -203,6 +198,24 @@ def _run(args: argparse.Namespace) -> int:
                   f"{lesion['volume_ml']:.3f} mL (requested {lesion['requested_volume_ml']:.3f})")
         print(f"wrote {args.output} and {args.labels}" + (f"; report {args.report}" if args.report else ""))
     return 0
+
+
+def _stage(outputs, args: argparse.Namespace, volume: Volume, result) -> None:
+    """Stage the edited volume, the label map (a Slicer segmentation for .seg.nrrd) and the QC picture."""
+    from ..qc import save_qc_png
+    from ..tasks.lesion import provenance_metadata
+
+    metadata = provenance_metadata(result)
+    outputs.stage_volume("OUTPUT", result.volume, metadata=metadata)
+    if str(args.labels).lower().endswith(".seg.nrrd"):
+        segments = segment_descriptions(result.labels.array, label_mode=args.label_mode,
+                                        preset=result.report.get("preset"))
+        outputs.stage("--labels", lambda path: write_segmentation(result.labels, path, segments))
+    else:
+        outputs.stage_volume("--labels", result.labels, metadata=metadata)
+    count = len(result.report["lesions"])
+    outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, region=result.labels.array > 0,
+                                                   title=f"lesion: {count} synthetic lesion(s), label map outlined"))
 
 
 def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[ProgressCallback]):
@@ -227,4 +240,6 @@ def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[Prog
         for name, r in (("ct-chest", ct), ("mr-t1", mr))
     }
     return DemoOutcome(task="lesion", sample="ct-chest", before=samples["ct-chest"], after=ct.volume,
-                       outputs=outputs, summary=summary, qc_axis=0)
+                       outputs=outputs, summary=summary, qc_axis=0,
+                       qc_options={"region": ct.labels.array > 0,
+                                   "title": f"lesion: {len(ct.report['lesions'])} synthetic nodule(s), label map outlined"})

@@ -18,11 +18,18 @@ JSON keys (format version 1)::
     training        provenance: command, config, data, seed, epochs, versions
     metrics         validation metrics
     description     one line shown in the panel and `medsynth models`
+    weights_sha256  SHA-256 of NAME.safetensors (hex), verified before the weights are used
+
+A package written before the checksum existed loads with a warning; one whose
+weights do not match their checksum is refused (a damaged download or copy
+otherwise loads and computes a wrong result without any sign).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +50,10 @@ __all__ = [
     "load_package",
     "list_packages",
     "bundled_package",
+    "weights_sha256",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -135,9 +145,38 @@ def save_package(
     }
     json.dumps(metadata)  # fail before writing anything if metadata is not JSON
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    save_file(state, str(json_path.with_suffix(".safetensors")), metadata={"format": "pt"})
+    weights = json_path.with_suffix(".safetensors")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    metadata["weights_sha256"] = weights_sha256(weights)
     json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return json_path
+
+
+def weights_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a weights file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_weights(info: PackageInfo) -> None:
+    """Refuse weights whose SHA-256 differs from the one the package's JSON records."""
+    expected = info.metadata.get("weights_sha256")
+    if expected is None:
+        log.warning("model package %s records no weights checksum (written before MedSynth recorded one); "
+                    "its weights cannot be verified", info.name)
+        return
+    try:
+        actual = weights_sha256(info.weights_path)
+    except OSError as error:
+        raise ModelError(f"model package {info.name}: cannot read {info.weights_path}: {error.strerror or error}") from None
+    if actual != str(expected).lower():
+        raise ModelError(
+            f"model package {info.name}: {info.weights_path} is damaged or was replaced (its SHA-256 {actual[:12]}... "
+            f"differs from the {str(expected)[:12]}... recorded in {info.json_path.name}); copy or download it again"
+        )
 
 
 def read_package_info(path: PathLike) -> PackageInfo:
@@ -170,8 +209,9 @@ def load_package(path: PathLike, *, task: Optional[str] = None) -> LoadedModel:
     Raises
     ------
     ModelError
-        Missing files, wrong format version or task, unknown builder, or weights
-        whose names or shapes do not match the network the metadata describes.
+        Missing files, wrong format version or task, unknown builder, weights
+        whose SHA-256 differs from the recorded one, or weights whose names or
+        shapes do not match the network the metadata describes.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -181,6 +221,7 @@ def load_package(path: PathLike, *, task: Optional[str] = None) -> LoadedModel:
         raise ModelError(f"model package {info.name} is a {info.task!r} model; this needs a {task!r} model")
     if not info.weights_path.is_file():
         raise ModelError(f"model package {info.name}: weights file {info.weights_path.name} is missing")
+    _verify_weights(info)
     network = build_network(info.metadata["builder"], **info.metadata["builder_args"])
     try:
         state = load_file(str(info.weights_path), device="cpu")

@@ -27,6 +27,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from ...checks import check_result
 from ...errors import InputError
 from ...intensity import restore_dtype, robust_scale
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
@@ -419,6 +420,7 @@ def fill_slices(
     details["runs"] = [[a, b] for a, b in _runs(values)]
     report(progress, 1.0, "done")
     result_report = _report("fill", axis_index, values, details, time.perf_counter() - start, warnings)
+    check_result(volume, volume.with_array(out), task=f"fill ({result_report['method']})", axis=axis_index, slices=values)
     return FillResult(volume=volume.with_array(out), slices=tuple(values), axis=axis_index, report=result_report)
 
 
@@ -560,6 +562,7 @@ def upsample_slices(
     details["slices_after"] = n_new
     report(progress, 1.0, "done")
     result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, [])
+    check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
     return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
 
 

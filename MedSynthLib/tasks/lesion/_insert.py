@@ -36,6 +36,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ...checks import DEFAULT_MARGIN, check_result
+from ...engine import select_device
 from ...errors import InputError, check_number, check_whole_number
 from ...intensity import guess_modality
 from ...progress import CancelToken, ProgressCallback, report
@@ -171,6 +173,8 @@ def _make_request(volume: Volume, options: dict) -> LesionRequest:
     if o["labels"] is not None and not volume.same_grid(o["labels"]):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
     check_whole_number(o["appearance_steps"], "appearance_steps", low=1, high=1000)
+    if str(o["device"]).strip().lower() not in ("auto", "cpu"):  # absent: an error even when no network runs
+        select_device(o["device"])
     preset = _resolve_preset(o["preset"])
     modality = o["modality"]
     if preset is not None:
@@ -361,5 +365,8 @@ def insert_lesions(
         logger.warning(w)
     report(progress, 1.0, "done")
     geometry = volume.ijk_to_ras
-    return LesionResult(Volume(composite.out, geometry.copy()), Volume(label_array, geometry.copy()), resolved.specs,
-                        result_report, None if composite.moved is None else Volume(composite.moved, geometry.copy()))
+    out_volume = Volume(composite.out, geometry.copy())
+    relative = [abs(float(s.contrast)) for s in resolved.specs if s.contrast_mode == "relative"]  # intended brightening
+    check_result(volume, out_volume, task="lesion", margin=DEFAULT_MARGIN + max(relative, default=0.0))
+    return LesionResult(out_volume, Volume(label_array, geometry.copy()), resolved.specs, result_report,
+                        None if composite.moved is None else Volume(composite.moved, geometry.copy()))
