@@ -43,6 +43,8 @@ def _ras_affine(image: Any) -> np.ndarray:
 
 #: MONAI arrays are (x, y, z); MedSynth arrays are (k, j, i). Read an (x, y, z) array as MedSynth's array
 #: directly (no transposed copy: 30 ms per 128^3 array) by swapping the affine's first and third columns.
+#: Windows tried (each around a new random point) before the whole patch.
+_WINDOW_TRIES = 2
 _SWAP_IK = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
@@ -116,9 +118,10 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
 
     Notes
     -----
-    The cost is bounded on patches: lesions are placed in a window half the patch along
-    each axis (at least 48 voxels) around a random voxel of the region (a random point for
-    ``"auto"``), the whole patch when they do not fit there; nothing outside the window changes.
+    The cost is bounded on patches when the region is a mask: lesions are placed in a window
+    half the patch along each axis (at least 48 voxels) around a random voxel of the region;
+    two windows are tried, then the whole patch. Nothing outside the window used changes.
+    ``"auto"`` finds its region on the whole patch (slower: see ``docs/lesion.md``).
     A sample where the lesions cannot be placed (patch without room in the region) is
     returned unchanged, with the reason in its meta record; the first such case is logged.
     The record (``meta["medsynth_synthetic_lesions"]``, JSON) holds ``applied``, ``seed``,
@@ -143,20 +146,21 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         self._seed = int(self.R.randint(0, 2**31 - 1))  # drawn every time: the stream does not depend on prob
 
     def _windows(self, shape: tuple, mask: Optional[np.ndarray]) -> list[tuple]:
-        """Where to try: a window half the patch along each axis (at least 48 voxels) around a random
-        region voxel, then the whole patch; the cost follows the window, not the patch."""
+        """Where to try: windows half the patch along each axis (at least 48 voxels) around random region
+        voxels, then the whole patch; the cost follows the window, not the patch. ``"auto"`` regions need
+        the whole patch (they are found from its intensities), so there the whole patch is used at once."""
         full = tuple(slice(0, n) for n in shape)
         sides = [min(n, max(48, n // 2)) for n in shape]
-        if sides == list(shape):
+        inside = None if mask is None else np.flatnonzero(mask)
+        if sides == list(shape) or inside is None or not inside.size:
             return [full]
         rng = np.random.default_rng([self._seed, 1])
-        if mask is not None:
-            inside = np.flatnonzero(mask)
-            centre = np.unravel_index(int(inside[rng.integers(len(inside))]), shape) if inside.size else [n // 2 for n in shape]
-        else:
-            centre = [int(rng.integers(n)) for n in shape]
-        starts = [int(np.clip(c - side // 2, 0, n - side)) for c, side, n in zip(centre, sides, shape)]
-        return [tuple(slice(a, a + side) for a, side in zip(starts, sides)), full]
+        windows = []
+        for _ in range(_WINDOW_TRIES):
+            centre = np.unravel_index(int(inside[rng.integers(len(inside))]), shape)
+            starts = [int(np.clip(c - side // 2, 0, n - side)) for c, side, n in zip(centre, sides, shape)]
+            windows.append(tuple(slice(a, a + side) for a, side in zip(starts, sides)))
+        return windows + [full]
 
     def _insert(self, data: dict, image: Volume, labels: Optional[Volume]):
         from .tasks.lesion import insert_lesions

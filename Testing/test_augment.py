@@ -289,9 +289,14 @@ def test_inputs_folder_glob_manifest_and_seeds(cohort, tmp_path):
 
 def test_cli_writes_a_dataset_and_shares_the_lesion_options(cohort, tmp_path):
     code = main(["-q", "augment", str(cohort / "scans"), str(tmp_path / "d"), "--variants", "1", "--size", "6",
-                 "--preset", "mr-metastasis", "--lesion-label", "5"])
+                 "--preset", "mr-metastasis", "--lesion-label", "5", "--oedema-label", "6"])
     assert code == 0
-    assert json.loads((tmp_path / "d" / "dataset.json").read_text())["labels"]["synthetic_lesion"] == 5
+    labels = json.loads((tmp_path / "d" / "dataset.json").read_text())["labels"]
+    assert labels["synthetic_lesion"] == 5 and labels["synthetic_oedema"] == 6
+    found = set()
+    for path in (tmp_path / "d" / "labelsTr").iterdir():
+        found |= set(np.unique(read_volume(path).array).tolist())
+    assert found == {0, 5, 6}  # the metastasis preset draws oedema
     subcommands = build_parser()._subparsers._group_actions[0].choices
     options = {name: {o for a in subcommands[name]._actions for o in a.option_strings} for name in ("lesion", "augment")}
     shared = {"--preset", "--count", "--region", "--size", "--contrast", "--seed", "--min-spacing", "--modality",

@@ -36,7 +36,7 @@ PARTIAL = ".partial"
 MANIFEST_FIELDS = (
     "case", "variant", "status", "image", "label", "source", "source_sha256", "source_label", "inputs_sha256",
     "seed", "preset", "modality", "specs", "lesion_ml", "label_ids", "image_sha256", "label_sha256",
-    "seconds", "error",
+    "seconds", "cpu_seconds", "error",
 )
 
 

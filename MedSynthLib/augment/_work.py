@@ -171,7 +171,7 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
 
 def run_output(task: OutputTask) -> dict:
     """Make one output; return its manifest row (``status`` ``ok`` or ``failed`` with ``error``)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     threads = task.threads or _dask_worker_threads()
     if threads:
         limit_threads(threads)
@@ -193,4 +193,5 @@ def run_output(task: OutputTask) -> dict:
         for temporary, _ in pairs:  # failed or interrupted after writing: leave nothing half-done
             temporary.unlink(missing_ok=True)
     row["seconds"] = round(time.perf_counter() - start, 3)
+    row["cpu_seconds"] = round(time.process_time() - cpu, 3)  # of this process; the worker's share of a busy machine
     return row
