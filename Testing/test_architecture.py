@@ -26,10 +26,7 @@ FRONT_ENDS = ("cli", "training", "augment", "transforms")
 FORBIDDEN_EVERYWHERE = ("slicer", "qt", "ctk", "mrml", "vtkSlicer", "ants", "dipy", "bm4d", "eclare")
 
 #: Imports that still break a rule, to be removed when fixed (a fixed one fails the test: the list stays true).
-KNOWN_IMPORT_EXCEPTIONS: set[str] = {
-    "MedSynthLib/training/cli.py imports MedSynthLib.cli._common",
-    "MedSynth/MedSynthSlicerLib/history.py imports MedSynthLib.cli._common",
-}
+KNOWN_IMPORT_EXCEPTIONS: set[str] = set()
 
 KNOWN_OVERSIZE: set[str] = {
     # function bodies over 80 lines / too many parameters, files over 500 lines; split them and remove here

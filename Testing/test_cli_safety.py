@@ -104,7 +104,7 @@ def test_unwritable_locations_are_found_before_the_work(tmp_path, capsys, monkey
 
 
 def test_a_report_that_cannot_be_written_after_success_is_exit_2_and_the_output_stays(tmp_path, capsys, monkeypatch, source):
-    import MedSynthLib.cli._common as common
+    import MedSynthLib.cli.common as common
 
     def disk_full(data, path):
         raise OSError(28, "No space left on device")

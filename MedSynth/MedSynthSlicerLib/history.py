@@ -15,7 +15,7 @@ import logging
 from typing import Any, Optional
 
 from MedSynthLib import __version__ as library_version
-from MedSynthLib.cli._common import to_jsonable
+from MedSynthLib.reports import to_jsonable
 
 __all__ = [
     "HISTORY_ATTRIBUTE",

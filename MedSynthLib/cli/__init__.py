@@ -25,7 +25,7 @@ COMMANDS = ("info", "check", "models", "enhance", "lesion", "augment", "fill", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._common import OneLineParser
+    from .common import OneLineParser
 
     parser = OneLineParser(
         prog="medsynth",
@@ -53,7 +53,7 @@ def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:  # building the parser imports numpy, SimpleITK and torch (seconds): a Ctrl-C then is a clean exit too
-        from ._common import cli_words, run_reporting_errors
+        from .common import cli_words, run_reporting_errors
 
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -175,7 +175,7 @@ class Outputs:
         path = self.paths.get("--report")
         if path is None:
             return
-        from ._common import write_json
+        from .common import write_json
 
         try:
             write_json(report, path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import positive_int
+from .common import positive_int
 from .lesion import add_lesion_options
 
 __all__ = ["register"]

@@ -20,7 +20,7 @@ from ..progress import ProgressCallback, subrange
 from ..qc import save_qc_png
 from ..sample_data import SAMPLES, load_sample, sample_path
 from ..volume import Volume, validate_volume
-from ._common import progress_bar, write_json
+from .common import progress_bar, write_json
 from .info import describe_volume
 
 __all__ = ["DemoOutcome", "run_demo"]

@@ -17,7 +17,7 @@ from ..checks import check_result
 from ..io import read_volume, write_volume
 from ..progress import ProgressCallback
 from ..volume import Volume
-from ._common import device_arg, number_in, positive_int, progress_bar
+from .common import device_arg, number_in, positive_int, progress_bar
 from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]

@@ -18,7 +18,8 @@ from ..errors import InputError
 from ..io import WRITE_EXTENSIONS, read_volume, write_volume
 from ..tasks.fill import METHODS, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from ..volume import AXIS_NAMES, Volume, array_axis
-from ._common import axis_arg, device_arg, progress_bar, to_jsonable
+from ..reports import to_jsonable
+from .common import axis_arg, device_arg, progress_bar
 from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]

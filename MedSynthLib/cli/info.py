@@ -9,7 +9,7 @@ import numpy as np
 
 from ..io import read_volume
 from ..volume import AXIS_NAMES, Volume
-from ._common import to_jsonable
+from ..reports import to_jsonable
 
 
 def describe_volume(volume: Volume) -> dict:

@@ -28,7 +28,7 @@ from ..io import read_volume, write_segmentation, write_volume
 from ..lesion_segments import segment_descriptions
 from ..progress import ProgressCallback, subrange
 from ..volume import Volume
-from ._common import device_arg, progress_bar
+from .common import device_arg, progress_bar
 from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "ras_point", "demo_step", "add_lesion_options"]

@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from .._version import __version__
-from ..cli._common import EXIT_OK, number_in, positive_int, run_reporting_errors
+from ..cli.common import EXIT_OK, number_in, positive_int, run_reporting_errors
 from ..errors import InputError
 
 __all__ = ["main", "build_parser"]

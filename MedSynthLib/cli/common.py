@@ -1,4 +1,4 @@
-"""Pieces every subcommand shares: argument types, progress bars, reports."""
+"""The plumbing every command line shares (`medsynth` and `medsynth-train`): one-line argument errors, exit codes, progress bars, JSON reports, argument types."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
 
 from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
 from ..progress import ProgressCallback
+from ..reports import to_jsonable
 
 __all__ = [
-    "progress_bar", "write_json", "to_jsonable", "axis_arg", "device_arg", "add_report_arg",
+    "progress_bar", "write_json", "axis_arg", "device_arg", "add_report_arg",
     "positive_int", "number_in", "run_reporting_errors", "OneLineParser", "cli_words",
 ]
 
@@ -38,23 +38,6 @@ def progress_bar(quiet: bool, description: str = "") -> Iterator[Optional[Progre
             bar.update(int(round(1000 * fraction)) - bar.n)
 
         yield update
-
-
-def to_jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays, paths, tuples and dataclass-like objects to plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "as_dict"):
-        return to_jsonable(value.as_dict())
-    return value
 
 
 def write_json(data: Any, path: Optional[str | Path]) -> None:
