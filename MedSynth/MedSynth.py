@@ -206,8 +206,6 @@ class MedSynthParameterNode:
     denoiseStrength: Annotated[float, WithinRange(0.1, 2.0)] = 1.0
     enhanceBias: bool = False
     biasShrink: Annotated[int, WithinRange(1, 8)] = 6
-    enhanceSuperResolve: bool = False
-    superResolveFactor: Annotated[int, WithinRange(2, 8)] = 2
 
     # Model, device, output
     model: str = "auto"
@@ -328,7 +326,6 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.denoiseMethodComboBox.enabled = p.enhanceDenoise
             self.ui.denoiseStrengthSliderWidget.enabled = p.enhanceDenoise
             self.ui.biasShrinkSpinBox.enabled = p.enhanceBias
-            self.ui.superResolveFactorSpinBox.enabled = p.enhanceSuperResolve
             self.updateButtons(p, running)
         finally:
             self._updatingGUI = False

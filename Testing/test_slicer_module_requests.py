@@ -180,9 +180,9 @@ def test_panel_settings_become_the_python_apis_options():
     assert task == "lesion" and options["size_mm"] == 8.0 and options["label_mode"] == "instances"
     assert options["count"] == 3 and options["preset"] == ""
     task, options = requests.options_from_settings(_settings(
-        task="enhance", enhanceBias=True, enhanceSuperResolve=True, denoiseStrength=0.5, denoiseMethod="nlm",
+        task="enhance", enhanceBias=True, denoiseStrength=0.5, denoiseMethod="nlm",
         model="file", modelFile=Path("/m/denoise.json")))
-    assert options["steps"] == ["bias:6", "denoise:nlm:0.5", "upsample:2"] and options["model"] == "/m/denoise.json"
+    assert options["steps"] == ["bias:6", "denoise:nlm:0.5"] and options["model"] == "/m/denoise.json"
     with pytest.raises(InputError, match=r"\[0, 9\]"):
         requests.options_from_settings(_settings(fillSlices="12"))
 

@@ -197,8 +197,6 @@ def options_from_settings(p: Any) -> tuple[str, dict]:
         steps.append(f"bias:{int(p.biasShrink)}")
     if p.enhanceDenoise:
         steps.append(f"denoise:{p.denoiseMethod}:{float(p.denoiseStrength):g}")
-    if p.enhanceSuperResolve:
-        steps.append(f"upsample:{int(p.superResolveFactor)}")
     return "enhance", {**common, "steps": steps}
 
 
@@ -214,7 +212,7 @@ def reasons_not_to_apply(p: Any) -> list[str]:
         reasons.append("The input is a colour or vector volume; MedSynth needs a scalar volume.")
     if p.model == "file" and not str(p.modelFile or "").strip(". "):
         reasons.append("Choose the model package file (.json) or another model.")
-    if p.task == "enhance" and not (p.enhanceDenoise or p.enhanceBias or p.enhanceSuperResolve):
+    if p.task == "enhance" and not (p.enhanceDenoise or p.enhanceBias):
         reasons.append("Tick at least one enhancement step.")
     if p.task == "fill" and not p.fillUpsample and image is not None:
         try:
