@@ -179,11 +179,16 @@ def _tiny_package(tmp_path, *, task="denoise", input_spec=None):
 def test_model_method_with_a_tiny_package(tmp_path, noisy_head):
     _, volume = noisy_head
     path = _tiny_package(tmp_path)
-    result = E.denoise(volume, model=path, device="cpu")  # auto picks the model
-    assert result.report["method"] == "model"
+    result = E.denoise(volume, model=path, device="cpu")  # auto picks the model ...
+    # ... but an untrained network's output is not "noise removed": auto rejects it and falls back
+    assert result.report["plausibility"]["rejected"][0]["method"] == "model"
+    assert result.report["method"] == "nlm"
     assert result.volume.array.shape == volume.array.shape
     assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
-    assert result.report["parameters"]["context"] == 2
+    with pytest.raises(InputError, match="implausible, nothing was written"):
+        E.denoise(volume, method="model", model=path, device="cpu")
+    accepted = E.denoise(volume, method="model", model=path, device="cpu", strength=0.05)  # a 5 % blend passes
+    assert accepted.report["method"] == "model" and accepted.report["parameters"]["context"] == 2
     with pytest.raises(ModelError, match="'fill' model"):
         E.denoise(volume, method="model", model=_tiny_package(tmp_path / "f", task="fill"))
     with pytest.raises(ModelError, match="input format"):
