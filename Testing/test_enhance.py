@@ -402,7 +402,7 @@ SAMPLE_MR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "
 
 
 def test_sure_weights_are_convex_and_never_worse_than_a_single_component():
-    from MedSynthLib.tasks.enhance._selfsup import convex_sure_weights
+    from MedSynthLib.tasks.enhance._sure import convex_sure_weights
 
     rng = np.random.default_rng(3)
     design = rng.normal(size=(500, 4))
@@ -418,7 +418,7 @@ def test_sure_weights_are_convex_and_never_worse_than_a_single_component():
 
 
 def test_fusion_falls_back_to_its_best_single_component_when_not_better():
-    from MedSynthLib.tasks.enhance._selfsup import _fallback_choice
+    from MedSynthLib.tasks.enhance._sure import _fallback_choice
 
     names = ["blind", "wiener", "nlm_h0.5", "observed"]
     same = [{"n": 100, "fused": 99.5, "single": [120.0, 100.0, 110.0, 400.0]}]

@@ -5,7 +5,7 @@ upsampling: the fill task's :func:`~MedSynthLib.tasks.fill.upsample_slices`), :f
 nothing) and :func:`parse_steps`; the classical kernels :func:`denoise_nlm` and :func:`denoise_aniso` work on plain
 arrays. Private modules: ``_classical``, ``_selfsup`` (blind-spot training on the volume), ``_bias`` (N4),
 ``_enhance`` (the thin public layer), ``_denoise`` (method choice, noise cross-check, time budget,
-fallbacks), ``_checks`` (is what was removed noise?).
+fallbacks), ``_checks`` (is what was removed noise?), ``_sure`` (the convex SURE fusion).
 """
 
 from ._classical import denoise_aniso, denoise_nlm
