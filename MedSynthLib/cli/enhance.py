@@ -58,7 +58,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
     with progress_bar(args.quiet, "denoise") as progress:
         result = denoise(volume, method=args.method, strength=args.strength, mask=mask, model=args.model,
                          modality=args.modality, device=args.device, seed=args.seed,
-                         training_steps=args.training_steps, progress=progress)
+                         training_steps=args.training_steps, time_budget=args.time_budget, progress=progress)
     _write(outputs, volume, result, task=f"denoise ({result.report['method']})")
     if not args.quiet:
         noise = result.noise
@@ -122,6 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
     parser.add_argument("--training-steps", type=positive_int, metavar="N",
                         help="self-supervised training steps (default 300; fewer is faster and a little weaker)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="wall-clock budget: self-supervised training stops early to fit it (the report says what was cut)")
     add_output_args(parser)
     parser.set_defaults(func=_run_denoise)
 

@@ -4,12 +4,14 @@ Public surface: :func:`estimate_noise`, :func:`denoise`, :func:`correct_bias`, :
 upsampling: the fill task's :func:`~MedSynthLib.tasks.fill.upsample_slices`), :func:`enhance` (steps in order, all or
 nothing) and :func:`parse_steps`; the classical kernels :func:`denoise_nlm` and :func:`denoise_aniso` work on plain
 arrays. Private modules: ``_classical``, ``_selfsup`` (blind-spot training on the volume), ``_bias`` (N4),
-``_enhance`` (the thin public layer).
+``_enhance`` (the thin public layer), ``_denoise`` (method choice, noise cross-check, time budget,
+fallbacks), ``_checks`` (is what was removed noise?), ``_sure`` (the convex SURE fusion).
 """
 
 from ._classical import denoise_aniso, denoise_nlm
+from ._denoise import denoise
 from ._enhance import (AUTO_SELFSUP_MAX_VOXELS, DENOISE_METHODS, BiasResult, DenoiseResult, EnhanceResult,
-                       EnhanceStep, NoiseEstimate, SuperResolveResult, correct_bias, denoise, enhance, estimate_noise,
+                       EnhanceStep, NoiseEstimate, SuperResolveResult, correct_bias, enhance, estimate_noise,
                        parse_steps, super_resolve)
 
 __all__ = ["DENOISE_METHODS", "AUTO_SELFSUP_MAX_VOXELS", "NoiseEstimate", "DenoiseResult", "BiasResult",

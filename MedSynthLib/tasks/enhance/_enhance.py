@@ -25,7 +25,12 @@ Methods
     SimpleITK curvature anisotropic diffusion, iterations from the noise level.
 ``auto``
     ``model`` when a package is given, else ``selfsup`` on a GPU or for volumes up
-    to :data:`AUTO_SELFSUP_MAX_VOXELS` voxels, else ``nlm``.
+    to :data:`AUTO_SELFSUP_MAX_VOXELS` voxels, else ``nlm``; set from the
+    conservative sigma when the two noise estimators disagree, and falling back
+    (``selfsup`` -> ``nlm`` -> ``aniso`` -> unchanged) when what a method removed
+    does not look like noise (see :mod:`._denoise` and :mod:`._checks`).
+
+``denoise`` itself lives in :mod:`._denoise`.
 """
 
 from __future__ import annotations
@@ -38,12 +43,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ...engine import EngineReport, select_device
 from ...errors import InputError
 from ...intensity import restore_dtype
+from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, array_axis, validate_volume
-from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 
 __all__ = [
     "DENOISE_METHODS",
@@ -55,7 +59,6 @@ __all__ = [
     "EnhanceResult",
     "EnhanceStep",
     "estimate_noise",
-    "denoise",
     "correct_bias",
     "super_resolve",
     "parse_steps",
@@ -207,194 +210,6 @@ def estimate_noise(volume: Volume, *, mask: MaskLike = None, modality: Optional[
     if modality is not None and modality not in ("MR", "CT"):
         raise InputError(f"modality must be 'MR' or 'CT', got {modality!r}")
     return estimate_noise_array(volume, mask=_check_mask(volume, mask), modality=modality)
-
-
-# ---- denoise ---------------------------------------------------------------------------------
-def _choose_method(method: str, volume: Volume, model: Any, device: str) -> str:
-    if method != "auto":
-        return method
-    if model is not None:
-        return "model"
-    if select_device(device).type != "cpu" or volume.array.size <= AUTO_SELFSUP_MAX_VOXELS:
-        return "selfsup"
-    return "nlm"
-
-
-def _denoise_model(
-    volume: Volume, *, model: Any, strength: float, device: str, batch_size: int,
-    progress: Optional[ProgressCallback], cancel: Optional[CancelToken], engine_report: EngineReport,
-) -> tuple[np.ndarray, dict]:
-    from ...engine import run_slices
-    from ...models.package import LoadedModel, load_package
-    from ...network_inputs.denoise import (assemble_denoise_outputs, check_denoise_input_spec, make_denoise_inputs,
-                                  normalise_for_denoise)
-
-    loaded = model if isinstance(model, LoadedModel) else load_package(model, task="denoise")
-    context = check_denoise_input_spec(loaded.metadata["input"], name=f"model package {loaded.info.name}")
-    axis = volume.slice_axis()
-    normalised, scale = normalise_for_denoise(volume.array)
-    inputs = make_denoise_inputs(normalised, axis=axis, context=context)
-    outputs = run_slices(loaded.network, inputs, device=device, batch_size=batch_size, progress=progress,
-                         cancel=cancel, report_to=engine_report)
-    denoised = scale.inverse(assemble_denoise_outputs(outputs, axis=axis))
-    blend = min(strength, 1.0)
-    original = volume.array.astype(np.float64)
-    values = original + blend * (denoised - original)
-    return values, {"package": loaded.info.name, "context": context, "axis": int(axis), "blend": blend}
-
-
-def denoise(
-    volume: Volume,
-    *,
-    method: str = "auto",
-    strength: float = 1.0,
-    mask: MaskLike = None,
-    model: Any = None,
-    modality: Optional[str] = None,
-    device: str = "auto",
-    seed: int = 0,
-    training_steps: Optional[int] = None,
-    batch_size: int = 16,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
-) -> DenoiseResult:
-    """Remove noise from ``volume``, keeping its grid and dtype (integer CT stays integer HU).
-
-    Parameters
-    ----------
-    volume : Volume
-    method : {"auto", "selfsup", "model", "nlm", "aniso"}
-        See the module notes; ``auto`` picks ``model`` when ``model`` is given.
-    strength : float in [0, 2]
-        1 is the method's calibrated setting; 0 returns the input unchanged.
-        For ``selfsup`` it scales the noise variance the fusion trusts, for
-        ``nlm`` the filter parameter ``h``, for ``aniso`` the iterations; for
-        ``model`` it blends output and input (values above 1 act as 1).
-    mask : ndarray or Volume, optional
-        Region to denoise (same grid); voxels outside stay bit-identical. The
-        noise is estimated inside it.
-    model : path or LoadedModel, optional
-        A denoise model package, for ``method="model"``.
-    modality : {"MR", "CT"}, optional
-        Overrides the guess; MR noise is Rician, CT noise Gaussian.
-    device : str
-        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (network methods).
-    seed : int
-        Seeds the self-supervised training: same seed, same CPU result.
-    training_steps : int, optional
-        Self-supervised training steps (default from
-        :class:`~MedSynthLib.tasks.enhance._selfsup.SelfSupSettings`); fewer is faster.
-
-    Returns
-    -------
-    DenoiseResult
-
-    Raises
-    ------
-    InputError
-        Unknown method, strength outside [0, 2], an empty mask or one on another
-        grid, ``method="model"`` without a model.
-    Cancelled
-        ``cancel`` was set; the input is untouched.
-    """
-    validate_volume(volume)
-    if method not in DENOISE_METHODS:
-        raise InputError(f"method must be one of {', '.join(DENOISE_METHODS)}, got {method!r}")
-    strength = _check_strength(strength)
-    if modality is not None and modality not in ("MR", "CT"):
-        raise InputError(f"modality must be 'MR' or 'CT', got {modality!r}")
-    if method == "model" and model is None:
-        raise InputError("method 'model' needs a denoise model package (model=PATH, or --model on the command line)")
-    if training_steps is not None and (int(training_steps) != training_steps or training_steps < 1):
-        raise InputError(f"training_steps must be a positive integer, got {training_steps!r}")
-    boolean_mask = _check_mask(volume, mask)
-    start = time.perf_counter()
-    chosen = _choose_method(method, volume, model, device)
-    check_cancel(cancel)
-    report(progress, 0.0, "estimating noise")
-    noise = estimate_noise_array(volume, mask=boolean_mask, modality=modality)
-    warnings: list[str] = []
-    engine_report = EngineReport(device_requested=str(device))
-    details: dict = {}
-    data = volume.array.astype(np.float32)
-    step_progress = subrange(progress, 0.05, 1.0)
-
-    if strength == 0:
-        values = data
-        warnings.append("strength 0: the volume was returned unchanged")
-    elif noise.sigma <= 0:
-        values = data
-        warnings.append("no noise was measurable in this volume; it was returned unchanged")
-    elif chosen == "nlm":
-        values, details = _nlm(data, noise, strength, step_progress, cancel)
-    elif chosen == "aniso":
-        from ._classical import aniso_iterations, denoise_aniso
-
-        relative = noise.sigma / max(abs(noise.signal), 1e-6)
-        values, details = denoise_aniso(data, iterations=aniso_iterations(relative, strength),
-                                        progress=step_progress, cancel=cancel)
-    elif chosen == "model":
-        values, details = _denoise_model(volume, model=model, strength=strength, device=device,
-                                         batch_size=batch_size, progress=step_progress, cancel=cancel,
-                                         engine_report=engine_report)
-        if strength > 1:
-            warnings.append("strength above 1 has no further effect with a model; 1 was used")
-    else:  # selfsup
-        values, details = _selfsup(volume, data, noise, boolean_mask, strength, seed, device, training_steps,
-                                   step_progress, cancel, engine_report)
-    if engine_report.fallbacks:
-        warnings.extend(engine_report.fallbacks)
-    check_cancel(cancel)
-    output = _finish(volume, values, boolean_mask)
-    seconds = time.perf_counter() - start
-    uses_device = chosen in ("selfsup", "model")
-    result_report = {
-        "task": "denoise",
-        "method": chosen,
-        "method_requested": method,
-        "strength": strength,
-        "seed": int(seed),
-        "noise": noise.as_dict(),
-        "device": engine_report.device_used if uses_device else "cpu",
-        "engine": engine_report.as_dict() if uses_device else None,
-        "parameters": details,
-        "masked": boolean_mask is not None,
-        "seconds": round(seconds, 3),
-        "warnings": warnings,
-    }
-    report(progress, 1.0, f"denoised ({chosen})")
-    return DenoiseResult(volume=output, noise=noise, report=result_report)
-
-
-def _nlm(data: np.ndarray, noise: NoiseEstimate, strength: float,
-         progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
-    from ._classical import denoise_nlm
-
-    return denoise_nlm(data, sigma=noise.sigma, strength=strength, progress=progress, cancel=cancel)
-
-
-def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, mask: Optional[np.ndarray], strength: float,
-             seed: int, device: str, training_steps: Optional[int], progress: Optional[ProgressCallback],
-             cancel: Optional[CancelToken], engine_report: EngineReport) -> tuple[np.ndarray, dict]:
-    from ._selfsup import SelfSupSettings, denoise_selfsup
-
-    settings = SelfSupSettings() if training_steps is None else SelfSupSettings(steps=int(training_steps))
-    spacing = [volume.spacing_along(a) for a in range(3)]
-    planar = max(spacing) > 1.5 * min(spacing)
-    axis = volume.slice_axis() if planar else 0
-    foreground = mask if mask is not None else otsu_foreground(data)
-    rician = noise.model == "rician"
-    if rician and data.min() < 0:
-        rician = False  # a "magnitude" image with negative values is not one: treat its noise as Gaussian
-    moved = np.moveaxis(data, axis, 0)
-    values, details = denoise_selfsup(
-        np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
-        foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar, strength=strength,
-        seed=seed, device=device, settings=settings, progress=progress, cancel=cancel, engine_report=engine_report,
-    )
-    details["slice_axis"] = int(axis)
-    details["noise_model"] = "rician" if rician else "gaussian"
-    return np.moveaxis(values, 0, axis), details
 
 
 # ---- bias ------------------------------------------------------------------------------------
@@ -644,6 +459,8 @@ def enhance(
             outcome = correct_bias(current, mask=boolean_mask, progress=step_progress, cancel=cancel, **step.options)
             field_volume = outcome.field
         elif step.name == "denoise":
+            from ._denoise import denoise
+
             outcome = denoise(current, mask=boolean_mask, model=model, device=device, seed=seed,
                               progress=step_progress, cancel=cancel, **step.options)
         else:

@@ -26,7 +26,7 @@ How this one is built, and why:
   the noise variance (known from the estimate) and the prediction's own error
   variance, estimated as the local mean of (observed - predicted)^2 minus the
   noise variance. ``strength`` scales the noise variance used here.
-* **SURE fusion with non-local means** (:func:`_sure_fusion`): the final output is
+* **SURE fusion with non-local means** (:func:`._sure.sure_fusion`): the final output is
   ``sum_i w_i f_i`` over five estimates (the blind prediction, its Wiener fusion,
   non-local means at ``h = 0.5`` and ``0.8 sigma``, the observation), with the
   weights that minimise Stein's unbiased risk estimate, one set per class of local
@@ -54,12 +54,18 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from ...budget import TimeBudget
 from ...engine import EngineReport, run_with_fallback, select_device
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["SelfSupSettings", "BlindSpotNet", "denoise_selfsup"]
+__all__ = ["SelfSupSettings", "BlindSpotNet", "denoise_selfsup", "TRAINING_SHARE"]
 
 log = logging.getLogger(__name__)
+
+#: Share of the remaining time budget that training may use (inference and the fusion take the rest).
+TRAINING_SHARE = 0.5
+#: Training never stops before this many steps (a few seconds), whatever the budget.
+MIN_TRAINING_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,41 @@ class BlindSpotNet(nn.Module):
         return torch.cat([skip + out[:, :1], out[:, 1:]], dim=1)
 
 
+class _TrainingClock:
+    """Fits the training into its share of a :class:`TimeBudget` (see :func:`denoise_selfsup`).
+
+    ``after_step`` returns the learning rate for the next step (the schedule's own while the plan fits),
+    or None to stop; without a budget it never intervenes, so results stay reproducible for a seed.
+    """
+
+    def __init__(self, budget: Optional[TimeBudget], steps: int) -> None:
+        self.budget, self.steps = budget, steps
+        self.started = time.monotonic()
+        self.deadline = None if budget is None or budget.seconds is None else \
+            self.started + TRAINING_SHARE * budget.remaining()
+        self.annealing, self.end, self.rate0, self.step0 = False, steps, 0.0, 0
+
+    def after_step(self, step: int, rate: float) -> Optional[float]:
+        if self.deadline is None:
+            return rate
+        done = step + 1
+        now = time.monotonic()
+        if not self.annealing:
+            per_step = (now - self.started) / done
+            affordable = int(max(0.0, self.deadline - now) / max(per_step, 1e-9))
+            if done + affordable < self.steps:
+                self.annealing, self.rate0, self.step0 = True, rate, done
+                self.end = max(done + affordable, min(MIN_TRAINING_STEPS, self.steps))
+                self.budget.cut(f"self-supervised training planned {self.steps} steps, the budget allows about "
+                                f"{self.end} ({per_step:.2f} s a step): learning rate annealed to stop there")
+        if self.annealing:
+            if done >= self.end or (now > self.deadline and done >= MIN_TRAINING_STEPS):
+                self.budget.cut(f"self-supervised training stopped at step {done} of {self.steps}")
+                return None
+            return self.rate0 * (self.end - done) / max(1, self.end - self.step0)
+        return rate
+
+
 def _blind_gaussian_kernel() -> torch.Tensor:
     """3x3x3 Gaussian (sigma 1 voxel) with the centre removed and renormalised."""
     grid = np.stack(np.meshgrid(*([np.arange(-1, 2)] * 3), indexing="ij"))
@@ -169,110 +210,6 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     )
 
 
-def _sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, blind: np.ndarray, wiener,
-                 wiener_now: np.ndarray, strength: float, seed: int, settings: SelfSupSettings,
-                 cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
-    """Combine the blind prediction, its Wiener fusion, non-local means and the observation by SURE.
-
-    All arrays are in the normalised magnitude (or intensity) domain, noise standard deviation ``s``.
-    The combination ``sum_i w_i f_i`` minimises Stein's unbiased risk estimate
-    ``|z - f|^2 + 2 s^2 div f - N s^2``, a quadratic in ``w``: no clean image is needed. Divergences:
-    0 for the blind prediction (J-invariant), 1 per voxel for the observation, and one random +-1
-    probe (Monte-Carlo SURE) for non-local means and the Wiener fusion. Non-local means is local
-    (radius patch/2 + distance), so its probe runs on a few thin slabs only, where the weights are
-    fitted; one set of weights per class of local gradient of the blind prediction.
-    For Rician data the observation and non-local means are first debiased (``sqrt(m^2 - s^2)``, the
-    high-SNR correction) and only voxels above twice the noise are fitted, where the noise is close
-    to Gaussian.
-    """
-    from ._classical import NLM_DEFAULTS, denoise_nlm
-
-    started = time.perf_counter()
-    variance = (float(strength) * s) ** 2
-    influence = NLM_DEFAULTS["patch_size"] // 2 + NLM_DEFAULTS["patch_distance"]
-    region = _bbox(foreground, margin=influence + 2)
-    xr = np.ascontiguousarray(x[region])
-
-    def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
-        return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
-
-    def nlm(values: np.ndarray, h_factor: float) -> np.ndarray:
-        return debias(denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0])
-
-    nlm_now = []
-    for h_factor in settings.nlm_h_factors:
-        check_cancel(cancel)
-        nlm_now.append(nlm(xr, h_factor))
-    # thin slabs along axis 0 where the divergences are probed and the weights fitted
-    depth = xr.shape[0]
-    thickness = settings.sure_block_slices
-    if depth <= settings.sure_blocks * (thickness + 2 * influence):
-        blocks = [(0, depth)]
-    else:
-        centres = np.linspace(influence + thickness / 2, depth - influence - thickness / 2, settings.sure_blocks)
-        blocks = [(int(c - thickness / 2), int(c - thickness / 2) + thickness) for c in centres]
-    rng = np.random.default_rng(seed + 7919)
-    probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
-    eps = np.float32(0.05 * s)
-    nlm_div = [np.zeros(xr.shape, np.float32) for _ in settings.nlm_h_factors]
-    fit = np.zeros(xr.shape, bool)
-    for a, b in blocks:
-        a0, b0 = max(0, a - influence), min(depth, b + influence)
-        for h_factor, now, div in zip(settings.nlm_h_factors, nlm_now, nlm_div):
-            check_cancel(cancel)
-            moved = nlm(xr[a0:b0] + eps * probe[a0:b0], h_factor)[a - a0:b - a0]
-            div[a:b] = probe[a:b] * (moved - now[a:b]) / eps
-        fit[a:b] = True
-    # the Wiener fusion is cheap: probe it on the whole volume, then crop
-    full_probe = np.zeros(x.shape, np.float32)
-    full_probe[region] = probe
-    wiener_div = (full_probe * (wiener(x + eps * full_probe) - wiener_now) / eps)[region]
-    del full_probe
-
-    blind_r = blind[region]
-    wiener_r = wiener_now[region]
-    observed = debias(xr)
-    components = [blind_r, wiener_r, *nlm_now, observed]
-    names = ["blind", "wiener", *[f"nlm_h{h:g}" for h in settings.nlm_h_factors], "observed"]
-    divergences = [None, wiener_div, *nlm_div, None]
-    fit &= foreground[region]
-    if rician:
-        fit &= blind_r > 2 * s
-    smooth = ndimage.gaussian_filter(blind_r, 1.0)
-    gradient = np.sqrt(sum(g**2 for g in np.gradient(smooth)))
-    del smooth
-    classes = np.zeros(xr.shape, np.int8)
-    if fit.sum() >= settings.sure_classes * 200 * len(components):
-        edges = np.quantile(gradient[fit], np.linspace(0, 1, settings.sure_classes + 1)[1:-1])
-        classes = np.digitize(gradient, edges).astype(np.int8)
-    del gradient
-
-    def solve(where: np.ndarray) -> np.ndarray:
-        n = int(where.sum())
-        design = np.stack([c[where].astype(np.float64) for c in components], axis=1)
-        target = observed[where].astype(np.float64)
-        div = np.array([0.0 if d is None else float(d[where].sum(dtype=np.float64)) for d in divergences])
-        div[names.index("observed")] = n
-        gram = design.T @ design
-        gram += 1e-9 * np.trace(gram) / len(components) * np.eye(len(components))
-        return np.linalg.solve(gram, design.T @ target - variance * div)
-
-    global_weights = solve(fit) if fit.any() else np.eye(len(components))[1]  # nothing to fit: the Wiener estimate
-    estimate_r = np.zeros(xr.shape, np.float32)
-    weights = {}
-    for k in range(int(classes.max()) + 1):
-        where = fit & (classes == k)
-        w = solve(where) if where.sum() >= 200 * len(components) else global_weights
-        weights[k] = w
-        members = classes == k
-        estimate_r[members] = sum(float(wi) * c[members] for wi, c in zip(w, components))
-    estimate = wiener_now.copy()  # outside the foreground's box: background, the Wiener estimate
-    estimate[region] = estimate_r
-    info = {"components": names, "weights_by_gradient_class": [[round(float(v), 4) for v in weights[k]] for k in sorted(weights)],
-            "fit_voxels": int(fit.sum()), "nlm_h_factors": list(settings.nlm_h_factors), "seconds": round(time.perf_counter() - started, 2)}
-    return estimate, info
-
-
 def denoise_selfsup(
     array: np.ndarray,
     *,
@@ -284,6 +221,7 @@ def denoise_selfsup(
     seed: int = 0,
     device: str = "auto",
     settings: SelfSupSettings = SelfSupSettings(),
+    budget: Optional[TimeBudget] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     engine_report: Optional[EngineReport] = None,
@@ -301,6 +239,11 @@ def denoise_selfsup(
     foreground : ndarray of bool
         Where training crops are centred and where the network runs (plus its
         receptive field); elsewhere the output is the blind Gaussian estimate.
+    budget : TimeBudget, optional
+        Checked after every training step: training may use :data:`TRAINING_SHARE` of what is left when it
+        starts (the rest is for inference and the fusion's non-local means, which take about as long); when
+        the measured step time says the planned steps will not fit, the learning rate is annealed linearly to
+        zero over the steps that do, and training stops there with the network so far (recorded as a cut).
 
     Returns
     -------
@@ -371,6 +314,7 @@ def denoise_selfsup(
                                                        total_steps=settings.steps, pct_start=0.1)
         losses = []
         net.train()
+        clock = _TrainingClock(budget, settings.steps)
         for step in range(settings.steps):
             check_cancel(cancel)
             picks = positions[step * settings.batch_size:(step + 1) * settings.batch_size]
@@ -392,10 +336,18 @@ def denoise_selfsup(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            schedule.step()
             losses.append(float(loss.detach()))
             if step % 10 == 0:
                 report(progress, 0.75 * (step + 1) / settings.steps, f"self-supervised training {step + 1}/{settings.steps}")
+            rate = clock.after_step(step, optimiser.param_groups[0]["lr"])
+            if rate is None:
+                break
+            if clock.annealing:
+                for group in optimiser.param_groups:
+                    group["lr"] = rate
+            else:
+                schedule.step()
+        details["steps_run"] = len(losses)
         return losses
 
     losses = run_with_fallback(train, device=target_device, batch_size=settings.batch_size, report_to=engine_report)
@@ -453,7 +405,9 @@ def denoise_selfsup(
     to_magnitude = (lambda t: np.sqrt(np.maximum(t - 2 * s * s, 0))) if rician else (lambda t: t)
     if settings.sure_fusion:
         report(progress, 0.8, "non-local means for the fusion")
-        estimate, fusion = _sure_fusion(
+        from ._sure import sure_fusion
+
+        estimate, fusion = sure_fusion(
             x, s, rician=rician, foreground=foreground, blind=to_magnitude(prediction),
             wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]),
             wiener_now=to_magnitude(fused), strength=strength, seed=seed, settings=settings, cancel=cancel)
