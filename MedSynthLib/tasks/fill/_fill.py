@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
-from ...errors import InputError
+from ...errors import InputError, check_number
 from ...intensity import restore_dtype, robust_scale
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import AXIS_NAMES, Volume, array_axis, validate_volume
 from ...network_inputs.fill import FILL_PERCENTILES
-from ._interp import FillPlan, cubic_fill, linear_fill, make_plan
+from ...budget import TimeBudget, cpu_threads, idle_cores
+from ._auto import METHODS, FillJob, default_budget_seconds, resolve_method, synthesise
+from ._interp import make_plan
 
 __all__ = [
     "METHODS",
@@ -44,17 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
-METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
-
-#: ``auto`` does not use selfsup when the output slice grid is this many times coarser than the in-plane
-#: pixels: rows removed in-plane then do not resemble the missing thick slices (measured on lung1 CT).
-MAX_SELFSUP_ANISOTROPY = 1.5
-
-#: Default time budget (seconds) of ``auto`` on a CPU.
-AUTO_CPU_BUDGET_S = 180.0
-
 
 @dataclass(frozen=True)
 class FillResult:
@@ -145,128 +137,63 @@ def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
 # ---- the shared engine ---------------------------------------------------------------------
 
 
-def _resolve_method(
-    method: str,
-    *,
-    good: np.ndarray,
-    plan: FillPlan,
-    model,
-    device: str,
-    time_budget: Optional[float],
-    options: Optional[dict] = None,
-    anisotropy: float = 1.0,
-) -> tuple[str, str]:
-    """(method to run, why) for ``method``; ``auto`` decides by device, size and budget."""
-    name = str(method).lower()
-    if name not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if name == "model" and model is None and _bundled_model() is None:
-        raise InputError("method 'model' needs a model package (--model PACKAGE.json); no bundled fill model is installed")
-    if model is not None and name not in ("model", "auto"):
-        raise InputError(f"a model package was given but method is {name!r}; use method 'model' or 'auto'")
-    if name != "auto":
-        return name, "requested"
-    if model is not None:
-        return "model", "a model package was given"
-    from ...engine import select_device
-    from . import _selfsup
+@dataclass
+class _Request:
+    """What the caller asked for: the method and its settings, the budget, and the slice profile rule.
 
-    target = select_device(device)
-    budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
-    if not _selfsup.can_train(good, plan):
-        return _fast_method(plan, anisotropy, "too few or too small slices to train selfsup")
-    if anisotropy > MAX_SELFSUP_ANISOTROPY:
-        return "flow", (
-            f"the slice grid is {anisotropy:.1f}x coarser than the in-plane pixels: flow is as good in seconds "
-            "(lung1 CT, 5 mm slices: thick-slice selfsup +1.6 dB at x2 and +1.3 dB on single slices in minutes, "
-            "flow +1.5 and +2.0 dB)"
-        )
-    estimate = _selfsup.estimate_seconds(good, plan, device=target, settings=options)
-    if estimate <= budget:
-        return "selfsup", f"selfsup estimated at {estimate:.0f} s on {target}, within the {budget:.0f} s budget"
-    return _fast_method(plan, anisotropy, f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget")
-
-
-def _bundled_model():
-    """The shipped ``fill_default`` package's path, or None where it is not installed."""
-    from ...models import bundled_package
-
-    return bundled_package("fill")
-
-
-def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]:
-    """What ``auto`` runs when selfsup does not: the bundled model on thin slices with integer gaps, else flow.
-
-    The bundled ``fill_default`` (never trained on ROBEX) beat flow on ROBEX in every scenario (x2 +0.61
-    against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
-    under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
+    ``thickness``: ``None`` never models a slice profile (fills: the acquired slices are sharp);
+    ``"auto"`` estimates it from the data (upsampling); a number is the profile FWHM in mm (a header).
     """
-    from ...models.package import read_package_info
 
-    path = _bundled_model()
-    if anisotropy <= MAX_SELFSUP_ANISOTROPY and plan.integral and path is not None:
-        trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
-        widest = float(np.max(plan.gaps))
-        if widest <= float(trained.get("max_gap", 4)):  # gaps it was trained on, no wider
-            return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
-    return "flow", f"{why}; flow needs no training"
-
-
-def _synthesise(
-    good: np.ndarray,
-    plan: FillPlan,
-    *,
-    method: str,
-    model,
-    device: str,
-    seed: int,
-    options: Optional[dict],
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-    details: dict,
-    grid_ratio: tuple[float, float] = (1.0, 1.0),
-) -> np.ndarray:
-    """Answer ``plan`` from the normalised ``good`` slices (G, H, W) with ``method``; (Q, H, W) float32."""
-    if method == "linear":
-        return linear_fill(good, plan)
-    if method == "cubic":
-        return cubic_fill(good, plan)
-    if method == "flow":
-        from ._flow import flow_fill
-
-        return flow_fill(good, plan, device=device, settings=options, progress=progress, cancel=cancel, details=details)
-    if method == "selfsup":
-        from ._selfsup import selfsup_fill
-
-        return selfsup_fill(
-            good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details,
-            grid_ratio=grid_ratio,
-        )
-    if method == "model":
-        from ._model import model_fill
-
-        return model_fill(good, plan, model=model, device=device, seed=seed, settings=options, progress=progress,
-                          cancel=cancel, details=details)
-    raise InputError(f"unknown fill method {method!r}")  # pragma: no cover - _resolve_method checks first
+    method: str
+    model: object
+    device: str
+    seed: int
+    options: Optional[dict]
+    budget: TimeBudget
+    thickness: Union[None, str, float] = None
 
 
-def _run(
-    volume: Volume,
-    *,
-    axis: int,
-    good_index: np.ndarray,
-    positions: np.ndarray,
-    targets: np.ndarray,
-    method: str,
-    model,
-    device: str,
-    seed: int,
-    time_budget: Optional[float],
-    options: Optional[dict],
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-) -> tuple[np.ndarray, dict]:
-    """Synthesised slices (Q, H, W) in the input's dtype, and the report details."""
+def _start_budget(time_budget) -> TimeBudget:
+    """A :class:`TimeBudget` started now from seconds (0: none for training), or the one given."""
+    if isinstance(time_budget, TimeBudget):
+        return time_budget
+    if time_budget is None:
+        return TimeBudget(None)
+    seconds = check_number(time_budget, "time budget (seconds)", low=0.0)
+    return TimeBudget(max(seconds, 1e-3))  # 0 s: expired at once, so only instant methods are chosen
+
+
+def _slice_profile(good: np.ndarray, volume: Volume, axis: int, thickness, pixels: tuple) -> Optional[dict]:
+    """The acquired slices' profile (see ``_profile``), with its FWHM in pixels of H and W; None: not modelled."""
+    from ._profile import THICK_RELATIVE_FWHM, estimate_slice_profile
+
+    if thickness is None:
+        return None
+    spacing = volume.spacing_along(axis)
+    if thickness == "auto":
+        profile = estimate_slice_profile(good, slice_spacing=spacing, pixel_spacings=pixels)
+        if profile is None:
+            return None
+    else:
+        fwhm = check_number(thickness, "slice thickness (mm)", low=0.0)
+        profile = {"fwhm_mm": fwhm, "relative": round(fwhm / spacing, 3),
+                   "thick": fwhm / spacing >= THICK_RELATIVE_FWHM, "source": "given"}
+    profile["px"] = [round(profile["fwhm_mm"] / p, 3) for p in pixels]
+    return profile
+
+
+def _threads(method: str, device: str) -> tuple[Optional[float], int]:
+    """(idle cores measured now, torch threads for this task): the idle cores, never more than torch has."""
+    if method in ("linear", "cubic") or device not in ("auto", "cpu"):
+        return None, torch.get_num_threads()
+    idle = idle_cores()
+    return idle, min(torch.get_num_threads(), cpu_threads(idle=idle))
+
+
+def _run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndarray, targets: np.ndarray,
+         request: _Request, progress: Optional[ProgressCallback], cancel: Optional[CancelToken]):
+    """(synthesised slices (Q, H, W) in the input's dtype, the report details, deblurred acquired slices or None)."""
     check_cancel(cancel)
     stack = np.moveaxis(volume.array, axis, 0)
     good_raw = stack[good_index]
@@ -275,27 +202,46 @@ def _run(
     plan = make_plan(positions, targets)
     # Output-grid step along the axis (upsampling refines it) against the finest in-plane spacing.
     span = float(good_index[-1] - good_index[0]) / float(positions[-1] - positions[0]) if len(good_index) > 1 else 1.0
-    in_plane = min(volume.spacing_along(a) for a in range(3) if a != axis)
+    pixels = tuple(volume.spacing_along(a) for a in range(3) if a != axis)
     step_mm = volume.spacing_along(axis) * span
-    anisotropy = step_mm / in_plane
-    # the grid step in pixels of the stack's H and W axes (selfsup's thick-slice training pairs)
-    grid_ratio = tuple(step_mm / volume.spacing_along(a) for a in range(3) if a != axis)
-    chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
-                                  options=(options or {}).get("selfsup"), anisotropy=anisotropy)
-    if chosen == "model" and model is None:  # method "model" without a package, or auto's pick on thin slices
-        model = _bundled_model()
-    details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
+    method = str(request.method).lower()
+    idle, threads = _threads(method, request.device)
+    budget = request.budget
+    if budget.seconds is None and method == "auto":
+        from ...engine import select_device
+
+        budget.seconds = default_budget_seconds(len(targets), select_device(request.device).type)
+    job = FillJob(good=good, plan=plan, model=request.model, device=request.device, seed=request.seed,
+                  options=request.options or {}, budget=budget, idle=2.0 if idle is None else idle,
+                  anisotropy=step_mm / min(pixels),
+                  # the grid step in pixels of the stack's H and W axes (selfsup's training strips)
+                  grid_ratio=tuple(step_mm / p for p in pixels),
+                  profile=_slice_profile(good, volume, axis, request.thickness, pixels)
+                  if method in ("auto", "selfsup") else None)
+    chosen, why = resolve_method(method, job)
+    details: dict = {"method": chosen, "method_requested": method, "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
-    values = _synthesise(
-        good, plan, method=chosen, model=model, device=device, seed=seed,
-        options=(options or {}).get(chosen), progress=subrange(progress, 0.02, 0.98), cancel=cancel, details=details,
-        grid_ratio=grid_ratio,
-    )
+    acquired: dict = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values, ran = synthesise(job, chosen, requested=method, progress=subrange(progress, 0.02, 0.98),
+                                 cancel=cancel, details=details, acquired=acquired)
+    finally:
+        torch.set_num_threads(previous)
     check_cancel(cancel)
+    details["method"] = ran
     low, high = float(good_raw.min()), float(good_raw.max())
     restored = restore_dtype(scale.inverse(values), volume.array.dtype, clip=(low, high))
+    sharpened = acquired.get("slices")
+    if sharpened is not None:
+        sharpened = restore_dtype(scale.inverse(sharpened), volume.array.dtype, clip=(low, high))
     details.setdefault("device", "cpu")
-    return restored, details
+    details["threads"] = {"torch": int(threads), "idle_cores": None if idle is None else round(idle, 2)}
+    details["time_budget"] = budget.report()
+    if job.profile is not None:
+        details["slice_profile"] = job.profile
+    return restored, details, sharpened
 
 
 def _report(operation: str, axis: int, slices: Sequence[int], details: dict, seconds: float, warnings: list) -> dict:
@@ -327,7 +273,7 @@ def fill_slices(
     model=None,
     device: str = "auto",
     seed: int = 0,
-    time_budget: Optional[float] = None,
+    time_budget: Union[float, TimeBudget, None] = None,
     method_options: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -345,19 +291,26 @@ def fill_slices(
         Slice axis (IJK name or array axis); ``None``/``"auto"`` is the axis
         with the largest spacing (k on an isotropic volume).
     method : str
-        One of :data:`METHODS`. ``auto`` uses ``model`` when given; else
-        ``flow`` when at most 10 % of the slices are missing (isolated gaps,
-        where flow measured best); else ``selfsup`` when its estimated time fits
-        ``time_budget`` on the chosen device, else ``flow``. The report says
-        which ran and why.
+        One of :data:`METHODS`. ``auto`` uses ``model`` when given; else ``selfsup``
+        when enough training steps fit ``time_budget`` at the load measured now
+        (and the slice grid is at most 1.5x coarser than the pixels); else the
+        bundled model on thin slices with small gaps, else ``flow``. selfsup cut
+        short by the budget without a held-out gain hands over to those. The
+        report says which ran and why.
     model : str, Path or LoadedModel, optional
         A fill model package (``method="model"``).
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     seed : int
         Seed of ``selfsup``'s training; CPU runs are deterministic for a seed.
-    time_budget : float, optional
-        Seconds ``auto`` may spend (default 180 on a CPU).
+    time_budget : float or TimeBudget, optional
+        Seconds the task may spend, checked on the clock while it runs: selfsup
+        fits its training steps to it and stops at it with its best network so
+        far. Default for ``auto``: 30 s + 1.5 s per synthesised slice on a CPU (at
+        most 180 s), 600 s on a GPU; other methods: no limit. The report's
+        ``time_budget`` gives the budget, the seconds spent and what was cut. CPU
+        threads follow the cores idle when the task starts (never more than
+        ``torch.get_num_threads()``); the report's ``threads`` says how many.
     method_options : dict, optional
         Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}`` or
         ``{"model": {"ddim_steps": 50}}`` for a diffusion package (see ``SELFSUP_DEFAULTS``,
@@ -386,6 +339,7 @@ def fill_slices(
     (2.0, (2,))
     """
     start = time.perf_counter()
+    budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)
     count = volume.array.shape[axis_index]
@@ -409,10 +363,10 @@ def fill_slices(
         )
     missing = set(values)
     good_index = np.array([s for s in range(count) if s not in missing])
-    restored, details = _run(
+    request = _Request(method=method, model=model, device=device, seed=seed, options=method_options, budget=budget)
+    restored, details, _ = _run(
         volume, axis=axis_index, good_index=good_index, positions=good_index.astype(np.float64),
-        targets=np.array(values, dtype=np.float64), method=method, model=model, device=device, seed=seed,
-        time_budget=time_budget, options=method_options, progress=progress, cancel=cancel,
+        targets=np.array(values, dtype=np.float64), request=request, progress=progress, cancel=cancel,
     )
     out = volume.array.copy()
     np.moveaxis(out, axis_index, 0)[values] = restored
@@ -432,8 +386,9 @@ def upsample_slices(
     model=None,
     device: str = "auto",
     seed: int = 0,
-    time_budget: Optional[float] = None,
+    time_budget: Union[float, TimeBudget, None] = None,
     method_options: Optional[dict] = None,
+    slice_thickness: Union[float, str, None] = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> FillResult:
@@ -459,6 +414,16 @@ def upsample_slices(
     axis, method, model, device, seed, time_budget, method_options, progress, cancel
         As in :func:`fill_slices`. ``selfsup`` with a non-integer ratio upsamples
         by the next integer factor and resamples that linearly to the target grid.
+    slice_thickness : float, "auto" or None
+        FWHM (mm) of the acquired slices' profile where the header says it;
+        ``"auto"`` (default) estimates it from the data (through-plane against
+        in-plane power spectra, ``_profile``); None treats the slices as sharp.
+        Thick slices (a profile at least half the slice spacing) make ``selfsup``
+        train SMORE-style: in-plane data blurred by the profile, learning to undo
+        it, and (``method_options={"selfsup": {"deblur": True}}``, the default)
+        rewrite the acquired slices deblurred too; the report's ``slice_profile``
+        and ``selfsup.deblurred_acquired`` say so. Otherwise original slices are
+        copied bit for bit.
 
     Returns
     -------
@@ -475,6 +440,7 @@ def upsample_slices(
     ([0.0, 0.5, 1.0, 1.5, 2.0], (1.0, 1.0, 2.0))
     """
     start = time.perf_counter()
+    budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)
     count = volume.array.shape[axis_index]
@@ -516,16 +482,17 @@ def upsample_slices(
         step = int(math.ceil(ratio - 1e-9))
         fine = upsample_slices(
             volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
-            time_budget=time_budget, method_options=method_options, progress=subrange(progress, 0.0, 0.95),
-            cancel=cancel,
+            time_budget=budget, method_options=method_options, slice_thickness=slice_thickness,
+            progress=subrange(progress, 0.0, 0.95), cancel=cancel,
         )
         fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
         fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (ratio / step)
-        restored, _ = _run(
+        linear = _Request(method="linear", model=None, device="cpu", seed=seed, options=None, budget=TimeBudget(None))
+        restored, _, _ = _run(
             fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
-            targets=targets, method="linear", model=None, device="cpu", seed=seed, time_budget=None,
-            options=None, progress=None, cancel=cancel,
+            targets=targets, request=linear, progress=None, cancel=cancel,
         )
+        sharpened = None
         details = dict(fine.report)
         details["warnings"] = list(details.get("warnings", [])) + [
             f"non-integer ratio {ratio:.4g}: upsampled x{step} with {details['method']}, then resampled linearly"
@@ -534,10 +501,11 @@ def upsample_slices(
         for key in ("task", "operation", "axis", "seconds", "factor", "spacing_before", "spacing_after"):
             details.pop(key, None)
     else:
-        restored, details = _run(
+        request = _Request(method=method, model=model, device=device, seed=seed, options=method_options,
+                           budget=budget, thickness=slice_thickness)
+        restored, details, sharpened = _run(
             volume, axis=axis_index, good_index=np.arange(count), positions=positions, targets=targets,
-            method=method, model=model, device=device, seed=seed, time_budget=time_budget,
-            options=method_options, progress=progress, cancel=cancel,
+            request=request, progress=progress, cancel=cancel,
         )
     check_cancel(cancel)
     shape = list(volume.array.shape)
@@ -546,7 +514,7 @@ def upsample_slices(
     out_stack = np.moveaxis(out, axis_index, 0)
     in_stack = np.moveaxis(volume.array, axis_index, 0)
     for j, i in original_at.items():
-        out_stack[j] = in_stack[i]
+        out_stack[j] = in_stack[i] if sharpened is None else sharpened[i]  # deblurred: thick slices, selfsup
     target_index = targets.astype(int)
     if len(target_index):
         out_stack[target_index] = restored
@@ -559,7 +527,10 @@ def upsample_slices(
     details["slices_before"] = count
     details["slices_after"] = n_new
     report(progress, 1.0, "done")
-    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, [])
+    notes = [] if sharpened is None else [
+        "the acquired slices were rewritten deblurred (thick slices: estimated slice profile "
+        f"{details['slice_profile']['fwhm_mm']:g} mm); slice_thickness=None keeps them bit for bit"]
+    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
     return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
 
 
