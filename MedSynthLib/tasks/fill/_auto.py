@@ -185,7 +185,8 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
     summary = details["selfsup"]
     if requested == "auto" and summary["stopped_early"] and summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB:
         fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
-                                         f"with {summary['held_out_gain_db']:+.2f} dB over linear on held-out pairs")
+                                         f"with {summary['held_out_gain_db']:+.2f} dB over its base (linear, B-spline on thick "
+                                         "slices) on held-out pairs")
         job.budget.cut(f"selfsup result dropped: handed over to {fallback}")
         acquired.pop("slices", None)
         details["method_reason"] = f"{details.get('method_reason', '')}; then {why}"

@@ -57,11 +57,14 @@ def _resampled_rows(images: np.ndarray, step: float) -> np.ndarray:
     return np.moveaxis(rows, 1, 2).reshape(-1, len(positions))
 
 
-def _noise_power(images: np.ndarray, length: int) -> float:
-    """White-noise power per bin of a Hann-windowed segment, from in-plane neighbour differences (MAD)."""
-    diff = np.diff(images, axis=2).ravel()
-    sigma = 1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0)
-    return float(sigma ** 2 * np.sum(np.hanning(length) ** 2))
+def _noise_power(images: np.ndarray, length: int, rng: np.random.Generator) -> float:
+    """White-noise power per bin of a Hann-windowed segment of ``length``, from the floor of the in-plane
+    spectrum at full resolution (its top eighth of frequencies, where anatomy has little power left)."""
+    lines = _foreground_lines(np.moveaxis(images, 1, 2).reshape(-1, images.shape[1]))
+    full = min(_SEGMENT, lines.shape[1] - lines.shape[1] % 2)
+    spectrum = _spectrum(_segments(lines, full, rng))
+    sigma2 = float(np.mean(spectrum[-max(1, len(spectrum) // 8):])) / float(np.sum(np.hanning(full) ** 2))
+    return sigma2 * float(np.sum(np.hanning(length) ** 2))
 
 
 def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spacings: tuple[float, float],
@@ -89,7 +92,11 @@ def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spa
     usable = [axis for axis, d in enumerate(pixel_spacings) if d * 1.5 < slice_spacing]
     if n < 12 or not usable:
         return None
-    length = min(_SEGMENT, n - n % 2)
+    rows = [int(np.ceil((stack.shape[1 + axis] - 1) / (slice_spacing / pixel_spacings[axis]))) for axis in usable]
+    length = min([_SEGMENT, n] + rows)
+    length -= length % 2
+    if length < 12:
+        return None
     rng = np.random.default_rng(seed)
     stack = np.asarray(stack, np.float32)
     through = _foreground_lines(stack.reshape(n, -1).T)
@@ -101,7 +108,7 @@ def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spa
     for axis in usable:
         images = stack[picks] if axis == 0 else np.swapaxes(stack[picks], 1, 2)
         pixel = pixel_spacings[axis]
-        noise = _noise_power(images, length)
+        noise = _noise_power(images, length, rng)
         for c, share in enumerate(CANDIDATES):
             sigma = share * slice_spacing / 2.355 / pixel
             blurred = ndimage.gaussian_filter1d(images, sigma, axis=1, mode="nearest") if sigma > 0.05 else images

@@ -49,7 +49,7 @@ from ...engine import EngineReport, describe_device, native_bfloat16, run_slices
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback, check_cancel, subrange
 from ._interp import FillPlan
-from ._selfsup_data import MAX_COARSE_RATIO, SMORE_MIN_RATIO, PatchSampler, distance_map, interp_rows, pad16
+from ._selfsup_data import MAX_COARSE_RATIO, SMORE_MIN_RATIO, PatchSampler, distance_map, interp_rows, pad16, spline_rows
 from ._selfsup_train import train
 
 # the names the tests and older callers use
@@ -230,8 +230,9 @@ def _network(features) -> torch.nn.Module:
     return network
 
 
-def _output_grid(good: np.ndarray, plan: FillPlan) -> tuple[np.ndarray, np.ndarray]:
-    """The output grid (good slices at their positions, linear interpolation in the gaps) and its keep mask."""
+def _output_grid(good: np.ndarray, plan: FillPlan, *, spline: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The output grid (good slices at their positions, linear interpolation in the gaps; ``spline``: cubic
+    B-spline through the good slices on every row, as the thick-slice training inputs) and its keep mask."""
     length = int(round(plan.positions[-1])) + 1
     grid = np.empty((length,) + good.shape[1:], np.float32)
     keep = np.zeros(length, bool)
@@ -239,6 +240,8 @@ def _output_grid(good: np.ndarray, plan: FillPlan) -> tuple[np.ndarray, np.ndarr
     grid[keep] = good
     t = plan.t[:, None, None].astype(np.float32)
     grid[np.round(plan.targets).astype(int)] = (1 - t) * good[plan.lower] + t * good[plan.lower + 1]
+    if spline:
+        grid = spline_rows(grid, np.flatnonzero(keep))
     return grid, keep
 
 
@@ -247,6 +250,7 @@ def _inference_seconds_once(network, grid: np.ndarray, device: torch.device) -> 
     rows = min(grid.shape[0], 64)
     planes = np.moveaxis(grid[:rows], 2, 0)[:8]
     inputs = pad16(np.stack([planes, np.zeros_like(planes)], axis=1))
+    run_slices(network, inputs[:1], device=device, batch_size=1, amp=False)  # first calls pay one-time set-up
     start = time.perf_counter()
     run_slices(network, inputs, device=device, batch_size=8, amp=False)
     return (time.perf_counter() - start) / inputs[:, 0].size
@@ -265,9 +269,11 @@ def _fit_budget(cfg: dict, network, grid: np.ndarray, good: np.ndarray, plan: Fi
         return None
     once = _inference_voxels(good, plan, cfg["margin"]) * _inference_seconds_once(network, grid, device)
     left = budget.remaining()
-    if cfg["flips"] == "auto":
-        cfg["flips"] = max(n for n in FLIP_VARIANTS if n == 1 or (n - 1) * once <= FLIP_SHARE * (left - n * once))
-    reserve = 1.0 + 0.05 * left + int(cfg["flips"]) * once * 1.2  # inference, and 20 % slack for it
+    if cfg["flips"] == "auto":  # extra variants only where the planned steps likely fit (steps gain more)
+        roomy = left - once > 2.0 * cfg["steps"] * _CPU_STEP_S[cfg["precision"]]
+        cfg["flips"] = max(n for n in FLIP_VARIANTS
+                           if n == 1 or (roomy and (n - 1) * once <= FLIP_SHARE * (left - n * once)))
+    reserve = 1.0 + 0.05 * left + int(cfg["flips"]) * once * 1.5  # inference, and 50 % slack for it
     return time.monotonic() + max(0.0, left - reserve)
 
 
@@ -352,7 +358,7 @@ def selfsup_fill(
     cfg = training_plan(target_device, settings)
     deblur = bool(cfg.get("deblur", True)) and profile is not None and acquired is not None
     cfg["grid_ratio"] = tuple(float(r) for r in grid_ratio)
-    grid, keep = _output_grid(good, plan)
+    grid, keep = _output_grid(good, plan, spline=profile is not None)
     start = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)

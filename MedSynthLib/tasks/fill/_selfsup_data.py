@@ -8,7 +8,8 @@ degradation are modelled:
   interpolated, the rows kept stay as they are;
 * thick slices (SMORE-style, ``profile`` given): every acquired slice is an average over a slice
   profile (a Gaussian of the estimated FWHM). The input strip is the in-plane image blurred by that
-  profile, sampled at the kept rows and interpolated; the target is the sharp strip on every row,
+  profile, sampled at the kept rows and interpolated with a cubic B-spline (an untrained network is
+  then B-spline resampling, a strong peer on blurred slices); the target is the sharp strip on every row,
   so the network learns to undo the profile and, with ``deblur``, to sharpen the acquired rows too.
 
 Strips are taken at the output grid's step (``grid_ratio`` in-plane pixels per output row); an
@@ -18,11 +19,12 @@ one) teaches nothing about it and is not used for training.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
 
-__all__ = ["SMORE_MIN_RATIO", "PatchSampler", "distance_map", "interp_rows", "pad16"]
+__all__ = ["SMORE_MIN_RATIO", "PatchSampler", "distance_map", "interp_rows", "spline_rows", "pad16"]
 
 #: Above this ratio of the output grid's step to an in-plane pixel, training strips are resampled to
 #: the grid step with a slice profile (thick slices); below it, in-plane rows are used as they are.
@@ -85,6 +87,32 @@ def interp_rows(image: np.ndarray, kept_rows: np.ndarray) -> np.ndarray:
     return (1 - t) * image[lo] + t * image[hi]
 
 
+@lru_cache(maxsize=64)
+def _spline_matrix(kept: tuple, length: int) -> np.ndarray:
+    """(length, len(kept)) weights of cubic B-spline interpolation (prefiltered, mirrored ends) of rows on a
+    regular grid of kept rows onto every row 0 .. length - 1; None-equivalent (empty) when not regular."""
+    from scipy import ndimage
+
+    kept_rows = np.asarray(kept, float)
+    steps = np.diff(kept_rows)
+    if len(kept_rows) < 4 or np.ptp(steps) > 1e-9:
+        return np.zeros((0, 0), np.float32)
+    coords = (np.arange(length) - kept_rows[0]) / steps[0]
+    basis = np.eye(len(kept_rows))
+    return np.stack([ndimage.map_coordinates(b, [coords], order=3, mode="mirror") for b in basis], axis=1).astype(np.float32)
+
+
+def spline_rows(image: np.ndarray, kept_rows: np.ndarray) -> np.ndarray:
+    """Like :func:`interp_rows` but cubic B-spline interpolation (the SimpleITK ``sitkBSpline`` kind) where the
+    kept rows are regular and at least 4; linear otherwise. Used as the base on thick slices: a network
+    that has not learned anything yet is then as good as B-spline resampling."""
+    weights = _spline_matrix(tuple(int(r) for r in kept_rows), int(image.shape[0]))
+    if weights.size == 0:
+        return interp_rows(image, kept_rows)
+    kept = image[kept_rows].reshape(len(kept_rows), -1)
+    return (weights @ kept).reshape(image.shape).astype(np.float32)
+
+
 def _blur(image: np.ndarray, fwhm: float) -> np.ndarray:
     from scipy import ndimage
 
@@ -118,6 +146,7 @@ class PatchSampler:
         else:  # what the acquired thick slices saw: the sharp data under the slice profile
             self.inputs = [_blur(image, float(profile[i])) for image, i in zip(self.images, usable)]
         self.deblur = bool(deblur and profile is not None)
+        self.base = interp_rows if profile is None else spline_rows  # thick slices: B-spline base
         keep = training_pattern(keep)
         self.keep = keep
         self.distance = distance_map(keep)
@@ -187,7 +216,7 @@ class PatchSampler:
                 strip, seen = strip[::-1], seen[::-1]
             if rng.random() < 0.5:
                 strip, seen = strip[:, ::-1], seen[:, ::-1]
-            inputs[b, 0] = interp_rows(seen, local_kept)
+            inputs[b, 0] = self.base(seen, local_kept)
             target[b, 0] = strip
         rows = np.ones(height, bool) if self.deblur else ~self.keep[start:stop]
         if height % 16:  # short grids: pad as inference does; padded rows carry no loss

@@ -6,7 +6,8 @@ another job held the cores). So with a deadline the loop measures its own step t
 steps planned will not fit, shortens the schedule (the learning rate anneals over the steps that do
 fit instead of stopping at a high rate) and stops at the deadline. Every ``VALIDATE_EVERY`` steps the
 network is scored on a fixed held-out set of training pairs; the best state is what is returned, and
-the held-out score of plain linear interpolation (the network's starting point) is reported beside it,
+the held-out score of the base interpolation (linear, or cubic B-spline on thick slices: the network's
+starting point) is reported beside it,
 so a caller can see whether training gained anything and hand over to another method when it did not.
 
 Without a deadline the loop is the deterministic, fixed-step schedule it always was.
@@ -65,7 +66,7 @@ def _held_out(sampler: PatchSampler, cfg: dict, seed: int) -> list[tuple[torch.T
 
 
 def _score(network: Optional[torch.nn.Module], held_out, device: torch.device) -> float:
-    """Mean squared error on the held-out rows (``network`` None: linear interpolation alone)."""
+    """Mean squared error on the held-out rows (``network`` None: the base interpolation alone)."""
     total = 0.0
     with torch.no_grad():
         for x, y, rows in held_out:
@@ -160,6 +161,6 @@ def train(sampler: PatchSampler, network: torch.nn.Module, *, device: torch.devi
     return network, {
         "steps_planned": clock.planned, "steps": step, "best_step": best_step, "losses": losses,
         "stopped_early": step < clock.planned, "workers": workers,
-        "held_out_mse_linear": round(linear_score, 8), "held_out_mse": round(best_score, 8),
+        "held_out_mse_base": round(linear_score, 8), "held_out_mse": round(best_score, 8),
         "held_out_gain_db": round(gain, 3),
     }
