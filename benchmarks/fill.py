@@ -184,7 +184,7 @@ def bspline_peer(thick: Volume, axis: int, factor: int) -> np.ndarray:
 def thick_case(name: str, volume: Volume, mask: np.ndarray, quick: bool) -> tuple[Volume, np.ndarray, int]:
     """(truth volume, mask, slice axis) for the thick suite: a crop with --quick; lung1 along j."""
     axis = 1 if name == "lung1" else volume.slice_axis()
-    array, mask = volume.array, mask
+    array = volume.array
     if quick:
         cut = []
         for a, n in enumerate(array.shape):
@@ -237,8 +237,10 @@ def run_thick(args: argparse.Namespace, rows: list) -> None:
                         out = bspline_peer(thick, axis, factor)
                         ran = "SimpleITK sitkBSpline"
                     else:
+                        given = fwhm * truth.spacing_along(axis) if args.profile == "given" else "auto"
                         result = upsample_slices(thick, factor=factor, axis=axis, method=method, device=args.device,
-                                                 seed=args.seed, time_budget=args.time_budget if method == "auto" else None)
+                                                 seed=args.seed, slice_thickness=given,
+                                                 time_budget=args.time_budget if method == "auto" else None)
                         out, ran, details = result.volume.array, result.report["method"], result.report
                     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
                 got = np.moveaxis(out, axis, 0).astype(np.float64)
@@ -247,6 +249,7 @@ def run_thick(args: argparse.Namespace, rows: list) -> None:
                 structure = ssim(ref, got, mask=m, data_range=data_range, axis=0)
                 linear_psnr = value if method == "linear" else linear_psnr
                 row = {"suite": "thick", "volume": name, "scenario": kind, "method": method, "method_ran": ran,
+                       "profile": args.profile,
                        "slices": len(unacquired), "shape": list(truth.array.shape), "psnr_db": round(value, 3),
                        "ssim": round(structure, 4),
                        "psnr_vs_linear_db": None if linear_psnr is None else round(value - linear_psnr, 3),
@@ -346,6 +349,8 @@ def main(argv=None) -> int:
                         help="zeroed: slices removed between sharp ones (default); thick: slice-profile upsampling "
                              "with the SimpleITK B-spline peer; budget: 256^3 auto fills; all: the three")
     parser.add_argument("--time-budget", type=float, default=None, help="auto's budget in seconds (default: the library's)")
+    parser.add_argument("--profile", choices=("auto", "given"), default="auto",
+                        help="thick suite: slice profile estimated from the data (default) or given (as a header would)")
     parser.add_argument("--contend", type=int, default=0, help="budget suite: busy processes running alongside")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
     args = parser.parse_args(argv)
