@@ -13,6 +13,22 @@ Scenarios along the slice axis (the thickest; k on isotropic volumes):
   ``find_missing_slices`` and filled (method ``auto`` runs here too);
 * ``slab3``: three 3-slice slabs zeroed and filled at their fractional positions.
 
+Thick-slice scenarios (``--suite thick``; upsampling, the realistic acquisition): the reference is
+blurred along the slice axis by a Gaussian slice profile and every 2nd / 4th slice is kept, giving a
+thick volume whose unacquired slices have a truth:
+
+* ``thick2`` / ``thick4``: profile FWHM = slice thickness = 2 / 4 reference slices;
+* ``gap4``: every 4th slice kept, FWHM = 3 reference slices (a slice gap of a quarter of the spacing).
+
+lung1 (5 mm CT slices, no truth at 2.5 mm) is made thick along an in-plane axis (j, 0.57 mm) instead.
+Beside MedSynth's methods, a peer row: SimpleITK cubic B-spline resampling (``sitk.Resample`` with
+``sitkBSpline`` onto the thin grid). PSNR/SSIM on the unacquired slices. ``auto`` runs at the time
+budget given by ``--time-budget`` (default: the library's).
+
+Budget scenario (``--suite budget``): the MNI template zero-padded to 256^3, 3 and 10 isolated slices
+zeroed, found and filled by ``auto`` (default budget), optionally while ``--contend N`` busy processes
+keep N cores loaded (started and stopped by the benchmark).
+
 Metrics on the restored slices only: PSNR over the foreground with data range
 max - min of the reference volume; 2D SSIM averaged over the restored slices
 (same mask); wall seconds and process CPU seconds (all threads; on a shared,
@@ -28,6 +44,8 @@ Usage::
     python benchmarks/fill.py --quick                # x2 and single on MNI, no slab/x4
     python benchmarks/fill.py --volumes mni --methods linear,flow --scenarios x2,x4
     python benchmarks/fill.py --volumes robex,lung1 --scenarios x2 --methods linear,model [--model PKG.json]
+    python benchmarks/fill.py --suite thick --quick  # thick-slice scenarios on crops, B-spline peer
+    python benchmarks/fill.py --suite budget --contend 2
 """
 
 from __future__ import annotations
@@ -48,7 +66,7 @@ sys.path.insert(0, str(REPO))
 
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
-from MedSynthLib.tasks.fill import fill_slices, find_missing_slices  # noqa: E402
+from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, upsample_slices  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -58,6 +76,11 @@ VOLUMES = {
     "lung1": ("lung1_CT_pyradiomics.nii.gz", None),
 }
 SCENARIOS = ("x2", "x4", "single", "slab3")
+#: thick-slice scenarios: (factor, profile FWHM in reference slices)
+THICK = {"thick2": (2, 2.0), "thick4": (4, 4.0), "gap4": (4, 3.0)}
+THICK_METHODS = ("linear", "cubic", "flow", "model", "auto", "bspline")
+#: crops of --quick (thick suite): slices along the slice axis, in-plane size
+QUICK_CROP = {"slices": 65, "in_plane": 160}
 METHODS = ("linear", "cubic", "flow", "selfsup")
 
 
@@ -133,12 +156,177 @@ def save(rows: list, args: argparse.Namespace) -> Path:
     if out.exists():  # keep rows of other volumes/scenarios/methods from earlier runs
         try:
             old = json.loads(out.read_text())
-            keys = {(r["volume"], r["scenario"], r["method"]) for r in rows}
-            result["rows"] = [r for r in old.get("rows", []) if (r["volume"], r["scenario"], r["method"]) not in keys] + rows
+            keys = {(r.get("suite", "zeroed"), r["volume"], r["scenario"], r["method"]) for r in rows}
+            result["rows"] = [r for r in old.get("rows", [])
+                              if (r.get("suite", "zeroed"), r["volume"], r["scenario"], r["method"]) not in keys] + rows
         except (OSError, ValueError, KeyError):
             pass
     out.write_text(json.dumps(result, indent=2) + "\n")
     return out
+
+
+def bspline_peer(thick: Volume, axis: int, factor: int) -> np.ndarray:
+    """SimpleITK cubic B-spline resampling of ``thick`` onto the grid ``upsample_slices`` makes (index space)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(thick.array.astype(np.float32))
+    spacing = [1.0, 1.0, 1.0]
+    image.SetSpacing(spacing)
+    size = list(image.GetSize())  # (i, j, k): array axis a is sitk axis 2 - a
+    size[2 - axis] = (size[2 - axis] - 1) * factor + 1
+    fine = list(spacing)
+    fine[2 - axis] = 1.0 / factor
+    out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkBSpline, image.GetOrigin(), fine,
+                        image.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def thick_case(name: str, volume: Volume, mask: np.ndarray, quick: bool) -> tuple[Volume, np.ndarray, int]:
+    """(truth volume, mask, slice axis) for the thick suite: a crop with --quick; lung1 along j."""
+    axis = 1 if name == "lung1" else volume.slice_axis()
+    array = volume.array
+    if quick:
+        cut = []
+        for a, n in enumerate(array.shape):
+            keep = QUICK_CROP["slices"] if a == axis else QUICK_CROP["in_plane"]
+            if name == "lung1" and a == 0:
+                keep = n  # the 5 mm axis stays whole
+            start = max(0, (n - keep) // 2)
+            cut.append(slice(start, start + min(keep, n)))
+        array, mask = array[tuple(cut)], mask[tuple(cut)]
+    n = array.shape[axis]
+    usable = (n - 1) // 4 * 4 + 1  # the same truth slices for x2 and x4
+    array = np.take(array, np.arange(usable), axis=axis)
+    mask = np.take(mask, np.arange(usable), axis=axis)
+    return Volume(np.ascontiguousarray(array), volume.ijk_to_ras), np.ascontiguousarray(mask), axis
+
+
+def make_thick(truth: Volume, axis: int, factor: int, fwhm: float) -> Volume:
+    """Blur along ``axis`` by a Gaussian of ``fwhm`` slices, keep every ``factor``-th: the thick acquisition."""
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter1d(truth.array.astype(np.float32), fwhm / 2.355, axis=axis, mode="nearest")
+    kept = np.take(blurred, np.arange(0, truth.array.shape[axis], factor), axis=axis)
+    if np.issubdtype(truth.array.dtype, np.integer):
+        kept = np.round(kept)
+    matrix = truth.ijk_to_ras.copy()
+    matrix[:3, 2 - axis] *= factor
+    return Volume(kept.astype(truth.array.dtype), matrix)
+
+
+def run_thick(args: argparse.Namespace, rows: list) -> None:
+    """The thick-slice suite: every method and the B-spline peer on the same thick volumes."""
+    methods = [m for m in args.methods.split(",")] if args.methods_given else list(THICK_METHODS)
+    scenarios = [s for s in args.scenarios.split(",") if s in THICK] if args.scenarios_given else list(THICK)
+    for volume_name in args.volumes.split(","):
+        name, full, full_mask = load(volume_name)
+        truth, mask, axis = thick_case(name, full, full_mask, args.quick)
+        data_range = float(full.array.max() - full.array.min())
+        reference = np.moveaxis(truth.array, axis, 0).astype(np.float64)
+        fg = np.moveaxis(mask, axis, 0)
+        for kind in scenarios:
+            factor, fwhm = THICK[kind]
+            thick = make_thick(truth, axis, factor, fwhm)
+            unacquired = [j for j in range(reference.shape[0]) if j % factor]
+            linear_psnr = None
+            for method in methods:
+                details: dict = {}
+                with PeakMemory() as memory:
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    if method == "bspline":
+                        out = bspline_peer(thick, axis, factor)
+                        ran = "SimpleITK sitkBSpline"
+                    else:
+                        given = fwhm * truth.spacing_along(axis) if args.profile == "given" else "auto"
+                        result = upsample_slices(thick, factor=factor, axis=axis, method=method, device=args.device,
+                                                 seed=args.seed, slice_thickness=given,
+                                                 time_budget=args.time_budget if method == "auto" else None)
+                        out, ran, details = result.volume.array, result.report["method"], result.report
+                    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+                got = np.moveaxis(out, axis, 0).astype(np.float64)
+                ref, got, m = reference[unacquired], got[unacquired], fg[unacquired]
+                value = psnr(ref, got, mask=m, data_range=data_range)
+                structure = ssim(ref, got, mask=m, data_range=data_range, axis=0)
+                linear_psnr = value if method == "linear" else linear_psnr
+                row = {"suite": "thick", "volume": name, "scenario": kind, "method": method, "method_ran": ran,
+                       "profile": args.profile,
+                       "slices": len(unacquired), "shape": list(truth.array.shape), "psnr_db": round(value, 3),
+                       "ssim": round(structure, 4),
+                       "psnr_vs_linear_db": None if linear_psnr is None else round(value - linear_psnr, 3),
+                       "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
+                       "peak_memory_mib": round(memory.peak, 1)}
+                for key in ("slice_profile", "time_budget", "threads"):
+                    if key in details:
+                        row[key] = details[key]
+                if "selfsup" in details:
+                    row["selfsup"] = {k: details["selfsup"][k] for k in (
+                        "steps", "steps_planned", "held_out_gain_db", "train_seconds", "inference_seconds",
+                        "deblurred_acquired")}
+                rows.append(row)
+                save(rows, args)
+                print_row(row)
+
+
+def print_row(row: dict) -> None:
+    gain = "" if row.get("psnr_vs_linear_db") is None else f"{row['psnr_vs_linear_db']:+.2f}"
+    print(f"{row['volume']:<8} {row['scenario']:<8} {row['method']:<8} {str(row['method_ran'])[:8]:<8} "
+          f"{row['psnr_db']:8.2f} {gain:>7} {row['ssim']:6.3f} {row['seconds']:7.1f} {row['cpu_seconds']:7.1f} "
+          f"{row['peak_memory_mib']:6.0f}", flush=True)
+
+
+def _busy(stop_after: float) -> None:  # pragma: no cover - runs in a child process
+    end = time.monotonic() + stop_after
+    while time.monotonic() < end:
+        sum(i * i for i in range(10000))
+
+
+def run_budget(args: argparse.Namespace, rows: list) -> None:
+    """3 and 10 isolated zeroed slices of the MNI template padded to 256^3, filled by auto (default budget)."""
+    import multiprocessing
+
+    _, volume, mask = load("mni")
+    pad = [((256 - n) // 2, 256 - n - (256 - n) // 2) for n in volume.array.shape]
+    array = np.pad(volume.array, pad, mode="constant", constant_values=int(volume.array.min()))
+    mask = np.pad(mask, pad, mode="constant")
+    big = Volume(array, volume.ijk_to_ras)
+    data_range = float(array.max() - array.min())
+    for count in (3, 10):
+        slices = [int(round(p)) for p in np.linspace(0.3 * 256, 0.7 * 256, count)]
+        damaged = array.copy()
+        damaged[slices] = array.min()
+        source = big.with_array(damaged)
+        busy = [multiprocessing.Process(target=_busy, args=(300.0,), daemon=True) for _ in range(args.contend)]
+        for process in busy:
+            process.start()
+        try:
+            for method in ("linear", "auto"):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                found = sorted(i for i, _ in find_missing_slices(source, axis=0))
+                result = fill_slices(source, slices=found, axis=0, method=method, device=args.device, seed=args.seed,
+                                     time_budget=args.time_budget if method == "auto" else None)
+                seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+                ref, got = array[slices].astype(np.float64), result.volume.array[slices].astype(np.float64)
+                value = psnr(ref, got, mask=mask[slices], data_range=data_range)
+                row = {"suite": "budget", "volume": "mni_pad256", "scenario": f"single{count}", "method": method,
+                       "method_ran": result.report["method"], "contending_processes": args.contend,
+                       "detected_exactly": found == slices, "psnr_db": round(value, 3),
+                       "ssim": round(ssim(ref, got, mask=mask[slices], data_range=data_range, axis=0), 4),
+                       "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_memory_mib": 0.0,
+                       "method_reason": result.report["method_reason"],
+                       "time_budget": result.report.get("time_budget"), "threads": result.report.get("threads")}
+                if method == "linear":
+                    linear_psnr = value
+                row["psnr_vs_linear_db"] = round(value - linear_psnr, 3)
+                if "selfsup" in result.report:
+                    row["selfsup"] = {k: result.report["selfsup"][k] for k in (
+                        "steps", "steps_planned", "held_out_gain_db", "train_seconds", "inference_seconds")}
+                rows.append(row)
+                save(rows, args)
+                print_row(row)
+        finally:
+            for process in busy:  # only the processes started here, by their handles
+                process.terminate()
+                process.join()
 
 
 def main(argv=None) -> int:
@@ -157,8 +345,29 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None,
                         help="fill package for the 'model' method (default: the bundled fill_default)")
     parser.add_argument("--no-auto", action="store_true", help="skip the auto row of the single scenario")
+    parser.add_argument("--suite", choices=("zeroed", "thick", "budget", "all"), default="zeroed",
+                        help="zeroed: slices removed between sharp ones (default); thick: slice-profile upsampling "
+                             "with the SimpleITK B-spline peer; budget: 256^3 auto fills; all: the three")
+    parser.add_argument("--time-budget", type=float, default=None, help="auto's budget in seconds (default: the library's)")
+    parser.add_argument("--profile", choices=("auto", "given"), default="auto",
+                        help="thick suite: slice profile estimated from the data (default) or given (as a header would)")
+    parser.add_argument("--contend", type=int, default=0, help="budget suite: busy processes running alongside")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
     args = parser.parse_args(argv)
+    args.methods_given = "--methods" in " ".join(argv if argv is not None else sys.argv)
+    args.scenarios_given = "--scenarios" in " ".join(argv if argv is not None else sys.argv)
+    rows: list = []
+    header = f"{'volume':<8} {'scenario':<8} {'method':<8} {'ran':<8} {'PSNR dB':>8} {'vs lin':>7} {'SSIM':>6} {'s':>7} {'cpu s':>7} {'MiB':>6}"
+    if args.suite in ("thick", "budget", "all"):
+        print(header)
+        print("-" * len(header))
+        if args.suite in ("thick", "all"):
+            run_thick(args, rows)
+        if args.suite in ("budget", "all"):
+            run_budget(args, rows)
+        if args.suite != "all":
+            print(f"wrote {save(rows, args)}")
+            return 0
     volumes = ["mni"] if args.quick else args.volumes.split(",")
     scenarios = ["x2", "single"] if args.quick else args.scenarios.split(",")
     methods = args.methods.split(",")

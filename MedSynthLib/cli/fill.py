@@ -121,12 +121,16 @@ def _add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="linear/cubic: instant baselines; flow: registration, seconds; selfsup: trains a small "
                              "network on this volume, best quality, minutes on a CPU; model: a trained package; "
-                             "auto: selfsup when it fits the time budget on this device, else flow (default: auto)")
+                             "auto: selfsup when enough training fits the time budget at the current load (SMORE-style on "
+                             "thick slices), else the bundled model, flow or cubic (default: auto)")
     parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of selfsup training (default: 0)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="seconds auto may spend (default: 180 on a CPU)")
+                        help="seconds the task may spend, checked on the clock while it runs: selfsup fits its "
+                             "training to it and stops with its best result so far (default for auto: 30 s + 1.5 s "
+                             "per synthesised slice on a CPU, at most 180; other methods: no limit); the report "
+                             "gives the budget, the time spent and what was cut")
     add_output_args(parser)
 
 

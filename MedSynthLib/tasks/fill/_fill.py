@@ -27,13 +27,13 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from ...budget import TimeBudget
 from ...checks import check_result
 from ...errors import InputError
-from ...intensity import restore_dtype, robust_scale
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import AXIS_NAMES, Volume, array_axis, validate_volume
-from ...network_inputs.fill import FILL_PERCENTILES
-from ._interp import FillPlan, cubic_fill, linear_fill, make_plan
+from ._auto import METHODS
+from ._job import Request as _Request, report_of as _report, run as _run, start_budget as _start_budget
 
 __all__ = [
     "METHODS",
@@ -45,17 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
-METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
-
-#: ``auto`` does not use selfsup when the output slice grid is this many times coarser than the in-plane
-#: pixels: rows removed in-plane then do not resemble the missing thick slices (measured on lung1 CT).
-MAX_SELFSUP_ANISOTROPY = 1.5
-
-#: Default time budget (seconds) of ``auto`` on a CPU.
-AUTO_CPU_BUDGET_S = 180.0
-
 
 @dataclass(frozen=True)
 class FillResult:
@@ -143,179 +132,6 @@ def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-# ---- the shared engine ---------------------------------------------------------------------
-
-
-def _resolve_method(
-    method: str,
-    *,
-    good: np.ndarray,
-    plan: FillPlan,
-    model,
-    device: str,
-    time_budget: Optional[float],
-    options: Optional[dict] = None,
-    anisotropy: float = 1.0,
-) -> tuple[str, str]:
-    """(method to run, why) for ``method``; ``auto`` decides by device, size and budget."""
-    name = str(method).lower()
-    if name not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if name == "model" and model is None and _bundled_model() is None:
-        raise InputError("method 'model' needs a model package (--model PACKAGE.json); no bundled fill model is installed")
-    if model is not None and name not in ("model", "auto"):
-        raise InputError(f"a model package was given but method is {name!r}; use method 'model' or 'auto'")
-    if name != "auto":
-        return name, "requested"
-    if model is not None:
-        return "model", "a model package was given"
-    from ...engine import select_device
-    from . import _selfsup
-
-    target = select_device(device)
-    budget = time_budget if time_budget is not None else (AUTO_CPU_BUDGET_S if target.type == "cpu" else 600.0)
-    if not _selfsup.can_train(good, plan):
-        return _fast_method(plan, anisotropy, "too few or too small slices to train selfsup")
-    if anisotropy > MAX_SELFSUP_ANISOTROPY:
-        return "flow", (
-            f"the slice grid is {anisotropy:.1f}x coarser than the in-plane pixels: flow is as good in seconds "
-            "(lung1 CT, 5 mm slices: thick-slice selfsup +1.6 dB at x2 and +1.3 dB on single slices in minutes, "
-            "flow +1.5 and +2.0 dB)"
-        )
-    estimate = _selfsup.estimate_seconds(good, plan, device=target, settings=options)
-    if estimate <= budget:
-        return "selfsup", f"selfsup estimated at {estimate:.0f} s on {target}, within the {budget:.0f} s budget"
-    return _fast_method(plan, anisotropy, f"selfsup estimated at {estimate:.0f} s on {target}, over the {budget:.0f} s budget")
-
-
-def _bundled_model():
-    """The shipped ``fill_default`` package's path, or None where it is not installed."""
-    from ...models import bundled_package
-
-    return bundled_package("fill")
-
-
-def _fast_method(plan: FillPlan, anisotropy: float, why: str) -> tuple[str, str]:
-    """What ``auto`` runs when selfsup does not: the bundled model on thin slices with integer gaps, else flow.
-
-    The bundled ``fill_default`` (never trained on ROBEX) beat flow on ROBEX in every scenario (x2 +0.61
-    against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
-    under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
-    """
-    from ...models.package import read_package_info
-
-    path = _bundled_model()
-    if anisotropy <= MAX_SELFSUP_ANISOTROPY and plan.integral and path is not None:
-        trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
-        widest = float(np.max(plan.gaps))
-        if widest <= float(trained.get("max_gap", 4)):  # gaps it was trained on, no wider
-            return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
-    return "flow", f"{why}; flow needs no training"
-
-
-def _synthesise(
-    good: np.ndarray,
-    plan: FillPlan,
-    *,
-    method: str,
-    model,
-    device: str,
-    seed: int,
-    options: Optional[dict],
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-    details: dict,
-    grid_ratio: tuple[float, float] = (1.0, 1.0),
-) -> np.ndarray:
-    """Answer ``plan`` from the normalised ``good`` slices (G, H, W) with ``method``; (Q, H, W) float32."""
-    if method == "linear":
-        return linear_fill(good, plan)
-    if method == "cubic":
-        return cubic_fill(good, plan)
-    if method == "flow":
-        from ._flow import flow_fill
-
-        return flow_fill(good, plan, device=device, settings=options, progress=progress, cancel=cancel, details=details)
-    if method == "selfsup":
-        from ._selfsup import selfsup_fill
-
-        return selfsup_fill(
-            good, plan, device=device, seed=seed, settings=options, progress=progress, cancel=cancel, details=details,
-            grid_ratio=grid_ratio,
-        )
-    if method == "model":
-        from ._model import model_fill
-
-        return model_fill(good, plan, model=model, device=device, seed=seed, settings=options, progress=progress,
-                          cancel=cancel, details=details)
-    raise InputError(f"unknown fill method {method!r}")  # pragma: no cover - _resolve_method checks first
-
-
-def _run(
-    volume: Volume,
-    *,
-    axis: int,
-    good_index: np.ndarray,
-    positions: np.ndarray,
-    targets: np.ndarray,
-    method: str,
-    model,
-    device: str,
-    seed: int,
-    time_budget: Optional[float],
-    options: Optional[dict],
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-) -> tuple[np.ndarray, dict]:
-    """Synthesised slices (Q, H, W) in the input's dtype, and the report details."""
-    check_cancel(cancel)
-    stack = np.moveaxis(volume.array, axis, 0)
-    good_raw = stack[good_index]
-    scale = robust_scale(good_raw, percentiles=FILL_PERCENTILES)
-    good = scale.forward(good_raw)
-    plan = make_plan(positions, targets)
-    # Output-grid step along the axis (upsampling refines it) against the finest in-plane spacing.
-    span = float(good_index[-1] - good_index[0]) / float(positions[-1] - positions[0]) if len(good_index) > 1 else 1.0
-    in_plane = min(volume.spacing_along(a) for a in range(3) if a != axis)
-    step_mm = volume.spacing_along(axis) * span
-    anisotropy = step_mm / in_plane
-    # the grid step in pixels of the stack's H and W axes (selfsup's thick-slice training pairs)
-    grid_ratio = tuple(step_mm / volume.spacing_along(a) for a in range(3) if a != axis)
-    chosen, why = _resolve_method(method, good=good, plan=plan, model=model, device=device, time_budget=time_budget,
-                                  options=(options or {}).get("selfsup"), anisotropy=anisotropy)
-    if chosen == "model" and model is None:  # method "model" without a package, or auto's pick on thin slices
-        model = _bundled_model()
-    details: dict = {"method": chosen, "method_requested": str(method).lower(), "method_reason": why}
-    report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
-    values = _synthesise(
-        good, plan, method=chosen, model=model, device=device, seed=seed,
-        options=(options or {}).get(chosen), progress=subrange(progress, 0.02, 0.98), cancel=cancel, details=details,
-        grid_ratio=grid_ratio,
-    )
-    check_cancel(cancel)
-    low, high = float(good_raw.min()), float(good_raw.max())
-    restored = restore_dtype(scale.inverse(values), volume.array.dtype, clip=(low, high))
-    details.setdefault("device", "cpu")
-    return restored, details
-
-
-def _report(operation: str, axis: int, slices: Sequence[int], details: dict, seconds: float, warnings: list) -> dict:
-    out = {
-        "task": "fill",
-        "operation": operation,
-        "method": details.pop("method"),
-        "method_requested": details.pop("method_requested"),
-        "method_reason": details.pop("method_reason"),
-        "device": details.pop("device"),
-        "axis": AXIS_NAMES[axis],
-        "slices": [int(s) for s in slices],
-        "seconds": round(seconds, 3),
-        "warnings": list(warnings) + list(details.pop("warnings", [])),
-    }
-    out.update(details)
-    return out
-
-
 # ---- public API ----------------------------------------------------------------------------
 
 
@@ -328,7 +144,7 @@ def fill_slices(
     model=None,
     device: str = "auto",
     seed: int = 0,
-    time_budget: Optional[float] = None,
+    time_budget: Union[float, TimeBudget, None] = None,
     method_options: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -346,19 +162,26 @@ def fill_slices(
         Slice axis (IJK name or array axis); ``None``/``"auto"`` is the axis
         with the largest spacing (k on an isotropic volume).
     method : str
-        One of :data:`METHODS`. ``auto`` uses ``model`` when given; else
-        ``flow`` when at most 10 % of the slices are missing (isolated gaps,
-        where flow measured best); else ``selfsup`` when its estimated time fits
-        ``time_budget`` on the chosen device, else ``flow``. The report says
-        which ran and why.
+        One of :data:`METHODS`. ``auto`` uses ``model`` when given; else ``selfsup``
+        when enough training steps fit ``time_budget`` at the load measured now
+        (and the slice grid is at most 1.5x coarser than the pixels); else the
+        bundled model on thin slices with small gaps, else ``flow``. selfsup cut
+        short by the budget without a held-out gain hands over to those. The
+        report says which ran and why.
     model : str, Path or LoadedModel, optional
         A fill model package (``method="model"``).
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     seed : int
         Seed of ``selfsup``'s training; CPU runs are deterministic for a seed.
-    time_budget : float, optional
-        Seconds ``auto`` may spend (default 180 on a CPU).
+    time_budget : float or TimeBudget, optional
+        Seconds the task may spend, checked on the clock while it runs: selfsup
+        fits its training steps to it and stops at it with its best network so
+        far. Default for ``auto``: 30 s + 1.5 s per synthesised slice on a CPU (at
+        most 180 s), 600 s on a GPU; other methods: no limit. The report's
+        ``time_budget`` gives the budget, the seconds spent and what was cut. CPU
+        threads follow the cores idle when the task starts (never more than
+        ``torch.get_num_threads()``); the report's ``threads`` says how many.
     method_options : dict, optional
         Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}`` or
         ``{"model": {"ddim_steps": 50}}`` for a diffusion package (see ``SELFSUP_DEFAULTS``,
@@ -387,6 +210,7 @@ def fill_slices(
     (2.0, (2,))
     """
     start = time.perf_counter()
+    budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)
     count = volume.array.shape[axis_index]
@@ -410,10 +234,10 @@ def fill_slices(
         )
     missing = set(values)
     good_index = np.array([s for s in range(count) if s not in missing])
-    restored, details = _run(
+    request = _Request(method=method, model=model, device=device, seed=seed, options=method_options, budget=budget)
+    restored, details, _ = _run(
         volume, axis=axis_index, good_index=good_index, positions=good_index.astype(np.float64),
-        targets=np.array(values, dtype=np.float64), method=method, model=model, device=device, seed=seed,
-        time_budget=time_budget, options=method_options, progress=progress, cancel=cancel,
+        targets=np.array(values, dtype=np.float64), request=request, progress=progress, cancel=cancel,
     )
     out = volume.array.copy()
     np.moveaxis(out, axis_index, 0)[values] = restored
@@ -434,8 +258,9 @@ def upsample_slices(
     model=None,
     device: str = "auto",
     seed: int = 0,
-    time_budget: Optional[float] = None,
+    time_budget: Union[float, TimeBudget, None] = None,
     method_options: Optional[dict] = None,
+    slice_thickness: Union[float, str, None] = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> FillResult:
@@ -461,6 +286,16 @@ def upsample_slices(
     axis, method, model, device, seed, time_budget, method_options, progress, cancel
         As in :func:`fill_slices`. ``selfsup`` with a non-integer ratio upsamples
         by the next integer factor and resamples that linearly to the target grid.
+    slice_thickness : float, "auto" or None
+        FWHM (mm) of the acquired slices' profile where the header says it;
+        ``"auto"`` (default) estimates it from the data (through-plane against
+        in-plane power spectra, ``_profile``); None treats the slices as sharp.
+        Thick slices (a profile at least half the slice spacing) make ``selfsup``
+        train SMORE-style: in-plane data blurred by the profile, learning to undo
+        it, and (``method_options={"selfsup": {"deblur": True}}``, the default)
+        rewrite the acquired slices deblurred too; the report's ``slice_profile``
+        and ``selfsup.deblurred_acquired`` say so. Otherwise original slices are
+        copied bit for bit.
 
     Returns
     -------
@@ -477,6 +312,7 @@ def upsample_slices(
     ([0.0, 0.5, 1.0, 1.5, 2.0], (1.0, 1.0, 2.0))
     """
     start = time.perf_counter()
+    budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)
     count = volume.array.shape[axis_index]
@@ -518,16 +354,17 @@ def upsample_slices(
         step = int(math.ceil(ratio - 1e-9))
         fine = upsample_slices(
             volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
-            time_budget=time_budget, method_options=method_options, progress=subrange(progress, 0.0, 0.95),
-            cancel=cancel,
+            time_budget=budget, method_options=method_options, slice_thickness=slice_thickness,
+            progress=subrange(progress, 0.0, 0.95), cancel=cancel,
         )
         fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
         fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (ratio / step)
-        restored, _ = _run(
+        linear = _Request(method="linear", model=None, device="cpu", seed=seed, options=None, budget=TimeBudget(None))
+        restored, _, _ = _run(
             fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
-            targets=targets, method="linear", model=None, device="cpu", seed=seed, time_budget=None,
-            options=None, progress=None, cancel=cancel,
+            targets=targets, request=linear, progress=None, cancel=cancel,
         )
+        sharpened = None
         details = dict(fine.report)
         details["warnings"] = list(details.get("warnings", [])) + [
             f"non-integer ratio {ratio:.4g}: upsampled x{step} with {details['method']}, then resampled linearly"
@@ -536,10 +373,11 @@ def upsample_slices(
         for key in ("task", "operation", "axis", "seconds", "factor", "spacing_before", "spacing_after"):
             details.pop(key, None)
     else:
-        restored, details = _run(
+        request = _Request(method=method, model=model, device=device, seed=seed, options=method_options,
+                           budget=budget, thickness=slice_thickness)
+        restored, details, sharpened = _run(
             volume, axis=axis_index, good_index=np.arange(count), positions=positions, targets=targets,
-            method=method, model=model, device=device, seed=seed, time_budget=time_budget,
-            options=method_options, progress=progress, cancel=cancel,
+            request=request, progress=progress, cancel=cancel,
         )
     check_cancel(cancel)
     shape = list(volume.array.shape)
@@ -548,7 +386,7 @@ def upsample_slices(
     out_stack = np.moveaxis(out, axis_index, 0)
     in_stack = np.moveaxis(volume.array, axis_index, 0)
     for j, i in original_at.items():
-        out_stack[j] = in_stack[i]
+        out_stack[j] = in_stack[i] if sharpened is None else sharpened[i]  # deblurred: thick slices, selfsup
     target_index = targets.astype(int)
     if len(target_index):
         out_stack[target_index] = restored
@@ -561,7 +399,10 @@ def upsample_slices(
     details["slices_before"] = count
     details["slices_after"] = n_new
     report(progress, 1.0, "done")
-    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, [])
+    notes = [] if sharpened is None else [
+        "the acquired slices were rewritten deblurred (thick slices: estimated slice profile "
+        f"{details['slice_profile']['fwhm_mm']:g} mm); slice_thickness=None keeps them bit for bit"]
+    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
     check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
     return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
 
