@@ -507,3 +507,13 @@ def test_time_budget_stops_selfsup_training_early_and_reports_it(noisy_head):
     assert torch.get_num_threads() >= 1
     with pytest.raises(InputError, match="time budget"):
         E.denoise(volume, method="nlm", time_budget=-1)
+
+
+def test_fusion_choice_with_a_risk_at_or_below_zero():
+    from MedSynthLib.tasks.enhance._sure import _fallback_choice
+
+    names = ["blind", "wiener", "observed"]
+    below = _fallback_choice([{"n": 10, "fused": -1.0, "single": [5.0, 3.0, 9.0]}], names)
+    assert below["fallback"] is None and "resolution" in below["why"]
+    negative = _fallback_choice([{"n": 10, "fused": -9.95, "single": [-10.0, 3.0, 9.0]}], names)
+    assert negative["fallback"] == "blind"  # not better than its best single component: that one is used
