@@ -546,3 +546,9 @@ def test_real_robex_whole_head_9_percent_auto_not_below_nlm(shared_data):
     assert score(auto.volume.array) > score(noisy) + 5
     weights = np.array(auto.report["parameters"]["fusion"]["weights_by_gradient_class"])
     assert np.all(weights >= 0)
+
+
+def test_refusal_names_the_second_noise_estimate_when_they_disagree():
+    _, volume = _head_with_loud_background()
+    with pytest.raises(InputError, match=r"second noise estimate is [0-9.]+: --method auto would use it"):
+        E.denoise(volume, method="nlm")
