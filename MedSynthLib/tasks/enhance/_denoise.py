@@ -161,9 +161,9 @@ def _run_checked(volume: Volume, data: np.ndarray, first: str, noise: NoiseEstim
         if not verdict["failed"]:
             return method, values, details, verdict, attempts
         if requested != "auto":
+            hint = context["noise_hint"] or "try --strength below 1 or a --mask of the tissue"
             raise InputError(f"denoise --method {method}: the result is implausible, nothing was written: "
-                             f"{verdict['failed'][0]} (noise sigma {noise.sigma:.4g}; try --strength below 1 "
-                             "or a --mask of the tissue)")
+                             f"{verdict['failed'][0]} (noise sigma {noise.sigma:.4g}; {hint})")
         attempts.append({"method": method, "failed": verdict["failed"], "measures": verdict["measures"]})
         method = AUTO_FALLBACKS.get(method)
     return "none", data, {}, {"failed": [], "measures": {}}, attempts
@@ -261,6 +261,9 @@ def denoise(
     context = {"strength": strength, "mask": boolean_mask, "model": model, "device": device, "seed": int(seed),
                "training_steps": training_steps, "threads": threads, "batch_size": batch_size, "budget": budget,
                "check_sigma": min(float(noise.sigma), estimate.conservative_sigma),
+               "noise_hint": None if estimate.agree else f"the second noise estimate is "
+               f"{estimate.conservative_sigma:.4g}: --method auto would use it, or try --strength "
+               f"{max(0.1, round(estimate.conservative_sigma / max(estimate.sigma, 1e-12), 1)):g}",
                "cancel": cancel, "engine_report": engine_report}
     data = volume.array.astype(np.float32)
     details: dict = {}

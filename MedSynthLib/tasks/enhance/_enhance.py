@@ -293,7 +293,7 @@ def correct_bias(
     field, details = n4_field(data + shift, fit_mask, spacing_kji=[volume.spacing_along(a) for a in range(3)],
                               shrink=int(shrink), iterations=[int(i) for i in iterations],
                               control_points=int(control_points), progress=progress, cancel=cancel)
-    corrected = (data.astype(np.float64) + shift) / field - shift
+    corrected = data / field if shift == 0 else (data.astype(np.float64) + shift) / field - shift
     output = _finish(volume, corrected, None, clip=False)
     field_volume = Volume(field, volume.ijk_to_ras.copy())
     seconds = time.perf_counter() - start

@@ -203,10 +203,14 @@ def _fallback_choice(risks: list, names: list) -> dict:
     best = int(np.argmin(single))
     summary = {"sure_mse": {"fused": round(fused, 10), **{name: round(v, 10) for name, v in zip(names, single)}},
                "best_single": names[best]}
-    if fused < (1.0 - FUSION_MIN_GAIN) * single[best]:
-        gain = 10 * math.log10(single[best] / fused) if fused > 0 else math.inf
-        return {"fallback": None, **summary,
-                "why": f"fusion's estimated risk is {gain:.2f} dB below its best single component ({names[best]})"}
+    if fused < single[best] - FUSION_MIN_GAIN * abs(single[best]):
+        if fused > 0 and single[best] > 0:
+            why = f"fusion's estimated risk is {10 * math.log10(single[best] / fused):.2f} dB below its best single " \
+                  f"component's ({names[best]})"
+        else:  # SURE is an unbiased but noisy estimate: a small risk can come out at or below zero
+            why = f"fusion's estimated risk ({fused:.3g}, at or below SURE's resolution) is below its best single " \
+                  f"component's ({names[best]}, {single[best]:.3g})"
+        return {"fallback": None, **summary, "why": why}
     return {"fallback": names[best], **summary,
             "why": f"fusion's estimated risk ({fused:.3g}) is not {FUSION_MIN_GAIN:.0%} better than its best single "
                    f"component's ({names[best]}, {single[best]:.3g}): that component alone was used"}
