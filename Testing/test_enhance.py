@@ -552,3 +552,13 @@ def test_refusal_names_the_second_noise_estimate_when_they_disagree():
     _, volume = _head_with_loud_background()
     with pytest.raises(InputError, match=r"second noise estimate is [0-9.]+: --method auto would use it"):
         E.denoise(volume, method="nlm")
+
+
+def test_a_clipped_background_is_not_read_as_rayleigh_air():
+    """Half the air exactly 0 (a Gaussian clipped at 0): the background says nothing of sigma; the residual does."""
+    from MedSynthLib.noise import estimate_noise_array
+
+    volume = make_phantom((12, 40, 48))  # noise sigma 2.0, clipped at 0 outside the head
+    estimate = estimate_noise_array(volume)
+    assert estimate.method == "residual" and estimate.details["background_zero_fraction"] > 0.45
+    assert estimate.sigma == pytest.approx(2.0, rel=0.2)
