@@ -40,7 +40,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     high-SNR correction) and only voxels above twice the noise are fitted, where the noise is close
     to Gaussian.
     """
-    from ._classical import NLM_DEFAULTS, denoise_nlm
+    from ._classical import NLM_DEFAULTS
 
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2
@@ -51,33 +51,9 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
         return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
 
-    def nlm(values: np.ndarray, h_factor: float) -> np.ndarray:
-        return debias(denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0])
-
-    nlm_now = []
-    for h_factor in settings.nlm_h_factors:
-        check_cancel(cancel)
-        nlm_now.append(nlm(xr, h_factor))
-    # thin slabs along axis 0 where the divergences are probed and the weights fitted
-    depth = xr.shape[0]
-    thickness = settings.sure_block_slices
-    if depth <= settings.sure_blocks * (thickness + 2 * influence):
-        blocks = [(0, depth)]
-    else:
-        centres = np.linspace(influence + thickness / 2, depth - influence - thickness / 2, settings.sure_blocks)
-        blocks = [(int(c - thickness / 2), int(c - thickness / 2) + thickness) for c in centres]
-    rng = np.random.default_rng(seed + 7919)
-    probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
-    eps = np.float32(0.05 * s)
-    nlm_div = [np.zeros(xr.shape, np.float32) for _ in settings.nlm_h_factors]
-    fit = np.zeros(xr.shape, bool)
-    for a, b in blocks:
-        a0, b0 = max(0, a - influence), min(depth, b + influence)
-        for h_factor, now, div in zip(settings.nlm_h_factors, nlm_now, nlm_div):
-            check_cancel(cancel)
-            moved = nlm(xr[a0:b0] + eps * probe[a0:b0], h_factor)[a - a0:b - a0]
-            div[a:b] = probe[a:b] * (moved - now[a:b]) / eps
-        fit[a:b] = True
+    nlm_now, nlm_div, fit, probe, eps = _nlm_with_divergences(xr, s=s, strength=strength, settings=settings,
+                                                               influence=influence, seed=seed, debias=debias,
+                                                               cancel=cancel)
     # the Wiener fusion is cheap: probe it on the whole volume, then crop
     full_probe = np.zeros(x.shape, np.float32)
     full_probe[region] = probe
@@ -93,14 +69,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     fit &= foreground[region]
     if rician:
         fit &= blind_r > 2 * s
-    smooth = ndimage.gaussian_filter(blind_r, 1.0)
-    gradient = np.sqrt(sum(g**2 for g in np.gradient(smooth)))
-    del smooth
-    classes = np.zeros(xr.shape, np.int8)
-    if fit.sum() >= settings.sure_classes * 200 * len(components):
-        edges = np.quantile(gradient[fit], np.linspace(0, 1, settings.sure_classes + 1)[1:-1])
-        classes = np.digitize(gradient, edges).astype(np.int8)
-    del gradient
+    classes = _gradient_classes(blind_r, fit, settings=settings, components=len(components))
 
     def normal_equations(where: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
         """SURE(w) * n = w'Gw - 2 b'w + const over ``where``: (G, b, const, n)."""
@@ -125,6 +94,55 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
             **chosen, "fit_voxels": int(fit.sum()), "nlm_h_factors": list(settings.nlm_h_factors),
             "seconds": round(time.perf_counter() - started, 2)}
     return estimate, info
+
+
+def _nlm_with_divergences(xr: np.ndarray, *, s: float, strength: float, settings, influence: int, seed: int,
+                          debias, cancel: Optional[CancelToken]):
+    """Non-local means at each ``h`` factor, and its Monte-Carlo divergence on a few thin slabs along axis 0.
+
+    Returns (estimates, divergences, the fitted voxels, the +-1 probe, its step): the probe is shared with the
+    Wiener fusion's divergence.
+    """
+    from ._classical import denoise_nlm
+
+    def nlm(values: np.ndarray, h_factor: float) -> np.ndarray:
+        return debias(denoise_nlm(values, sigma=s, strength=strength, h_factor=h_factor)[0])
+
+    nlm_now = []
+    for h_factor in settings.nlm_h_factors:
+        check_cancel(cancel)
+        nlm_now.append(nlm(xr, h_factor))
+    depth = xr.shape[0]
+    thickness = settings.sure_block_slices
+    if depth <= settings.sure_blocks * (thickness + 2 * influence):
+        blocks = [(0, depth)]
+    else:
+        centres = np.linspace(influence + thickness / 2, depth - influence - thickness / 2, settings.sure_blocks)
+        blocks = [(int(c - thickness / 2), int(c - thickness / 2) + thickness) for c in centres]
+    rng = np.random.default_rng(seed + 7919)
+    probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
+    eps = np.float32(0.05 * s)
+    nlm_div = [np.zeros(xr.shape, np.float32) for _ in settings.nlm_h_factors]
+    fit = np.zeros(xr.shape, bool)
+    for a, b in blocks:
+        a0, b0 = max(0, a - influence), min(depth, b + influence)
+        for h_factor, now, div in zip(settings.nlm_h_factors, nlm_now, nlm_div):
+            check_cancel(cancel)
+            moved = nlm(xr[a0:b0] + eps * probe[a0:b0], h_factor)[a - a0:b - a0]
+            div[a:b] = probe[a:b] * (moved - now[a:b]) / eps
+        fit[a:b] = True
+    return nlm_now, nlm_div, fit, probe, eps
+
+
+def _gradient_classes(blind: np.ndarray, fit: np.ndarray, *, settings, components: int) -> np.ndarray:
+    """One class per quantile band of the blind prediction's local gradient (0 everywhere when too few voxels)."""
+    smooth = ndimage.gaussian_filter(blind, 1.0)
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(smooth)))
+    classes = np.zeros(blind.shape, np.int8)
+    if fit.sum() >= settings.sure_classes * 200 * components:
+        edges = np.quantile(gradient[fit], np.linspace(0, 1, settings.sure_classes + 1)[1:-1])
+        classes = np.digitize(gradient, edges).astype(np.int8)
+    return classes
 
 
 def convex_sure_weights(gram: np.ndarray, linear: np.ndarray) -> np.ndarray:
