@@ -75,11 +75,6 @@ class SelfSupSettings:
     ``sure_fusion`` combines the network with non-local means at ``nlm_h_factors`` (times sigma) by
     SURE-fitted weights, fitted on ``sure_blocks`` slabs of ``sure_block_slices`` slices, one set per
     ``sure_classes`` quantile classes of the local gradient; off, the output is the Wiener fusion only.
-
-    ``posterior=True`` adds a prior-variance output trained by likelihood (Laine et al. 2019) and
-    fuses with it instead of the local residual variance; in a 100-step trial on an MNI slab it was
-    clearly worse (30.4 dB against 26.0 dB noisy, about half the weight left on the noisy voxel), so
-    it is off by default and kept for experiments with longer training.
     """
 
     channels: int = 8
@@ -89,7 +84,6 @@ class SelfSupSettings:
     crop: int = 40
     learning_rate: float = 3e-3
     fusion_radius: float = 2.0
-    posterior: bool = False
     margin: int = 4
     slab: int = 48
     sure_fusion: bool = True
@@ -254,8 +248,55 @@ def denoise_selfsup(
     engine_report = engine_report if engine_report is not None else EngineReport()
     engine_report.device_requested = str(device)
     target_device = select_device(device)
+    x, s, scale, offset = _normalised(array, sigma=sigma, rician=rician, foreground=foreground)
+    target = x**2 if rician else x
+    torch.manual_seed(seed)
+    network = BlindSpotNet(channels=settings.channels, dilations=settings.dilations, planar=planar, outputs=1)
+    crop = [min(settings.crop, n) for n in x.shape]
+    if planar:
+        crop[0] = min(x.shape[0], max(3, settings.crop // 4))
+    details: dict = {"steps": settings.steps, "crop": crop, "receptive_radius": network.radius, "planar": planar,
+                     "channels": settings.channels}
+    positions = _training_crops(x.shape, foreground, crop, settings, np.random.default_rng(seed))
+    inner = tuple(slice(min(settings.margin, n // 4), n - min(settings.margin, n // 4)) for n in crop)
+
+    job = _Job(settings, seed, budget, progress, cancel, details)
+
+    def train(dev: torch.device, batch: int) -> list[float]:
+        return _train(network, x, target, positions, inner, dev=dev, job=job)
+
+    losses = run_with_fallback(train, device=target_device, batch_size=settings.batch_size, report_to=engine_report)
+    used = torch.device(engine_report.device_used)
+    details["loss_first"] = round(float(np.mean(losses[:10])), 8)
+    details["loss_last"] = round(float(np.mean(losses[-10:])), 8)
+    details["train_seconds"] = round(time.perf_counter() - start, 2)
+    prediction = _predict(network, x, target, foreground, device=used, planar=planar, slab=settings.slab,
+                          progress=progress, cancel=cancel)
+    details["inference_seconds"] = round(time.perf_counter() - start - details["train_seconds"], 2)
+    estimate = _fuse(x, target, prediction, s=s, rician=rician, foreground=foreground, strength=strength, job=job)
+    details["seconds"] = round(time.perf_counter() - start, 2)
+    engine_report.seconds += time.perf_counter() - start
+    report(progress, 1.0, "self-supervised denoising done")
+    return (estimate * scale + offset).astype(np.float32), details
+
+
+@dataclass
+class _Job:
+    """What every step of one run shares: its knobs, seed, clock, callbacks and the report being written."""
+
+    settings: SelfSupSettings
+    seed: int
+    budget: Optional[TimeBudget]
+    progress: Optional[ProgressCallback]
+    cancel: Optional[CancelToken]
+    details: dict
+
+
+def _normalised(array: np.ndarray, *, sigma: float, rician: bool,
+                foreground: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """(x, s, scale, offset): intensities and sigma in network units. Rician maths needs zero to stay zero:
+    scale only; Gaussian data: affine."""
     data = np.asarray(array, dtype=np.float32)
-    # Rician maths needs zero to stay zero: scale only. Gaussian data: affine.
     if rician:
         offset = 0.0
         scale = float(np.percentile(data[foreground], 99.5)) if foreground.any() else float(data.max())
@@ -263,139 +304,112 @@ def denoise_selfsup(
         offset = float(np.percentile(data, 0.5))
         scale = float(np.percentile(data, 99.5)) - offset
     scale = max(scale, 1e-6)
-    x = (data - offset) / scale
-    s = float(sigma) / scale
-    target = x**2 if rician else x
+    return (data - offset) / scale, float(sigma) / scale, scale, offset
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    outputs = 2 if settings.posterior else 1
-    network = BlindSpotNet(channels=settings.channels, dilations=settings.dilations, planar=planar, outputs=outputs)
 
-    def noise_variance(mean):  # variance of the observed target around its expectation
-        if rician:
-            return 4 * torch.clamp(mean - 2 * s * s, min=0) * s * s + 4 * s**4
-        return torch.full_like(mean, s * s)
-
-    reference = float(noise_variance(torch.tensor(float(np.median(target[foreground])) if foreground.any()
-                                                  else float(np.median(target)))))
-    radius = network.radius
-    kernel = _blind_gaussian_kernel()
-    crop = [min(settings.crop, n) for n in x.shape]
-    if planar:
-        crop[0] = min(x.shape[0], max(3, settings.crop // 4))
+def _training_crops(shape, foreground: np.ndarray, crop: list[int], settings: SelfSupSettings,
+                    rng: np.random.Generator) -> list[tuple[slice, ...]]:
+    """Every training crop, drawn up front from the seed (85 % centred in the foreground): the same seed gives
+    the same training run."""
     centres = np.argwhere(foreground[:: 2, :: 2, :: 2]) * 2 if foreground.any() else None
-    details: dict = {"steps": settings.steps, "crop": crop, "receptive_radius": radius, "planar": planar,
-                     "channels": settings.channels}
 
     def crop_at(centre: np.ndarray) -> tuple[slice, ...]:
         return tuple(
             slice(int(np.clip(c - n // 2, 0, size - n)), int(np.clip(c - n // 2, 0, size - n)) + n)
-            for c, n, size in zip(centre, crop, x.shape)
+            for c, n, size in zip(centre, crop, shape)
         )
 
-    # draw every crop up front from the seed: the same seed gives the same training run
     positions = []
     for _ in range(settings.steps * settings.batch_size):
         if centres is not None and len(centres) and rng.random() < 0.85:
             centre = centres[rng.integers(len(centres))]
         else:
-            centre = np.array([rng.integers(n) for n in x.shape])
+            centre = np.array([rng.integers(n) for n in shape])
         positions.append(crop_at(centre))
-    inner = tuple(slice(min(settings.margin, n // 4), n - min(settings.margin, n // 4)) for n in crop)
+    return positions
 
-    def train(dev: torch.device, batch: int) -> list[float]:
-        torch.manual_seed(seed)
-        network.to(dev)
-        net = network.to(memory_format=torch.channels_last_3d) if dev.type == "cpu" else network
-        k = kernel.to(dev)
-        optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.learning_rate,
-                                                       total_steps=settings.steps, pct_start=0.1)
-        losses = []
-        net.train()
-        clock = _TrainingClock(budget, settings.steps)
-        for step in range(settings.steps):
-            check_cancel(cancel)
-            picks = positions[step * settings.batch_size:(step + 1) * settings.batch_size]
-            xb = torch.from_numpy(np.stack([x[p] for p in picks])[:, None]).to(dev)
-            tb = torch.from_numpy(np.stack([target[p] for p in picks])[:, None]).to(dev)
-            if dev.type == "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last_3d)
-            skip = _skip(tb, k)
-            pred = net(xb, skip)
-            window = (slice(None), slice(None)) + inner
-            if settings.posterior:
-                # Laine et al. 2019: the noisy voxel is distributed as prior (mean, var) + noise;
-                # maximise its likelihood, then combine prior and observation in closed form
-                mean, log_var = pred[:, :1][window], pred[:, 1:][window]
-                total = reference * torch.exp(torch.clamp(log_var, -12, 8)) + noise_variance(mean.detach())
-                loss = torch.mean(0.5 * torch.log(total) + 0.5 * (tb[window] - mean) ** 2 / total)
-            else:
-                loss = torch.mean((pred - tb)[window] ** 2)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            if step % 10 == 0:
-                report(progress, 0.75 * (step + 1) / settings.steps, f"self-supervised training {step + 1}/{settings.steps}")
-            rate = clock.after_step(step, optimiser.param_groups[0]["lr"])
-            if rate is None:
-                break
-            if clock.annealing:
-                for group in optimiser.param_groups:
-                    group["lr"] = rate
-            else:
-                schedule.step()
-        details["steps_run"] = len(losses)
-        return losses
 
-    losses = run_with_fallback(train, device=target_device, batch_size=settings.batch_size, report_to=engine_report)
-    used = torch.device(engine_report.device_used)
-    details["loss_first"] = round(float(np.mean(losses[:10])), 8)
-    details["loss_last"] = round(float(np.mean(losses[-10:])), 8)
-    details["train_seconds"] = round(time.perf_counter() - start, 2)
+def _train(network: "BlindSpotNet", x: np.ndarray, target: np.ndarray, positions: list, inner: tuple, *,
+           dev: torch.device, job: _Job) -> list[float]:
+    """The blind-spot training loop on ``dev`` (one-cycle schedule; the clock may anneal and stop it early)."""
+    settings, seed, progress, cancel = job.settings, job.seed, job.progress, job.cancel
+    torch.manual_seed(seed)
+    network.to(dev)
+    net = network.to(memory_format=torch.channels_last_3d) if dev.type == "cpu" else network
+    k = _blind_gaussian_kernel().to(dev)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.learning_rate,
+                                                   total_steps=settings.steps, pct_start=0.1)
+    losses = []
+    net.train()
+    clock = _TrainingClock(job.budget, settings.steps)
+    window = (slice(None), slice(None)) + inner
+    for step in range(settings.steps):
+        check_cancel(cancel)
+        picks = positions[step * settings.batch_size:(step + 1) * settings.batch_size]
+        xb = torch.from_numpy(np.stack([x[p] for p in picks])[:, None]).to(dev)
+        tb = torch.from_numpy(np.stack([target[p] for p in picks])[:, None]).to(dev)
+        if dev.type == "cpu":
+            xb = xb.contiguous(memory_format=torch.channels_last_3d)
+        loss = torch.mean((net(xb, _skip(tb, k)) - tb)[window] ** 2)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            report(progress, 0.75 * (step + 1) / settings.steps, f"self-supervised training {step + 1}/{settings.steps}")
+        rate = clock.after_step(step, optimiser.param_groups[0]["lr"])
+        if rate is None:
+            break
+        if clock.annealing:
+            for group in optimiser.param_groups:
+                group["lr"] = rate
+        else:
+            schedule.step()
+    job.details["steps_run"] = len(losses)
+    return losses
 
-    # inference: the network on the foreground's bounding box (plus its receptive field), slab by slab
+
+def _predict(network: "BlindSpotNet", x: np.ndarray, target: np.ndarray, foreground: np.ndarray, *,
+             device: torch.device, planar: bool, slab: int, progress: Optional[ProgressCallback],
+             cancel: Optional[CancelToken]) -> np.ndarray:
+    """The blind prediction: the network on the foreground's bounding box (plus its receptive field), slab by
+    slab; the blind Gaussian estimate elsewhere."""
     network.eval()
-    k = kernel.to(used)
+    k = _blind_gaussian_kernel().to(device)
+    radius = network.radius
     with torch.inference_mode():
         full_target = torch.from_numpy(target)[None, None]
-        prediction = _skip(full_target.to(used), k)[0, 0].cpu().numpy()
-    prior_var = np.full_like(prediction, np.nan) if settings.posterior else None
+        prediction = _skip(full_target.to(device), k)[0, 0].cpu().numpy()
     box = _bbox(foreground, margin=radius // 2)
     lo, hi = box[0].start, box[0].stop
-    step_size = settings.slab
     halo = radius if not planar else 1
     with torch.inference_mode():
-        for first in range(lo, hi, step_size):
+        for first in range(lo, hi, slab):
             check_cancel(cancel)
-            last = min(hi, first + step_size)
+            last = min(hi, first + slab)
             a, b = max(0, first - halo), min(x.shape[0], last + halo)
             region = (slice(a, b), box[1], box[2])
-            xb = torch.from_numpy(np.ascontiguousarray(x[region]))[None, None].to(used)
-            tb = torch.from_numpy(np.ascontiguousarray(target[region]))[None, None].to(used)
+            xb = torch.from_numpy(np.ascontiguousarray(x[region]))[None, None].to(device)
+            tb = torch.from_numpy(np.ascontiguousarray(target[region]))[None, None].to(device)
             out = network(xb, _skip(tb, k))[0].cpu().numpy()
             keep = slice(first - a, first - a + (last - first))
             prediction[first:last, box[1], box[2]] = out[0, keep]
-            if prior_var is not None:
-                prior_var[first:last, box[1], box[2]] = reference * np.exp(np.clip(out[1, keep], -12, 8))
             report(progress, 0.75 + 0.2 * (last - lo) / max(1, hi - lo), "self-supervised inference")
+    return prediction
 
-    details["inference_seconds"] = round(time.perf_counter() - start - details["train_seconds"], 2)
 
-    # Wiener fusion of the blind prediction with the observed voxel, in the target domain
+def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float, rician: bool,
+          foreground: np.ndarray, strength: float, job: _Job) -> np.ndarray:
+    """Wiener fusion of the blind prediction with the observed voxel (target domain), then, with
+    ``settings.sure_fusion``, the SURE-weighted combination with non-local means (magnitude domain)."""
+    settings, details = job.settings, job.details
     noise_var = (4 * np.maximum(prediction - 2 * s * s, 0) * s * s + 4 * s**4) if rician else np.full_like(prediction, s * s)
     noise_var = noise_var * float(strength) ** 2
-    error_var_prior = None
-    if prior_var is not None:  # the network's own prior variance where it ran, the local estimate elsewhere
-        error_var_prior = prior_var
 
-    def wiener(observed_target: np.ndarray) -> np.ndarray:
+    def wiener(observed_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         residual = ndimage.gaussian_filter((observed_target - prediction) ** 2, settings.fusion_radius)
         error_var = np.maximum(residual - noise_var, 0)
-        if error_var_prior is not None:
-            error_var = np.where(np.isnan(error_var_prior), error_var, error_var_prior)
         weight = error_var / np.maximum(error_var + noise_var, 1e-12)
         return prediction + weight * (observed_target - prediction), weight
 
@@ -403,18 +417,14 @@ def denoise_selfsup(
     details["fusion_weight_on_observed"] = round(float(np.mean(weight[foreground])) if foreground.any() else float(np.mean(weight)), 4)
     del weight
     to_magnitude = (lambda t: np.sqrt(np.maximum(t - 2 * s * s, 0))) if rician else (lambda t: t)
-    if settings.sure_fusion:
-        report(progress, 0.8, "non-local means for the fusion")
-        from ._sure import sure_fusion
+    if not settings.sure_fusion:
+        return to_magnitude(fused)
+    report(job.progress, 0.8, "non-local means for the fusion")
+    from ._sure import sure_fusion
 
-        estimate, fusion = sure_fusion(
-            x, s, rician=rician, foreground=foreground, blind=to_magnitude(prediction),
-            wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]),
-            wiener_now=to_magnitude(fused), strength=strength, seed=seed, settings=settings, cancel=cancel)
-        details["fusion"] = fusion
-    else:
-        estimate = to_magnitude(fused)
-    details["seconds"] = round(time.perf_counter() - start, 2)
-    engine_report.seconds += time.perf_counter() - start
-    report(progress, 1.0, "self-supervised denoising done")
-    return (estimate * scale + offset).astype(np.float32), details
+    estimate, fusion = sure_fusion(
+        x, s, rician=rician, foreground=foreground, blind=to_magnitude(prediction),
+        wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]),
+        wiener_now=to_magnitude(fused), strength=strength, seed=job.seed, settings=settings, cancel=job.cancel)
+    details["fusion"] = fusion
+    return estimate
