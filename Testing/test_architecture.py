@@ -30,7 +30,6 @@ KNOWN_IMPORT_EXCEPTIONS: set[str] = set()
 
 KNOWN_OVERSIZE: set[str] = {
     # function bodies over 80 lines / too many parameters, files over 500 lines; split them and remove here
-    "MedSynthLib/tasks/fill/_detect.py::detect",
     "MedSynthLib/tasks/fill/_fill.py::upsample_slices",
     # the Widget, Logic and Test classes need the scene or the GUI; a smaller file needs a Slicer-side package
     "MedSynth/MedSynth.py",

@@ -70,54 +70,61 @@ def _measures(stack: np.ndarray, s: int, lo: int | None, hi: int | None) -> np.n
     return np.array([np.mean(np.abs(difference)), _block_bias(difference)])
 
 
-def detect(stack: np.ndarray, *, axis_name: str = "k") -> list[tuple[int, str]]:
-    """Blank and corrupted slices of ``stack`` (S, H, W), slice axis first; sorted (index, reason)."""
+class _Good:
+    """The good slices of a stack as detection goes: nearest good neighbours, and the change between them."""
+
+    def __init__(self, small: np.ndarray, bad: set[int]) -> None:
+        self.small, self.bad, self.n = small, bad, small.shape[0]
+
+    def neighbours(self, s: int) -> tuple[int | None, int | None]:
+        lo = next((x for x in range(s - 1, -1, -1) if x not in self.bad), None)
+        hi = next((x for x in range(s + 1, self.n) if x not in self.bad), None)
+        return lo, hi
+
+    def step(self, a: int | None, b: int | None) -> np.ndarray | None:
+        if a is None or b is None:
+            return None
+        return _measures(self.small, a, b, None)
+
+
+def _blank(stack: np.ndarray, axis_name: str) -> tuple[dict[int, str], int, int]:
+    """Constant slices between the first and last slice with content, and those two indices (-1 if none)."""
     count = stack.shape[0]
-    flagged: dict[int, str] = {}
     flat = stack.reshape(count, -1)
     constant = np.all(flat == flat[:, :1], axis=1)
     content = np.flatnonzero(~constant)
     if content.size == 0:
-        return []
+        return {}, -1, -1
     first, last = int(content[0]), int(content[-1])
-    for s in np.flatnonzero(constant):
-        if first < s < last:
-            flagged[int(s)] = f"blank: every voxel along {axis_name}={s} is {flat[s, 0]}"
-    if last - first < 2:
-        return sorted(flagged.items())
-    small = stack[first:last + 1, ::2, ::2].astype(np.float32)
-    low, high = np.percentile(small[:, ::2, ::2], [1, 99])
-    small = (small - low) / max(float(high - low), 1e-6)
-    offset = first
-    n = small.shape[0]
-    bad = {s - offset for s in flagged}
+    flagged = {int(s): f"blank: every voxel along {axis_name}={s} is {flat[s, 0]}"
+               for s in np.flatnonzero(constant) if first < s < last}
+    return flagged, first, last
 
-    def neighbours(s: int) -> tuple[int | None, int | None]:
-        lo = next((x for x in range(s - 1, -1, -1) if x not in bad), None)
-        hi = next((x for x in range(s + 1, n) if x not in bad), None)
-        return lo, hi
 
-    def step(a: int | None, b: int | None) -> np.ndarray | None:
-        if a is None or b is None:
-            return None
-        return _measures(small, a, b, None)
+def _errors_and_steps(good: _Good) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: its difference from its neighbours' interpolation, and the change between consecutive good
+    slices next to it (not involving it): what anatomy does there."""
+    errors = np.full((good.n, 2), np.nan)
+    steps = np.full((good.n, 2), np.nan)
+    for s in range(good.n):
+        if s in good.bad:
+            continue
+        lo, hi = good.neighbours(s)
+        if lo is None and hi is None:
+            continue
+        errors[s] = _measures(good.small, s, lo, hi)
+        around = [m for m in (good.step(lo, good.neighbours(lo)[0] if lo is not None else None),
+                              good.step(hi, good.neighbours(hi)[1] if hi is not None else None)) if m is not None]
+        if around:
+            steps[s] = np.mean(around, axis=0)
+    return errors, steps
 
+
+def _corrupted(good: _Good, flagged: dict[int, str], offset: int, axis_name: str) -> None:
+    """Flag the worst outlier slice, one at a time (its neighbours then change), until none is left."""
     names = ("mean absolute difference", "local intensity bias")
-    for _ in range(max(1, n // 3)):
-        errors = np.full((n, 2), np.nan)
-        steps = np.full((n, 2), np.nan)
-        for s in range(n):
-            if s in bad:
-                continue
-            lo, hi = neighbours(s)
-            if lo is None and hi is None:
-                continue
-            errors[s] = _measures(small, s, lo, hi)
-            # The change between consecutive good slices next to s (not involving s): what anatomy does here.
-            around = [m for m in (step(lo, neighbours(lo)[0] if lo is not None else None),
-                                  step(hi, neighbours(hi)[1] if hi is not None else None)) if m is not None]
-            if around:
-                steps[s] = np.mean(around, axis=0)
+    for _ in range(max(1, good.n // 3)):
+        errors, steps = _errors_and_steps(good)
         typical = np.nanmedian(errors, axis=0)
         if not np.all(typical > 0):
             break
@@ -129,18 +136,22 @@ def detect(stack: np.ndarray, *, axis_name: str = "k") -> list[tuple[int, str]]:
         score = np.where(suspect, np.minimum(ratio / RATIO_THRESHOLD, global_ratio / GLOBAL_THRESHOLD), -np.inf)
         worst, which = np.unravel_index(int(np.argmax(score)), score.shape)
         worst = int(worst)
-        bad.add(worst)
+        good.bad.add(worst)
         flagged[worst + offset] = (
             f"corrupted: its {names[which]} from its neighbours' interpolation is {ratio[worst, which]:.1f}x "
             f"the change between neighbouring slices and {global_ratio[worst, which]:.1f}x a typical slice's "
             f"along {axis_name}"
         )
-    # A slice moved in-plane: phase correlation with its neighbours' interpolation peaks away from
-    # zero, and moving the slice back by that much cuts its difference from the interpolation.
-    for s in range(n):
-        if s in bad:
+
+
+def _shifted(good: _Good, flagged: dict[int, str], offset: int, axis_name: str) -> None:
+    """A slice moved in-plane: phase correlation with its neighbours' interpolation peaks away from zero, and
+    moving the slice back by that much cuts its difference from the interpolation."""
+    small = good.small
+    for s in range(good.n):
+        if s in good.bad:
             continue
-        lo, hi = neighbours(s)
+        lo, hi = good.neighbours(s)
         if lo is None or hi is None:
             continue
         t = (s - lo) / (hi - lo)
@@ -151,9 +162,22 @@ def detect(stack: np.ndarray, *, axis_name: str = "k") -> list[tuple[int, str]]:
         before = float(np.mean(np.abs(small[s] - predicted)))
         after = float(np.mean(np.abs(np.roll(small[s], (dy, dx), axis=(0, 1)) - predicted)))
         if after < SHIFT_GAIN * before:
-            bad.add(s)
+            good.bad.add(s)
             flagged[s + offset] = (
                 f"corrupted: shifted in-plane by about ({2 * dy}, {2 * dx}) voxels relative to its neighbours "
                 f"along {axis_name}"
             )
+
+
+def detect(stack: np.ndarray, *, axis_name: str = "k") -> list[tuple[int, str]]:
+    """Blank and corrupted slices of ``stack`` (S, H, W), slice axis first; sorted (index, reason)."""
+    flagged, first, last = _blank(stack, axis_name)
+    if first < 0 or last - first < 2:
+        return sorted(flagged.items())
+    small = stack[first:last + 1, ::2, ::2].astype(np.float32)
+    low, high = np.percentile(small[:, ::2, ::2], [1, 99])
+    small = (small - low) / max(float(high - low), 1e-6)
+    good = _Good(small, {s - first for s in flagged})
+    _corrupted(good, flagged, first, axis_name)
+    _shifted(good, flagged, first, axis_name)
     return sorted(flagged.items())
