@@ -58,7 +58,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
     with progress_bar(args.quiet, "denoise") as progress:
         result = denoise(volume, method=args.method, strength=args.strength, mask=mask, model=args.model,
                          modality=args.modality, device=args.device, seed=args.seed,
-                         training_steps=args.training_steps, time_budget=args.time_budget, progress=progress)
+                         method_options={"selfsup": {"steps": args.training_steps}}, time_budget=args.time_budget, progress=progress)
     _write(outputs, volume, result, task=f"denoise ({result.report['method']})")
     if not args.quiet:
         noise = result.noise
@@ -116,12 +116,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strength", type=number_in(0.0, 2.0), default=1.0, metavar="X",
                         help="0-2, default 1 (calibrated from the noise estimate); 0 leaves the volume unchanged")
     parser.add_argument("--mask", metavar="MASK", help="denoise only inside this label map (same grid); noise measured there")
-    parser.add_argument("--model", metavar="PACKAGE", help="denoise model package (.json) for --method model")
+    parser.add_argument("--model", metavar="PACKAGE", help="denoise model package (.json) for --method model (default: the bundled denoise_default)")
     parser.add_argument("--modality", choices=("MR", "CT"), help="override the modality guess (MR: Rician noise, CT: Gaussian)")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
     parser.add_argument("--training-steps", type=positive_int, metavar="N",
-                        help="self-supervised training steps (default 300; fewer is faster and a little weaker)")
+                        help="self-supervised training steps (default 200; fewer is faster and a little weaker)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="wall-clock budget: self-supervised training stops early to fit it (the report says what was cut)")
     add_output_args(parser)
@@ -162,7 +162,7 @@ def demo_step(samples: dict, out_dir: Path, progress: Optional[ProgressCallback]
 
     before = samples["mr-t1"]
     corrected = correct_bias(before, progress=subrange(progress, 0.0, 0.3))
-    denoised = denoise(corrected.volume, method="selfsup", training_steps=12, device="cpu", seed=0,
+    denoised = denoise(corrected.volume, method="selfsup", method_options={"selfsup": {"steps": 12}}, device="cpu", seed=0,
                        progress=subrange(progress, 0.3, 1.0))
     paths = [out_dir / "enhance_mr_t1.nii.gz", out_dir / "enhance_mr_t1_bias_field.nii.gz"]
     write_volume(denoised.volume, paths[0])

@@ -26,10 +26,10 @@ import numpy as np
 
 from ...budget import TimeBudget, cpu_threads
 from ...engine import EngineReport, select_device
-from ...errors import InputError
+from ...errors import InputError, check_whole_number
 from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ...volume import Volume, validate_volume
+from ...volume import THICK_SLICE_RATIO, Volume, validate_volume
 from ._checks import check_removed_part
 from ._enhance import (AUTO_SELFSUP_MAX_VOXELS, DENOISE_METHODS, DenoiseResult, MaskLike, _check_mask,
                        _check_strength, _finish)
@@ -96,6 +96,13 @@ def _denoise_model(volume: Volume, context: dict, progress: Optional[ProgressCal
                                            normalise_for_denoise)
 
     model = context["model"]
+    if model is None:  # the shipped package, as fill's model method does
+        from ...models import bundled_package
+
+        model = bundled_package("denoise")
+        if model is None:
+            raise InputError("method 'model' needs a denoise model package (model=PATH, or --model); "
+                             "the bundled denoise_default is not installed")
     loaded = model if isinstance(model, LoadedModel) else load_package(model, task="denoise")
     spec = check_denoise_input_spec(loaded.metadata["input"], name=f"model package {loaded.info.name}")
     axis = volume.slice_axis()
@@ -116,10 +123,10 @@ def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: di
 
     from ._selfsup import SelfSupSettings, denoise_selfsup
 
-    steps = context["training_steps"]
+    steps = context["selfsup_options"].get("steps")
     settings = SelfSupSettings() if steps is None else SelfSupSettings(steps=int(steps))
-    spacing = [volume.spacing_along(a) for a in range(3)]
-    planar = max(spacing) > 1.5 * min(spacing)
+    spacing = volume.spacing_kji
+    planar = max(spacing) > THICK_SLICE_RATIO * min(spacing)
     axis = volume.slice_axis() if planar else 0
     mask = context["mask"]
     foreground = mask if mask is not None else otsu_foreground(data)
@@ -169,18 +176,32 @@ def _run_checked(volume: Volume, data: np.ndarray, first: str, noise: NoiseEstim
     return "none", data, {}, {"failed": [], "measures": {}}, attempts
 
 
-def _validate(volume: Volume, method: str, strength: float, modality: Optional[str], model: Any,
-              training_steps: Optional[int]) -> float:
+#: What ``method_options`` may hold, per method (the grammar of ``fill_slices``'s ``method_options``).
+METHOD_OPTIONS = {"selfsup": ("steps",)}
+
+
+def _method_options(method_options: Optional[dict]) -> dict:
+    """The selfsup options, checked: ``{"selfsup": {"steps": N}}`` (training length, the name fill uses too)."""
+    options = dict(method_options or {})
+    unknown = sorted(set(options) - set(METHOD_OPTIONS))
+    if unknown:
+        raise InputError(f"method_options for denoise take {', '.join(METHOD_OPTIONS)}, got {', '.join(unknown)}")
+    selfsup = dict(options.get("selfsup") or {})
+    bad = sorted(set(selfsup) - set(METHOD_OPTIONS["selfsup"]))
+    if bad:
+        raise InputError(f"denoise selfsup options are {', '.join(METHOD_OPTIONS['selfsup'])}, got {', '.join(bad)}")
+    if selfsup.get("steps") is not None:
+        check_whole_number(selfsup["steps"], "selfsup steps", low=1, high=10**6)
+    return selfsup
+
+
+def _validate(volume: Volume, method: str, strength: float, modality: Optional[str], model: Any) -> float:
     validate_volume(volume)
     if method not in DENOISE_METHODS:
         raise InputError(f"method must be one of {', '.join(DENOISE_METHODS)}, got {method!r}")
     strength = _check_strength(strength)
     if modality is not None and modality not in ("MR", "CT"):
         raise InputError(f"modality must be MR or CT, got {modality!r}")
-    if method == "model" and model is None:
-        raise InputError("method 'model' needs a denoise model package (model=PATH, or --model on the command line)")
-    if training_steps is not None and (int(training_steps) != training_steps or training_steps < 1):
-        raise InputError(f"training_steps must be a positive integer, got {training_steps!r}")
     return strength
 
 
@@ -194,7 +215,7 @@ def denoise(
     modality: Optional[str] = None,
     device: str = "auto",
     seed: int = 0,
-    training_steps: Optional[int] = None,
+    method_options: Optional[dict] = None,
     time_budget: Optional[float] = None,
     threads: Optional[int] = None,
     batch_size: int = 16,
@@ -218,15 +239,16 @@ def denoise(
         Region to denoise (same grid); voxels outside stay bit-identical. The
         noise is estimated inside it.
     model : path or LoadedModel, optional
-        A denoise model package, for ``method="model"``.
+        A denoise model package, for ``method="model"`` (default: the bundled ``denoise_default``).
     modality : {"MR", "CT"}, optional
         Overrides the guess; MR noise is Rician, CT noise Gaussian.
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (network methods).
     seed : int
         Seeds the self-supervised training: same seed, same CPU result (without a time budget).
-    training_steps : int, optional
-        Self-supervised training steps (default from
+    method_options : dict, optional
+        Per-method options, as for :func:`~MedSynthLib.tasks.fill.fill_slices`: ``{"selfsup": {"steps": N}}``
+        sets the self-supervised training length (default from
         :class:`~MedSynthLib.tasks.enhance._selfsup.SelfSupSettings`); fewer is faster.
     time_budget : float, optional
         Seconds of wall time, checked on the clock: the self-supervised training stops early (its network so
@@ -243,12 +265,13 @@ def denoise(
     Raises
     ------
     InputError
-        Unknown method, strength outside [0, 2], an empty mask or one on another grid, ``method="model"``
-        without a model, a bad budget, or an explicit method whose result failed the plausibility check.
+        Unknown method or method option, strength outside [0, 2], an empty mask or one on another grid, a bad
+        budget, or an explicit method whose result failed the plausibility check.
     Cancelled
         ``cancel`` was set; the input is untouched.
     """
-    strength = _validate(volume, method, strength, modality, model, training_steps)
+    strength = _validate(volume, method, strength, modality, model)
+    selfsup_options = _method_options(method_options)
     budget = TimeBudget(time_budget)
     boolean_mask = _check_mask(volume, mask)
     start = time.perf_counter()
@@ -259,7 +282,7 @@ def denoise(
     noise, noise_check, warnings = _working_noise(estimate, method)
     engine_report = EngineReport(device_requested=str(device))
     context = {"strength": strength, "mask": boolean_mask, "model": model, "device": device, "seed": int(seed),
-               "training_steps": training_steps, "threads": threads, "batch_size": batch_size, "budget": budget,
+               "selfsup_options": selfsup_options, "threads": threads, "batch_size": batch_size, "budget": budget,
                "check_sigma": min(float(noise.sigma), estimate.conservative_sigma),
                "noise_hint": None if estimate.agree else f"the second noise estimate is "
                f"{estimate.conservative_sigma:.4g}: --method auto would use it, or try --strength "

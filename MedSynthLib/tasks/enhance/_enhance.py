@@ -47,7 +47,7 @@ from ...errors import InputError
 from ...intensity import restore_dtype
 from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ...volume import Volume, array_axis, validate_volume
+from ...volume import Volume, array_axis, mask_on_grid, validate_volume
 
 __all__ = [
     "DENOISE_METHODS",
@@ -132,31 +132,8 @@ class EnhanceStep:
 
 # ---- validation helpers ----------------------------------------------------------------------
 def _check_mask(volume: Volume, mask: MaskLike) -> Optional[np.ndarray]:
-    """A boolean array on ``volume``'s grid, or None; refuses empty masks and other grids."""
-    if mask is None:
-        return None
-    if isinstance(mask, Volume):
-        if mask.array.shape != volume.array.shape:
-            raise InputError(
-                f"the mask has shape {mask.array.shape} (KJI) but the volume has {volume.array.shape}; "
-                "resample the mask onto the volume's grid first"
-            )
-        if not volume.same_grid(mask, atol=1e-3):
-            raise InputError(
-                "the mask is on another grid than the volume (same size, different origin, spacing or "
-                "direction); resample the mask onto the volume's grid first"
-            )
-        array = mask.array
-    else:
-        array = np.asarray(mask)
-        if array.shape != volume.array.shape:
-            raise InputError(f"the mask has shape {array.shape} but the volume has {volume.array.shape}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise InputError("the mask contains NaN or infinite values")
-    boolean = array != 0
-    if not boolean.any():
-        raise InputError("the mask is empty (every voxel is 0); give a mask that marks the tissue")
-    return boolean
+    """A boolean array on ``volume``'s grid, or None: :func:`~MedSynthLib.volume.mask_on_grid`, the one mask check."""
+    return mask_on_grid(volume, mask, name="mask")
 
 
 def _check_strength(strength: float) -> float:
