@@ -73,8 +73,8 @@ def test_selfsup_with_a_tiny_budget_stops_early_says_so_and_stays_at_least_linea
 def test_auto_hands_over_when_selfsup_is_cut_without_gain(monkeypatch):
     from MedSynthLib.tasks.fill import _auto
 
-    monkeypatch.setattr(_auto, "MIN_USEFUL_STEPS", 1)
-    monkeypatch.setattr(_auto, "MIN_HELD_OUT_GAIN_DB", 1e9)  # no cut-short training counts as a gain
+    monkeypatch.setattr(_auto, "MIN_USEFUL_STEPS", {"linear": 1, "spline": 1})
+    monkeypatch.setattr(_auto, "MIN_HELD_OUT_GAIN_DB", {"linear": 1e9, "spline": 1e9})  # no cut-short gain counts
     monkeypatch.setattr(_auto, "_affordable_steps", lambda job, target, settings: (10, 100000))
     volume = moving_disc(count=13, size=48)
     options = {"selfsup": {**FAST_SELFSUP["selfsup"], "steps": 100000}}
