@@ -25,7 +25,7 @@ Beside MedSynth's methods, a peer row: SimpleITK cubic B-spline resampling (``si
 ``sitkBSpline`` onto the thin grid). PSNR/SSIM on the unacquired slices. ``auto`` runs at the time
 budget given by ``--time-budget`` (default: the library's).
 
-Budget scenario (``--suite budget``): the MNI template zero-padded to 256^3, 3 and 10 isolated slices
+Budget scenario (``--suite budget``): the MNI template (or ``--budget-volume robex``) zero-padded to 256^3, 3 and 10 isolated slices
 zeroed, found and filled by ``auto`` (default budget), optionally while ``--contend N`` busy processes
 keep N cores loaded (started and stopped by the benchmark).
 
@@ -281,10 +281,10 @@ def _busy(stop_after: float) -> None:  # pragma: no cover - runs in a child proc
 
 
 def run_budget(args: argparse.Namespace, rows: list) -> None:
-    """3 and 10 isolated zeroed slices of the MNI template padded to 256^3, filled by auto (default budget)."""
+    """3 and 10 isolated zeroed slices of a volume (MNI by default) padded to 256^3, filled by auto (default budget)."""
     import multiprocessing
 
-    _, volume, mask = load("mni")
+    name, volume, mask = load(args.budget_volume)
     pad = [((256 - n) // 2, 256 - n - (256 - n) // 2) for n in volume.array.shape]
     array = np.pad(volume.array, pad, mode="constant", constant_values=int(volume.array.min()))
     mask = np.pad(mask, pad, mode="constant")
@@ -307,7 +307,7 @@ def run_budget(args: argparse.Namespace, rows: list) -> None:
                 seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
                 ref, got = array[slices].astype(np.float64), result.volume.array[slices].astype(np.float64)
                 value = psnr(ref, got, mask=mask[slices], data_range=data_range)
-                row = {"suite": "budget", "volume": "mni_pad256", "scenario": f"single{count}", "method": method,
+                row = {"suite": "budget", "volume": f"{name}_pad256", "scenario": f"single{count}", "method": method,
                        "method_ran": result.report["method"], "contending_processes": args.contend,
                        "detected_exactly": found == slices, "psnr_db": round(value, 3),
                        "ssim": round(ssim(ref, got, mask=mask[slices], data_range=data_range, axis=0), 4),
@@ -351,6 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, help="auto's budget in seconds (default: the library's)")
     parser.add_argument("--profile", choices=("auto", "given"), default="auto",
                         help="thick suite: slice profile estimated from the data (default) or given (as a header would)")
+    parser.add_argument("--budget-volume", default="mni", help="budget suite: the volume padded to 256^3 (mni, robex)")
     parser.add_argument("--contend", type=int, default=0, help="budget suite: busy processes running alongside")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fill.json"))
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ machine) with its budget and then train for as long as training took: 50 minutes
 machine for 3 missing slices. Now the budget is a :class:`~MedSynthLib.budget.TimeBudget` started with
 the task; the estimate is scaled by the cores idle when the task starts, selfsup is told the budget
 and fits its steps to it while it trains (stopping with its best network so far), and where training
-was cut short without a gain on held-out pairs ``auto`` hands over to the next-best method. The
+was cut short without enough gain on held-out pairs ``auto`` hands over to the next-best method. The
 default budget grows with the work: a few slices get well under a minute, a whole upsampling 3 minutes.
 """
 
@@ -37,10 +37,17 @@ AUTO_BASE_S = 30.0
 AUTO_SECONDS_PER_SLICE = 1.5
 #: Default budget on a GPU.
 AUTO_GPU_BUDGET_S = 600.0
-#: ``auto`` trains selfsup only when at least this many steps fit the budget (fewer gained little).
-MIN_USEFUL_STEPS = 250
-#: Training cut short by the budget with less held-out gain over linear than this: ``auto`` hands over.
-MIN_HELD_OUT_GAIN_DB = 0.3
+#: ``auto`` trains selfsup only when at least this many steps fit the budget, and hands over when training
+#: was cut before them. Sharp slices (linear base): below about 1500 steps selfsup lost to the bundled model
+#: (256^3, 10 isolated slices, 1 thread: MNI 397 steps +2.07 dB against +3.52; ROBEX 200-450 steps
+#: +0.29-0.45 against +0.75), from 2400 it won (ROBEX single slices +1.19 against +0.86). Thick slices
+#: (B-spline base): an untrained network is already the B-spline; 250 steps gained 0.7-3 dB over it.
+MIN_USEFUL_STEPS = {"linear": 1500, "spline": 250}
+#: Training cut short by the budget with less held-out gain over its base than this: ``auto`` hands over.
+#: Over linear (sharp slices) the fallbacks gain about that much themselves (the bundled model on ROBEX
+#: single slices +0.75 dB, where selfsup cut at 200-450 steps scored +0.29-0.45 with 0.46-0.48 dB held out);
+#: over the B-spline base (thick slices) the fallback, cubic, gains nothing.
+MIN_HELD_OUT_GAIN_DB = {"linear": 1.0, "spline": 0.3}
 
 
 @dataclass
@@ -102,7 +109,8 @@ def _affordable_steps(job: FillJob, target, settings: Optional[dict]) -> tuple[i
     from . import _selfsup
 
     cfg = _selfsup.training_plan(target, settings)
-    slowdown = 1.0 / _selfsup._GPU_SPEEDUP if target.type != "cpu" else max(1.0, 2.0 / max(job.idle, 0.5))
+    # the CPU constants are for 2 idle cores; with none idle one thread ran a step 2.2x slower (73 against 33 ms)
+    slowdown = 1.0 / _selfsup._GPU_SPEEDUP if target.type != "cpu" else max(1.0, 2.0 / max(job.idle, 1.0))
     per_step = _selfsup._CPU_STEP_S[cfg["precision"]] * slowdown
     inference = _selfsup._inference_voxels(job.good, job.plan, cfg["margin"]) * _selfsup._CPU_VOXEL_S * slowdown
     planned = int(cfg["steps"])
@@ -139,12 +147,13 @@ def resolve_method(method: str, job: FillJob) -> tuple[str, str]:
             "flow +1.5 and +2.0 dB)"
         )
     fits, planned = _affordable_steps(job, target, job.options.get("selfsup"))
+    least = MIN_USEFUL_STEPS["spline" if thick else "linear"]
     budget = f"the {job.budget.seconds:.0f} s budget" if job.budget.seconds is not None else "no time limit"
     load = f"{job.idle:.1f} idle core(s)" if target.type == "cpu" else str(target)
-    if fits >= min(MIN_USEFUL_STEPS, planned):
+    if fits >= min(least, planned):
         kind = "selfsup with the estimated slice profile (thick slices)" if thick else "selfsup"
         return "selfsup", f"{kind}: about {min(fits, planned)} of {planned} steps fit within {budget} ({load})"
-    return fast_method(job, f"selfsup: only about {max(fits, 0)} steps fit {budget} ({load}), under {MIN_USEFUL_STEPS}")
+    return fast_method(job, f"selfsup: only about {max(fits, 0)} steps fit {budget} ({load}), under {least}")
 
 
 def _selfsup(job: FillJob, options: Optional[dict], progress, cancel, details: dict, acquired: dict) -> np.ndarray:
@@ -160,8 +169,8 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
                cancel: Optional[CancelToken], details: dict, acquired: dict) -> tuple[np.ndarray, str]:
     """Answer the job's plan with ``method``: ((Q, H, W) float32, the method that produced it).
 
-    ``auto``'s selfsup, cut short by the budget without a held-out gain of :data:`MIN_HELD_OUT_GAIN_DB`,
-    hands over to :func:`fast_method` (the report says so and why).
+    ``auto``'s selfsup, cut short by the budget before :data:`MIN_USEFUL_STEPS` or without a held-out gain
+    of :data:`MIN_HELD_OUT_GAIN_DB`, hands over to :func:`fast_method` (the report says so and why).
     """
     options = job.options.get(method)
     if method == "linear":
@@ -183,10 +192,12 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
         raise InputError(f"unknown fill method {method!r}")
     values = _selfsup(job, options, progress, cancel, details, acquired)
     summary = details["selfsup"]
-    if requested == "auto" and summary["stopped_early"] and summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB:
+    base = "spline" if summary["slice_profile_px"] is not None else "linear"
+    short = summary["steps"] < min(MIN_USEFUL_STEPS[base], summary["steps_planned"])
+    if requested == "auto" and summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base]):
         fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
-                                         f"with {summary['held_out_gain_db']:+.2f} dB over its base (linear, B-spline on thick "
-                                         "slices) on held-out pairs")
+                                         f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "
+                                         f"over its {base} base on held-out pairs")
         job.budget.cut(f"selfsup result dropped: handed over to {fallback}")
         acquired.pop("slices", None)
         details["method_reason"] = f"{details.get('method_reason', '')}; then {why}"

@@ -101,7 +101,7 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
 
         budget.seconds = default_budget_seconds(len(targets), select_device(request.device).type)
     job = FillJob(good=good, plan=plan, model=request.model, device=request.device, seed=request.seed,
-                  options=request.options or {}, budget=budget, idle=2.0 if idle is None else idle,
+                  options=request.options or {}, budget=budget, idle=2.0 if idle is None else min(idle, threads),
                   anisotropy=step_mm / min(pixels),
                   # the grid step in pixels of the stack's H and W axes (selfsup's training strips)
                   grid_ratio=tuple(step_mm / p for p in pixels),
