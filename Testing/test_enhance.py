@@ -575,3 +575,14 @@ def test_model_method_without_a_package_runs_the_bundled_one(noisy_head):
         assert "implausible" in str(error)
         return
     assert "denoise_default" in json.dumps(result.report)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_absent_device_is_an_error_for_classical_methods_too(noisy_head):
+    from MedSynthLib.errors import DeviceError
+
+    _, volume = noisy_head
+    with pytest.raises(DeviceError):
+        E.denoise(volume, method="aniso", device="cuda")
+    with pytest.raises(DeviceError):
+        E.enhance(volume, steps="bias", device="cuda")

@@ -272,6 +272,7 @@ def denoise(
     """
     strength = _validate(volume, method, strength, modality, model)
     selfsup_options = _method_options(method_options)
+    select_device(device)  # a named device that is absent is an error for every method, classical ones too
     budget = TimeBudget(time_budget)
     boolean_mask = _check_mask(volume, mask)
     start = time.perf_counter()

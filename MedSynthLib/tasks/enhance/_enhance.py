@@ -43,6 +43,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ...engine import select_device
 from ...errors import InputError
 from ...intensity import restore_dtype
 from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
@@ -414,6 +415,7 @@ def enhance(
     """
     validate_volume(volume)
     parsed = parse_steps(steps)
+    select_device(device)  # absent: an error before the first step, whichever steps need a network
     boolean_mask = _check_mask(volume, mask)
     if boolean_mask is not None:
         upsampled = False
