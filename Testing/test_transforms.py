@@ -63,8 +63,12 @@ def test_labels_exact_and_meta_records_what_was_done():
     swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)  # (x, y, z) read as (k, j, i)
     source = Volume(np.asarray(sample["image"])[0], np.asarray(sample["image"].affine) @ swap)
     existing = Volume(np.asarray(sample["label"])[0], source.ijk_to_ras)
+    from MedSynthLib.transforms import _coarse_auto_region  # "auto": found at half resolution, then placed
+
+    region = _coarse_auto_region(source, "mr-metastasis", None)
+    assert region is not None and region.shape == source.array.shape
     again = insert_lesions(source, count=1, preset="mr-metastasis", seed=record["seed"], size_mm=6.0,
-                           region="auto", min_spacing_mm=2.0, labels=existing)
+                           region=region, min_spacing_mm=2.0, labels=existing)
     assert np.array_equal(np.asarray(out["image"])[0], again.volume.array)
     lesion = np.isin(again.labels.array, (1, 2))
     label = np.asarray(out["label"])[0]
