@@ -7,8 +7,9 @@ header rarely says it (NIfTI has no slice thickness), so it is measured: the ana
 statistically alike in every direction, so the power spectrum along the slice axis should look like
 the spectrum of in-plane rows that were blurred by the same profile and sampled at the slice spacing.
 The estimate is the Gaussian FWHM whose simulated in-plane spectrum fits the through-plane spectrum
-best (least squares on the log spectra, up to a common gain), with in-plane noise added to the model
-(noise added after the slice average is not blurred by it).
+best (least squares on the log spectra, up to a common gain), with or without the in-plane noise floor
+added back (noise added after the slice average is not blurred by it; noise of thin data blurred afterwards
+is), whichever fits better.
 """
 
 from __future__ import annotations
@@ -118,9 +119,15 @@ def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spa
             # noise added after the slice average keeps its power; the in-plane copy of it was blurred away
             freq = np.arange(1, length // 2 + 1) / (length * slice_spacing / pixel)  # cycles per pixel
             lost = 1.0 - np.exp(-4.0 * np.pi ** 2 * sigma ** 2 * freq ** 2)
-            model = np.log(_spectrum(_segments(lines, length, rng))[1:] + noise * lost + 1e-12)
-            gap = target - model
-            errors[c] += float(np.mean((gap - gap.mean()) ** 2))
+            # the same windows for every candidate (a fresh generator): candidates differ by the blur alone
+            blurred_power = _spectrum(_segments(lines, length, np.random.default_rng(seed + 1 + axis)))[1:]
+            # two hypotheses: noise added after the slice average (a real acquisition), or averaged with the
+            # anatomy (thin data blurred afterwards); the better fit counts
+            fits = []
+            for floor in (noise * lost, 0.0):
+                gap = target - np.log(blurred_power + floor + 1e-12)
+                fits.append(float(np.mean((gap - gap.mean()) ** 2)))
+            errors[c] += min(fits)
     best = int(np.argmin(errors))
     relative = float(CANDIDATES[best])
     return {"fwhm_mm": round(relative * slice_spacing, 3), "relative": relative,
