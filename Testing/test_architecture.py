@@ -30,8 +30,9 @@ KNOWN_IMPORT_EXCEPTIONS: set[str] = set()
 
 KNOWN_OVERSIZE: set[str] = {
     # function bodies over 80 lines / too many parameters, files over 500 lines; split them and remove here
-    "MedSynthLib/tasks/fill/_fill.py::upsample_slices",
-    # the Widget, Logic and Test classes need the scene or the GUI; a smaller file needs a Slicer-side package
+    # Slicer's scripted-module template keeps Module, Widget, Logic and Test in one file (the module tests check
+    # that order); what needs no scene is in MedSynthSlicerLib, the rest (Widget 242, Logic 292, Test 164 lines)
+    # is Slicer-bound: the one stated exception to the 500-line file limit
     "MedSynth/MedSynth.py",
 }
 

@@ -465,7 +465,7 @@ def test_explicit_method_with_an_implausible_result_writes_nothing():
 def test_plausibility_check_measures_added_structure_and_removed_edges():
     from MedSynthLib.tasks.enhance._checks import check_removed_part
 
-    clean, volume = _head(), None
+    clean = _head()
     noisy = _rician(clean, 6.0)
     good = check_removed_part(noisy, clean, sigma=6.0, foreground=clean > 0)
     assert good["failed"] == []

@@ -19,6 +19,7 @@ import numpy as np
 from ...budget import TimeBudget
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback
+from ...volume import THICK_SLICE_RATIO
 from ._interp import FillPlan, cubic_fill, linear_fill
 
 __all__ = ["METHODS", "FillJob", "default_budget_seconds", "resolve_method", "synthesise"]
@@ -28,7 +29,7 @@ METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
 
 #: ``auto`` does not use selfsup when the output slice grid is this many times coarser than the in-plane
 #: pixels: rows removed in-plane then do not resemble the missing thick slices (measured on lung1 CT).
-MAX_SELFSUP_ANISOTROPY = 1.5
+MAX_SELFSUP_ANISOTROPY = THICK_SLICE_RATIO
 
 #: Longest default budget (seconds) of ``auto`` on a CPU; the default is shorter for small jobs.
 AUTO_CPU_BUDGET_S = 180.0

@@ -315,6 +315,54 @@ def upsample_slices(
     budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
     axis_index = array_axis(axis, volume)
+    grid = _upsampled_grid(volume, axis_index, factor=factor, spacing=spacing)
+    if not grid.integral and str(method).lower() in ("selfsup",):
+        # Learned through-plane planes need integer gaps: go up by the next integer factor, then resample.
+        step = int(math.ceil(grid.ratio - 1e-9))
+        fine = upsample_slices(
+            volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
+            time_budget=budget, method_options=method_options, slice_thickness=slice_thickness,
+            progress=subrange(progress, 0.0, 0.95), cancel=cancel,
+        )
+        restored, details, sharpened = _resample_linearly(fine, grid, axis_index, step, seed=seed, cancel=cancel)
+    else:
+        request = _Request(method=method, model=model, device=device, seed=seed, options=method_options,
+                           budget=budget, thickness=slice_thickness)
+        restored, details, sharpened = _run(
+            volume, axis=axis_index, good_index=np.arange(grid.count), positions=grid.positions,
+            targets=grid.targets, request=request, progress=progress, cancel=cancel,
+        )
+    check_cancel(cancel)
+    out, matrix = _assemble(volume, grid, axis_index, restored, sharpened)
+    details.update(factor=round(grid.ratio, 6), spacing_before=grid.old, spacing_after=grid.new,
+                   slices_before=grid.count, slices_after=grid.n_new)
+    report(progress, 1.0, "done")
+    notes = [] if sharpened is None else [
+        "the acquired slices were rewritten deblurred (thick slices: estimated slice profile "
+        f"{details['slice_profile']['fwhm_mm']:g} mm); slice_thickness=None keeps them bit for bit"]
+    target_index = grid.targets.astype(int)
+    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
+    check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
+    return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The upsampled grid along the slice axis: spacings, sizes, where the original slices land, the rest."""
+
+    old: float
+    new: float
+    ratio: float
+    count: int
+    n_new: int
+    positions: np.ndarray  # the original slices' positions on the new grid (new-slice units)
+    original_at: dict  # new index -> original index, for the originals that fall on the grid
+    targets: np.ndarray  # the new indices to synthesise
+    integral: bool
+
+
+def _upsampled_grid(volume: Volume, axis_index: int, *, factor, spacing) -> _Grid:
+    """Validate ``factor`` / ``spacing`` and lay out the new grid (slice 0 stays where it is)."""
     count = volume.array.shape[axis_index]
     if count < 2:
         raise InputError(f"the volume has {count} slice(s) along {AXIS_NAMES[axis_index]}; upsampling needs at least 2")
@@ -346,65 +394,47 @@ def upsample_slices(
     on_grid = np.abs(positions - np.round(positions)) < 1e-6
     original_at = {int(round(p)): i for i, p in enumerate(positions) if on_grid[i] and round(p) < n_new}
     targets = np.array([j for j in range(n_new) if j not in original_at], dtype=np.float64)
-    integral = bool(np.all(on_grid))
-    method_name = str(method).lower()
-    two_stage = not integral and method_name in ("selfsup",)
-    if two_stage:
-        # Learned through-plane planes need integer gaps: go up by the next integer factor, then resample.
-        step = int(math.ceil(ratio - 1e-9))
-        fine = upsample_slices(
-            volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
-            time_budget=budget, method_options=method_options, slice_thickness=slice_thickness,
-            progress=subrange(progress, 0.0, 0.95), cancel=cancel,
-        )
-        fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
-        fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (ratio / step)
-        linear = _Request(method="linear", model=None, device="cpu", seed=seed, options=None, budget=TimeBudget(None))
-        restored, _, _ = _run(
-            fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
-            targets=targets, request=linear, progress=None, cancel=cancel,
-        )
-        sharpened = None
-        details = dict(fine.report)
-        details["warnings"] = list(details.get("warnings", [])) + [
-            f"non-integer ratio {ratio:.4g}: upsampled x{step} with {details['method']}, then resampled linearly"
-        ]
-        details.pop("slices", None)
-        for key in ("task", "operation", "axis", "seconds", "factor", "spacing_before", "spacing_after"):
-            details.pop(key, None)
-    else:
-        request = _Request(method=method, model=model, device=device, seed=seed, options=method_options,
-                           budget=budget, thickness=slice_thickness)
-        restored, details, sharpened = _run(
-            volume, axis=axis_index, good_index=np.arange(count), positions=positions, targets=targets,
-            request=request, progress=progress, cancel=cancel,
-        )
-    check_cancel(cancel)
+    return _Grid(old, new, ratio, count, n_new, positions, original_at, targets, bool(np.all(on_grid)))
+
+
+def _resample_linearly(fine: FillResult, grid: _Grid, axis_index: int, step: int, *, seed: int,
+                       cancel: Optional[CancelToken]):
+    """The target slices of a non-integer ratio, linearly from an integer-factor upsampling ``fine``."""
+    fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
+    fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (grid.ratio / step)
+    linear = _Request(method="linear", model=None, device="cpu", seed=seed, options=None, budget=TimeBudget(None))
+    restored, _, _ = _run(
+        fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
+        targets=grid.targets, request=linear, progress=None, cancel=cancel,
+    )
+    details = dict(fine.report)
+    details["warnings"] = list(details.get("warnings", [])) + [
+        f"non-integer ratio {grid.ratio:.4g}: upsampled x{step} with {details['method']}, then resampled linearly"
+    ]
+    details.pop("slices", None)
+    for key in ("task", "operation", "axis", "seconds", "factor", "spacing_before", "spacing_after"):
+        details.pop(key, None)
+    return restored, details, None
+
+
+def _assemble(volume: Volume, grid: _Grid, axis_index: int, restored: np.ndarray,
+              sharpened: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The new array (originals where they fall, deblurred when ``sharpened``; synthesised slices elsewhere)
+    and its IJK-to-RAS (the slice axis's column scaled, the origin kept)."""
     shape = list(volume.array.shape)
-    shape[axis_index] = n_new
+    shape[axis_index] = grid.n_new
     out = np.empty(shape, dtype=volume.array.dtype)
     out_stack = np.moveaxis(out, axis_index, 0)
     in_stack = np.moveaxis(volume.array, axis_index, 0)
-    for j, i in original_at.items():
+    for j, i in grid.original_at.items():
         out_stack[j] = in_stack[i] if sharpened is None else sharpened[i]  # deblurred: thick slices, selfsup
-    target_index = targets.astype(int)
+    target_index = grid.targets.astype(int)
     if len(target_index):
         out_stack[target_index] = restored
     matrix = volume.ijk_to_ras.copy()
     column = 2 - axis_index
-    matrix[:3, column] = matrix[:3, column] * (new / old)
-    details["factor"] = round(ratio, 6)
-    details["spacing_before"] = old
-    details["spacing_after"] = new
-    details["slices_before"] = count
-    details["slices_after"] = n_new
-    report(progress, 1.0, "done")
-    notes = [] if sharpened is None else [
-        "the acquired slices were rewritten deblurred (thick slices: estimated slice profile "
-        f"{details['slice_profile']['fwhm_mm']:g} mm); slice_thickness=None keeps them bit for bit"]
-    result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
-    check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
-    return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
+    matrix[:3, column] = matrix[:3, column] * (grid.new / grid.old)
+    return out, matrix
 
 
 def find_missing_slices(volume: Volume, *, axis: Union[int, str, None] = None) -> list[tuple[int, str]]:

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from ...volume import THICK_SLICE_RATIO
+
 __all__ = ["THICK_RELATIVE_FWHM", "estimate_slice_profile"]
 
 #: A profile at least this share of the slice spacing counts as thick (sharp slices measure about 0-0.25).
@@ -79,7 +81,7 @@ def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spa
     slice_spacing : float
         Distance between acquired slices (mm).
     pixel_spacings : (float, float)
-        Pixel spacing of H and W (mm). Only in-plane axes finer than the slice spacing / 1.5 are used.
+        Pixel spacing of H and W (mm). Only in-plane axes finer than the slice spacing / ``THICK_SLICE_RATIO`` are used.
 
     Returns
     -------
@@ -90,7 +92,7 @@ def estimate_slice_profile(stack: np.ndarray, *, slice_spacing: float, pixel_spa
     from scipy import ndimage
 
     n = stack.shape[0]
-    usable = [axis for axis, d in enumerate(pixel_spacings) if d * 1.5 < slice_spacing]
+    usable = [axis for axis, d in enumerate(pixel_spacings) if d * THICK_SLICE_RATIO < slice_spacing]
     if n < 12 or not usable:
         return None
     rows = [int(np.ceil((stack.shape[1 + axis] - 1) / (slice_spacing / pixel_spacings[axis]))) for axis in usable]

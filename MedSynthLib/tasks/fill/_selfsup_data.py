@@ -24,11 +24,13 @@ from typing import Optional
 
 import numpy as np
 
+from ...volume import THICK_SLICE_RATIO
+
 __all__ = ["SMORE_MIN_RATIO", "PatchSampler", "distance_map", "interp_rows", "spline_rows", "pad16"]
 
 #: Above this ratio of the output grid's step to an in-plane pixel, training strips are resampled to
 #: the grid step with a slice profile (thick slices); below it, in-plane rows are used as they are.
-SMORE_MIN_RATIO = 1.5
+SMORE_MIN_RATIO = THICK_SLICE_RATIO
 #: An in-plane axis whose pixels are more than this many times the output grid's step is not trained on.
 MAX_COARSE_RATIO = 1.5
 
