@@ -83,3 +83,36 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def damaged_fill_package(tmp_path) -> Path:
+    """A copy of the bundled fill_default whose 4,000 bytes after the safetensors header are zeroed: same size,
+    still parses; only its checksum tells. Returns the package's JSON path."""
+    import shutil
+    import struct
+
+    from MedSynthLib.models import BUNDLED_DIR
+
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(BUNDLED_DIR / f"fill_default{suffix}", folder / f"fill_default{suffix}")
+    weights = folder / "fill_default.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    data[start:start + 4000] = bytes(4000)
+    weights.write_bytes(bytes(data))
+    return folder / "fill_default.json"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: small tensors run faster so on a shared, busy CPU, and the tasks must
+    never use more than the caller allows."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

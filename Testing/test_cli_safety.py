@@ -233,21 +233,9 @@ def test_insert_lesions_refuses_an_absent_device_without_a_network():
         insert_lesions(make_phantom((12, 40, 48)), count=1, preset="mr-metastasis", size_mm=3.0, device=_absent_device())
 
 
-def test_fill_with_damaged_model_weights_is_exit_2_naming_the_file(tmp_path, capsys, source):
-    import shutil
-    import struct
-
-    from MedSynthLib.models import BUNDLED_DIR
-
-    for suffix in (".json", ".safetensors"):
-        shutil.copy(BUNDLED_DIR / f"fill_default{suffix}", tmp_path / f"fill_default{suffix}")
-    weights = tmp_path / "fill_default.safetensors"
-    data = bytearray(weights.read_bytes())
-    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
-    data[start:start + 4000] = bytes(4000)
-    weights.write_bytes(bytes(data))
+def test_fill_with_damaged_model_weights_is_exit_2_naming_the_file(tmp_path, capsys, source, damaged_fill_package):
     out = tmp_path / "out.nii.gz"
     code, err = run(capsys, "fill", source, out, "--slices", "5", "--method", "model", "--model",
-                    tmp_path / "fill_default.json", "--device", "cpu")
+                    damaged_fill_package, "--device", "cpu")
     assert code == 2 and "fill_default.safetensors" in _one_line(err) and "damaged" in err
     assert not out.exists()

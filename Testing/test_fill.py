@@ -17,13 +17,7 @@ from MedSynthLib.network_inputs import FILL_INPUT_SPEC, make_fill_inputs
 from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from MedSynthLib.volume import Volume
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: small tensors run faster that way, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest
 
 
 FAST_SELFSUP = {"selfsup": {"steps": 15, "batch": 4, "patch": 32, "features": (4, 4, 8, 8, 8, 4)}}

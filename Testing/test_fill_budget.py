@@ -17,13 +17,7 @@ from MedSynthLib.tasks.fill import fill_slices, upsample_slices
 from MedSynthLib.volume import Volume
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as in test_fill: the tasks must never use more than the caller allows."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest
 
 
 

@@ -228,23 +228,14 @@ def test_packages_record_the_sha256_of_their_weights(tmp_path):
         assert recorded == hashlib.sha256(json_path.with_suffix(".safetensors").read_bytes()).hexdigest(), json_path
 
 
-def test_damaged_weights_of_the_same_size_are_refused_naming_the_file(tmp_path):
+def test_damaged_weights_of_the_same_size_are_refused_naming_the_file(damaged_fill_package):
     """4,000 bytes after the safetensors header overwritten: the file still parses, the checksum does not match."""
-    import shutil
-    import struct
-
     from MedSynthLib.models import BUNDLED_DIR
 
-    for suffix in (".json", ".safetensors"):
-        shutil.copy(BUNDLED_DIR / f"fill_default{suffix}", tmp_path / f"fill_default{suffix}")
-    weights = tmp_path / "fill_default.safetensors"
-    data = bytearray(weights.read_bytes())
-    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
-    data[start:start + 4000] = bytes(4000)
-    weights.write_bytes(bytes(data))
+    weights = damaged_fill_package.with_suffix(".safetensors")
     assert weights.stat().st_size == (BUNDLED_DIR / "fill_default.safetensors").stat().st_size
     with pytest.raises(ModelError, match=r"fill_default\.safetensors.*damaged"):
-        load_package(tmp_path / "fill_default.json", task="fill")
+        load_package(damaged_fill_package, task="fill")
 
 
 def test_medsynth_train_writes_the_weights_checksum(tiny_data, tmp_path):
