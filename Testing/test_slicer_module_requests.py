@@ -187,6 +187,15 @@ def test_panel_settings_become_the_python_apis_options():
         requests.options_from_settings(_settings(fillSlices="12"))
 
 
+def test_the_panels_time_budget_reaches_fill_and_upsample():
+    """0 (shown as "automatic") leaves the library's default budget; seconds go through as ``time_budget``."""
+    assert "time_budget" not in requests.options_from_settings(_settings())[1]
+    assert requests.options_from_settings(_settings(timeBudget=30.0))[1]["time_budget"] == 30.0
+    task, options = requests.options_from_settings(_settings(fillUpsample=True, timeBudget=12.0))
+    assert task == "upsample" and options["time_budget"] == 12.0
+    assert requests.request_for("fill", {"time_budget": 5.0, "slices": [2]}).parameters["time_budget"] == 5.0
+
+
 def test_requests_take_only_the_librarys_option_names():
     request = requests.request_for("lesion", {"size": 8.0, "count": 2}, centres=[(1, 2, 3)])
     assert request.parameters == {"device": "auto", "seed": 0, "model": "auto", "size_mm": 8.0, "count": 2,

@@ -115,8 +115,8 @@ COMMON_OPTIONS = ("device", "seed", "model")
 
 #: Keyword arguments of each task, as the Python API names them; ``centres`` are passed apart.
 TASK_OPTIONS = {
-    "fill": ("slices", "axis", "method"),
-    "upsample": ("factor", "axis", "method"),
+    "fill": ("slices", "axis", "method", "time_budget"),
+    "upsample": ("factor", "axis", "method", "time_budget"),
     "lesion": ("preset", "count", "size_mm", "contrast", "label_mode"),
     "enhance": ("steps",),
 }
@@ -176,15 +176,18 @@ def options_from_settings(p: Any) -> tuple[str, dict]:
     """
     common = {"device": p.device or "auto", "seed": int(p.seed),
               "model": str(p.modelFile) if p.model == "file" else p.model}
+    budget = float(p.timeBudget or 0.0)
+    timed = {"time_budget": budget} if budget > 0 else {}  # 0: the library's automatic budget
     if p.task == "fill" and p.fillUpsample:
-        return "upsample", {**common, "factor": int(p.upsampleFactor), "axis": p.fillAxis, "method": p.fillMethod}
+        return "upsample", {**common, "factor": int(p.upsampleFactor), "axis": p.fillAxis, "method": p.fillMethod,
+                            **timed}
     if p.task == "fill":
         axis_size = None
         image = p.inputVolume.GetImageData() if p.inputVolume is not None else None
         if image is not None and p.fillAxis in ("i", "j", "k"):
             axis_size = image.GetDimensions()["ijk".index(p.fillAxis)]
         slices = parse_slice_list(p.fillSlices, size=axis_size)
-        return "fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod}
+        return "fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod, **timed}
     if p.task == "lesion":
         return "lesion", {
             **common, "preset": p.lesionPreset, "count": int(p.lesionCount), "size_mm": float(p.lesionSize),
