@@ -6,11 +6,15 @@ Each result carries the output volume(s) and a ``report`` dict with at least ``t
 ``seconds`` and ``warnings`` (a list of strings).
 """
 
-from . import enhance, fill, lesion
-from .enhance import correct_bias, denoise, estimate_noise, super_resolve
-from .fill import fill_slices, find_missing_slices, parse_slice_list, upsample_slices
-from .lesion import LesionSpec, insert_lesions, list_presets
+from .._lazy import lazy_exports
 
-__all__ = ["fill", "lesion", "enhance", "find_missing_slices", "fill_slices", "upsample_slices", "parse_slice_list",
-           "LesionSpec", "insert_lesions", "list_presets", "estimate_noise", "denoise", "correct_bias",
-           "super_resolve"]
+#: Public name -> the task subpackage that defines it (imported on first use: a task does not load the others).
+_EXPORTS = {
+    **dict.fromkeys(("find_missing_slices", "fill_slices", "upsample_slices", "parse_slice_list"), "fill"),
+    **dict.fromkeys(("LesionSpec", "insert_lesions", "list_presets"), "lesion"),
+    **dict.fromkeys(("estimate_noise", "denoise", "correct_bias", "super_resolve"), "enhance"),
+}
+
+__all__ = ["fill", "lesion", "enhance", *_EXPORTS]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -37,7 +37,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ...checks import DEFAULT_MARGIN, check_result
-from ...engine import select_device
 from ...errors import InputError, check_number, check_whole_number
 from ...intensity import guess_modality
 from ...progress import CancelToken, ProgressCallback, report
@@ -174,6 +173,8 @@ def _make_request(volume: Volume, options: dict) -> LesionRequest:
         raise InputError("the label map to move is on another grid than the volume; resample it first")
     check_whole_number(o["appearance_steps"], "appearance_steps", low=1, high=1000)
     if str(o["device"]).strip().lower() not in ("auto", "cpu"):  # absent: an error even when no network runs
+        from ...engine import select_device  # torch: only when a device is named (procedural lesions need none)
+
         select_device(o["device"])
     preset = _resolve_preset(o["preset"])
     modality = o["modality"]
