@@ -59,14 +59,17 @@ def _shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
     return dy, dx, float(surface[peak])
 
 
-def _measures(stack: np.ndarray, s: int, lo: int | None, hi: int | None) -> np.ndarray:
-    """(mean absolute, block bias) difference between slice s and the interpolation of lo and hi."""
+def _interpolated(stack: np.ndarray, s: int, lo: int | None, hi: int | None) -> np.ndarray:
+    """Slice s as its neighbours lo and hi predict it: linear between them, the one there is at an end."""
     if lo is not None and hi is not None:
         t = (s - lo) / (hi - lo)
-        predicted = (1 - t) * stack[lo] + t * stack[hi]
-    else:
-        predicted = stack[lo if lo is not None else hi]
-    difference = stack[s] - predicted
+        return (1 - t) * stack[lo] + t * stack[hi]
+    return stack[lo if lo is not None else hi]
+
+
+def _measures(stack: np.ndarray, s: int, lo: int | None, hi: int | None) -> np.ndarray:
+    """(mean absolute, block bias) difference between slice s and the interpolation of lo and hi."""
+    difference = stack[s] - _interpolated(stack, s, lo, hi)
     return np.array([np.mean(np.abs(difference)), _block_bias(difference)])
 
 
@@ -154,8 +157,7 @@ def _shifted(good: _Good, flagged: dict[int, str], offset: int, axis_name: str) 
         lo, hi = good.neighbours(s)
         if lo is None or hi is None:
             continue
-        t = (s - lo) / (hi - lo)
-        predicted = (1 - t) * small[lo] + t * small[hi]
+        predicted = _interpolated(small, s, lo, hi)
         dy, dx, _ = _shift(predicted, small[s])
         if max(abs(dy), abs(dx)) < SHIFT_MIN:
             continue
