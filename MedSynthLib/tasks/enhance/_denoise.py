@@ -29,9 +29,9 @@ from ...engine import EngineReport, select_device
 from ...errors import InputError, check_whole_number
 from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ...volume import THICK_SLICE_RATIO, Volume, validate_volume
+from ...volume import THICK_SLICE_RATIO, Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._enhance import (AUTO_SELFSUP_MAX_VOXELS, DENOISE_METHODS, DenoiseResult, MaskLike, _check_mask,
+from ._enhance import (AUTO_SELFSUP_MAX_VOXELS, DENOISE_METHODS, DenoiseResult, MaskLike,
                        _check_strength, _finish)
 
 __all__ = ["denoise", "AUTO_FALLBACKS"]
@@ -274,7 +274,7 @@ def denoise(
     selfsup_options = _method_options(method_options)
     select_device(device)  # a named device that is absent is an error for every method, classical ones too
     budget = TimeBudget(time_budget)
-    boolean_mask = _check_mask(volume, mask)
+    boolean_mask = mask_on_grid(volume, mask)
     start = time.perf_counter()
     chosen = _choose_method(method, volume, model, device)
     check_cancel(cancel)

@@ -132,11 +132,6 @@ class EnhanceStep:
 
 
 # ---- validation helpers ----------------------------------------------------------------------
-def _check_mask(volume: Volume, mask: MaskLike) -> Optional[np.ndarray]:
-    """A boolean array on ``volume``'s grid, or None: :func:`~MedSynthLib.volume.mask_on_grid`, the one mask check."""
-    return mask_on_grid(volume, mask, name="mask")
-
-
 def _check_strength(strength: float) -> float:
     try:
         value = float(strength)
@@ -187,7 +182,7 @@ def estimate_noise(volume: Volume, *, mask: MaskLike = None, modality: Optional[
     validate_volume(volume)
     if modality is not None and modality not in ("MR", "CT"):
         raise InputError(f"modality must be 'MR' or 'CT', got {modality!r}")
-    return estimate_noise_array(volume, mask=_check_mask(volume, mask), modality=modality)
+    return estimate_noise_array(volume, mask=mask_on_grid(volume, mask), modality=modality)
 
 
 # ---- bias ------------------------------------------------------------------------------------
@@ -253,7 +248,7 @@ def correct_bias(
         raise InputError(f"control_points must be an integer >= 4, got {control_points!r}")
     from ._bias import n4_field
 
-    boolean_mask = _check_mask(volume, mask)
+    boolean_mask = mask_on_grid(volume, mask)
     start = time.perf_counter()
     check_cancel(cancel)
     report(progress, 0.0, "N4: preparing")
@@ -416,7 +411,7 @@ def enhance(
     validate_volume(volume)
     parsed = parse_steps(steps)
     select_device(device)  # absent: an error before the first step, whichever steps need a network
-    boolean_mask = _check_mask(volume, mask)
+    boolean_mask = mask_on_grid(volume, mask)
     if boolean_mask is not None:
         upsampled = False
         for step in parsed:
