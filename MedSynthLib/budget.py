@@ -14,15 +14,16 @@ against 590 s for the whole run on one thread).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from .errors import check_number, check_whole_number
 
-__all__ = ["TimeBudget", "idle_cores", "cpu_threads"]
+__all__ = ["TimeBudget", "idle_cores", "cpu_threads", "torch_threads"]
 
 
 @dataclass
@@ -120,3 +121,19 @@ def cpu_threads(*, requested: Optional[int] = None, idle: Optional[float] = None
         return check_whole_number(requested, "threads", low=1, high=4096)
     free = idle_cores() if idle is None else float(idle)
     return int(max(1, min(_cpu_count(), math.floor(free + 0.5))))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: as they are), and restore the caller's count after."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

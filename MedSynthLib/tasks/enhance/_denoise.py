@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ...budget import TimeBudget, cpu_threads
+from ...budget import TimeBudget, cpu_threads, torch_threads
 from ...engine import EngineReport, select_device
 from ...errors import InputError, check_whole_number
 from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
@@ -119,8 +119,6 @@ def _denoise_model(volume: Volume, context: dict, progress: Optional[ProgressCal
 
 def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
              progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    import torch
-
     from ._selfsup import SelfSupSettings, denoise_selfsup
 
     steps = context["selfsup_options"].get("steps")
@@ -133,19 +131,14 @@ def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: di
     rician = noise.model == "rician" and data.min() >= 0  # a "magnitude" image with negative values is not one
     moved = np.moveaxis(data, axis, 0)
     on_cpu = select_device(context["device"]).type == "cpu"
-    previous = torch.get_num_threads()
     threads = cpu_threads(requested=context["threads"]) if on_cpu else None
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):
         values, details = denoise_selfsup(
             np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
             foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar,
             strength=context["strength"], seed=context["seed"], device=context["device"], settings=settings,
             budget=context["budget"], progress=progress, cancel=context["cancel"],
             engine_report=context["engine_report"])
-    finally:
-        torch.set_num_threads(previous)
     details.update(slice_axis=int(axis), noise_model="rician" if rician else "gaussian", cpu_threads=threads)
     return np.moveaxis(values, 0, axis), details
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ...budget import TimeBudget, cpu_threads, idle_cores
+from ...budget import TimeBudget, cpu_threads, idle_cores, torch_threads
 from ...errors import check_number
 from ...intensity import restore_dtype, robust_scale
 from ...network_inputs.fill import FILL_PERCENTILES
@@ -111,13 +111,9 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
     details: dict = {"method": chosen, "method_requested": method, "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
     acquired: dict = {}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         values, ran = synthesise(job, chosen, requested=method, progress=subrange(progress, 0.02, 0.98),
                                  cancel=cancel, details=details, acquired=acquired)
-    finally:
-        torch.set_num_threads(previous)
     check_cancel(cancel)
     details["method"] = ran
     low, high = float(good_raw.min()), float(good_raw.max())
