@@ -232,7 +232,7 @@ def estimate_noise_array(
     """Estimate the noise of ``volume`` (see the module notes); ``mask`` limits the tissue region."""
     array = np.asarray(volume.array, dtype=np.float32)
     modality = modality or guess_modality(volume)
-    spacing = [volume.spacing_along(a) for a in range(3)]
+    spacing = volume.spacing_kji
     slice_axis = int(np.argmax(spacing)) if max(spacing) > 1.2 * min(spacing) else 0
     foreground = otsu_foreground(array) if mask is None else np.asarray(mask, dtype=bool)
     details: dict = {"foreground_voxels": int(foreground.sum())}

@@ -85,7 +85,7 @@ def _find(name: str) -> Path:
 def measure(before: Volume, after: np.ndarray, lesion: np.ndarray, core: np.ndarray, own_oedema: np.ndarray,
             others: np.ndarray, mode: str, region: np.ndarray | None = None) -> dict:
     """Volume, contrast (in ``mode``), noise ratio of one lesion, from arrays only."""
-    spacing_kji = tuple(before.spacing_along(a) for a in range(3))
+    spacing_kji = before.spacing_kji
     shell = shell_mask(lesion | own_oedema, spacing_kji, exclude=others)
     if region is not None and np.count_nonzero(shell & region) >= 16:
         shell &= region
@@ -160,7 +160,7 @@ def _plane(array, axis, index):
 
 
 def _montage_tile(volume: Volume, labels: np.ndarray, centre_kji, half_mm: float, low: float, high: float):
-    spacing = [volume.spacing_along(a) for a in range(3)]
+    spacing = volume.spacing_kji
     tiles = []
     for outline in (False, True):
         row = []
@@ -339,7 +339,7 @@ def realism(volumes: dict) -> list[dict]:
     for scan, label_name, preset in ((BRAIN1, BRAIN1_LABEL, "mr-enhancing-tumour"), (BRAIN1, BRAIN1_LABEL, "mr-metastasis"),
                                      (LUNG1, LUNG1_LABEL, "ct-nodule-solid")):
         volume = volumes[scan]
-        spacing_kji = tuple(volume.spacing_along(a) for a in range(3))
+        spacing_kji = volume.spacing_kji
         real = read_volume(_find(label_name)).array > 0
         mode = PRESETS[preset].ranges["contrast_mode"]
         voxel_ml = float(np.prod(volume.spacing)) / 1000

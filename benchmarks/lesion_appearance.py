@@ -49,7 +49,7 @@ PRESET = "mr-enhancing-tumour"
 
 def texture_stats(before: Volume, after: np.ndarray, lesion: np.ndarray, others: np.ndarray) -> dict:
     """Contrast, interior CV and intensity distribution (relative to the shell's mean) of one lesion."""
-    spacing_kji = tuple(before.spacing_along(a) for a in range(3))
+    spacing_kji = before.spacing_kji
     shell = shell_mask(lesion, spacing_kji, exclude=others)
     background = float(before.array[shell].astype(float).mean())
     relative = after[lesion].astype(float) / background - 1.0

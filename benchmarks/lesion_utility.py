@@ -88,7 +88,7 @@ def _head_depth(volume: Volume) -> np.ndarray:
 
     smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), 1.0)
     head = ndimage.binary_fill_holes(smooth > threshold_otsu(smooth))
-    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=[volume.spacing_along(a) for a in range(3)])
+    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=volume.spacing_kji)
     return depth[1:-1, 1:-1, 1:-1]
 
 

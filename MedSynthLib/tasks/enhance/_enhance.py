@@ -263,7 +263,7 @@ def correct_bias(
         span = float(data[fit_mask].max()) - low
         shift = -low + max(0.01 * span, 1e-3)
         warnings.append(f"intensities inside the mask reach {low:g}; shifted by {shift:g} for N4 (needs positive values)")
-    field, details = n4_field(data + shift, fit_mask, spacing_kji=[volume.spacing_along(a) for a in range(3)],
+    field, details = n4_field(data + shift, fit_mask, spacing_kji=volume.spacing_kji,
                               shrink=int(shrink), iterations=[int(i) for i in iterations],
                               control_points=int(control_points), progress=progress, cancel=cancel)
     corrected = data / field if shift == 0 else (data.astype(np.float64) + shift) / field - shift
