@@ -203,7 +203,7 @@ class MedSynthParameterNode:
 
     # Enhance
     enhanceDenoise: bool = True
-    denoiseMethod: Annotated[str, Choice(["auto", "selfsup", "model", "nlm", "aniso"])] = "auto"
+    denoiseMethod: Annotated[str, Choice(["auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso"])] = "auto"
     denoiseStrength: Annotated[float, WithinRange(0.1, 2.0)] = 1.0
     enhanceBias: bool = False
     biasShrink: Annotated[int, WithinRange(1, 8)] = 6

@@ -105,14 +105,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ..tasks.enhance import DENOISE_METHODS
 
     parser = subparsers.add_parser(
-        "denoise", help="remove noise (self-supervised network, model package, non-local means, diffusion)",
-        description="Denoise a volume; output keeps the grid and voxel type. The self-supervised method "
-        "trains a small network on this volume alone (about 1-2 minutes on a CPU for a 1 mm brain).")
+        "denoise", help="remove noise (sliding-DCT and non-local means fusion, self-supervised network, model "
+        "package, diffusion)",
+        description="Denoise a volume; output keeps the grid and voxel type. The default on a CPU (fusion) needs no "
+        "training; selfsup adds a small network trained on this volume alone (minutes on a CPU).")
     parser.add_argument("input", help="input volume (NRRD, NIfTI, MHA)")
     parser.add_argument("output", help="output volume")
     parser.add_argument("--method", choices=DENOISE_METHODS, default="auto",
-                        help="auto (default): model if --model is given, else selfsup (nlm for very large volumes "
-                        "on a CPU); nlm is fast and strong, aniso fastest")
+                        help="auto (default): model if --model is given, else selfsup on a GPU and fusion on a "
+                        "CPU; dct is the fastest strong method, nlm and aniso the classical ones")
     parser.add_argument("--strength", type=number_in(0.0, 2.0), default=1.0, metavar="X",
                         help="0-2, default 1 (calibrated from the noise estimate); 0 leaves the volume unchanged")
     parser.add_argument("--mask", metavar="MASK", help="denoise only inside this label map (same grid); noise measured there")

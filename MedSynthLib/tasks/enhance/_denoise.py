@@ -31,7 +31,7 @@ from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import THICK_SLICE_RATIO, Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._enhance import (AUTO_SELFSUP_MAX_VOXELS, DENOISE_METHODS, DenoiseResult, MaskLike,
+from ._enhance import (DENOISE_METHODS, DenoiseResult, MaskLike,
                        _check_strength, _finish)
 
 __all__ = ["denoise", "AUTO_FALLBACKS"]
@@ -39,7 +39,8 @@ __all__ = ["denoise", "AUTO_FALLBACKS"]
 log = logging.getLogger(__name__)
 
 #: What ``auto`` tries next when a method's result fails the plausibility check.
-AUTO_FALLBACKS = {"model": "nlm", "selfsup": "nlm", "nlm": "aniso", "aniso": None}
+AUTO_FALLBACKS = {"model": "fusion", "selfsup": "fusion", "fusion": "dct", "dct": "nlm", "nlm": "aniso",
+                  "aniso": None}
 
 
 def _choose_method(method: str, volume: Volume, model: Any, device: str) -> str:
@@ -47,9 +48,9 @@ def _choose_method(method: str, volume: Volume, model: Any, device: str) -> str:
         return method
     if model is not None:
         return "model"
-    if select_device(device).type != "cpu" or volume.array.size <= AUTO_SELFSUP_MAX_VOXELS:
+    if select_device(device).type != "cpu":
         return "selfsup"
-    return "nlm"
+    return "fusion"
 
 
 def _working_noise(noise: NoiseEstimate, method: str) -> tuple[NoiseEstimate, dict, list[str]]:
@@ -86,7 +87,34 @@ def _run_method(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstim
         return denoise_aniso(data, iterations=aniso_iterations(relative, strength), progress=progress, cancel=cancel)
     if chosen == "model":
         return _denoise_model(volume, context, progress)
+    if chosen in ("dct", "fusion"):
+        return _training_free(chosen, data, noise, context, progress)
     return _selfsup(volume, data, noise, context, progress)
+
+
+def _is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
+    return noise.model == "rician" and data.min() >= 0  # a "magnitude" image with negative values is not one
+
+
+def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context: dict,
+                   progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
+    """``dct`` or ``fusion`` (torch's CPU threads from the idle cores, as for the network methods)."""
+    from ._dct import denoise_dct
+    from ._sure import denoise_fusion
+
+    strength, cancel = context["strength"], context["cancel"]
+    threads = cpu_threads(requested=context["threads"])
+    with torch_threads(threads):
+        if chosen == "dct":
+            values, details = denoise_dct(data, sigma=noise.sigma, strength=strength, progress=progress,
+                                          cancel=cancel)
+        else:
+            foreground = context["mask"] if context["mask"] is not None else otsu_foreground(data)
+            report(progress, 0.0, "DCT and non-local means, SURE-weighted")
+            values, details = denoise_fusion(data, sigma=noise.sigma, rician=_is_rician(noise, data),
+                                             foreground=foreground, strength=strength, seed=context["seed"],
+                                             cancel=cancel)
+    return values, {**details, "cpu_threads": threads}
 
 
 def _denoise_model(volume: Volume, context: dict, progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
@@ -128,7 +156,7 @@ def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: di
     axis = volume.slice_axis() if planar else 0
     mask = context["mask"]
     foreground = mask if mask is not None else otsu_foreground(data)
-    rician = noise.model == "rician" and data.min() >= 0  # a "magnitude" image with negative values is not one
+    rician = _is_rician(noise, data)
     moved = np.moveaxis(data, axis, 0)
     on_cpu = select_device(context["device"]).type == "cpu"
     threads = cpu_threads(requested=context["threads"]) if on_cpu else None
@@ -220,12 +248,13 @@ def denoise(
     Parameters
     ----------
     volume : Volume
-    method : {"auto", "selfsup", "model", "nlm", "aniso"}
-        See :mod:`MedSynthLib.tasks.enhance`; ``auto`` picks ``model`` when ``model`` is given, and falls back
-        to a safer method when a result fails the plausibility check.
+    method : {"auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso"}
+        See :mod:`MedSynthLib.tasks.enhance`; ``auto`` picks ``model`` when ``model`` is given, ``selfsup`` on a
+        GPU, else ``fusion``, and falls back to a safer method when a result fails the plausibility check.
     strength : float in [0, 2]
         1 is the method's calibrated setting; 0 returns the input unchanged.
-        For ``selfsup`` it scales the noise variance the fusion trusts, for
+        For ``fusion`` and ``selfsup`` it scales the noise variance the fusion trusts (and the sigma of its
+        components), for ``dct`` the sigma, for
         ``nlm`` the filter parameter ``h``, for ``aniso`` the iterations; for
         ``model`` it blends output and input (values above 1 act as 1).
     mask : ndarray or Volume, optional

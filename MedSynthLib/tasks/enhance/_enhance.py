@@ -11,11 +11,17 @@ Methods
 -------
 ``denoise(method=...)``:
 
+``fusion``
+    Training-free: a sliding-window 3D DCT Wiener filter at two block sizes
+    (:mod:`._dct`) and non-local means at two strengths, combined by convex
+    SURE-fitted weights (no clean data; :mod:`._sure`). The CPU default.
+``dct``
+    The sliding-window 3D DCT filter alone (4^3 blocks, hard threshold then
+    empirical Wiener): the fastest strong method.
 ``selfsup``
-    A blind-spot network trained on this volume alone (Noise2Self family),
-    combined with non-local means by SURE-fitted weights (no clean data);
-    see :mod:`MedSynthLib.tasks.enhance._selfsup`. Best quality, about 90
-    CPU-seconds (one thread) for a 1 mm brain.
+    ``fusion`` plus a blind-spot network trained on this volume alone (Noise2Self
+    family) as two more SURE components; see :mod:`._selfsup`. Training costs
+    CPU minutes; on a GPU it is the default.
 ``model``
     A trained denoise model package (``task="denoise"``) applied slice by slice
     with 2.5D context (:mod:`MedSynthLib.network_inputs.denoise`).
@@ -24,11 +30,11 @@ Methods
 ``aniso``
     SimpleITK curvature anisotropic diffusion, iterations from the noise level.
 ``auto``
-    ``model`` when a package is given, else ``selfsup`` on a GPU or for volumes up
-    to :data:`AUTO_SELFSUP_MAX_VOXELS` voxels, else ``nlm``; set from the
-    conservative sigma when the two noise estimators disagree, and falling back
-    (``selfsup`` -> ``nlm`` -> ``aniso`` -> unchanged) when what a method removed
-    does not look like noise (see :mod:`._denoise` and :mod:`._checks`).
+    ``model`` when a package is given, else ``selfsup`` on a GPU, else ``fusion``;
+    set from the conservative sigma when the two noise estimators disagree, and
+    falling back (``selfsup`` -> ``fusion`` -> ``dct`` -> ``nlm`` -> ``aniso`` ->
+    unchanged) when what a method removed does not look like noise (see
+    :mod:`._denoise` and :mod:`._checks`).
 
 ``denoise`` itself lives in :mod:`._denoise`.
 """
@@ -52,7 +58,6 @@ from ...volume import Volume, array_axis, mask_on_grid, validate_volume
 
 __all__ = [
     "DENOISE_METHODS",
-    "AUTO_SELFSUP_MAX_VOXELS",
     "NoiseEstimate",
     "DenoiseResult",
     "BiasResult",
@@ -68,10 +73,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DENOISE_METHODS = ("auto", "selfsup", "model", "nlm", "aniso")
-
-#: ``auto`` trains the self-supervised network on a CPU only up to this size (an MNI brain is 8.7 M).
-AUTO_SELFSUP_MAX_VOXELS = 12_000_000
+DENOISE_METHODS = ("auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso")
 
 MaskLike = Union[np.ndarray, Volume, None]
 

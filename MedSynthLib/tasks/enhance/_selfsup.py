@@ -26,18 +26,14 @@ How this one is built, and why:
   the noise variance (known from the estimate) and the prediction's own error
   variance, estimated as the local mean of (observed - predicted)^2 minus the
   noise variance. ``strength`` scales the noise variance used here.
-* **SURE fusion with non-local means** (:func:`._sure.sure_fusion`): the final output is
-  ``sum_i w_i f_i`` over five estimates (the blind prediction, its Wiener fusion,
-  non-local means at ``h = 0.5`` and ``0.8 sigma``, the observation), with the
-  weights that minimise Stein's unbiased risk estimate, one set per class of local
-  gradient. SURE needs only the noisy data and sigma, never a clean image; the
-  blind prediction's divergence is exactly 0 (J-invariance), the observation's 1,
-  the others' come from one random probe (Monte-Carlo SURE). Why: the small CPU
-  network alone is weaker than non-local means, but its errors are largely
-  independent of them (it never sees the voxel, and it sees 15 voxels far), so the
-  combination beats both: on the MNI template +1.0 / +1.2 / +0.7 dB over the best
-  ground-truth-tuned non-local means at 3 / 5 / 9 % noise, where the network alone
-  is several dB below it. Two NLM strengths let SURE choose the smoothing.
+* **SURE fusion** (:func:`._sure.sure_fusion`): the final output is ``sum_i w_i f_i`` over the blind
+  prediction, its Wiener fusion and the training-free components of the ``fusion`` method (sliding-DCT
+  Wiener at two block sizes, non-local means at ``h = 0.5`` and ``0.8 sigma``), with the convex weights
+  that minimise Stein's unbiased risk estimate, one set per class of local gradient. SURE needs only the
+  noisy data and sigma, never a clean image; the blind prediction's divergence is exactly 0
+  (J-invariance), the others' come from one random probe (Monte-Carlo SURE). Why: the small CPU network
+  alone is weaker than the classical filters, but its errors are largely independent of theirs (it never
+  sees the voxel, and it sees 15 voxels far), so it can add to them where SURE says it does.
 * Deterministic for a seed on the CPU: fixed step count, seeded crops and
   initialisation, no time-based stopping.
 """
@@ -57,6 +53,7 @@ from torch import nn
 from ...budget import TimeBudget
 from ...engine import EngineReport, run_with_fallback, select_device
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
+from ._sure import FusionSettings, NetworkEstimates, _bbox, sure_fusion
 
 __all__ = ["SelfSupSettings", "BlindSpotNet", "denoise_selfsup", "TRAINING_SHARE"]
 
@@ -72,9 +69,9 @@ MIN_TRAINING_STEPS = 10
 class SelfSupSettings:
     """Knobs of the self-supervised denoiser.
 
-    ``sure_fusion`` combines the network with non-local means at ``nlm_h_factors`` (times sigma) by
-    SURE-fitted weights, fitted on ``sure_blocks`` slabs of ``sure_block_slices`` slices, one set per
-    ``sure_classes`` quantile classes of the local gradient; off, the output is the Wiener fusion only.
+    ``sure_fusion`` combines the network's two estimates with the training-free components of ``fusion``
+    (:class:`._sure.FusionSettings`: sliding DCT, non-local means) by SURE-fitted weights; off, the output is
+    the Wiener fusion only.
     """
 
     channels: int = 8
@@ -87,10 +84,7 @@ class SelfSupSettings:
     margin: int = 4
     slab: int = 48
     sure_fusion: bool = True
-    nlm_h_factors: tuple[float, ...] = (0.5, 0.8)
-    sure_blocks: int = 3
-    sure_block_slices: int = 10
-    sure_classes: int = 4
+    fusion: FusionSettings = FusionSettings()
 
 
 class _MaskedConv3d(nn.Conv3d):
@@ -193,15 +187,6 @@ def _blind_gaussian_kernel() -> torch.Tensor:
 
 def _skip(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.conv3d(x, kernel, padding=1)
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    if not mask.any():
-        return tuple(slice(0, n) for n in mask.shape)
-    where = np.nonzero(mask.any(axis=(1, 2))), np.nonzero(mask.any(axis=(0, 2))), np.nonzero(mask.any(axis=(0, 1)))
-    return tuple(
-        slice(max(0, int(w[0][0]) - margin), min(n, int(w[0][-1]) + 1 + margin)) for w, n in zip(where, mask.shape)
-    )
 
 
 def denoise_selfsup(
@@ -419,12 +404,10 @@ def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float
     to_magnitude = (lambda t: np.sqrt(np.maximum(t - 2 * s * s, 0))) if rician else (lambda t: t)
     if not settings.sure_fusion:
         return to_magnitude(fused)
-    report(job.progress, 0.8, "non-local means for the fusion")
-    from ._sure import sure_fusion
-
-    estimate, fusion = sure_fusion(
-        x, s, rician=rician, foreground=foreground, blind=to_magnitude(prediction),
-        wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]),
-        wiener_now=to_magnitude(fused), strength=strength, seed=job.seed, settings=settings, cancel=job.cancel)
+    report(job.progress, 0.8, "DCT and non-local means for the fusion")
+    network = NetworkEstimates(blind=to_magnitude(prediction), wiener_now=to_magnitude(fused),
+                               wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]))
+    estimate, fusion = sure_fusion(x, s, rician=rician, foreground=foreground, strength=strength, seed=job.seed,
+                                   settings=settings.fusion, network=network, cancel=job.cancel)
     details["fusion"] = fusion
     return estimate
