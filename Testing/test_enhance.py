@@ -108,7 +108,7 @@ def test_selfsup_sure_fusion_uses_no_clean_image_and_beats_its_parts():
     volume = Volume(noisy, oblique_matrix())
     fused = E.denoise(volume, method="selfsup", method_options={"selfsup": {"steps": 20}}, seed=0, device="cpu")
     fusion = fused.report["parameters"]["fusion"]
-    assert fusion["components"] == ["blind", "wiener", "dct_p4", "dct_p8", "nlm_h0.5"]
+    assert fusion["components"] == ["blind", "wiener", "collaborative", "dct_p8", "nlm_h0.5"]
     assert fusion["fit_voxels"] > 1000
     assert all(len(w) == 5 and np.all(np.isfinite(w)) and abs(sum(w) - 1) < 1e-6 and min(w) >= 0
                for w in fusion["weights_by_gradient_class"])
@@ -156,13 +156,34 @@ def test_dct_denoising_in_slabs_matches_the_whole_volume(monkeypatch):
     assert np.allclose(whole, sliced, atol=1e-4)
 
 
+def test_collaborative_filter_denoises_is_local_and_slab_independent(monkeypatch):
+    from scipy import ndimage
+
+    from MedSynthLib.tasks.enhance import _collaborative as C
+
+    clean = ndimage.gaussian_filter(_head((16, 36, 40)).astype(np.float32), 1.0)
+    noisy = clean + np.random.default_rng(5).normal(0, 8.0, clean.shape).astype(np.float32)
+    mask = clean > 10
+    out, params = C.denoise_collaborative(noisy, sigma=8.0)
+    assert params["group"] == 16 and out.shape == noisy.shape and out.dtype == np.float32
+    assert _rmse(out, clean, mask) < 0.6 * _rmse(noisy, clean, mask)
+    poked = noisy.copy()
+    poked[8, 18, 20] += 500.0
+    k, j, i = np.nonzero(np.abs(C.denoise_collaborative(poked, sigma=8.0)[0] - out) > 1e-3)
+    assert len(k) and max(abs(k - 8).max(), abs(j - 18).max(), abs(i - 20).max()) <= C.collaborative_influence()
+    monkeypatch.setattr(C, "CHUNK_VALUES", 1)  # one row of reference blocks at a time
+    assert np.allclose(C.denoise_collaborative(noisy, sigma=8.0)[0], out, atol=1e-3)
+    with pytest.raises(ValueError, match="collaborative"):
+        C.denoise_collaborative(noisy, sigma=8.0, group=400)
+
+
 def test_fusion_is_auto_on_cpu_convex_and_never_worse_than_its_parts():
     clean = _head((20, 44, 48))
     volume = Volume(_rician(clean, 7.0, seed=4), oblique_matrix(spacing=(0.9, 1.0, 1.1)))
     result = E.denoise(volume, device="cpu")
     assert result.report["method"] == "fusion"
     fusion = result.report["parameters"]["fusion"]
-    assert fusion["components"] == ["dct_p4", "dct_p8", "nlm_h0.5"]
+    assert fusion["components"] == ["collaborative", "dct_p8", "nlm_h0.5"]
     assert all(min(w) >= 0 and abs(sum(w) - 1) < 1e-6 for w in fusion["weights_by_gradient_class"])
     assert fusion["fallback"] is None or fusion["fallback"] in fusion["components"]
     mask = clean > 0

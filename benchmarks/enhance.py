@@ -108,9 +108,14 @@ def add_noise(scan: dict, level: float, seed: int) -> tuple[np.ndarray, float]:
 
 
 # ---- methods: each returns the denoised array (and a few words on how it was set) -------------------------
+#: MedSynth methods with options (``--methods``): none at present.
+OUR_VARIANTS: dict = {}
+
+
 def run_ours(method: str, noisy: np.ndarray, scan: dict, seed: int) -> tuple[np.ndarray, dict]:
+    method, options = OUR_VARIANTS.get(method, (method, None))
     result = denoise(Volume(noisy, scan["matrix"]), method=method, modality=scan["modality"], device="cpu",
-                     seed=seed, threads=1)
+                     seed=seed, threads=1, method_options=options)
     r = result.report
     info = {"method_used": r["method"], "sigma_used": r["sigma_used"], "noise_branch": r["noise_check"]["branch"],
             "rejected": [a["method"] for a in r["plausibility"]["rejected"]]}
@@ -219,7 +224,7 @@ def summarise(row: dict) -> dict:
             out.update(fastest_peer_within_0p2db=None)
     if "nlm" in row and "psnr" in row["nlm"]:
         out["auto_minus_nlm_db"] = round(auto["psnr"] - row["nlm"]["psnr"], 3)
-    own = {m: row[m] for m in OURS + ("fusion",) if m != "auto" and m in row and "psnr" in row[m]}
+    own = {m: row[m] for m in OURS + ("fusion", *OUR_VARIANTS) if m != "auto" and m in row and "psnr" in row[m]}
     if own:  # "auto never falls behind the best single method MedSynth ships" (0.1 dB)
         best_own = max(own, key=lambda m: own[m]["psnr"])
         out.update(best_own=best_own, auto_minus_best_own_db=round(auto["psnr"] - own[best_own]["psnr"], 3),
@@ -289,7 +294,7 @@ def part_n4(args) -> dict:
 
 def table(results: dict) -> str:
     lines = []
-    methods = [m for m in OURS + ("fusion",) + PEERS + tuple(BM4D_VARIANTS)]
+    methods = [m for m in OURS + ("fusion", *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS)]
     for name, scan in results.get("denoise", {}).items():
         labels = [k for k in scan if k.endswith("%") or k.endswith("HU")]
         lines.append(f"\n{name} crop {scan['shape_kji']}: PSNR dB / SSIM / wall s / CPU s (1 thread)")
@@ -333,7 +338,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scans", default="mni,robex,lung1", help="comma list of mni, robex, lung1")
     parser.add_argument("--levels", default=None, help="only these levels (MR %%, CT HU), e.g. 5,30")
     parser.add_argument("--methods", default=",".join(OURS + PEERS),
-                        help=f"comma list of {', '.join(OURS + ('fusion',) + PEERS + tuple(BM4D_VARIANTS))}")
+                        help=f"comma list of {', '.join(OURS + ('fusion', *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS))}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="half-size crops, one level: a smoke run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
@@ -341,7 +346,8 @@ def main(argv=None) -> int:
     args.scans = [s.strip() for s in args.scans.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.levels = None if args.levels is None else [float(v) if "." in v else int(v) for v in args.levels.split(",")]
-    unknown = [m for m in args.methods if m not in OURS + ("selfsup",) + PEERS + tuple(BM4D_VARIANTS)] + [s for s in args.scans if s not in FILES]
+    known = OURS + ("fusion", *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS)
+    unknown = [m for m in args.methods if m not in known] + [s for s in args.scans if s not in FILES]
     if unknown:
         raise SystemExit(f"unknown method or scan: {', '.join(unknown)}")
     if not DATA.is_dir():

@@ -35,7 +35,8 @@ class FusionSettings:
     one set of weights per ``classes`` quantile classes of the local gradient.
     """
 
-    dct_blocks: tuple[tuple[int, int], ...] = ((4, 1), (8, 3))
+    collaborative: bool = True
+    dct_blocks: tuple[tuple[int, int], ...] = ((8, 3),)
     nlm_h_factors: tuple[float, ...] = (0.5,)
     blocks: int = 3
     block_slices: int = 10
@@ -77,6 +78,14 @@ def _smoothers(s: float, strength: float, settings: FusionSettings) -> list[tupl
     from ._dct import dct_influence, denoise_dct
 
     out = []
+    if settings.collaborative:
+        from ._collaborative import collaborative_influence, denoise_collaborative
+
+        matches: dict = {}  # the groups of the first run, held for the probe run of the same shape
+
+        out.append(("collaborative", lambda v: denoise_collaborative(v, sigma=s, strength=strength,
+                                                                     matches=matches)[0],
+                    collaborative_influence()))
     for patch, step in settings.dct_blocks:
         out.append((f"dct_p{patch}", lambda v, p=patch, t=step: denoise_dct(v, sigma=s, strength=strength,
                                                                             patch=p, step=t)[0],
