@@ -113,7 +113,7 @@ def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context:
             report(progress, 0.0, "DCT and non-local means, SURE-weighted")
             values, details = denoise_fusion(data, sigma=noise.sigma, rician=_is_rician(noise, data),
                                              foreground=foreground, strength=strength, seed=context["seed"],
-                                             cancel=cancel)
+                                             budget=context["budget"], cancel=cancel)
     return values, {**details, "cpu_threads": threads}
 
 
@@ -274,7 +274,9 @@ def denoise(
         :class:`~MedSynthLib.tasks.enhance._selfsup.SelfSupSettings`); fewer is faster.
     time_budget : float, optional
         Seconds of wall time, checked on the clock: the self-supervised training stops early (its network so
-        far) so that the rest of the run fits; the report's ``budget`` says what was cut.
+        far) so that the rest of the run fits, and the fusion skips its remaining components once the budget
+        has run out (the collaborative filter, the first, always runs); the report's ``budget`` says what was
+        cut.
     threads : int, optional
         Torch CPU threads for the network methods; default: the cores idle now
         (:func:`~MedSynthLib.budget.cpu_threads`), because threads fighting another job for busy cores run

@@ -12,9 +12,10 @@ Methods
 ``denoise(method=...)``:
 
 ``fusion``
-    Training-free: a sliding-window 3D DCT Wiener filter at two block sizes
-    (:mod:`._dct`) and non-local means at two strengths, combined by convex
-    SURE-fitted weights (no clean data; :mod:`._sure`). The CPU default.
+    Training-free: block-matching collaborative filtering (:mod:`._collaborative`,
+    the BM3D/BM4D scheme), a sliding-window 3D DCT filter of 8^3 blocks
+    (:mod:`._dct`) and non-local means, combined by convex SURE-fitted weights
+    (no clean data; :mod:`._sure`). The CPU default.
 ``dct``
     The sliding-window 3D DCT filter alone (4^3 blocks, hard threshold then
     empirical Wiener): the fastest strong method.

@@ -27,8 +27,8 @@ How this one is built, and why:
   variance, estimated as the local mean of (observed - predicted)^2 minus the
   noise variance. ``strength`` scales the noise variance used here.
 * **SURE fusion** (:func:`._sure.sure_fusion`): the final output is ``sum_i w_i f_i`` over the blind
-  prediction, its Wiener fusion and the training-free components of the ``fusion`` method (sliding-DCT
-  Wiener at two block sizes, non-local means at ``h = 0.5`` and ``0.8 sigma``), with the convex weights
+  prediction, its Wiener fusion and the training-free components of the ``fusion`` method (collaborative
+  filtering, sliding DCT, non-local means; :class:`._sure.FusionSettings`), with the convex weights
   that minimise Stein's unbiased risk estimate, one set per class of local gradient. SURE needs only the
   noisy data and sigma, never a clean image; the blind prediction's divergence is exactly 0
   (J-invariance), the others' come from one random probe (Monte-Carlo SURE). Why: the small CPU network
@@ -408,6 +408,6 @@ def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float
     network = NetworkEstimates(blind=to_magnitude(prediction), wiener_now=to_magnitude(fused),
                                wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]))
     estimate, fusion = sure_fusion(x, s, rician=rician, foreground=foreground, strength=strength, seed=job.seed,
-                                   settings=settings.fusion, network=network, cancel=job.cancel)
+                                   settings=settings.fusion, network=network, budget=job.budget, cancel=job.cancel)
     details["fusion"] = fusion
     return estimate

@@ -1,14 +1,17 @@
-"""SURE fusion: training-free denoisers (sliding DCT, non-local means), optionally the self-supervised network.
+"""SURE fusion: training-free denoisers (collaborative filtering, sliding DCT, non-local means), optionally the
+self-supervised network.
 
 What is here: the Monte-Carlo SURE fit (:func:`sure_fusion`), the convex weights (:func:`convex_sure_weights`)
 and the rule that falls back to the best single component when the fused risk is not clearly lower
 (:data:`FUSION_MIN_GAIN`). :func:`denoise_fusion` is the ``fusion`` method (the CPU default of ``auto``);
 :mod:`._selfsup` adds its network's two estimates to the same components.
 
-Why fuse: the sliding-DCT Wiener filter (:mod:`._dct`) and non-local means fail in different places (the DCT
-keeps fine texture and rings at sharp edges, non-local means flattens texture and keeps repeated edges), and
-two block sizes / two filter strengths let SURE pick the smoothing per class of local gradient. SURE needs only
-the noisy data and sigma: the clean image is never used, so nothing is tuned on the scan being scored.
+Why fuse: block-matching collaborative filtering (:mod:`._collaborative`), the sliding-DCT Wiener filter
+(:mod:`._dct`) and non-local means fail in different places (the block filters keep fine texture and ring at
+sharp edges, non-local means flattens texture and keeps repeated edges), and SURE picks the mixture per class of
+local gradient. SURE needs only the noisy data and sigma: the clean image is never used, so nothing is tuned on
+the scan being scored. On the benchmark's real scans the collaborative filter carries 0.87-1.0 of the weight;
+the others add up to 0.1 dB where they help (lung CT, the MNI template).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import ndimage
 
+from ...budget import TimeBudget
 from ...progress import CancelToken, check_cancel
 
 __all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "FusionSettings", "FUSION_MIN_GAIN"]
@@ -30,6 +34,7 @@ __all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "FusionSettin
 class FusionSettings:
     """Which training-free components are fused and where SURE is fitted.
 
+    ``collaborative``: block-matching collaborative filtering (:mod:`._collaborative`, its defaults);
     ``dct_blocks``: (patch, step) of each sliding-DCT component; ``nlm_h_factors``: non-local means strengths
     (times sigma). The divergences are probed on ``blocks`` slabs of ``block_slices`` slices along axis 0;
     one set of weights per ``classes`` quantile classes of the local gradient.
@@ -128,12 +133,14 @@ def _divergence(run, debias, xr: np.ndarray, now: np.ndarray, probe: np.ndarray,
 
 
 def _smoother_components(xr: np.ndarray, *, s: float, strength: float, settings: FusionSettings, seed: int,
-                         debias, cancel: Optional[CancelToken]):
+                         debias, cancel: Optional[CancelToken], budget: Optional[TimeBudget] = None):
     """Every training-free estimate on ``xr``, and its Monte-Carlo divergence on a few thin slabs along axis 0.
 
     All of them are local (:func:`_smoothers` gives each one's reach), so a slab plus a margin of that reach
     gives the same values there as the whole volume. Returns (components, the fitted voxels, the +-1 probe,
-    its step): the probe is shared with the network's Wiener fusion.
+    its step): the probe is shared with the network's Wiener fusion. The components come in the order of their
+    weight in the benchmark's fusions; once ``budget`` has run out, the rest are skipped (the first always runs)
+    and the budget's report says which.
     """
     smoothers = _smoothers(s, strength, settings)
     rng = np.random.default_rng(seed + 7919)
@@ -144,8 +151,11 @@ def _smoother_components(xr: np.ndarray, *, s: float, strength: float, settings:
     for a, b in slabs:
         fit[a:b] = True
     components = []
-    for name, run, reach in smoothers:
+    for index, (name, run, reach) in enumerate(smoothers):
         check_cancel(cancel)
+        if index and budget is not None and budget.expired():
+            budget.cut(f"fusion: the time budget ran out, {', '.join(n for n, *_ in smoothers[index:])} skipped")
+            break
         now = debias(run(xr))
         check_cancel(cancel)
         components.append(_Component(name, now, _divergence(run, debias, xr, now, probe, eps, slabs, reach)))
@@ -154,7 +164,7 @@ def _smoother_components(xr: np.ndarray, *, s: float, strength: float, settings:
 
 def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, strength: float, seed: int,
                 settings: FusionSettings = FusionSettings(), network: Optional[NetworkEstimates] = None,
-                cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
+                budget: Optional[TimeBudget] = None, cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
     """The convex SURE-weighted combination of the training-free estimates (and the network's, when given).
 
     All arrays are in the magnitude (or intensity) domain with noise standard deviation ``s``. The weights
@@ -177,7 +187,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
         return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
 
     components, fit, probe, eps = _smoother_components(xr, s=s, strength=strength, settings=settings, seed=seed,
-                                                      debias=debias, cancel=cancel)
+                                                      debias=debias, cancel=cancel, budget=budget)
     guide = components[0].estimate
     if network is not None:
         full_probe = np.zeros(x.shape, np.float32)
@@ -224,12 +234,12 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
 
 
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
-                   seed: int = 0, settings: FusionSettings = FusionSettings(),
+                   seed: int = 0, settings: FusionSettings = FusionSettings(), budget: Optional[TimeBudget] = None,
                    cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
-    """The ``fusion`` method: sliding-DCT Wiener at two block sizes and non-local means at two strengths,
-    SURE-weighted (no training, no network). Returns the float32 estimate and the fusion's report."""
+    """The ``fusion`` method: the components of ``settings`` (collaborative filtering, sliding DCT, non-local
+    means), SURE-weighted (no training, no network). Returns the float32 estimate and the fusion's report."""
     estimate, info = sure_fusion(np.asarray(array, np.float32), float(sigma), rician=rician, foreground=foreground,
-                                 strength=strength, seed=seed, settings=settings, cancel=cancel)
+                                 strength=strength, seed=seed, settings=settings, budget=budget, cancel=cancel)
     return np.asarray(estimate, np.float32), {"fusion": info, "noise_model": "rician" if rician else "gaussian"}
 
 
