@@ -15,6 +15,7 @@ are; the reference blocks are processed a slab at a time (:data:`CHUNK_VALUES`).
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -91,13 +92,22 @@ def _filter_groups(x: torch.Tensor, pilot: Optional[torch.Tensor], starts: torch
     norm.view(-1).index_add_(0, flat.reshape(-1), weight_each.reshape(-1))
 
 
-def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inner: tuple[int, ...], patch: int,
-           step: int, search: int, group: int, threshold: float, cancel: Optional[CancelToken],
-           matches: Optional[list] = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Knobs:
+    patch: int
+    step: int
+    search: int
+    group: int
+    threshold: float
+
+
+def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inner: tuple[int, ...], knobs: _Knobs,
+           cancel: Optional[CancelToken], matches: Optional[list] = None) -> torch.Tensor:
     """One pass: groups matched on ``pilot`` (or the noisy data), hard threshold or Wiener, aggregation.
 
     ``matches``: the group starts of every slab; an empty list is filled, a full one is used instead of
     matching again."""
+    patch, step, search, group = knobs.patch, knobs.step, knobs.search, knobs.group
     lo = search  # the reference grid starts inside the search margin
     refs = [(n - patch) // step + 1 for n in inner]
     rows = max(1, CHUNK_VALUES // max(refs[1] * refs[2] * group * patch**3, 1))
@@ -117,7 +127,7 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inne
             starts[..., 0] += z0
             if matches is not None:
                 matches.append(starts)
-        _filter_groups(x, pilot, starts, sigma, patch=patch, threshold=threshold, total=total, norm=norm)
+        _filter_groups(x, pilot, starts, sigma, patch=patch, threshold=knobs.threshold, total=total, norm=norm)
     return total / norm.clamp_min(1e-30)
 
 
@@ -160,8 +170,7 @@ def denoise_collaborative(
     covered = [n + 2 * (patch - 1) + ((-(n + 2 * (patch - 1) - patch)) % step) for n in values.shape]
     pads = [(patch - 1 + search, c - n - (patch - 1) + search) for n, c in zip(values.shape, covered)]
     padded = torch.from_numpy(np.pad(values, pads, mode="symmetric"))
-    knobs = {"inner": tuple(covered), "patch": patch, "step": step, "search": search, "group": group,
-             "threshold": float(threshold), "cancel": cancel}
+    knobs = {"inner": tuple(covered), "knobs": _Knobs(patch, step, search, group, float(threshold)), "cancel": cancel}
     report(progress, 0.0, "collaborative filtering: hard threshold")
     if matches is not None and not matches:
         matches.update(shape=tuple(padded.shape), first=[], second=[])
