@@ -9,7 +9,8 @@ concentrates what the blocks share into few coefficients; what they do not share
 groups found on the first estimate (where matching is not fooled by the noise).
 
 The published choices (block 4^3 at a stride of 3, 16 blocks a group, threshold 2.7 sigma) are used as they
-are; the reference blocks are processed a slab at a time (:data:`CHUNK_VALUES`). Pure torch, CPU or GPU.
+are; the reference blocks are processed a slab at a time (:data:`CHUNK_VALUES`). Torch on the CPU (the
+threads of :func:`~MedSynthLib.budget.torch_threads`); a GPU path is future work.
 """
 
 from __future__ import annotations
