@@ -191,6 +191,7 @@ class MedSynthParameterNode:
     fillUpsample: bool = False
     upsampleFactor: Annotated[int, WithinRange(2, 8)] = 2
     timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0  # seconds; 0: the library's automatic budget
+    enhanceTimeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0  # seconds for the Enhance pipeline; 0: none
 
     # Lesions
     lesionPreset: str = ""

@@ -205,6 +205,17 @@ def test_fusion_skips_its_later_components_when_the_time_budget_runs_out():
     assert E.denoise(volume, method="fusion").report["budget"]["cut"] == []
 
 
+def test_enhance_pipeline_hands_each_step_what_is_left_of_its_time_budget():
+    clean = _head((14, 36, 40))
+    volume = Volume(_rician(clean, 7.0, seed=6), oblique_matrix())
+    result = E.enhance(volume, steps="denoise:fusion", time_budget=0.01)
+    assert result.report["budget"]["budget_s"] == 0.01
+    denoised = result.steps[0]
+    assert 0 < denoised["budget"]["budget_s"] <= 0.01 and denoised["budget"]["cut"]
+    assert denoised["parameters"]["fusion"]["components"] == ["collaborative"]
+    assert E.enhance(volume, steps="denoise:dct").steps[0]["budget"]["budget_s"] is None
+
+
 def test_blind_spot_network_never_sees_the_centre_voxel():
     from MedSynthLib.tasks.enhance._selfsup import BlindSpotNet
 

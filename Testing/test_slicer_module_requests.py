@@ -196,6 +196,14 @@ def test_the_panels_time_budget_reaches_fill_and_upsample():
     assert requests.request_for("fill", {"time_budget": 5.0, "slices": [2]}).parameters["time_budget"] == 5.0
 
 
+def test_the_enhance_tabs_time_budget_reaches_the_pipeline():
+    """The Enhance tab has its own budget (0: "none"); the Fill tab's does not leak into it."""
+    assert "time_budget" not in requests.options_from_settings(_settings(task="enhance", timeBudget=30.0))[1]
+    task, options = requests.options_from_settings(_settings(task="enhance", enhanceTimeBudget=20.0))
+    assert task == "enhance" and options["time_budget"] == 20.0
+    assert requests.request_for("enhance", {"steps": ["denoise"], "time_budget": 3.0}).parameters["time_budget"] == 3.0
+
+
 def test_requests_take_only_the_librarys_option_names():
     request = requests.request_for("lesion", {"size": 8.0, "count": 2}, centres=[(1, 2, 3)])
     assert request.parameters == {"device": "auto", "seed": 0, "model": "auto", "size_mm": 8.0, "count": 2,

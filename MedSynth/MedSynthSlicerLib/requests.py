@@ -118,7 +118,7 @@ TASK_OPTIONS = {
     "fill": ("slices", "axis", "method", "time_budget"),
     "upsample": ("factor", "axis", "method", "time_budget"),
     "lesion": ("preset", "count", "size_mm", "contrast", "label_mode"),
-    "enhance": ("steps",),
+    "enhance": ("steps", "time_budget"),
 }
 
 #: Short names accepted as well (``size`` is the panel's and the CLI's word for ``size_mm``).
@@ -176,8 +176,8 @@ def options_from_settings(p: Any) -> tuple[str, dict]:
     """
     common = {"device": p.device or "auto", "seed": int(p.seed),
               "model": str(p.modelFile) if p.model == "file" else p.model}
-    budget = float(p.timeBudget or 0.0)
-    timed = {"time_budget": budget} if budget > 0 else {}  # 0: the library's automatic budget
+    budget = float((p.enhanceTimeBudget if p.task == "enhance" else p.timeBudget) or 0.0)
+    timed = {"time_budget": budget} if budget > 0 else {}  # 0: the library's automatic budget (enhance: none)
     if p.task == "fill" and p.fillUpsample:
         return "upsample", {**common, "factor": int(p.upsampleFactor), "axis": p.fillAxis, "method": p.fillMethod,
                             **timed}
@@ -200,7 +200,7 @@ def options_from_settings(p: Any) -> tuple[str, dict]:
         steps.append(f"bias:{int(p.biasShrink)}")
     if p.enhanceDenoise:
         steps.append(f"denoise:{p.denoiseMethod}:{float(p.denoiseStrength):g}")
-    return "enhance", {**common, "steps": steps}
+    return "enhance", {**common, "steps": steps, **timed}
 
 
 def reasons_not_to_apply(p: Any) -> list[str]:

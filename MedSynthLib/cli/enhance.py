@@ -94,7 +94,7 @@ def _run_enhance(args: argparse.Namespace) -> int:
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "enhance") as progress:
         result = enhance(volume, steps=args.steps, mask=mask, model=args.model, device=args.device,
-                         seed=args.seed, progress=progress)
+                         seed=args.seed, time_budget=args.time_budget, progress=progress)
     _write(outputs, volume, result, task=f"enhance ({result.report['method']})", margin=_BIAS_MARGIN)
     if not args.quiet:
         print(f"enhanced ({result.report['method']}) in {result.report['seconds']:.1f} s: {args.output}")
@@ -151,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package for denoise:model")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="wall seconds for the whole pipeline, checked on the clock: the denoise and upsample "
+                        "steps get what is left when they start")
     add_output_args(parser)
     parser.set_defaults(func=_run_enhance)
 

@@ -50,6 +50,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ...budget import TimeBudget
 from ...engine import select_device
 from ...errors import InputError
 from ...intensity import restore_dtype
@@ -381,6 +382,13 @@ def parse_steps(steps: Union[str, Sequence[Union[str, EnhanceStep]]]) -> list[En
     return parsed
 
 
+def _left(budget: TimeBudget) -> Optional[float]:
+    """What a step may spend: the pipeline budget's remainder (a token second once spent), None without one."""
+    if budget.seconds is None:
+        return None
+    return max(budget.remaining(), 1e-3)
+
+
 def enhance(
     volume: Volume,
     *,
@@ -389,6 +397,7 @@ def enhance(
     model: Any = None,
     device: str = "auto",
     seed: int = 0,
+    time_budget: Optional[float] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> EnhanceResult:
@@ -404,6 +413,9 @@ def enhance(
         follow an ``upsample`` step when a mask is given (the grid changed).
     model, device, seed
         Passed to the denoise steps.
+    time_budget : float, optional
+        Wall seconds for the whole pipeline, on the clock: each denoise and upsample step gets what is left
+        when it starts (its report's ``budget`` says what it cut); bias correction is not cut.
 
     Returns
     -------
@@ -414,6 +426,7 @@ def enhance(
     validate_volume(volume)
     parsed = parse_steps(steps)
     select_device(device)  # absent: an error before the first step, whichever steps need a network
+    budget = TimeBudget(time_budget)
     boolean_mask = mask_on_grid(volume, mask)
     if boolean_mask is not None:
         upsampled = False
@@ -439,10 +452,11 @@ def enhance(
             from ._denoise import denoise
 
             outcome = denoise(current, mask=boolean_mask, model=model, device=device, seed=seed,
-                              progress=step_progress, cancel=cancel, **step.options)
+                              time_budget=_left(budget), progress=step_progress, cancel=cancel, **step.options)
         else:
             outcome = super_resolve(current, factor=step.options["factor"], method=step.options.get("method", "auto"),
-                                    device=device, seed=seed, progress=step_progress, cancel=cancel)
+                                    device=device, seed=seed, time_budget=_left(budget), progress=step_progress,
+                                    cancel=cancel)
         current = outcome.volume
         reports.append({"step": step.label(), **outcome.report})
     check_cancel(cancel)
@@ -453,6 +467,7 @@ def enhance(
         "method": "+".join(s.label() for s in parsed),
         "steps": reports,
         "device": ",".join(sorted({str(r.get("device", "cpu")) for r in reports})),
+        "budget": budget.report(),
         "seconds": round(seconds, 3),
         "warnings": warnings,
     }
