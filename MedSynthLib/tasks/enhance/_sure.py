@@ -10,7 +10,7 @@ Why fuse: block-matching collaborative filtering (:mod:`._collaborative`), the s
 (:mod:`._dct`) and non-local means fail in different places (the block filters keep fine texture and ring at
 sharp edges, non-local means flattens texture and keeps repeated edges), and SURE picks the mixture per class of
 local gradient. SURE needs only the noisy data and sigma: the clean image is never used, so nothing is tuned on
-the scan being scored. On the benchmark's real scans the collaborative filter carries 0.87-1.0 of the weight;
+the scan being scored. On the benchmark crops the collaborative filter carried 0.87-1.0 of the weight;
 the others add up to 0.1 dB where they help (lung CT, the MNI template).
 """
 
