@@ -108,14 +108,9 @@ def add_noise(scan: dict, level: float, seed: int) -> tuple[np.ndarray, float]:
 
 
 # ---- methods: each returns the denoised array (and a few words on how it was set) -------------------------
-#: MedSynth methods with options (``--methods``): none at present.
-OUR_VARIANTS: dict = {}
-
-
 def run_ours(method: str, noisy: np.ndarray, scan: dict, seed: int) -> tuple[np.ndarray, dict]:
-    method, options = OUR_VARIANTS.get(method, (method, None))
     result = denoise(Volume(noisy, scan["matrix"]), method=method, modality=scan["modality"], device="cpu",
-                     seed=seed, threads=1, method_options=options)
+                     seed=seed, threads=1)
     r = result.report
     info = {"method_used": r["method"], "sigma_used": r["sigma_used"], "noise_branch": r["noise_check"]["branch"],
             "rejected": [a["method"] for a in r["plausibility"]["rejected"]]}
@@ -161,6 +156,10 @@ PEER_RUNNERS = {"ants": run_ants, "dipy": run_dipy, "bm4d": run_bm4d}
 #: Extra BM4D variants (``--methods``): with the conservative sigma ``auto`` uses when the estimators
 #: disagree, and with the true sigma (an upper bound no user has).
 BM4D_VARIANTS = {"bm4d-conservative": "conservative", "bm4d-true": "true"}
+
+
+#: Every row ``--methods`` may name, in the table's order.
+ALL_METHODS = OURS + ("fusion",) + PEERS + tuple(BM4D_VARIANTS)
 
 
 def timed(function, *args):
@@ -224,7 +223,7 @@ def summarise(row: dict) -> dict:
             out.update(fastest_peer_within_0p2db=None)
     if "nlm" in row and "psnr" in row["nlm"]:
         out["auto_minus_nlm_db"] = round(auto["psnr"] - row["nlm"]["psnr"], 3)
-    own = {m: row[m] for m in OURS + ("fusion", *OUR_VARIANTS) if m != "auto" and m in row and "psnr" in row[m]}
+    own = {m: row[m] for m in OURS + ("fusion",) if m != "auto" and m in row and "psnr" in row[m]}
     if own:  # "auto never falls behind the best single method MedSynth ships" (0.1 dB)
         best_own = max(own, key=lambda m: own[m]["psnr"])
         out.update(best_own=best_own, auto_minus_best_own_db=round(auto["psnr"] - own[best_own]["psnr"], 3),
@@ -294,7 +293,7 @@ def part_n4(args) -> dict:
 
 def table(results: dict) -> str:
     lines = []
-    methods = [m for m in OURS + ("fusion", *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS)]
+    methods = list(ALL_METHODS)
     for name, scan in results.get("denoise", {}).items():
         labels = [k for k in scan if k.endswith("%") or k.endswith("HU")]
         lines.append(f"\n{name} crop {scan['shape_kji']}: PSNR dB / SSIM / wall s / CPU s (1 thread)")
@@ -338,7 +337,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scans", default="mni,robex,lung1", help="comma list of mni, robex, lung1")
     parser.add_argument("--levels", default=None, help="only these levels (MR %%, CT HU), e.g. 5,30")
     parser.add_argument("--methods", default=",".join(OURS + PEERS),
-                        help=f"comma list of {', '.join(OURS + ('fusion', *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS))}")
+                        help=f"comma list of {', '.join(ALL_METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="half-size crops, one level: a smoke run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
@@ -346,8 +345,7 @@ def main(argv=None) -> int:
     args.scans = [s.strip() for s in args.scans.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.levels = None if args.levels is None else [float(v) if "." in v else int(v) for v in args.levels.split(",")]
-    known = OURS + ("fusion", *OUR_VARIANTS) + PEERS + tuple(BM4D_VARIANTS)
-    unknown = [m for m in args.methods if m not in known] + [s for s in args.scans if s not in FILES]
+    unknown = [m for m in args.methods if m not in ALL_METHODS] + [s for s in args.scans if s not in FILES]
     if unknown:
         raise SystemExit(f"unknown method or scan: {', '.join(unknown)}")
     if not DATA.is_dir():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
-from ._dct import _dct_matrix
+from ._dct import _dct_matrix, mirror_pad, shrink
 
 __all__ = ["denoise_collaborative", "COLLABORATIVE_DEFAULTS", "collaborative_influence"]
 
@@ -68,22 +68,14 @@ def _filter_groups(x: torch.Tensor, pilot: Optional[torch.Tensor], starts: torch
     """Collaboratively filter the groups whose blocks start at ``starts`` (n, group, 3) and add them back."""
     matrix = _dct_matrix(patch).to(x.dtype)
     across = _dct_matrix(starts.shape[1]).to(x.dtype)
-    view = x.unfold(0, patch, 1).unfold(1, patch, 1).unfold(2, patch, 1)
+
+    def transformed(volume: torch.Tensor) -> torch.Tensor:  # (n, group, p, p, p) coefficients of the groups
+        blocks = volume.unfold(0, patch, 1).unfold(1, patch, 1).unfold(2, patch, 1)[z, y, w]
+        return torch.einsum("ai,bj,ck,gh,nhijk->ngabc", matrix, matrix, matrix, across, blocks)
+
     z, y, w = starts.unbind(-1)
-    blocks = view[z, y, w]  # (n, group, p, p, p)
-    noisy = torch.einsum("ai,bj,ck,gh,nhijk->ngabc", matrix, matrix, matrix, across, blocks)
-    variance = sigma * sigma
-    if pilot is None:
-        keep = noisy.abs() > threshold * sigma
-        keep[:, 0, 0, 0, 0] = True
-        filtered = noisy * keep
-        weights = 1.0 / keep.sum(dim=(1, 2, 3, 4)).to(x.dtype)
-    else:
-        guide = torch.einsum("ai,bj,ck,gh,nhijk->ngabc", matrix, matrix, matrix, across,
-                             pilot.unfold(0, patch, 1).unfold(1, patch, 1).unfold(2, patch, 1)[z, y, w]) ** 2
-        shrink = guide / (guide + variance)
-        filtered = noisy * shrink
-        weights = 1.0 / (variance * (shrink**2).sum(dim=(1, 2, 3, 4)).clamp_min(1e-6))
+    filtered, weights = shrink(transformed(x), None if pilot is None else transformed(pilot), sigma,
+                               threshold=threshold, ndim=4)
     estimate = torch.einsum("ai,bj,ck,gh,ngabc->nhijk", matrix, matrix, matrix, across, filtered)
     inside = torch.stack(torch.meshgrid(*[torch.arange(patch)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)
     voxels = starts[:, :, None, :] + inside  # (n, group, p^3, 3)
@@ -166,22 +158,20 @@ def denoise_collaborative(
     values = np.asarray(array, dtype=np.float32)
     if noise <= 0:
         return values.copy(), params
-    # mirror patch - 1 (every voxel in as many blocks as inner ones) plus what the stride needs, then the
-    # search radius around that, so that every candidate block lies inside the padded volume
-    covered = [n + 2 * (patch - 1) + ((-(n + 2 * (patch - 1) - patch)) % step) for n in values.shape]
-    pads = [(patch - 1 + search, c - n - (patch - 1) + search) for n, c in zip(values.shape, covered)]
-    padded = torch.from_numpy(np.pad(values, pads, mode="symmetric"))
-    knobs = {"inner": tuple(covered), "knobs": _Knobs(patch, step, search, group, float(threshold)), "cancel": cancel}
+    # the search radius around the mirrored border, so that every candidate block lies inside the padded volume
+    padded, keep = mirror_pad(values, patch=patch, step=step, margin=search)
+    covered = [n - 2 * search for n in padded.shape]  # the volume the reference blocks cover
+    stage_args = {"inner": tuple(covered), "knobs": _Knobs(patch, step, search, group, float(threshold)),
+                  "cancel": cancel}
     report(progress, 0.0, "collaborative filtering: hard threshold")
     if matches is not None and not matches:
         matches.update(shape=tuple(padded.shape), first=[], second=[])
     held = matches if matches is not None and matches["shape"] == tuple(padded.shape) else None  # else: match anew
-    first = _stage(padded, None, noise, **knobs, matches=held["first"] if held is not None else None)
+    first = _stage(padded, None, noise, **stage_args, matches=held["first"] if held is not None else None)
     # the search margin of the first estimate is mirrored again from the estimate (it holds partial sums)
     estimate = first[tuple(slice(search, search + c) for c in covered)].numpy()
     pilot = torch.from_numpy(np.pad(estimate, search, mode="symmetric"))
     report(progress, 0.5, "collaborative filtering: Wiener")
-    second = _stage(padded, pilot, noise, **knobs, matches=held["second"] if held is not None else None)
+    second = _stage(padded, pilot, noise, **stage_args, matches=held["second"] if held is not None else None)
     report(progress, 1.0, "collaborative filtering done")
-    keep = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, values.shape))
     return np.ascontiguousarray(second[keep].numpy(), dtype=np.float32), params

@@ -28,7 +28,7 @@ import torch
 
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["denoise_dct", "DCT_DEFAULTS", "dct_influence"]
+__all__ = ["denoise_dct", "DCT_DEFAULTS", "dct_influence", "mirror_pad", "shrink"]
 
 #: ``patch`` (block edge, voxels), ``step`` (block stride), ``threshold`` (hard threshold, in sigma).
 DCT_DEFAULTS = {"patch": 4, "step": 1, "threshold": 2.7}
@@ -47,6 +47,32 @@ def _dct_matrix(n: int) -> torch.Tensor:
     matrix = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
     matrix[0] /= math.sqrt(2.0)
     return torch.tensor(matrix, dtype=torch.float32)
+
+
+def mirror_pad(values: np.ndarray, *, patch: int, step: int, margin: int = 0) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``values`` mirrored by ``patch - 1`` on every side (edge voxels then lie in as many blocks as inner ones),
+    plus what the stride needs to reach the far end, plus ``margin``; and the slices of the original in it."""
+    pads = [(patch - 1 + margin, patch - 1 + (-(n + patch - 2)) % step + margin) for n in values.shape]
+    inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, values.shape))
+    return torch.from_numpy(np.pad(values, pads, mode="symmetric")), inner
+
+
+def shrink(noisy: torch.Tensor, guide: Optional[torch.Tensor], sigma: float, *, threshold: float,
+           ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BM3D's two filters on transform coefficients whose last ``ndim`` axes are one block (or group).
+
+    ``guide`` None: hard threshold at ``threshold * sigma`` (the mean coefficient always kept), weight
+    ``1 / kept``; else the empirical Wiener shrinkage ``P^2 / (P^2 + sigma^2)`` of the guide's coefficients
+    ``P``, weight ``1 / (sigma^2 * sum(shrinkage^2))``. Returns (filtered coefficients, weight per block).
+    """
+    axes = tuple(range(-ndim, 0))
+    if guide is None:
+        keep = noisy.abs() > threshold * sigma
+        keep[(Ellipsis,) + (0,) * ndim] = True
+        return noisy * keep, 1.0 / keep.sum(dim=axes).to(noisy.dtype)
+    power = guide**2
+    gain = power / (power + sigma * sigma)
+    return noisy * gain, 1.0 / (sigma * sigma * (gain**2).sum(dim=axes).clamp_min(1e-6))
 
 
 def _transform(blocks: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -109,21 +135,12 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, patc
     grid = [(n - patch) // step + 1 for n in x.shape]
     rows = max(1, DCT_CHUNK_VALUES // max(grid[1] * grid[2] * patch**3, 1))
     total, norm = torch.zeros_like(x), torch.zeros_like(x)
-    variance = sigma * sigma
     for first in range(0, grid[0], rows):
         check_cancel(cancel)
         count = min(rows, grid[0] - first)
         noisy = _transform(_blocks(x, first, count, patch, step), matrix)
-        if pilot is None:
-            keep = noisy.abs() > threshold * sigma
-            keep[..., 0, 0, 0] = True  # the block mean is always kept
-            filtered = noisy * keep
-            weights = 1.0 / keep.sum(dim=(-1, -2, -3)).to(x.dtype)
-        else:
-            guide = _transform(_blocks(pilot, first, count, patch, step), matrix) ** 2
-            shrink = guide / (guide + variance)
-            filtered = noisy * shrink
-            weights = 1.0 / (variance * (shrink**2).sum(dim=(-1, -2, -3)).clamp_min(1e-6))
+        guide = None if pilot is None else _transform(_blocks(pilot, first, count, patch, step), matrix)
+        filtered, weights = shrink(noisy, guide, sigma, threshold=threshold, ndim=3)
         _accumulate(total, norm, _inverse(filtered, matrix), weights, first, step)
     return total / norm
 
@@ -152,14 +169,7 @@ def denoise_dct(
     values = np.asarray(array, dtype=np.float32)
     if noise <= 0:
         return values.copy(), params
-    # mirror a border of patch - 1 so that edge voxels are covered by as many blocks as inner ones, plus what
-    # the stride needs to reach the far end
-    pads = []
-    for n in values.shape:
-        extra = (-(n + 2 * (patch - 1) - patch)) % step
-        pads.append((patch - 1, patch - 1 + extra))
-    padded = torch.from_numpy(np.pad(values, pads, mode="symmetric"))
-    inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, values.shape))
+    padded, inner = mirror_pad(values, patch=patch, step=step)
     report(progress, 0.0, "DCT denoising: hard threshold")
     first = _stage(padded, None, noise, patch=patch, step=step, threshold=threshold, cancel=cancel)
     report(progress, 0.5, "DCT denoising: Wiener")

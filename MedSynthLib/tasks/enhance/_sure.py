@@ -132,9 +132,10 @@ def _divergence(run, debias, xr: np.ndarray, now: np.ndarray, probe: np.ndarray,
     return divergence
 
 
-def _smoother_components(xr: np.ndarray, *, s: float, strength: float, settings: FusionSettings, seed: int,
+def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings: FusionSettings, seed: int,
                          debias, cancel: Optional[CancelToken], budget: Optional[TimeBudget] = None):
-    """Every training-free estimate on ``xr``, and its Monte-Carlo divergence on a few thin slabs along axis 0.
+    """Every estimate of ``smoothers`` (:func:`_smoothers`) on ``xr``, and its Monte-Carlo divergence on a few thin
+    slabs along axis 0.
 
     All of them are local (:func:`_smoothers` gives each one's reach), so a slab plus a margin of that reach
     gives the same values there as the whole volume. Returns (components, the fitted voxels, the +-1 probe,
@@ -142,7 +143,6 @@ def _smoother_components(xr: np.ndarray, *, s: float, strength: float, settings:
     weight in the benchmark's fusions; once ``budget`` has run out, the rest are skipped (the first always runs)
     and the budget's report says which.
     """
-    smoothers = _smoothers(s, strength, settings)
     rng = np.random.default_rng(seed + 7919)
     probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
     eps = np.float32(0.05 * s)
@@ -179,14 +179,15 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     """
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2
-    region = (_bbox(foreground, margin=max(reach for *_, reach in _smoothers(s, strength, settings)) + 2)
+    smoothers = _smoothers(s, strength, settings)
+    region = (_bbox(foreground, margin=max(reach for *_, reach in smoothers) + 2)
               if network is not None else tuple(slice(0, n) for n in x.shape))
     xr = np.ascontiguousarray(x[region])
 
     def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
         return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
 
-    components, fit, probe, eps = _smoother_components(xr, s=s, strength=strength, settings=settings, seed=seed,
+    components, fit, probe, eps = _smoother_components(xr, smoothers, s=s, settings=settings, seed=seed,
                                                       debias=debias, cancel=cancel, budget=budget)
     guide = components[0].estimate
     if network is not None:
