@@ -383,7 +383,8 @@ def parse_steps(steps: Union[str, Sequence[Union[str, EnhanceStep]]]) -> list[En
 
 
 def _left(budget: TimeBudget) -> Optional[float]:
-    """What a step may spend: the pipeline budget's remainder (a token second once spent), None without one."""
+    """What a step may spend: the pipeline budget's remainder (1 ms once it is spent, so the step cuts all it can),
+    None without a budget."""
     if budget.seconds is None:
         return None
     return max(budget.remaining(), 1e-3)
