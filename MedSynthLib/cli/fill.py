@@ -119,10 +119,11 @@ def _add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", type=axis_arg, default="auto",
                         help="slice axis: i, j, k or auto = the axis with the largest spacing (default: auto)")
     parser.add_argument("--method", choices=METHODS, default="auto",
-                        help="linear/cubic: instant baselines; flow: registration, seconds; selfsup: trains a small "
+                        help="linear/cubic/spline: instant baselines (spline: cubic spline through all good slices, "
+                             "best of them on thick slices); flow: registration, seconds; selfsup: trains a small "
                              "network on this volume, best quality, minutes on a CPU; model: a trained package; "
                              "auto: selfsup when enough training fits the time budget at the current load (SMORE-style on "
-                             "thick slices), else the bundled model, flow or cubic (default: auto)")
+                             "thick slices), else the spline when upsampling, the bundled model or flow (default: auto)")
     parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of selfsup training (default: 0)")
@@ -162,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def demo_step(samples: dict, out_dir: Path, progress):
     """Plant a zeroed and a noise slice in the MR sample, detect and fill them; upsample the CT x2.
 
-    Fills with ``flow`` and upsamples with ``cubic`` so the step takes seconds on a
+    Fills with ``flow`` and upsamples with ``spline`` so the step takes seconds on a
     laptop CPU (``selfsup`` is the better method and takes minutes; see docs/fill.md).
     """
     from ..progress import subrange
@@ -181,7 +182,7 @@ def demo_step(samples: dict, out_dir: Path, progress):
     filled = fill_slices(damaged, slices=[i for i, _ in found], axis=axis, method="flow", device="cpu",
                          progress=subrange(progress, 0.0, 0.5))
     ct = samples["ct-chest"]
-    upsampled = upsample_slices(ct, factor=2, method="cubic", progress=subrange(progress, 0.5, 1.0))
+    upsampled = upsample_slices(ct, factor=2, method="spline", progress=subrange(progress, 0.5, 1.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "fill_mr_damaged.nii.gz", out_dir / "fill_mr_filled.nii.gz", out_dir / "fill_ct_upsampled_x2.nii.gz"]
     write_volume(damaged, paths[0])

@@ -20,12 +20,12 @@ from ...budget import TimeBudget
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback
 from ...volume import THICK_SLICE_RATIO
-from ._interp import FillPlan, cubic_fill, linear_fill
+from ._interp import FillPlan, cubic_fill, linear_fill, spline_fill
 
 __all__ = ["METHODS", "FillJob", "default_budget_seconds", "resolve_method", "synthesise"]
 
 #: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
-METHODS = ("auto", "linear", "cubic", "flow", "selfsup", "model")
+METHODS = ("auto", "linear", "cubic", "spline", "flow", "selfsup", "model")
 
 #: ``auto`` does not use selfsup when the output slice grid is this many times coarser than the in-plane
 #: pixels: rows removed in-plane then do not resemble the missing thick slices (measured on lung1 CT).
@@ -47,7 +47,7 @@ MIN_USEFUL_STEPS = {"linear": 1500, "spline": 250}
 #: Training cut short by the budget with less held-out gain over its base than this: ``auto`` hands over.
 #: Over linear (sharp slices) the fallbacks gain about that much themselves (the bundled model on ROBEX
 #: single slices +0.75 dB, where selfsup cut at 200-450 steps scored +0.29-0.45 with 0.46-0.48 dB held out);
-#: over the B-spline base (thick slices) the fallback, cubic, gains nothing.
+#: over the B-spline base (thick slices) the fallback, the same spline, gains nothing.
 MIN_HELD_OUT_GAIN_DB = {"linear": 1.0, "spline": 0.3}
 
 
@@ -66,6 +66,7 @@ class FillJob:
     anisotropy: float = 1.0
     grid_ratio: tuple = (1.0, 1.0)
     profile: Optional[dict] = None  # slice profile (thick slices), with "px" = FWHM in pixels of H and W
+    profiled: bool = False  # the caller asked for a slice profile (upsampling): the slices may be thick
 
 
 def default_budget_seconds(targets: int, device_type: str) -> float:
@@ -83,19 +84,23 @@ def bundled_model():
 
 
 def fast_method(job: FillJob, why: str) -> tuple[str, str]:
-    """What ``auto`` runs when selfsup does not: cubic on thick slices; the bundled model on thin slices
-    with integer gaps; else flow.
+    """What ``auto`` runs when selfsup does not: the spline where the slices may be thick (upsampling, or a
+    thick profile); the bundled model on sharp slices with integer gaps; else flow.
 
-    The bundled ``fill_default`` (never trained on ROBEX) beat flow on ROBEX in every scenario (x2 +0.61
-    against +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in
-    under a second; on thick CT slices (lung1) flow stays ahead, so those keep flow. Slices blurred by a
-    slice profile are not sharp slices with gaps: flow and the model were made for those and measured no
-    better than cubic interpolation on blurred ones.
+    Slices blurred by a slice profile are not sharp slices with gaps: flow and the bundled model were made for
+    those. On the thick-slice benchmark (four scans, x2 / x4 / gap) the spline was the best instant method on 11
+    of 12 rows (the bundled model 0.1-0.5 dB ahead on MNI, one of its training volumes). Upsampling takes the
+    spline whatever the estimated profile says: the estimate called brain1's 4x-thick slices sharp (0.25 of
+    the spacing for 1.0), and the bundled model then ended 1.3 dB below the spline. On sharp slices the
+    bundled ``fill_default`` (never trained on ROBEX) beat flow on ROBEX in every scenario (x2 +0.61 against
+    +0.33 dB, x4 +0.21 against -0.52, single +0.86 against +0.62, slabs +0.58 against -0.32) in under a
+    second; on thick CT slices (lung1) flow stays ahead, so those keep flow.
     """
     from ...models.package import read_package_info
 
-    if job.profile is not None and job.profile.get("thick"):
-        return "cubic", f"{why}; the slices are thick (slice profile), where flow and the bundled model add nothing over cubic"
+    if job.profiled or (job.profile is not None and job.profile.get("thick")):
+        return "spline", (f"{why}; the slices may be thick (upsampling), where the spline is the best instant "
+                          "method (flow and the bundled model were made for sharp slices)")
     path = bundled_model()
     if job.anisotropy <= MAX_SELFSUP_ANISOTROPY and job.plan.integral and path is not None:
         trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
@@ -142,11 +147,10 @@ def resolve_method(method: str, job: FillJob) -> tuple[str, str]:
         return fast_method(job, "too few or too small slices to train selfsup")
     thick = job.profile is not None and job.profile.get("thick")
     if job.anisotropy > MAX_SELFSUP_ANISOTROPY and not thick:
-        return "flow", (
-            f"the slice grid is {job.anisotropy:.1f}x coarser than the in-plane pixels: flow is as good in seconds "
-            "(lung1 CT, 5 mm slices: thick-slice selfsup +1.6 dB at x2 and +1.3 dB on single slices in minutes, "
-            "flow +1.5 and +2.0 dB)"
-        )
+        return fast_method(job, (
+            f"the slice grid is {job.anisotropy:.1f}x coarser than the in-plane pixels: selfsup trained on sharp "
+            "rows does not pay there (lung1 CT, 5 mm slices: +1.6 dB at x2 and +1.3 dB on single slices in "
+            "minutes, flow +1.5 and +2.0 dB in seconds)"))
     fits, planned = _affordable_steps(job, target, job.options.get("selfsup"))
     least = MIN_USEFUL_STEPS["spline" if thick else "linear"]
     budget = f"the {job.budget.seconds:.0f} s budget" if job.budget.seconds is not None else "no time limit"
@@ -178,6 +182,8 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
         return linear_fill(job.good, job.plan), method
     if method == "cubic":
         return cubic_fill(job.good, job.plan), method
+    if method == "spline":
+        return spline_fill(job.good, job.plan), method
     if method == "flow":
         from ._flow import flow_fill
 

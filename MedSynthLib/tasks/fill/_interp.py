@@ -1,4 +1,4 @@
-"""Where the good slices are, where the missing ones go, and the two baseline interpolators.
+"""Where the good slices are, where the missing ones go, and the baseline interpolators.
 
 Every fill method works on the same problem: ``good`` slices (G, H, W) at known
 positions along the slice axis, and target positions to synthesise between
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FillPlan", "make_plan", "gather_context", "context_offsets", "linear_fill", "cubic_fill"]
+__all__ = ["FillPlan", "make_plan", "gather_context", "context_offsets", "linear_fill", "cubic_fill", "spline_fill"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,20 @@ def cubic_fill(good: np.ndarray, plan: FillPlan) -> np.ndarray:
             (2 * t3 - 3 * t2 + 1) * p0 + (t3 - 2 * t2 + t) * h * m0 + (-2 * t3 + 3 * t2) * p1 + (t3 - t2) * h * m1
         )
     return out
+
+
+def spline_fill(good: np.ndarray, plan: FillPlan) -> np.ndarray:
+    """Interpolating cubic spline (C2, not-a-knot ends) through all the good slices; (Q, H, W) float32.
+
+    On a regular grid this is the spline of B-spline resampling (SimpleITK ``sitkBSpline``, which mirrors the
+    ends instead), on an irregular one the same kind of spline through the good positions. Why beside
+    :func:`cubic_fill`: Catmull-Rom is local (C1) and its slopes are plain differences; on thick slices the
+    spline was ahead of it on every row of the thick-slice benchmark (0.04-1.75 dB), and ahead of flow and the
+    bundled model (made for sharp slices) on 11 of 12. Fewer than 4 good slices: :func:`cubic_fill`.
+    """
+    from scipy.interpolate import make_interp_spline
+
+    if len(good) < 4:
+        return cubic_fill(good, plan)
+    spline = make_interp_spline(plan.positions, np.asarray(good, np.float64), k=3, axis=0)
+    return np.asarray(spline(plan.targets), np.float32)

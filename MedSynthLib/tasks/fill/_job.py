@@ -74,7 +74,7 @@ def _slice_profile(good: np.ndarray, volume: Volume, axis: int, thickness, pixel
 
 def _threads(method: str, device: str) -> tuple[Optional[float], int]:
     """(idle cores measured now, torch threads for this task): the idle cores, never more than torch has."""
-    if method in ("linear", "cubic") or device not in ("auto", "cpu"):
+    if method in ("linear", "cubic", "spline") or device not in ("auto", "cpu"):
         return None, torch.get_num_threads()
     idle = idle_cores()
     return idle, min(torch.get_num_threads(), cpu_threads(idle=idle))
@@ -106,7 +106,7 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
                   # the grid step in pixels of the stack's H and W axes (selfsup's training strips)
                   grid_ratio=tuple(step_mm / p for p in pixels),
                   profile=_slice_profile(good, volume, axis, request.thickness, pixels)
-                  if method in ("auto", "selfsup") else None)
+                  if method in ("auto", "selfsup") else None, profiled=request.thickness is not None)
     chosen, why = resolve_method(method, job)
     details: dict = {"method": chosen, "method_requested": method, "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
