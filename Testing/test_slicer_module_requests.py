@@ -50,7 +50,7 @@ def test_result_lines_say_what_changed_with_the_method_and_device():
     assert requests.summarize(fill).startswith("Filled 1 slice(s) (4) · linear · ")
     upsample = requests.run_request(volume, requests.request_for("upsample", {"factor": 2, "axis": "k", "method": "linear"}))
     assert requests.summarize(upsample).startswith("Upsampled to 22x20x11 voxels (5 new slices) · linear")
-    enhance = requests.run_request(volume, requests.request_for("enhance", {"steps": "bias:6,denoise:aniso:1"}))
+    enhance = requests.run_request(volume, requests.request_for("enhance", {"steps": "bias:6,denoise:auto:1"}))
     assert requests.summarize(enhance).startswith("Enhanced (2 step(s))")
     lesion = requests.run_request(volume, requests.request_for(
         "lesion", {"size_mm": 6.0, "label_mode": "instances"}, centres=[volume.ijk_points_to_ras([11.0, 10.0, 3.0])]))
