@@ -216,7 +216,10 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line_and_writes_nothing(tmp_pat
     process = subprocess.Popen(
         [sys.executable, "-m", "MedSynthLib.cli", "-q", "denoise", str(source), str(out / "d.nii.gz"),
          "--method", "selfsup", "--training-steps", "5000", "--report", str(out / "r.json"), "--qc", str(out / "q.png")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a shell's background job (CI started with `... &`) passes SIGINT on ignored, and Python then never
+        # installs its handler: give the child the default disposition, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
