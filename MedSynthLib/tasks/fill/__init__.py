@@ -2,7 +2,7 @@
 
 Public surface: :func:`find_missing_slices` (detection, with a reason per slice), :func:`fill_slices`,
 :func:`upsample_slices` and :func:`parse_slice_list` (the ``3,7,10-12`` grammar the CLI and the panel share).
-The private modules hold one method each: ``_interp`` (the fill plan, linear and cubic), ``_flow``
+The private modules hold one method each: ``_interp`` (the fill plan, linear, cubic and spline), ``_flow``
 (registration), ``_selfsup`` (a network trained on the volume itself), ``_model`` (trained packages) and
 ``_detect``; ``_fill`` is the thin public layer that validates and dispatches.
 """
