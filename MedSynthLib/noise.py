@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from scipy import ndimage, special
@@ -168,27 +168,31 @@ def _erode_in_plane(region: np.ndarray, axis: int, iterations: int) -> np.ndarra
     return ndimage.binary_erosion(region, structure=np.moveaxis(structure, 0, axis), iterations=iterations)
 
 
-def _residual_region(array: np.ndarray, region: np.ndarray, axis: int, iterations: int, *,
-                     smoothed: Optional[np.ndarray] = None) -> tuple[np.ndarray, str]:
+def _residual_region(region: np.ndarray, axis: int, iterations: int, *,
+                     smoothed: Optional[Callable[[], np.ndarray]] = None) -> tuple[np.ndarray, str]:
     """Where the noise residual is measured, and which region that is.
 
-    In order of preference: ``region`` eroded in-plane; ``smoothed`` (the mask of a smoothed copy, which noise
-    does not fragment) eroded in-plane; ``region`` itself. The first with :data:`_MIN_RESIDUAL_VOXELS`, else the
-    first with :data:`_FEWEST_RESIDUAL_VOXELS`, else the whole volume (the median absolute residual is robust
-    to the minority of edges there). The raw mask comes first: at low noise the smoothed one closes sulci and
-    holds more structure (the residual of the demo sample rose from 29 to 34 in it). Before, a region that
-    erosion had emptied gave sigma 0, and the volume came back unchanged (brain1 crops, ROBEX at 9 %).
+    In order of preference: ``region`` eroded in-plane; ``smoothed()`` (the mask of a smoothed copy, which noise
+    does not fragment; made only when the first falls short) eroded in-plane; ``region`` itself. The first with
+    :data:`_MIN_RESIDUAL_VOXELS`, else the first with :data:`_FEWEST_RESIDUAL_VOXELS`, else the whole volume (the
+    median absolute residual is robust to the minority of edges there). The raw mask comes first: at low noise
+    the smoothed one closes sulci and holds more structure (the residual of the demo sample rose from 29 to 34
+    in it). Before, a region that erosion had emptied gave sigma 0, and the volume came back unchanged (brain1
+    crops, ROBEX at 9 %).
     """
-    candidates = [(_erode_in_plane(region, axis, iterations), "tissue, eroded in-plane")]
+    eroded = _erode_in_plane(region, axis, iterations)
+    if eroded.sum() >= _MIN_RESIDUAL_VOXELS:
+        return eroded, "tissue, eroded in-plane"
+    candidates = [(eroded, "tissue, eroded in-plane")]
     if smoothed is not None:
-        candidates.append((_erode_in_plane(smoothed, axis, iterations),
+        candidates.append((_erode_in_plane(smoothed(), axis, iterations),
                            "tissue of the smoothed volume, eroded in-plane (too little in the raw mask)"))
     candidates.append((region, "tissue, not eroded (too little left after erosion)"))
     for least in (_MIN_RESIDUAL_VOXELS, _FEWEST_RESIDUAL_VOXELS):
         for where, name in candidates:
             if where.sum() >= least:
                 return where, name
-    return np.ones(array.shape, bool), "whole volume (too little tissue)"
+    return np.ones(region.shape, bool), "whole volume (too little tissue)"
 
 
 def rician_correction_factor(snr: float) -> float:
@@ -289,8 +293,8 @@ def estimate_noise_array(
     if modality == "CT":
         # soft tissue only: air, lung, bone edges and the scanner table are not smooth
         soft = (array > -300) & (array < 400)
-        smoothed = otsu_foreground(array, smooth=1.0) & soft if mask is None else None
-        region, where = _residual_region(array, foreground & soft, slice_axis, 1, smoothed=smoothed)
+        smoothed = (lambda: otsu_foreground(array, smooth=1.0) & soft) if mask is None else None
+        region, where = _residual_region(foreground & soft, slice_axis, 1, smoothed=smoothed)
         sigma, used = _residual_sigma(array, region, slice_axis)
         details["residual_region"] = where
         diagonal = _diagonal_sigma(array, region, slice_axis)
@@ -316,8 +320,8 @@ def estimate_noise_array(
         details["background_median_sigma"] = median_sigma
     details.update(background_sigma=background_sigma, background_voxels=int(background.sum()))
 
-    smoothed = otsu_foreground(array, smooth=1.0) if mask is None else None
-    tissue, where = _residual_region(array, foreground, slice_axis, 2, smoothed=smoothed)
+    smoothed = (lambda: otsu_foreground(array, smooth=1.0)) if mask is None else None
+    tissue, where = _residual_region(foreground, slice_axis, 2, smoothed=smoothed)
     raw_sigma, used = _residual_sigma(array, tissue, slice_axis)
     details["residual_region"] = where
     if raw_sigma > 0:
