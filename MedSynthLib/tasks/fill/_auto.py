@@ -84,8 +84,8 @@ def bundled_model():
 
 
 def fast_method(job: FillJob, why: str) -> tuple[str, str]:
-    """What ``auto`` runs when selfsup does not: the spline where the slices may be thick (upsampling, or a
-    thick profile); the bundled model on sharp slices with integer gaps; else flow.
+    """What ``auto`` runs when selfsup does not: the spline where the slices may be thick (a slice profile was
+    asked for: upsampling); the bundled model on sharp slices with integer gaps; else flow.
 
     Slices blurred by a slice profile are not sharp slices with gaps: flow and the bundled model were made for
     those. On the thick-slice benchmark (four scans, x2 / x4 / gap) the spline was the best instant method on 11
@@ -98,7 +98,7 @@ def fast_method(job: FillJob, why: str) -> tuple[str, str]:
     """
     from ...models.package import read_package_info
 
-    if job.profiled or (job.profile is not None and job.profile.get("thick")):
+    if job.profiled:  # a thick profile implies it: profiles are only estimated or given when asked for
         return "spline", (f"{why}; the slices may be thick (upsampling), where the spline is the best instant "
                           "method (flow and the bundled model were made for sharp slices)")
     path = bundled_model()
