@@ -159,7 +159,8 @@ def denoise_dct(
     """Two-stage sliding 3D DCT denoising of ``array`` with Gaussian noise ``sigma`` (times ``strength``).
 
     Returns the float32 estimate (same shape) and the parameters used. Rician magnitude data are filtered
-    as they are (as BM4D's Gaussian model does); :mod:`._sure` debiases where it fuses.
+    as they are (as BM4D's Gaussian model does); ``denoise`` debiases the result
+    (:func:`~MedSynthLib.noise.rician_debias`).
     """
     patch, step = int(patch), int(step)
     if patch < 2 or not 1 <= step <= patch:

@@ -27,7 +27,7 @@ import numpy as np
 from ...budget import TimeBudget, cpu_threads, torch_threads
 from ...engine import EngineReport, select_device
 from ...errors import InputError, check_whole_number
-from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground
+from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground, rician_debias
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import THICK_SLICE_RATIO, Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
@@ -72,9 +72,28 @@ def _working_noise(noise: NoiseEstimate, method: str) -> tuple[NoiseEstimate, di
     return used, {"cross_check": check, "branch": "conservative", "why": why}, [why]
 
 
+#: The methods that smooth the magnitude as it is; on Rician data their output is debiased by
+#: :func:`~MedSynthLib.noise.rician_debias` (``fusion`` and ``selfsup`` debias inside, where they fuse).
+SMOOTHERS = ("nlm", "aniso", "dct")
+
+
 def _run_method(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
                 progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    """One method on the float32 data; ``context`` holds the shared knobs (strength, mask, seed, ...)."""
+    """One method on the float32 data; ``context`` holds the shared knobs (strength, mask, seed, ...).
+
+    One Rician policy for every method: magnitude data come back debiased (the smoothers here, the fusions
+    inside), so choosing a method never changes which quantity is estimated."""
+    values, details = _run_smoother_or_model(chosen, volume, data, noise, context, progress)
+    if chosen in SMOOTHERS:
+        rician = _is_rician(noise, data)
+        if rician:
+            values = rician_debias(values, noise.sigma)
+        details = {**details, "noise_model": "rician" if rician else "gaussian", "rician_debias": rician}
+    return values, details
+
+
+def _run_smoother_or_model(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
+                           progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
     strength, cancel = context["strength"], context["cancel"]
     if chosen == "nlm":
         from ._classical import denoise_nlm
@@ -93,7 +112,7 @@ def _run_method(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstim
 
 
 def _is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
-    return noise.model == "rician" and data.min() >= 0  # a "magnitude" image with negative values is not one
+    return noise.model == "rician" and bool(data.min() >= 0)  # a "magnitude" image with negative values is not one
 
 
 def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context: dict,

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...budget import TimeBudget
+from ...noise import rician_debias
 from ...progress import CancelToken, check_cancel
 
 __all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "FusionSettings", "FUSION_MIN_GAIN"]
@@ -185,7 +186,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     xr = np.ascontiguousarray(x[region])
 
     def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
-        return np.sqrt(np.maximum(values**2 - s * s, 0)) if rician else values
+        return rician_debias(values, s) if rician else values
 
     components, fit, probe, eps = _smoother_components(xr, smoothers, s=s, settings=settings, seed=seed,
                                                       debias=debias, cancel=cancel, budget=budget)
