@@ -83,6 +83,16 @@ def centre_crop(array: np.ndarray, size) -> tuple[slice, ...]:
     return tuple(slice(max(0, n // 2 - s // 2), max(0, n // 2 - s // 2) + min(s, n)) for n, s in zip(array.shape, size))
 
 
+def head_mask(full: np.ndarray) -> np.ndarray:
+    """The head of a whole scan: its Otsu foreground, holes filled in 3D and then in every slice along axis 0.
+
+    Made on the whole scan and then cropped: on a crop inside the head (brain1: no air in it) Otsu splits
+    white from grey matter instead of head from air, and the mask held 2.9 % of the crop (one bright blob);
+    on ROBEX 37 % (the darker tissue left out) where the head fills 51 %."""
+    filled = ndimage.binary_fill_holes(otsu_foreground(full))
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in filled])
+
+
 def load_scan(name: str, quick: bool) -> dict:
     volume = read_volume(DATA / FILES[name])
     full = volume.array.astype(np.float32)
@@ -92,7 +102,7 @@ def load_scan(name: str, quick: bool) -> dict:
     if name == "mni":
         mask = ndimage.binary_fill_holes(clean > 0)
     elif name in ("robex", "brain1"):
-        mask = ndimage.binary_fill_holes(otsu_foreground(clean))
+        mask = head_mask(full)[crop]
     else:
         mask = clean > -500
     return {"name": name, "clean": clean, "matrix": volume.ijk_to_ras, "mask": mask,
