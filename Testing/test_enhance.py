@@ -148,17 +148,19 @@ def test_dct_denoising_is_local_and_removes_gaussian_noise():
     clean = ndimage.gaussian_filter(_head((18, 40, 44)).astype(np.float32), 1.0)  # anatomy, not texture
     noisy = clean + np.random.default_rng(2).normal(0, 8.0, clean.shape).astype(np.float32)
     mask = clean > 10
-    for patch, step in ((4, 1), (8, 3), (5, 2)):
+    for patch, step in ((4, 1), (8, 3), (5, 2), ((2, 6, 6), (1, 4, 4)), ((6, 2, 3), 1)):
         out, params = denoise_dct(noisy, sigma=8.0, patch=patch, step=step)
-        assert out.shape == noisy.shape and out.dtype == np.float32 and params["patch"] == patch
+        sides = [patch] * 3 if isinstance(patch, int) else list(patch)
+        assert out.shape == noisy.shape and out.dtype == np.float32 and params["patch"] == sides
         assert _rmse(out, clean, mask) < 0.6 * _rmse(noisy, clean, mask)
-        # a change at one voxel moves nothing beyond the filter's reach
+        # a change at one voxel moves nothing beyond the filter's reach, axis by axis
         poked = noisy.copy()
         poked[9, 20, 22] += 500.0
         moved = np.abs(denoise_dct(poked, sigma=8.0, patch=patch, step=step)[0] - out) > 1e-3
         k, j, i = np.nonzero(moved)
-        reach = dct_influence(patch)
-        assert moved.any() and max(abs(k - 9).max(), abs(j - 20).max(), abs(i - 22).max()) <= reach
+        assert moved.any() and abs(k - 9).max() <= dct_influence(patch)
+        reach = (abs(k - 9).max(), abs(j - 20).max(), abs(i - 22).max())
+        assert all(d <= 2 * (p - 1) for d, p in zip(reach, sides)), (patch, reach)
     assert np.array_equal(denoise_dct(noisy, sigma=0.0)[0], noisy)
     with pytest.raises(ValueError, match="patch"):
         denoise_dct(noisy, sigma=8.0, patch=4, step=5)
@@ -190,10 +192,42 @@ def test_collaborative_filter_denoises_is_local_and_slab_independent(monkeypatch
     poked[8, 18, 20] += 500.0
     k, j, i = np.nonzero(np.abs(C.denoise_collaborative(poked, sigma=8.0)[0] - out) > 1e-3)
     assert len(k) and max(abs(k - 8).max(), abs(j - 18).max(), abs(i - 20).max()) <= C.collaborative_influence()
+    # blocks shaped by the voxel size (2 x 6 x 6, stride 1 x 4 x 4, search 1 x 4 x 4): as good, and as local
+    shaped = {"patch": (2, 6, 6), "step": (1, 4, 4), "search": (1, 4, 4)}
+    flat, params = C.denoise_collaborative(noisy, sigma=8.0, **shaped)
+    assert params["patch"] == [2, 6, 6] and params["search"] == [1, 4, 4]
+    assert _rmse(flat, clean, mask) < 0.6 * _rmse(noisy, clean, mask)
+    k, j, i = np.nonzero(np.abs(C.denoise_collaborative(poked, sigma=8.0, **shaped)[0] - flat) > 1e-3)
+    assert len(k) and abs(k - 8).max() <= C.collaborative_influence((2, 6, 6), (1, 4, 4))
+    assert max(abs(j - 18).max(), abs(i - 20).max()) <= 2 * (2 * 4 + 2 * 5)
     monkeypatch.setattr(C, "CHUNK_VALUES", 1)  # one row of reference blocks at a time
     assert np.allclose(C.denoise_collaborative(noisy, sigma=8.0)[0], out, atol=1e-3)
+    assert np.allclose(C.denoise_collaborative(noisy, sigma=8.0, **shaped)[0], flat, atol=1e-3)
     with pytest.raises(ValueError, match="collaborative"):
         C.denoise_collaborative(noisy, sigma=8.0, group=400)
+    with pytest.raises(ValueError, match="collaborative"):
+        C.denoise_collaborative(noisy, sigma=8.0, patch=(4, 1, 4))
+
+
+def test_block_shape_follows_the_voxel_size():
+    """Blocks as equal in millimetres as the grid allows, at about the same voxel count; cubes on isotropic grids."""
+    from MedSynthLib.tasks.enhance._dct import block_shape, block_strides, search_box
+
+    assert block_shape(None, edge=4) == block_shape((1.5, 1.5, 1.5), edge=4) == (4, 4, 4)
+    assert block_shape((1.0, 1.0, 1.0), edge=8) == (8, 8, 8)
+    assert block_shape((6.5, 0.78, 0.78), edge=4) == (2, 6, 6)  # brain1: 13 x 4.7 x 4.7 mm, not 26 x 3.1 x 3.1
+    assert block_shape((0.78, 6.5, 0.78), edge=4) == (6, 2, 6)  # the thick axis wherever it lies
+    assert block_shape((2.0, 1.0, 1.0), edge=4) == (3, 5, 5)
+    for spacing in ((6.5, 0.78, 0.78), (2.0, 1.0, 1.0), (1.2, 0.9, 0.7), (0.5, 3.0, 3.0)):
+        shape = block_shape(spacing, edge=4)
+        assert min(shape) >= 2 and 0.6 * 64 <= np.prod(shape) <= 1.5 * 64, (spacing, shape)
+        extent = np.array(shape) * spacing  # closer to a cube in mm than a cube of voxels is
+        assert extent.max() / extent.min() <= max(spacing) / min(spacing), (spacing, shape)
+    assert block_strides(3, (4, 4, 4), edge=4) == search_box(3, (4, 4, 4), edge=4) == (3, 3, 3)
+    assert block_strides(3, (2, 6, 6), edge=4) == (1, 5, 5)  # blocks still overlap through-plane
+    assert block_strides(3, (2, 16, 16), edge=8) == (1, 6, 6)
+    assert block_strides(1, (2, 6, 6), edge=4) == (1, 1, 1)  # every block stays every block
+    assert search_box(3, (2, 6, 6), edge=4) == (1, 4, 4)
 
 
 def test_fusion_is_auto_on_cpu_convex_and_never_worse_than_its_parts():
@@ -210,6 +244,28 @@ def test_fusion_is_auto_on_cpu_convex_and_never_worse_than_its_parts():
     for method in ("dct", "nlm"):
         assert fused <= 1.01 * _rmse(E.denoise(volume, method=method).volume.array, clean, mask)
     assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
+
+
+def test_thick_slice_scans_get_blocks_shaped_by_the_voxel_size():
+    """6 mm slices, 1 mm in-plane: a cube of voxels would span 24 mm through-plane, mixing slices that share
+    little; blocks of about equal millimetres denoise better, and denoise() takes the shape from the geometry."""
+    from MedSynthLib.tasks.enhance._sure import denoise_fusion
+
+    rng = np.random.default_rng(0)
+    field = ndimage.gaussian_filter(rng.normal(0, 1, (120, 48, 56)), (4, 2.0, 2.0))
+    clean = (100 + 40 * field / field.std()).reshape(20, 6, 48, 56).mean(axis=1).astype(np.float32)
+    noisy = (clean + rng.normal(0, 8, clean.shape)).astype(np.float32)
+    everywhere = np.ones(clean.shape, bool)
+    cubes, _ = denoise_fusion(noisy, sigma=8.0, rician=False, foreground=everywhere)
+    shaped, info = denoise_fusion(noisy, sigma=8.0, rician=False, foreground=everywhere, spacing=(6.0, 1.0, 1.0))
+    assert info["fusion"]["blocks"]["collaborative"]["patch"] == [2, 6, 6]
+    assert _rmse(shaped, clean, everywhere) < 0.97 * _rmse(cubes, clean, everywhere)
+    # through denoise(): the spacing of an oblique volume, in array order, whichever axis is thick
+    for spacing_ijk, expected in (((1.0, 1.0, 6.0), [2, 6, 6]), ((1.0, 6.0, 1.0), [6, 2, 6])):
+        volume = Volume(noisy if spacing_ijk[2] > 1 else np.ascontiguousarray(noisy.transpose(1, 0, 2)),
+                        oblique_matrix(spacing=spacing_ijk))
+        report = E.denoise(volume, method="fusion", modality="CT", device="cpu").report
+        assert report["parameters"]["fusion"]["blocks"]["collaborative"]["patch"] == expected
 
 
 @pytest.mark.parametrize("method", ["dct", "nlm", "fusion"])

@@ -118,21 +118,25 @@ def _is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
 def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context: dict,
                    progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
     """``dct`` or ``fusion`` (torch's CPU threads from the idle cores, as for the network methods)."""
-    from ._dct import denoise_dct
+    from ._dct import DCT_DEFAULTS, block_shape, block_strides, denoise_dct
     from ._sure import denoise_fusion
 
     strength, cancel = context["strength"], context["cancel"]
     threads = cpu_threads(requested=context["threads"])
+    spacing = context["spacing"]
     with torch_threads(threads):
         if chosen == "dct":
+            edge = DCT_DEFAULTS["patch"]
+            shape = block_shape(spacing, edge=edge)
             values, details = denoise_dct(data, sigma=noise.sigma, strength=strength, progress=progress,
+                                          patch=shape, step=block_strides(DCT_DEFAULTS["step"], shape, edge=edge),
                                           cancel=cancel)
         else:
             foreground = context["mask"] if context["mask"] is not None else otsu_foreground(data)
             report(progress, 0.0, "DCT and non-local means, SURE-weighted")
             values, details = denoise_fusion(data, sigma=noise.sigma, rician=_is_rician(noise, data),
                                              foreground=foreground, strength=strength, seed=context["seed"],
-                                             budget=context["budget"], cancel=cancel)
+                                             spacing=spacing, budget=context["budget"], cancel=cancel)
     return values, {**details, "cpu_threads": threads}
 
 
@@ -183,6 +187,7 @@ def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: di
         values, details = denoise_selfsup(
             np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
             foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar,
+            spacing=tuple(np.moveaxis(np.asarray(spacing), axis, 0).tolist()),
             strength=context["strength"], seed=context["seed"], device=context["device"], settings=settings,
             budget=context["budget"], progress=progress, cancel=context["cancel"],
             engine_report=context["engine_report"])
@@ -325,7 +330,8 @@ def denoise(
     estimate = estimate_noise_array(volume, mask=boolean_mask, modality=modality)
     noise, noise_check, warnings = _working_noise(estimate, method)
     engine_report = EngineReport(device_requested=str(device))
-    context = {"strength": strength, "mask": boolean_mask, "model": model, "device": device, "seed": int(seed),
+    context = {"strength": strength, "mask": boolean_mask, "spacing": volume.spacing_kji, "model": model,
+               "device": device, "seed": int(seed),
                "selfsup_options": selfsup_options, "threads": threads, "batch_size": batch_size, "budget": budget,
                "check_sigma": min(float(noise.sigma), estimate.conservative_sigma),
                "noise_hint": None if estimate.agree else f"the second noise estimate is "

@@ -15,10 +15,12 @@ Methods
     Training-free: block-matching collaborative filtering (:mod:`._collaborative`,
     the BM3D/BM4D scheme), a sliding-window 3D DCT filter of 8^3 blocks
     (:mod:`._dct`) and non-local means, combined by convex SURE-fitted weights
-    (no clean data; :mod:`._sure`). The CPU default.
+    (no clean data; :mod:`._sure`). The CPU default. On anisotropic grids the
+    blocks keep their voxel count and are shaped by the voxel size
+    (:func:`._dct.block_shape`: 2 x 6 x 6 for 4^3 on 6.5 x 0.8 x 0.8 mm).
 ``dct``
-    The sliding-window 3D DCT filter alone (4^3 blocks, hard threshold then
-    empirical Wiener): the fastest strong method.
+    The sliding-window 3D DCT filter alone (4^3 blocks, shaped the same way, hard
+    threshold then empirical Wiener): the fastest strong method.
 ``selfsup``
     ``fusion`` plus a blind-spot network trained on this volume alone (Noise2Self
     family) as two more SURE components; see :mod:`._selfsup`. Training costs

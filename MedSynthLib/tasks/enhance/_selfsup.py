@@ -196,6 +196,7 @@ def denoise_selfsup(
     rician: bool,
     foreground: np.ndarray,
     planar: bool = False,
+    spacing: Optional[tuple[float, float, float]] = None,
     strength: float = 1.0,
     seed: int = 0,
     device: str = "auto",
@@ -215,6 +216,8 @@ def denoise_selfsup(
         Gaussian noise standard deviation (per channel for Rician data).
     rician : bool
         Treat ``array`` as a magnitude image (non-negative, Rician noise).
+    spacing : three floats, optional
+        Voxel size (mm) in ``array``'s axis order: shapes the blocks of the fusion's block filters.
     foreground : ndarray of bool
         Where training crops are centred and where the network runs (plus its
         receptive field); elsewhere the output is the blind Gaussian estimate.
@@ -245,7 +248,7 @@ def denoise_selfsup(
     positions = _training_crops(x.shape, foreground, crop, settings, np.random.default_rng(seed))
     inner = tuple(slice(min(settings.margin, n // 4), n - min(settings.margin, n // 4)) for n in crop)
 
-    job = _Job(settings, seed, budget, progress, cancel, details)
+    job = _Job(settings, seed, budget, progress, cancel, details, spacing)
 
     def train(dev: torch.device, batch: int) -> list[float]:
         return _train(network, x, target, positions, inner, dev=dev, job=job)
@@ -275,6 +278,7 @@ class _Job:
     progress: Optional[ProgressCallback]
     cancel: Optional[CancelToken]
     details: dict
+    spacing: Optional[tuple[float, float, float]] = None  # mm, array order: shapes the fusion's blocks
 
 
 def _normalised(array: np.ndarray, *, sigma: float, rician: bool,
@@ -408,6 +412,7 @@ def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float
     network = NetworkEstimates(blind=to_magnitude(prediction), wiener_now=to_magnitude(fused),
                                wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]))
     estimate, fusion = sure_fusion(x, s, rician=rician, foreground=foreground, strength=strength, seed=job.seed,
-                                   settings=settings.fusion, network=network, budget=job.budget, cancel=job.cancel)
+                                   settings=settings.fusion, network=network, spacing=job.spacing, budget=job.budget,
+                                   cancel=job.cancel)
     details["fusion"] = fusion
     return estimate

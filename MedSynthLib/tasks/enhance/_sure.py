@@ -78,24 +78,43 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     )
 
 
-def _smoothers(s: float, strength: float, settings: FusionSettings) -> list[tuple[str, Callable, int]]:
-    """(name, function of the observation, influence radius in voxels) of every training-free component."""
+def block_knobs(settings: FusionSettings, spacing: Optional[tuple[float, float, float]]) -> dict[str, dict]:
+    """Block shape, stride (and search box) of each block-filter component, shaped by ``spacing`` (mm, array
+    order; :func:`._dct.block_shape`): the published cube settings on an isotropic grid."""
+    from ._collaborative import COLLABORATIVE_DEFAULTS
+    from ._dct import block_shape, block_strides, search_box
+
+    knobs = {}
+    if settings.collaborative:
+        edge = COLLABORATIVE_DEFAULTS["patch"]
+        shape = block_shape(spacing, edge=edge)
+        knobs["collaborative"] = {"patch": shape,
+                                  "step": block_strides(COLLABORATIVE_DEFAULTS["step"], shape, edge=edge),
+                                  "search": search_box(COLLABORATIVE_DEFAULTS["search"], shape, edge=edge)}
+    for patch, step in settings.dct_blocks:
+        shape = block_shape(spacing, edge=patch)
+        knobs[f"dct_p{patch}"] = {"patch": shape, "step": block_strides(step, shape, edge=patch)}
+    return knobs
+
+
+def _smoothers(s: float, strength: float, settings: FusionSettings,
+               spacing: Optional[tuple[float, float, float]] = None) -> list[tuple[str, Callable, int]]:
+    """(name, function of the observation, influence radius in voxels along axis 0) of every training-free
+    component, the block filters set by :func:`block_knobs`."""
     from ._classical import NLM_DEFAULTS, denoise_nlm
+    from ._collaborative import collaborative_influence, denoise_collaborative
     from ._dct import dct_influence, denoise_dct
 
     out = []
-    if settings.collaborative:
-        from ._collaborative import collaborative_influence, denoise_collaborative
-
-        matches: dict = {}  # the groups of the first run, held for the probe run of the same shape
-
-        out.append(("collaborative", lambda v: denoise_collaborative(v, sigma=s, strength=strength,
-                                                                     matches=matches)[0],
-                    collaborative_influence()))
-    for patch, step in settings.dct_blocks:
-        out.append((f"dct_p{patch}", lambda v, p=patch, t=step: denoise_dct(v, sigma=s, strength=strength,
-                                                                            patch=p, step=t)[0],
-                    dct_influence(patch)))
+    for name, knobs in block_knobs(settings, spacing).items():
+        if name == "collaborative":
+            matches: dict = {}  # the groups of the first run, held for the probe run of the same shape
+            out.append((name, lambda v, k=knobs, m=matches: denoise_collaborative(v, sigma=s, strength=strength,
+                                                                                  matches=m, **k)[0],
+                        collaborative_influence(knobs["patch"], knobs["search"])))
+        else:
+            out.append((name, lambda v, k=knobs: denoise_dct(v, sigma=s, strength=strength, **k)[0],
+                        dct_influence(knobs["patch"])))
     nlm_reach = NLM_DEFAULTS["patch_size"] // 2 + NLM_DEFAULTS["patch_distance"]
     for h in settings.nlm_h_factors:
         out.append((f"nlm_h{h:g}", lambda v, f=h: denoise_nlm(v, sigma=s, strength=strength, h_factor=f)[0],
@@ -165,7 +184,8 @@ def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings:
 
 def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, strength: float, seed: int,
                 settings: FusionSettings = FusionSettings(), network: Optional[NetworkEstimates] = None,
-                budget: Optional[TimeBudget] = None, cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
+                spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
+                cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
     """The convex SURE-weighted combination of the training-free estimates (and the network's, when given).
 
     All arrays are in the magnitude (or intensity) domain with noise standard deviation ``s``. The weights
@@ -180,7 +200,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     """
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2
-    smoothers = _smoothers(s, strength, settings)
+    smoothers = _smoothers(s, strength, settings, spacing)
     region = (_bbox(foreground, margin=max(reach for *_, reach in smoothers) + 2)
               if network is not None else tuple(slice(0, n) for n in x.shape))
     xr = np.ascontiguousarray(x[region])
@@ -231,17 +251,23 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
             "weights_by_gradient_class": [[round(float(v), 4) for v in weights[k]] for k in sorted(weights)],
             "weights_constraint": "non-negative, summing to 1 (a convex combination of the components)",
             **chosen, "fit_voxels": int(fit.sum()), "dct_blocks": [list(b) for b in settings.dct_blocks],
+            "spacing": None if spacing is None else [round(float(v), 4) for v in spacing],
+            "blocks": {name: {key: list(value) for key, value in knobs.items()}
+                       for name, knobs in block_knobs(settings, spacing).items()},
             "nlm_h_factors": list(settings.nlm_h_factors), "seconds": round(time.perf_counter() - started, 2)}
     return estimate, info
 
 
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
-                   seed: int = 0, settings: FusionSettings = FusionSettings(), budget: Optional[TimeBudget] = None,
+                   seed: int = 0, settings: FusionSettings = FusionSettings(),
+                   spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
                    cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
     """The ``fusion`` method: the components of ``settings`` (collaborative filtering, sliding DCT, non-local
-    means), SURE-weighted (no training, no network). Returns the float32 estimate and the fusion's report."""
+    means), SURE-weighted (no training, no network); ``spacing`` (mm, array order) shapes the blocks. Returns
+    the float32 estimate and the fusion's report."""
     estimate, info = sure_fusion(np.asarray(array, np.float32), float(sigma), rician=rician, foreground=foreground,
-                                 strength=strength, seed=seed, settings=settings, budget=budget, cancel=cancel)
+                                 strength=strength, seed=seed, settings=settings, spacing=spacing, budget=budget,
+                                 cancel=cancel)
     return np.asarray(estimate, np.float32), {"fusion": info, "noise_model": "rician" if rician else "gaussian"}
 
 
