@@ -162,6 +162,12 @@ def test_dct_denoising_is_local_and_removes_gaussian_noise():
         reach = (abs(k - 9).max(), abs(j - 20).max(), abs(i - 22).max())
         assert all(d <= 2 * (p - 1) for d, p in zip(reach, sides)), (patch, reach)
     assert np.array_equal(denoise_dct(noisy, sigma=0.0)[0], noisy)
+    # the windowed aggregation folds its coverage block by block; a flat window must give the box-sum result
+    for patch, step in ((4, 1), ((2, 6, 5), (1, 4, 3))):
+        flat = denoise_dct(noisy, sigma=8.0, patch=patch, step=step, window=0.0)[0]
+        nearly_flat = denoise_dct(noisy, sigma=8.0, patch=patch, step=step, window=1e-6)[0]
+        assert np.allclose(flat, nearly_flat, atol=1e-3)
+        assert np.abs(denoise_dct(noisy, sigma=8.0, patch=patch, step=step)[0] - flat).max() > 0.01
     with pytest.raises(ValueError, match="patch"):
         denoise_dct(noisy, sigma=8.0, patch=4, step=5)
 

@@ -8,7 +8,8 @@ concentrates what the blocks share into few coefficients; what they do not share
 :mod:`._dct`: hard threshold with groups found on the noisy data, then an empirical Wiener filter with the
 groups found on the first estimate (where matching is not fooled by the noise).
 
-The published choices (block 4^3 at a stride of 3, 16 blocks a group, threshold 2.7 sigma) are used as they
+The published choices (block 4^3 at a stride of 3, 16 blocks a group, threshold 2.7 sigma, block estimates
+aggregated with a Kaiser window of beta 2) are used as they
 are on isotropic grids; on anisotropic ones the caller shapes the block, its stride and the search box by the
 voxel size (:func:`._dct.block_shape`, :func:`._dct.block_strides`, :func:`._dct.search_box`). The reference
 blocks are processed a slab at a time (:data:`CHUNK_VALUES`). Torch on the CPU (the
@@ -26,12 +27,13 @@ import numpy as np
 import torch
 
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
-from ._dct import Triple, _dct_matrix, as_triple, block_dct, mirror_pad, shrink
+from ._dct import Triple, _dct_matrix, as_triple, block_dct, kaiser_window, mirror_pad, shrink
 
 __all__ = ["denoise_collaborative", "COLLABORATIVE_DEFAULTS", "collaborative_influence"]
 
-#: block edge, stride between reference blocks, search radius (voxels), blocks per group, hard threshold (sigma).
-COLLABORATIVE_DEFAULTS = {"patch": 4, "step": 3, "search": 3, "group": 16, "threshold": 2.7}
+#: block edge, stride between reference blocks, search radius (voxels), blocks per group, hard threshold (sigma),
+#: the Kaiser window's beta for the aggregation (BM3D's 2.0).
+COLLABORATIVE_DEFAULTS = {"patch": 4, "step": 3, "search": 3, "group": 16, "threshold": 2.7, "window": 2.0}
 #: At most this many grouped block values are held at once.
 CHUNK_VALUES = 2**24
 
@@ -69,8 +71,10 @@ def _group_starts(distances: torch.Tensor, offsets: torch.Tensor, *, group: int,
 
 
 def _filter_groups(x: torch.Tensor, pilot: Optional[torch.Tensor], starts: torch.Tensor, sigma: float, *,
-                   patch: Triple, threshold: float, total: torch.Tensor, norm: torch.Tensor) -> None:
-    """Collaboratively filter the groups whose blocks start at ``starts`` (n, group, 3) and add them back."""
+                   patch: Triple, threshold: float, window: torch.Tensor, total: torch.Tensor,
+                   norm: torch.Tensor) -> None:
+    """Collaboratively filter the groups whose blocks start at ``starts`` (n, group, 3) and add them back,
+    each block's voxels weighted by ``window`` (P,) on top of the block's weight."""
     block = block_dct(patch).to(x.dtype)
     across = _dct_matrix(starts.shape[1]).to(x.dtype)
 
@@ -86,7 +90,7 @@ def _filter_groups(x: torch.Tensor, pilot: Optional[torch.Tensor], starts: torch
     inside = torch.arange(patch[0])[:, None, None] * (height * width) + torch.arange(patch[1])[:, None] * width
     inside = (inside + torch.arange(patch[2])).reshape(-1)  # flat offsets of a block's voxels from its start
     flat = ((z * height + y) * width + w)[:, :, None] + inside  # (n, group, P)
-    weight_each = weights[:, None, None].expand(flat.shape)
+    weight_each = (weights[:, None, None] * window).expand(flat.shape)
     total.view(-1).index_add_(0, flat.reshape(-1), (estimate * weight_each).reshape(-1))
     norm.view(-1).index_add_(0, flat.reshape(-1), weight_each.reshape(-1))
 
@@ -98,6 +102,7 @@ class _Knobs:
     search: Triple
     group: int
     threshold: float
+    window: float
 
 
 def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inner: tuple[int, ...], knobs: _Knobs,
@@ -106,7 +111,9 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inne
 
     ``matches``: the group starts of every slab; an empty list is filled, a full one is used instead of
     matching again."""
-    patch, step, search, group = knobs.patch, knobs.step, knobs.search, knobs.group
+    patch, step, search = knobs.patch, knobs.step, knobs.search
+    group = knobs.group
+    window = kaiser_window(patch, knobs.window)
     lo = search  # the reference grid starts inside the search margin
     refs = [(n - p) // t + 1 for n, p, t in zip(inner, patch, step)]
     rows = max(1, CHUNK_VALUES // max(refs[1] * refs[2] * group * math.prod(patch), 1))
@@ -126,7 +133,8 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inne
             starts[..., 0] += z0
             if matches is not None:
                 matches.append(starts)
-        _filter_groups(x, pilot, starts, sigma, patch=patch, threshold=knobs.threshold, total=total, norm=norm)
+        _filter_groups(x, pilot, starts, sigma, patch=patch, threshold=knobs.threshold, window=window, total=total,
+                       norm=norm)
     return total / norm.clamp_min(1e-30)
 
 
@@ -140,6 +148,7 @@ def denoise_collaborative(
     search=COLLABORATIVE_DEFAULTS["search"],
     group: int = COLLABORATIVE_DEFAULTS["group"],
     threshold: float = COLLABORATIVE_DEFAULTS["threshold"],
+    window: float = COLLABORATIVE_DEFAULTS["window"],
     matches: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -158,19 +167,20 @@ def denoise_collaborative(
     patch, step, search = as_triple(patch, "patch"), as_triple(step, "step"), as_triple(search, "search")
     group = int(group)
     if (min(patch) < 2 or not all(1 <= t <= p for p, t in zip(patch, step)) or min(search) < 1
-            or not 2 <= group <= math.prod(2 * r + 1 for r in search)):
+            or not 2 <= group <= math.prod(2 * r + 1 for r in search) or window < 0):
         raise ValueError(f"bad collaborative filter settings: patch {patch}, step {step}, search {search}, "
-                         f"group {group}")
+                         f"group {group}, window {window}")
     noise = float(sigma) * float(strength)
     params = {"patch": list(patch), "step": list(step), "search": list(search), "group": group,
-              "threshold": float(threshold), "sigma": noise}
+              "window": float(window), "threshold": float(threshold), "sigma": noise}
     values = np.asarray(array, dtype=np.float32)
     if noise <= 0:
         return values.copy(), params
     # the search radius around the mirrored border, so that every candidate block lies inside the padded volume
     padded, keep = mirror_pad(values, patch=patch, step=step, margin=search)
     covered = [n - 2 * r for n, r in zip(padded.shape, search)]  # the volume the reference blocks cover
-    stage_args = {"inner": tuple(covered), "knobs": _Knobs(patch, step, search, group, float(threshold)),
+    stage_args = {"inner": tuple(covered), "knobs": _Knobs(patch, step, search, group, float(threshold),
+                                                                   float(window)),
                   "cancel": cancel}
     report(progress, 0.0, "collaborative filtering: hard threshold")
     if matches is not None and not matches:

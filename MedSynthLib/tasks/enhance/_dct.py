@@ -13,9 +13,14 @@ and their weights are those of BM3D/BM4D's, Dabov et al. 2007, without the block
    of the noisy coefficients, block weight ``1 / (sigma^2 * sum(shrinkage^2))``, the inverse of the block
    estimate's noise variance.
 
-There is no tuned constant beyond those two published choices; the patch size is a parameter, and
-:mod:`._sure` lets SURE weigh two patch sizes against non-local means. Linear in the voxel count; the blocks
-are processed a slab at a time so memory stays bounded (:data:`DCT_CHUNK_VALUES`).
+Each block's estimate is also weighted voxel by voxel by a Kaiser window (beta 2, BM3D's aggregation): its
+rim, which every neighbouring block also covers, counts less than its centre. On the four benchmark scans at
+5 % / 30 HU it moved the 8^3 strided DCT by +0.05 to +0.23 dB and the 4^3 sliding one by -0.03 to +0.18.
+
+There is no tuned constant beyond those published choices; the block is shaped by the voxel size
+(:func:`block_shape`), and :mod:`._sure` lets SURE weigh the block filters against non-local means. Linear in
+the voxel count; the blocks are processed a slab at a time so memory stays bounded
+(:data:`DCT_CHUNK_VALUES`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from ...progress import CancelToken, ProgressCallback, check_cancel, report
 __all__ = ["denoise_dct", "DCT_DEFAULTS", "dct_influence", "mirror_pad", "shrink", "block_shape", "block_strides",
            "search_box", "as_triple", "block_dct"]
 
-#: ``patch`` (block edge, voxels), ``step`` (block stride), ``threshold`` (hard threshold, in sigma).
-DCT_DEFAULTS = {"patch": 4, "step": 1, "threshold": 2.7}
+#: ``patch`` (block edge, voxels), ``step`` (block stride), ``threshold`` (hard threshold, in sigma), ``window``
+#: (the Kaiser window's beta: each block's estimate is weighted by it voxel by voxel, as BM3D aggregates; 0 flat).
+DCT_DEFAULTS = {"patch": 4, "step": 1, "threshold": 2.7, "window": 2.0}
 #: At most this many block coefficients are held at once (float32: 4 bytes each; 2^26 is 256 MiB).
 DCT_CHUNK_VALUES = 2**26
 #: No block side is shorter than this (a 1-voxel side would be no transform along that axis).
@@ -117,6 +123,14 @@ def block_dct(patch: Triple) -> torch.Tensor:
     return torch.kron(torch.kron(matrices[0], matrices[1]), matrices[2])
 
 
+def kaiser_window(patch: Triple, beta: float) -> torch.Tensor:
+    """The separable Kaiser window over a block, flattened (P,): BM3D's aggregation weights (beta 2 there),
+    which let a block's centre count more than its rim, where it overlaps the most other blocks and is the
+    least supported; beta 0 is flat."""
+    axes = [torch.from_numpy(np.kaiser(n, float(beta)).astype(np.float32)) for n in patch]
+    return (axes[0][:, None, None] * axes[1][:, None] * axes[2]).reshape(-1)
+
+
 def mirror_pad(values: np.ndarray, *, patch, step, margin=0) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """``values`` mirrored by ``patch - 1`` on every side (edge voxels then lie in as many blocks as inner ones),
     plus what the stride needs to reach the far end, plus ``margin`` (each an int or one per axis); and the
@@ -176,19 +190,30 @@ def _box_sum(values: torch.Tensor, widths: Triple) -> torch.Tensor:
     return out.to(values.dtype)
 
 
+def _fold(target: torch.Tensor, blocks: torch.Tensor, z0: int, step: Triple) -> None:
+    """Add blocks (count, ny, nx, pz, py, px) whose first block starts at slice ``z0`` onto ``target``: a 3D
+    ``fold``, done as one 2D ``fold`` (col2im) per offset along axis 0."""
+    count, ny, nx, pz, py, px = blocks.shape
+    span = step[0] * (count - 1) + 1
+    for a in range(pz):
+        columns = blocks[..., a, :, :].permute(0, 3, 4, 1, 2).reshape(count, py * px, ny * nx)
+        planes = torch.nn.functional.fold(columns, tuple(target.shape[1:]), kernel_size=(py, px), stride=step[1:])
+        target[z0 + a:z0 + a + span:step[0]] += planes[:, 0]
+
+
 def _accumulate(total: torch.Tensor, norm: torch.Tensor, values: torch.Tensor, weights: torch.Tensor,
-                first: int, step: Triple) -> None:
-    """Add weighted blocks (count, ny, nx, pz, py, px) back onto the grid: a 3D ``fold``, done as one 2D
-    ``fold`` (col2im) per offset along axis 0; the weights' coverage is a box sum."""
+                first: int, step: Triple, window: Optional[torch.Tensor] = None) -> None:
+    """Add weighted blocks (count, ny, nx, pz, py, px) back onto the grid, each voxel also weighted by
+    ``window`` (pz, py, px) when given; the weights' coverage is then folded the same way, else a box sum."""
     count, ny, nx, pz, py, px = values.shape
-    height, width = total.shape[1:]
     z0 = first * step[0]
     span = step[0] * (count - 1) + 1
     weighted = values * weights[..., None, None, None]
-    for a in range(pz):
-        columns = weighted[..., a, :, :].permute(0, 3, 4, 1, 2).reshape(count, py * px, ny * nx)
-        planes = torch.nn.functional.fold(columns, (height, width), kernel_size=(py, px), stride=step[1:])
-        total[z0 + a:z0 + a + span:step[0]] += planes[:, 0]
+    if window is not None:
+        _fold(total, weighted * window, z0, step)
+        _fold(norm, (weights[..., None, None, None] * window).expand(values.shape), z0, step)
+        return
+    _fold(total, weighted, z0, step)
     if max(step) > 1:
         spread = torch.zeros((span, step[1] * (ny - 1) + 1, step[2] * (nx - 1) + 1), dtype=weights.dtype)
         spread[::step[0], ::step[1], ::step[2]] = weights
@@ -198,10 +223,11 @@ def _accumulate(total: torch.Tensor, norm: torch.Tensor, values: torch.Tensor, w
 
 
 def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, patch: Triple, step: Triple,
-           threshold: float, cancel: Optional[CancelToken]) -> torch.Tensor:
+           threshold: float, window: float, cancel: Optional[CancelToken]) -> torch.Tensor:
     """One pass over all blocks: hard threshold (``pilot`` None) or Wiener shrinkage guided by ``pilot``,
     a slab of block rows at a time."""
     transform = block_dct(patch)
+    weights_in_block = kaiser_window(patch, window).reshape(patch) if window > 0 else None
     grid = [(n - p) // t + 1 for n, p, t in zip(x.shape, patch, step)]
     rows = max(1, DCT_CHUNK_VALUES // max(grid[1] * grid[2] * math.prod(patch), 1))
     total, norm = torch.zeros_like(x), torch.zeros_like(x)
@@ -211,7 +237,7 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, patc
         noisy = _transform(_blocks(x, first, count, patch, step), transform)
         guide = None if pilot is None else _transform(_blocks(pilot, first, count, patch, step), transform)
         filtered, weights = shrink(noisy, guide, sigma, threshold=threshold, ndim=1)
-        _accumulate(total, norm, _inverse(filtered, transform, patch), weights, first, step)
+        _accumulate(total, norm, _inverse(filtered, transform, patch), weights, first, step, weights_in_block)
     return total / norm
 
 
@@ -223,6 +249,7 @@ def denoise_dct(
     patch=DCT_DEFAULTS["patch"],
     step=DCT_DEFAULTS["step"],
     threshold: float = DCT_DEFAULTS["threshold"],
+    window: float = DCT_DEFAULTS["window"],
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> tuple[np.ndarray, dict]:
@@ -237,14 +264,17 @@ def denoise_dct(
     if min(patch) < 2 or not all(1 <= t <= p for p, t in zip(patch, step)):
         raise ValueError(f"patch must be >= 2 and 1 <= step <= patch, got patch {patch}, step {step}")
     noise = float(sigma) * float(strength)
-    params = {"patch": list(patch), "step": list(step), "threshold": float(threshold), "sigma": float(noise)}
+    params = {"patch": list(patch), "step": list(step), "threshold": float(threshold), "window": float(window),
+              "sigma": float(noise)}
     values = np.asarray(array, dtype=np.float32)
     if noise <= 0:
         return values.copy(), params
     padded, inner = mirror_pad(values, patch=patch, step=step)
     report(progress, 0.0, "DCT denoising: hard threshold")
-    first = _stage(padded, None, noise, patch=patch, step=step, threshold=threshold, cancel=cancel)
+    first = _stage(padded, None, noise, patch=patch, step=step, threshold=threshold, window=float(window),
+                   cancel=cancel)
     report(progress, 0.5, "DCT denoising: Wiener")
-    second = _stage(padded, first, noise, patch=patch, step=step, threshold=threshold, cancel=cancel)
+    second = _stage(padded, first, noise, patch=patch, step=step, threshold=threshold, window=float(window),
+                   cancel=cancel)
     report(progress, 1.0, "DCT denoising done")
     return np.ascontiguousarray(second[inner].numpy(), dtype=np.float32), params
