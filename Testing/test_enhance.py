@@ -782,3 +782,21 @@ def test_an_absent_device_is_an_error_for_classical_methods_too(noisy_head):
         E.denoise(volume, method="aniso", device="cuda")
     with pytest.raises(DeviceError):
         E.enhance(volume, steps="bias", device="cuda")
+
+
+@pytest.mark.parametrize("patch,step,search", [((2, 6, 6), (1, 5, 5), (1, 4, 4)), (4, 3, 3)])
+def test_collaborative_wiener_guide_is_aligned_at_the_volume_ends(patch, step, search):
+    """The Wiener stage's guide is the first estimate mirrored exactly as the data are: an end slice next to a
+    very different one (fat at -100 HU beside 2000 HU bone, as at lung1's last slice) keeps its value. The guide
+    was once mirrored from the estimate's own margin, a slice off, and put 280 HU into that end slice."""
+    from MedSynthLib.tasks.enhance import _collaborative as C
+
+    rng = np.random.default_rng(8)
+    clean = np.full((12, 40, 40), -100.0, np.float32)
+    clean[:, 10:30, 10:30] = 40.0
+    clean[-2, 12:28, 12:28] = 2000.0  # bright structure in the second-last slice only
+    clean[1, 12:28, 12:28] = 2000.0  # and in the second slice
+    noisy = (clean + rng.normal(0, 15.0, clean.shape)).astype(np.float32)
+    out, _ = C.denoise_collaborative(noisy, sigma=15.0, patch=patch, step=step, search=search)
+    for end in (0, -1):
+        assert np.abs(out[end] - clean[end]).max() < 6 * 15.0, (end, np.abs(out[end] - clean[end]).max())

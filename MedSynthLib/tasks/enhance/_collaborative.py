@@ -187,9 +187,11 @@ def denoise_collaborative(
         matches.update(shape=tuple(padded.shape), first=[], second=[])
     held = matches if matches is not None and matches["shape"] == tuple(padded.shape) else None  # else: match anew
     first = _stage(padded, None, noise, **stage_args, matches=held["first"] if held is not None else None)
-    # the search margin of the first estimate is mirrored again from the estimate (it holds partial sums)
-    estimate = first[tuple(slice(r, r + c) for r, c in zip(search, covered))].numpy()
-    pilot = torch.from_numpy(np.pad(estimate, [(r, r) for r in search], mode="symmetric"))
+    # the pilot is the first estimate of the volume itself, mirrored exactly as the data were, so that every
+    # padded voxel of the pilot estimates the same voxel as the data there (mirroring the estimate's own
+    # margin instead put an estimate of the last slice where the data held the one before it: a Wiener
+    # guide from the wrong slice, 280 HU errors at lung1's last slice with 2-slice blocks)
+    pilot, _ = mirror_pad(np.ascontiguousarray(first[keep].numpy()), patch=patch, step=step, margin=search)
     report(progress, 0.5, "collaborative filtering: Wiener")
     second = _stage(padded, pilot, noise, **stage_args, matches=held["second"] if held is not None else None)
     report(progress, 1.0, "collaborative filtering done")
