@@ -210,7 +210,7 @@ def test_collaborative_filter_denoises_is_local_and_slab_independent(monkeypatch
     assert np.allclose(C.denoise_collaborative(noisy, sigma=8.0)[0], out, atol=1e-3)
     assert np.allclose(C.denoise_collaborative(noisy, sigma=8.0, **shaped)[0], flat, atol=1e-3)
     with pytest.raises(ValueError, match="collaborative"):
-        C.denoise_collaborative(noisy, sigma=8.0, group=400)
+        C.denoise_collaborative(noisy, sigma=8.0, group=800)  # more than the 9^3 candidates
     with pytest.raises(ValueError, match="collaborative"):
         C.denoise_collaborative(noisy, sigma=8.0, patch=(4, 1, 4))
 
