@@ -112,8 +112,7 @@ def _stage(x: torch.Tensor, pilot: Optional[torch.Tensor], sigma: float, *, inne
 
     ``matches``: the group starts of every slab; an empty list is filled, a full one is used instead of
     matching again."""
-    patch, step, search = knobs.patch, knobs.step, knobs.search
-    group = knobs.group
+    patch, step, search, group = knobs.patch, knobs.step, knobs.search, knobs.group
     window = kaiser_window(patch, knobs.window)
     lo = search  # the reference grid starts inside the search margin
     refs = [(n - p) // t + 1 for n, p, t in zip(inner, patch, step)]
