@@ -800,3 +800,30 @@ def test_collaborative_wiener_guide_is_aligned_at_the_volume_ends(patch, step, s
     out, _ = C.denoise_collaborative(noisy, sigma=15.0, patch=patch, step=step, search=search)
     for end in (0, -1):
         assert np.abs(out[end] - clean[end]).max() < 6 * 15.0, (end, np.abs(out[end] - clean[end]).max())
+
+
+@pytest.mark.slow
+def test_real_thick_slice_scan_denoises_better_with_blocks_shaped_by_the_voxel_size(shared_data):
+    """brain1 (pyradiomics' T1 post-contrast, 6.5 x 0.78 x 0.78 mm; ../shared/data/README.md) + 5 % Rician noise:
+    the sliding DCT with blocks of about equal millimetres (2 x 6 x 6) beats the cube of voxels (4^3, 26 mm
+    through-plane) in the head: 31.62 against 31.20 dB on this crop."""
+    from MedSynthLib.metrics import psnr
+    from MedSynthLib.noise import rician_debias
+    from MedSynthLib.tasks.enhance._dct import block_shape, denoise_dct
+
+    brain1 = read_volume(shared_data / "brain1_MR_T1post_pyradiomics.nii.gz")
+    full = brain1.array.astype(np.float32)
+    shape = block_shape(brain1.spacing_kji, edge=4)
+    assert shape == (2, 6, 6)
+    k, j, i = full.shape
+    clean = np.ascontiguousarray(full[:, j // 2 - 56:j // 2 + 56, i // 2 - 56:i // 2 + 56])
+    sigma = 0.05 * float(full.max())
+    rng = np.random.default_rng(15)
+    noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    head = ndimage.binary_fill_holes(clean > 0.1 * float(full.max()))
+    data_range = float(clean.max() - clean.min())
+    score = {}
+    for name, patch in (("cube", 4), ("shaped", shape)):
+        out = rician_debias(denoise_dct(noisy, sigma=sigma, patch=patch)[0], sigma)
+        score[name] = psnr(clean, out, mask=head, data_range=data_range)
+    assert score["shaped"] > score["cube"] + 0.2, score
