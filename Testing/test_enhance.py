@@ -118,6 +118,24 @@ def test_selfsup_improves_and_is_deterministic():
     assert other.report["parameters"]["loss_first"] != first.report["parameters"]["loss_first"]
 
 
+@pytest.mark.parametrize("thick_ijk", [0, 1])
+def test_selfsup_on_a_scan_thick_along_i_or_j(thick_ijk):
+    """A planar scan whose thick axis is not the array's first: selfsup works with that axis moved first, and its
+    fusion's blocks follow the spacing moved the same way (the spacing was once moved with a 3D array call
+    on a 1D tuple, which raised for any slice axis but k)."""
+    spacing = [0.9, 0.9, 0.9]
+    spacing[thick_ijk] = 4.0
+    clean = _head((24, 40, 44))
+    volume = Volume(_rician(clean, 6.0), oblique_matrix(spacing=tuple(spacing)))
+    result = E.denoise(volume, method="selfsup", method_options={"selfsup": {"steps": 4}}, seed=1, device="cpu")
+    parameters = result.report["parameters"]
+    assert parameters["slice_axis"] == 2 - thick_ijk  # the array axis of the thick one (arrays are k, j, i)
+    assert parameters["fusion"]["blocks"]["collaborative"]["patch"] == [2, 6, 6]  # thick axis first
+    mask = clean > 0
+    assert _rmse(result.volume.array, clean, mask) < 0.9 * _rmse(volume.array, clean, mask)
+    assert np.array_equal(result.volume.ijk_to_ras, volume.ijk_to_ras)
+
+
 def test_selfsup_sure_fusion_uses_no_clean_image_and_beats_its_parts():
     """SURE weights come from the noisy volume alone; the fused result beats NLM and the Wiener-only output."""
     from MedSynthLib.tasks.enhance._selfsup import SelfSupSettings, denoise_selfsup

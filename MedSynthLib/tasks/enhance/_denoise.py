@@ -187,7 +187,7 @@ def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: di
         values, details = denoise_selfsup(
             np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
             foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar,
-            spacing=tuple(np.moveaxis(np.asarray(spacing), axis, 0).tolist()),
+            spacing=(spacing[axis], *(d for a, d in enumerate(spacing) if a != axis)),  # as the moved axes
             strength=context["strength"], seed=context["seed"], device=context["device"], settings=settings,
             budget=context["budget"], progress=progress, cancel=context["cancel"],
             engine_report=context["engine_report"])
