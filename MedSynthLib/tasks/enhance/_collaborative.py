@@ -39,11 +39,13 @@ COLLABORATIVE_DEFAULTS = {"patch": 4, "step": 3, "search": 4, "group": 16, "thre
 CHUNK_VALUES = 2**24
 
 
-def collaborative_influence(patch=COLLABORATIVE_DEFAULTS["patch"], search=COLLABORATIVE_DEFAULTS["search"]) -> int:
-    """How far (voxels, along axis 0) a change in the input can move the output, per stage: the reference
-    blocks whose search reaches a block holding the voxel (search + patch - 1), then the blocks of their
-    groups (search + patch - 1)."""
-    return 2 * (2 * as_triple(search, "search")[0] + 2 * (as_triple(patch, "patch")[0] - 1))
+def collaborative_influence(patch=COLLABORATIVE_DEFAULTS["patch"], search=COLLABORATIVE_DEFAULTS["search"], *,
+                            axis: Optional[int] = 0) -> int:
+    """How far (voxels, along ``axis``; None: the farthest along any) a change in the input can move the output,
+    per stage: the reference blocks whose search reaches a block holding the voxel (search + patch - 1), then
+    the blocks of their groups (search + patch - 1)."""
+    reach = [2 * (2 * r + 2 * (p - 1)) for p, r in zip(as_triple(patch, "patch"), as_triple(search, "search"))]
+    return max(reach) if axis is None else reach[axis]
 
 
 def _block_distances(x: torch.Tensor, refs: Triple, *, patch: Triple, step: Triple, search: Triple,

@@ -98,9 +98,11 @@ def search_box(search: int, shape: Triple, *, edge: int) -> Triple:
     return tuple(max(1, (int(search) * side) // int(edge)) for side in shape)
 
 
-def dct_influence(patch) -> int:
-    """How far (voxels, along axis 0) a change in the input can move the output: one block radius per stage."""
-    return 2 * (as_triple(patch, "patch")[0] - 1)
+def dct_influence(patch, *, axis: Optional[int] = 0) -> int:
+    """How far (voxels, along ``axis``; None: the farthest along any) a change in the input can move the
+    output: one block side per stage."""
+    reach = [2 * (p - 1) for p in as_triple(patch, "patch")]
+    return max(reach) if axis is None else reach[axis]
 
 
 def _dct_matrix(n: int) -> torch.Tensor:

@@ -98,9 +98,9 @@ def block_knobs(settings: FusionSettings, spacing: Optional[tuple[float, float, 
 
 
 def _smoothers(s: float, strength: float, settings: FusionSettings,
-               spacing: Optional[tuple[float, float, float]] = None) -> list[tuple[str, Callable, int]]:
-    """(name, function of the observation, influence radius in voxels along axis 0) of every training-free
-    component, the block filters set by :func:`block_knobs`."""
+               spacing: Optional[tuple[float, float, float]] = None) -> list[tuple[str, Callable, tuple[int, int]]]:
+    """(name, function of the observation, influence radius in voxels (along axis 0, along any axis)) of every
+    training-free component, the block filters set by :func:`block_knobs`."""
     from ._classical import NLM_DEFAULTS, denoise_nlm
     from ._collaborative import collaborative_influence, denoise_collaborative
     from ._dct import dct_influence, denoise_dct
@@ -111,14 +111,14 @@ def _smoothers(s: float, strength: float, settings: FusionSettings,
             matches: dict = {}  # the groups of the first run, held for the probe run of the same shape
             out.append((name, lambda v, k=knobs, m=matches: denoise_collaborative(v, sigma=s, strength=strength,
                                                                                   matches=m, **k)[0],
-                        collaborative_influence(knobs["patch"], knobs["search"])))
+                        tuple(collaborative_influence(knobs["patch"], knobs["search"], axis=a) for a in (0, None))))
         else:
             out.append((name, lambda v, k=knobs: denoise_dct(v, sigma=s, strength=strength, **k)[0],
-                        dct_influence(knobs["patch"])))
+                        tuple(dct_influence(knobs["patch"], axis=a) for a in (0, None))))
     nlm_reach = NLM_DEFAULTS["patch_size"] // 2 + NLM_DEFAULTS["patch_distance"]
     for h in settings.nlm_h_factors:
         out.append((f"nlm_h{h:g}", lambda v, f=h: denoise_nlm(v, sigma=s, strength=strength, h_factor=f)[0],
-                    nlm_reach))
+                    (nlm_reach, nlm_reach)))
     return out
 
 
@@ -178,7 +178,7 @@ def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings:
             break
         now = debias(run(xr))
         check_cancel(cancel)
-        components.append(_Component(name, now, _divergence(run, debias, xr, now, probe, eps, slabs, reach)))
+        components.append(_Component(name, now, _divergence(run, debias, xr, now, probe, eps, slabs, reach[0])))
     return components, fit, probe, eps
 
 
@@ -201,7 +201,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2
     smoothers = _smoothers(s, strength, settings, spacing)
-    region = (_bbox(foreground, margin=max(reach for *_, reach in smoothers) + 2)
+    region = (_bbox(foreground, margin=max(reach[1] for *_, reach in smoothers) + 2)
               if network is not None else tuple(slice(0, n) for n in x.shape))
     xr = np.ascontiguousarray(x[region])
 
