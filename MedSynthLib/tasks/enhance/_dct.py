@@ -34,7 +34,7 @@ import torch
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["denoise_dct", "DCT_DEFAULTS", "dct_influence", "mirror_pad", "shrink", "block_shape", "block_strides",
-           "search_box", "as_triple", "block_dct"]
+           "shaped_blocks", "search_box", "as_triple", "block_dct"]
 
 #: ``patch`` (block edge, voxels), ``step`` (block stride), ``threshold`` (hard threshold, in sigma), ``window``
 #: (the Kaiser window's beta: each block's estimate is weighted by it voxel by voxel, as BM3D aggregates; 0 flat).
@@ -90,6 +90,13 @@ def block_strides(step: int, shape: Triple, *, edge: int) -> Triple:
     if int(step) == 1:
         return (1, 1, 1)
     return tuple(max(1, min(side - 1, int(math.floor(int(step) * side / int(edge) + 0.5)))) for side in shape)
+
+
+def shaped_blocks(spacing: Optional[tuple[float, float, float]], *, edge: int, step: int) -> dict[str, Triple]:
+    """``patch`` and ``step`` of a block filter set for ``edge^3`` blocks at stride ``step``, shaped by
+    ``spacing`` (:func:`block_shape`, :func:`block_strides`)."""
+    shape = block_shape(spacing, edge=edge)
+    return {"patch": shape, "step": block_strides(step, shape, edge=edge)}
 
 
 def search_box(search: int, shape: Triple, *, edge: int) -> Triple:

@@ -118,7 +118,7 @@ def _is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
 def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context: dict,
                    progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
     """``dct`` or ``fusion`` (torch's CPU threads from the idle cores, as for the network methods)."""
-    from ._dct import DCT_DEFAULTS, block_shape, block_strides, denoise_dct
+    from ._dct import DCT_DEFAULTS, denoise_dct, shaped_blocks
     from ._sure import denoise_fusion
 
     strength, cancel = context["strength"], context["cancel"]
@@ -126,11 +126,9 @@ def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context:
     spacing = context["spacing"]
     with torch_threads(threads):
         if chosen == "dct":
-            edge = DCT_DEFAULTS["patch"]
-            shape = block_shape(spacing, edge=edge)
+            blocks = shaped_blocks(spacing, edge=DCT_DEFAULTS["patch"], step=DCT_DEFAULTS["step"])
             values, details = denoise_dct(data, sigma=noise.sigma, strength=strength, progress=progress,
-                                          patch=shape, step=block_strides(DCT_DEFAULTS["step"], shape, edge=edge),
-                                          cancel=cancel)
+                                          cancel=cancel, **blocks)
         else:
             foreground = context["mask"] if context["mask"] is not None else otsu_foreground(data)
             report(progress, 0.0, "DCT and non-local means, SURE-weighted")

@@ -82,31 +82,29 @@ def block_knobs(settings: FusionSettings, spacing: Optional[tuple[float, float, 
     """Block shape, stride (and search box) of each block-filter component, shaped by ``spacing`` (mm, array
     order; :func:`._dct.block_shape`): the published cube settings on an isotropic grid."""
     from ._collaborative import COLLABORATIVE_DEFAULTS
-    from ._dct import block_shape, block_strides, search_box
+    from ._dct import search_box, shaped_blocks
 
     knobs = {}
     if settings.collaborative:
         edge = COLLABORATIVE_DEFAULTS["patch"]
-        shape = block_shape(spacing, edge=edge)
-        knobs["collaborative"] = {"patch": shape,
-                                  "step": block_strides(COLLABORATIVE_DEFAULTS["step"], shape, edge=edge),
-                                  "search": search_box(COLLABORATIVE_DEFAULTS["search"], shape, edge=edge)}
+        blocks = shaped_blocks(spacing, edge=edge, step=COLLABORATIVE_DEFAULTS["step"])
+        knobs["collaborative"] = {**blocks, "search": search_box(COLLABORATIVE_DEFAULTS["search"], blocks["patch"],
+                                                                 edge=edge)}
     for patch, step in settings.dct_blocks:
-        shape = block_shape(spacing, edge=patch)
-        knobs[f"dct_p{patch}"] = {"patch": shape, "step": block_strides(step, shape, edge=patch)}
+        knobs[f"dct_p{patch}"] = shaped_blocks(spacing, edge=patch, step=step)
     return knobs
 
 
 def _smoothers(s: float, strength: float, settings: FusionSettings,
-               spacing: Optional[tuple[float, float, float]] = None) -> list[tuple[str, Callable, tuple[int, int]]]:
+               blocks: dict[str, dict]) -> list[tuple[str, Callable, tuple[int, int]]]:
     """(name, function of the observation, influence radius in voxels (along axis 0, along any axis)) of every
-    training-free component, the block filters set by :func:`block_knobs`."""
+    training-free component, the block filters set by ``blocks`` (:func:`block_knobs`)."""
     from ._classical import NLM_DEFAULTS, denoise_nlm
     from ._collaborative import collaborative_influence, denoise_collaborative
     from ._dct import dct_influence, denoise_dct
 
     out = []
-    for name, knobs in block_knobs(settings, spacing).items():
+    for name, knobs in blocks.items():
         if name == "collaborative":
             matches: dict = {}  # the groups of the first run, held for the probe run of the same shape
             out.append((name, lambda v, k=knobs, m=matches: denoise_collaborative(v, sigma=s, strength=strength,
@@ -200,7 +198,8 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     """
     started = time.perf_counter()
     variance = (float(strength) * s) ** 2
-    smoothers = _smoothers(s, strength, settings, spacing)
+    blocks = block_knobs(settings, spacing)
+    smoothers = _smoothers(s, strength, settings, blocks)
     region = (_bbox(foreground, margin=max(reach[1] for *_, reach in smoothers) + 2)
               if network is not None else tuple(slice(0, n) for n in x.shape))
     xr = np.ascontiguousarray(x[region])
@@ -253,7 +252,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
             **chosen, "fit_voxels": int(fit.sum()), "dct_blocks": [list(b) for b in settings.dct_blocks],
             "spacing": None if spacing is None else [round(float(v), 4) for v in spacing],
             "blocks": {name: {key: list(value) for key, value in knobs.items()}
-                       for name, knobs in block_knobs(settings, spacing).items()},
+                       for name, knobs in blocks.items()},
             "nlm_h_factors": list(settings.nlm_h_factors), "seconds": round(time.perf_counter() - started, 2)}
     return estimate, info
 
