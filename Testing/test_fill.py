@@ -73,18 +73,30 @@ def test_fill_bad_input(kwargs, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({}, "either a factor or a target spacing"),
         ({"factor": 2, "spacing": 1.0}, "either a factor or a target spacing"),
-        ({"factor": 1}, "integer >= 2"),
-        ({"factor": 2.5}, "integer >= 2"),
+        ({"factor": 1}, r"factor must be a number in \[2, 16\], got 1"),
+        ({"factor": 2.5}, "factor must be a whole number, got 2.5"),
+        ({"factor": 17}, r"factor must be a number in \[2, 16\]"),
         ({"spacing": 5.0}, "not smaller"),
-        ({"spacing": -1.0}, "positive"),
+        ({"spacing": -1.0}, "spacing must be a number > 0"),
         ({"factor": 2, "axis": 7}, "axis must be"),
     ],
 )
 def test_upsample_bad_input(kwargs, message):
     with pytest.raises(InputError, match=message):
         upsample_slices(ramp_volume(), **kwargs)
+
+
+def test_upsample_default_factor_is_two_and_options_object_equals_keywords():
+    """Neither factor nor spacing: the options' default factor 2; an UpsampleOptions gives the same voxels."""
+    from MedSynthLib.tasks.fill import UpsampleOptions
+
+    by_default = upsample_slices(ramp_volume(), method="linear")
+    by_object = upsample_slices(ramp_volume(), UpsampleOptions(factor=2, method="linear"))
+    assert by_default.report["factor"] == 2.0
+    np.testing.assert_array_equal(by_default.volume.array, by_object.volume.array)
+    with pytest.raises(InputError, match="unknown option 'speed'"):
+        upsample_slices(ramp_volume(), speed=2)
 
 
 # ---- filling ---------------------------------------------------------------------------------

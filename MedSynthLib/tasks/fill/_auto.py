@@ -20,12 +20,10 @@ from ...budget import TimeBudget
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback
 from ...volume import THICK_SLICE_RATIO
+from ._options import METHODS
 from ._interp import FillPlan, cubic_fill, linear_fill, spline_fill
 
 __all__ = ["METHODS", "FillJob", "default_budget_seconds", "resolve_method", "synthesise"]
-
-#: Fill methods; ``auto`` picks one by device and time budget and the report says which ran.
-METHODS = ("auto", "linear", "cubic", "spline", "flow", "selfsup", "model")
 
 #: ``auto`` does not use selfsup when the output slice grid is this many times coarser than the in-plane
 #: pixels: rows removed in-plane then do not resemble the missing thick slices (measured on lung1 CT).

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -32,11 +32,13 @@ from ...checks import check_result
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import AXIS_NAMES, Volume, array_axis, validate_volume
-from ._auto import METHODS
+from ._options import METHODS, FillOptions, UpsampleOptions
 from ._job import Request as _Request, report_of as _report, run as _run, start_budget as _start_budget
 
 __all__ = [
     "METHODS",
+    "FillOptions",
+    "UpsampleOptions",
     "FillResult",
     "find_missing_slices",
     "fill_slices",
@@ -137,17 +139,12 @@ def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
 
 def fill_slices(
     volume: Volume,
+    options: Optional[FillOptions] = None,
+    /,
     *,
-    slices: Optional[Iterable[int]] = None,
-    axis: Union[int, str, None] = None,
-    method: str = "auto",
-    model=None,
-    device: str = "auto",
-    seed: int = 0,
-    time_budget: Union[float, TimeBudget, None] = None,
-    method_options: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    **knobs: Any,
 ) -> FillResult:
     """Replace missing or corrupted slices; every other voxel stays bit-identical.
 
@@ -155,6 +152,9 @@ def fill_slices(
     ----------
     volume : Volume
         The scan. Not modified.
+    options : FillOptions, optional
+        Every knob below in one validated object (what the CLI, the Slicer panel and ``augment`` build);
+        keyword arguments are the convenient form of the same object (``FillOptions.build(options, **knobs)``).
     slices : iterable of int, optional
         0-based indices along ``axis`` to replace. ``None`` runs
         :func:`find_missing_slices` first.
@@ -174,7 +174,7 @@ def fill_slices(
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     seed : int
         Seed of ``selfsup``'s training; CPU runs are deterministic for a seed.
-    time_budget : float or TimeBudget, optional
+    time_budget : float, optional
         Seconds the task may spend, checked on the clock while it runs: selfsup
         fits its training steps to it and stops at it with its best network so
         far. Default for ``auto``: 30 s + 1.5 s per synthesised slice on a CPU (at
@@ -210,15 +210,15 @@ def fill_slices(
     (2.0, (2,))
     """
     start = time.perf_counter()
-    budget = _start_budget(time_budget)
+    options = FillOptions.build(options, **knobs)
+    budget = _start_budget(options.time_budget)
     validate_volume(volume, min_slices=1)
-    axis_index = array_axis(axis, volume)
+    axis_index = array_axis(options.axis, volume)
     count = volume.array.shape[axis_index]
+    slices, method = options.slices, options.method
     if count < 3:
         raise InputError(f"the volume has {count} slice(s) along {AXIS_NAMES[axis_index]}; filling needs at least 3")
     warnings: list[str] = []
-    if slices is not None:
-        slices = list(slices)
     if slices is None:
         found = find_missing_slices(volume, axis=axis_index)
         slices = [index for index, _ in found]
@@ -234,7 +234,8 @@ def fill_slices(
         )
     missing = set(values)
     good_index = np.array([s for s in range(count) if s not in missing])
-    request = _Request(method=method, model=model, device=device, seed=seed, options=method_options, budget=budget)
+    request = _Request(method=method, model=options.model, device=options.device, seed=options.seed,
+                       options=options.method_options, budget=budget)
     restored, details, _ = _run(
         volume, axis=axis_index, good_index=good_index, positions=good_index.astype(np.float64),
         targets=np.array(values, dtype=np.float64), request=request, progress=progress, cancel=cancel,
@@ -250,19 +251,12 @@ def fill_slices(
 
 def upsample_slices(
     volume: Volume,
+    options: Optional[UpsampleOptions] = None,
+    /,
     *,
-    factor: Optional[int] = None,
-    spacing: Optional[float] = None,
-    axis: Union[int, str, None] = None,
-    method: str = "auto",
-    model=None,
-    device: str = "auto",
-    seed: int = 0,
-    time_budget: Union[float, TimeBudget, None] = None,
-    method_options: Optional[dict] = None,
-    slice_thickness: Union[float, str, None] = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    **knobs: Any,
 ) -> FillResult:
     """Insert slices through-plane: by an integer ``factor`` or to a target ``spacing`` (mm).
 
@@ -279,8 +273,10 @@ def upsample_slices(
     ----------
     volume : Volume
         The scan. Not modified.
+    options : UpsampleOptions, optional
+        Every knob below in one validated object; keyword arguments build the same object.
     factor : int, optional
-        Integer factor >= 2. Give ``factor`` or ``spacing``, not both.
+        Integer factor in [2, 16]. Give ``factor`` or ``spacing``, not both (neither: 2).
     spacing : float, optional
         Target spacing in mm along the slice axis, smaller than the current one.
     axis, method, model, device, seed, time_budget, method_options, progress, cancel
@@ -311,23 +307,27 @@ def upsample_slices(
     >>> r.volume.array[:, 0, 0].tolist(), r.volume.spacing
     ([0.0, 0.5, 1.0, 1.5, 2.0], (1.0, 1.0, 2.0))
     """
+    options = UpsampleOptions.build(options, **knobs)
+    return _upsample(volume, options, _start_budget(options.time_budget), progress=progress, cancel=cancel)
+
+
+def _upsample(volume: Volume, options: UpsampleOptions, budget: TimeBudget, *,
+              progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> FillResult:
+    """:func:`upsample_slices` with its options built and its budget started (a non-integer selfsup reuses both)."""
     start = time.perf_counter()
-    budget = _start_budget(time_budget)
     validate_volume(volume, min_slices=1)
-    axis_index = array_axis(axis, volume)
-    grid = _upsampled_grid(volume, axis_index, factor=factor, spacing=spacing)
-    if not grid.integral and str(method).lower() in ("selfsup",):
+    axis_index = array_axis(options.axis, volume)
+    grid = _upsampled_grid(volume, axis_index, factor=options.factor, spacing=options.spacing)
+    if not grid.integral and options.method == "selfsup":
         # Learned through-plane planes need integer gaps: go up by the next integer factor, then resample.
         step = int(math.ceil(grid.ratio - 1e-9))
-        fine = upsample_slices(
-            volume, factor=step, axis=axis_index, method=method, model=model, device=device, seed=seed,
-            time_budget=budget, method_options=method_options, slice_thickness=slice_thickness,
-            progress=subrange(progress, 0.0, 0.95), cancel=cancel,
-        )
-        restored, details, sharpened = _resample_linearly(fine, grid, axis_index, step, seed=seed, cancel=cancel)
+        fine = _upsample(volume, options.replace(factor=step, spacing=None, axis=AXIS_NAMES[axis_index]), budget,
+                         progress=subrange(progress, 0.0, 0.95), cancel=cancel)
+        restored, details, sharpened = _resample_linearly(fine, grid, axis_index, step, seed=options.seed,
+                                                          cancel=cancel)
     else:
-        request = _Request(method=method, model=model, device=device, seed=seed, options=method_options,
-                           budget=budget, thickness=slice_thickness)
+        request = _Request(method=options.method, model=options.model, device=options.device, seed=options.seed,
+                           options=options.method_options, budget=budget, thickness=options.slice_thickness)
         restored, details, sharpened = _run(
             volume, axis=axis_index, good_index=np.arange(grid.count), positions=grid.positions,
             targets=grid.targets, request=request, progress=progress, cancel=cancel,
