@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 
 from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
@@ -167,3 +167,35 @@ def number_in(low: float, high: float, *, include_high: bool = True):
 def add_report_arg(parser: argparse.ArgumentParser) -> None:
     """``--report`` only; task commands use :func:`MedSynthLib.cli._outputs.add_output_args` (also --qc, --overwrite)."""
     parser.add_argument("--report", metavar="FILE.json", help="write the run's report (what was done, device, seconds, warnings) as JSON")
+
+
+def add_option_args(parser: argparse.ArgumentParser, options_class: Any, names: Sequence[str], *,
+                    types: Optional[dict] = None, helps: Optional[dict] = None, metavars: Optional[dict] = None) -> None:
+    """``--NAME`` flags for the knobs ``names`` of a task's options class, with its choices, help and default.
+
+    The flags' choices, ranges and defaults come from the options object (:meth:`TaskOptions.knobs`), never
+    copied here; argparse leaves an absent flag at None, so the options object's own default applies and
+    its validation gives the one-line error (exit 2). ``types``/``helps``/``metavars`` override per name
+    (e.g. ``device_arg``, or a longer help).
+    """
+    types, helps, metavars = types or {}, helps or {}, metavars or {}
+    for name in names:
+        knob = options_class.knob(name)
+        kind = types.get(name) or (str.lower if knob.choices else int if knob.whole
+                                   else float if knob.low is not None or knob.high is not None else str)
+        text = helps.get(name, knob.help)
+        if knob.low is not None or knob.high is not None:
+            shown = (lambda x: str(int(x))) if knob.whole else (lambda x: f"{x:g}")
+            low = "-inf" if knob.low is None else shown(knob.low)
+            high = "inf" if knob.high is None else shown(knob.high)
+            text += f"; range {'(' if knob.low_open else '['}{low}, {high}]"
+        if knob.default is not None:
+            text += f" (default: {knob.default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, choices=knob.choices,
+                            metavar=metavars.get(name), help=text)
+
+
+def options_from_args(options_class: Any, args: argparse.Namespace, names: Sequence[str], **extra: Any) -> Any:
+    """The task's options object from the parsed flags ``names`` (absent ones keep the default) and ``extra``."""
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return options_class.build(**given, **extra)

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import WRITE_EXTENSIONS, read_volume, write_volume
-from ..tasks.fill import METHODS, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
+from ..tasks.fill import FillOptions, UpsampleOptions, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from ..volume import AXIS_NAMES, Volume, array_axis
 from ..reports import to_jsonable
-from .common import axis_arg, device_arg, progress_bar
+from .common import add_option_args, axis_arg, device_arg, options_from_args, progress_bar
 from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]
@@ -77,11 +77,9 @@ def _run_fill(args: argparse.Namespace) -> int:
     outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     slices = None if args.slices == "auto" else parse_slice_list(args.slices)
+    options = options_from_args(FillOptions, args, _METHOD_KNOBS, slices=slices, model=args.model)
     with progress_bar(args.quiet, "fill") as progress:
-        result = fill_slices(
-            volume, slices=slices, axis=args.axis, method=args.method, model=args.model,
-            device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
-        )
+        result = fill_slices(volume, options, progress=progress)
     with outputs:
         _write(outputs, volume, result)
     if not args.quiet:
@@ -98,11 +96,9 @@ def _run_upsample(args: argparse.Namespace) -> int:
     output = Path(args.output)
     outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
+    options = options_from_args(UpsampleOptions, args, _METHOD_KNOBS + ("factor", "spacing"), model=args.model)
     with progress_bar(args.quiet, "upsample") as progress:
-        result = upsample_slices(
-            volume, factor=args.factor, spacing=args.spacing, axis=args.axis, method=args.method,
-            model=args.model, device=args.device, seed=args.seed, time_budget=args.time_budget, progress=progress,
-        )
+        result = upsample_slices(volume, options, progress=progress)
     with outputs:
         _write(outputs, volume, result)
     if not args.quiet:
@@ -115,23 +111,24 @@ def _run_upsample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_method_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--axis", type=axis_arg, default="auto",
-                        help="slice axis: i, j, k or auto = the axis with the largest spacing (default: auto)")
-    parser.add_argument("--method", choices=METHODS, default="auto",
-                        help="linear/cubic/spline: instant baselines (spline: cubic spline through all good slices, "
-                             "best of them on thick slices); flow: registration, seconds; selfsup: trains a small "
-                             "network on this volume, best quality, minutes on a CPU; model: a trained package; "
-                             "auto: selfsup when enough training fits the time budget at the current load (SMORE-style on "
-                             "thick slices), else the spline when upsampling, the bundled model or flow (default: auto)")
+#: The fill and upsample knobs offered as flags: choices, ranges and defaults from the options objects.
+_METHOD_KNOBS = ("axis", "method", "device", "seed", "time_budget")
+
+_METHOD_HELP = ("linear/cubic/spline: instant baselines (spline: cubic spline through all good slices, best of them "
+                "on thick slices); flow: registration, seconds; selfsup: trains a small network on this volume, best "
+                "quality, minutes on a CPU; model: a trained package; auto: selfsup when enough training fits the "
+                "time budget at the current load (SMORE-style on thick slices), else the spline when upsampling, "
+                "the bundled model or flow")
+_BUDGET_HELP = ("seconds the task may spend, checked on the clock while it runs: selfsup fits its training to it and "
+                "stops with its best result so far (default for auto: 30 s + 1.5 s per synthesised slice on a CPU, at "
+                "most 180; other methods: no limit); the report gives the budget, the time spent and what was cut")
+
+
+def _add_method_args(parser: argparse.ArgumentParser, options_class) -> None:
+    add_option_args(parser, options_class, _METHOD_KNOBS, types={"axis": axis_arg, "device": device_arg},
+                    helps={"method": _METHOD_HELP, "time_budget": _BUDGET_HELP},
+                    metavars={"time_budget": "SECONDS"})
     parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of selfsup training (default: 0)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="seconds the task may spend, checked on the clock while it runs: selfsup fits its "
-                             "training to it and stops with its best result so far (default for auto: 30 s + 1.5 s "
-                             "per synthesised slice on a CPU, at most 180; other methods: no limit); the report "
-                             "gives the budget, the time spent and what was cut")
     add_output_args(parser)
 
 
@@ -147,16 +144,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fill.add_argument("output", metavar="OUTPUT", help=f"output file ({', '.join(WRITE_EXTENSIONS)})")
     fill.add_argument("--slices", type=_slices_arg, default="auto", metavar="auto|3,7,10-12",
                       help="0-based slice indices and ranges to fill, or auto = the ones detect finds (default: auto)")
-    _add_method_args(fill)
+    _add_method_args(fill, FillOptions)
     fill.set_defaults(func=_run_fill)
 
     upsample = subparsers.add_parser("upsample", help="add slices through-plane by a factor or to a spacing")
     upsample.add_argument("input", metavar="INPUT")
     upsample.add_argument("output", metavar="OUTPUT", help=f"output file ({', '.join(WRITE_EXTENSIONS)})")
-    size = upsample.add_mutually_exclusive_group(required=True)
-    size.add_argument("--factor", type=int, metavar="K", help="integer factor >= 2: n slices become (n-1)*K+1")
-    size.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing in mm (exact)")
-    _add_method_args(upsample)
+    add_option_args(upsample, UpsampleOptions, ("factor", "spacing"), metavars={"factor": "K", "spacing": "MM"},
+                    helps={"factor": "integer factor: n slices become (n-1)*K+1 (default: 2 unless --spacing)",
+                           "spacing": "target slice spacing in mm (exact), instead of --factor"})
+    _add_method_args(upsample, UpsampleOptions)
     upsample.set_defaults(func=_run_upsample)
 
 
