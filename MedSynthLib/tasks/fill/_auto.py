@@ -12,7 +12,7 @@ default budget grows with the work: a few slices get well under a minute, a whol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -110,14 +110,10 @@ def fast_method(job: FillJob, why: str) -> tuple[str, str]:
 
 def _affordable_steps(job: FillJob, target, settings: Optional[dict]) -> tuple[int, int]:
     """(steps that fit the remaining budget at the load measured now, steps planned)."""
-    from . import _selfsup
+    from ._selfsup import cost_estimate
 
-    cfg = _selfsup.training_plan(target, settings)
-    # the CPU constants are for 2 idle cores; with none idle one thread ran a step 2.2x slower (73 against 33 ms)
-    slowdown = 1.0 / _selfsup._GPU_SPEEDUP if target.type != "cpu" else max(1.0, 2.0 / max(job.idle, 1.0))
-    per_step = _selfsup._CPU_STEP_S[cfg["precision"]] * slowdown
-    inference = _selfsup._inference_voxels(job.good, job.plan, cfg["margin"]) * _selfsup._CPU_VOXEL_S * slowdown
-    planned = int(cfg["steps"])
+    per_step, inference, planned = cost_estimate(job.good, job.plan, device=target, settings=settings,
+                                                 idle_cores=job.idle)
     if job.budget.seconds is None:
         return planned, planned
     left = job.budget.remaining() - 1.2 * inference - 2.0
@@ -159,54 +155,86 @@ def resolve_method(method: str, job: FillJob) -> tuple[str, str]:
     return fast_method(job, f"selfsup: only about {max(fits, 0)} steps fit {budget} ({load}), under {least}")
 
 
-def _selfsup(job: FillJob, options: Optional[dict], progress, cancel, details: dict, acquired: dict) -> np.ndarray:
+@dataclass(frozen=True)
+class Synthesis:
+    """What a method returned: the synthesised slices, which method produced them, its report details.
+
+    ``acquired``: the acquired slices rewritten (thick-slice selfsup deblurs them), or None; ``handover``:
+    why ``auto``'s selfsup result was dropped for another method, or None.
+    """
+
+    values: np.ndarray
+    method: str
+    details: dict
+    acquired: Optional[np.ndarray] = None
+    handover: Optional[str] = None
+
+
+def _interpolation(fill) -> Callable:
+    def run(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
+        return Synthesis(fill(job.good, job.plan), method, {})
+
+    return run
+
+
+def _flow(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
+    from ._flow import flow_fill
+
+    values, details = flow_fill(job.good, job.plan, device=job.device, settings=settings, progress=progress,
+                                cancel=cancel)
+    return Synthesis(values, method, details)
+
+
+def _model(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
+    from ._model import model_fill
+
+    model = job.model if job.model is not None else bundled_model()
+    values, details = model_fill(job.good, job.plan, model=model, device=job.device, seed=job.seed,
+                                 settings=settings, progress=progress, cancel=cancel)
+    return Synthesis(values, method, details)
+
+
+def _selfsup(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
     from ._selfsup import selfsup_fill
 
     profile = tuple(job.profile["px"]) if job.profile is not None and job.profile.get("thick") else None
-    return selfsup_fill(job.good, job.plan, device=job.device, seed=job.seed, settings=options, progress=progress,
-                        cancel=cancel, details=details, grid_ratio=job.grid_ratio, budget=job.budget,
-                        profile=profile, acquired=acquired)
+    values, details, acquired = selfsup_fill(
+        job.good, job.plan, device=job.device, seed=job.seed, settings=settings, progress=progress, cancel=cancel,
+        grid_ratio=job.grid_ratio, budget=job.budget, profile=profile, deblur_acquired=True)
+    return Synthesis(values, method, details, acquired)
+
+
+#: Method name -> runner; ``auto`` is resolved before (:func:`resolve_method`).
+RUNNERS: dict[str, Callable[..., Synthesis]] = {
+    "linear": _interpolation(linear_fill), "cubic": _interpolation(cubic_fill), "spline": _interpolation(spline_fill),
+    "flow": _flow, "model": _model, "selfsup": _selfsup,
+}
 
 
 def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[ProgressCallback],
-               cancel: Optional[CancelToken], details: dict, acquired: dict) -> tuple[np.ndarray, str]:
-    """Answer the job's plan with ``method``: ((Q, H, W) float32, the method that produced it).
+               cancel: Optional[CancelToken]) -> Synthesis:
+    """Answer the job's plan with ``method`` (a name of :data:`RUNNERS`; any other is refused).
 
     ``auto``'s selfsup, cut short by the budget before :data:`MIN_USEFUL_STEPS` or without a held-out gain
-    of :data:`MIN_HELD_OUT_GAIN_DB`, hands over to :func:`fast_method` (the report says so and why).
+    of :data:`MIN_HELD_OUT_GAIN_DB`, hands over to :func:`fast_method` (the result's ``handover`` says why;
+    its details keep selfsup's record).
     """
-    options = job.options.get(method)
-    if method == "linear":
-        return linear_fill(job.good, job.plan), method
-    if method == "cubic":
-        return cubic_fill(job.good, job.plan), method
-    if method == "spline":
-        return spline_fill(job.good, job.plan), method
-    if method == "flow":
-        from ._flow import flow_fill
-
-        return flow_fill(job.good, job.plan, device=job.device, settings=options, progress=progress, cancel=cancel,
-                         details=details), method
-    if method == "model":
-        from ._model import model_fill
-
-        model = job.model if job.model is not None else bundled_model()
-        return model_fill(job.good, job.plan, model=model, device=job.device, seed=job.seed, settings=options,
-                          progress=progress, cancel=cancel, details=details), method
-    if method != "selfsup":  # pragma: no cover - resolve_method checks first
-        raise InputError(f"unknown fill method {method!r}")
-    values = _selfsup(job, options, progress, cancel, details, acquired)
-    summary = details["selfsup"]
+    runner = RUNNERS.get(method)
+    if runner is None:
+        raise InputError(f"fill method must be one of {', '.join(RUNNERS)}, got {method!r}")
+    done = runner(job, job.options.get(method), progress, cancel, method)
+    if method != "selfsup" or requested != "auto":
+        return done
+    summary = done.details["selfsup"]
     base = "spline" if summary["slice_profile_px"] is not None else "linear"
     short = summary["steps"] < min(MIN_USEFUL_STEPS[base], summary["steps_planned"])
-    if requested == "auto" and summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base]):
-        fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
-                                         f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "
-                                         f"over its {base} base on held-out pairs")
-        job.budget.cut(f"selfsup result dropped: handed over to {fallback}")
-        acquired.pop("slices", None)
-        details["method_reason"] = f"{details.get('method_reason', '')}; then {why}"
-        values, _ = synthesise(job, fallback, requested=fallback, progress=progress, cancel=cancel, details=details,
-                               acquired=acquired)
-        return values, fallback
-    return values, method
+    if not (summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base])):
+        return done
+    fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
+                                     f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "
+                                     f"over its {base} base on held-out pairs")
+    job.budget.cut(f"selfsup result dropped: handed over to {fallback}")
+    after = synthesise(job, fallback, requested=fallback, progress=progress, cancel=cancel)
+    warnings = done.details.get("warnings", []) + after.details.get("warnings", [])
+    details = {**done.details, **after.details, **({"warnings": warnings} if warnings else {})}
+    return Synthesis(after.values, fallback, details, None, why)

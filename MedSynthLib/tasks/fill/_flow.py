@@ -150,12 +150,11 @@ def flow_fill(
     settings: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
-    details: Optional[dict] = None,
-) -> np.ndarray:
-    """Answer ``plan`` from ``good`` (G, H, W, normalised) by registration; (Q, H, W) float32."""
+) -> tuple[np.ndarray, dict]:
+    """Answer ``plan`` from ``good`` (G, H, W, normalised) by registration: ((Q, H, W) float32, report details)."""
     cfg = dict(FLOW_DEFAULTS)
     cfg.update(settings or {})
-    details = details if details is not None else {}
+    details: dict = {}
     target = select_device(device)
     engine = EngineReport(device_requested=str(device))
     start = time.perf_counter()
@@ -193,5 +192,5 @@ def flow_fill(
         "engine": engine.as_dict(),
     }
     if engine.fallbacks:
-        details.setdefault("warnings", []).extend(engine.fallbacks)
-    return result
+        details["warnings"] = list(engine.fallbacks)
+    return result, details

@@ -110,15 +110,16 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
     chosen, why = resolve_method(method, job)
     details: dict = {"method": chosen, "method_requested": method, "method_reason": why}
     report(progress, 0.02, f"filling {len(targets)} slice(s) with {chosen}")
-    acquired: dict = {}
     with torch_threads(threads):
-        values, ran = synthesise(job, chosen, requested=method, progress=subrange(progress, 0.02, 0.98),
-                                 cancel=cancel, details=details, acquired=acquired)
+        done = synthesise(job, chosen, requested=method, progress=subrange(progress, 0.02, 0.98), cancel=cancel)
     check_cancel(cancel)
-    details["method"] = ran
+    details.update(done.details)
+    details["method"] = done.method
+    if done.handover:
+        details["method_reason"] = f"{why}; then {done.handover}"
     low, high = float(good_raw.min()), float(good_raw.max())
-    restored = restore_dtype(scale.inverse(values), volume.array.dtype, clip=(low, high))
-    sharpened = acquired.get("slices")
+    restored = restore_dtype(scale.inverse(done.values), volume.array.dtype, clip=(low, high))
+    sharpened = done.acquired
     if sharpened is not None:
         sharpened = restore_dtype(scale.inverse(sharpened), volume.array.dtype, clip=(low, high))
     details.setdefault("device", "cpu")

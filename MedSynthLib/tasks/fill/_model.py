@@ -63,14 +63,13 @@ def model_fill(
     settings: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
-    details: Optional[dict] = None,
-) -> np.ndarray:
-    """Answer ``plan`` from ``good`` (G, H, W, normalised) with a fill package; (Q, H, W) float32.
+) -> tuple[np.ndarray, dict]:
+    """Answer ``plan`` from ``good`` (G, H, W, normalised) with a fill package: ((Q, H, W) float32, details).
 
     ``unet`` / ``gan`` packages predict the residual over linear interpolation directly; ``diffusion``
     packages sample it with DDIM (``settings["ddim_steps"]``, 10-50; seeded by ``seed``).
     """
-    details = details if details is not None else {}
+    details: dict = {}
     cfg = {**MODEL_DEFAULTS, **(settings or {})}
     unknown = sorted(set(cfg) - set(MODEL_DEFAULTS))
     if unknown:
@@ -105,5 +104,5 @@ def model_fill(
     if diffusion:
         details["model"]["ddim_steps"] = int(steps)
     if engine.fallbacks:
-        details.setdefault("warnings", []).extend(engine.fallbacks)
-    return result
+        details["warnings"] = list(engine.fallbacks)
+    return result, details

@@ -55,7 +55,7 @@ from ._selfsup_train import train
 # the names the tests and older callers use
 _PatchSampler, _distance_map, _interp_rows, _pad16 = PatchSampler, distance_map, interp_rows, pad16
 
-__all__ = ["SELFSUP_DEFAULTS", "can_train", "estimate_seconds", "selfsup_fill"]
+__all__ = ["SELFSUP_DEFAULTS", "can_train", "cost_estimate", "estimate_seconds", "selfsup_fill"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,20 @@ def _flips(cfg: dict, good: np.ndarray, plan: FillPlan) -> int:
     return max(n for n in FLIP_VARIANTS if (n - 1) * once <= FLIP_SHARE * train)
 
 
+def cost_estimate(good: np.ndarray, plan: FillPlan, *, device: torch.device, settings: Optional[dict] = None,
+                  idle_cores: float = 2.0) -> tuple[float, float, int]:
+    """(seconds per training step, seconds of one inference pass, steps planned) at the load given.
+
+    The CPU constants are for 2 idle cores; with none idle one thread ran a step 2.2x slower (73 against
+    33 ms), so fewer idle cores stretch both; a GPU divides them by :data:`_GPU_SPEEDUP`.
+    """
+    cfg = training_plan(device, settings)
+    slowdown = 1.0 / _GPU_SPEEDUP if device.type != "cpu" else max(1.0, 2.0 / max(idle_cores, 1.0))
+    per_step = _CPU_STEP_S[cfg["precision"]] * slowdown
+    inference = _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S * slowdown
+    return per_step, inference, int(cfg["steps"])
+
+
 def estimate_seconds(good: np.ndarray, plan: FillPlan, *, device: torch.device, settings: Optional[dict] = None) -> float:
     """Rough run time of :func:`selfsup_fill` with the defaults updated by ``settings`` (for ``auto``)."""
     cfg = training_plan(device, settings)
@@ -323,13 +337,15 @@ def selfsup_fill(
     settings: Optional[dict] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
-    details: Optional[dict] = None,
     grid_ratio: tuple[float, float] = (1.0, 1.0),
     budget=None,
     profile: Optional[tuple[float, float]] = None,
-    acquired: Optional[dict] = None,
-) -> np.ndarray:
-    """Train on ``good`` (G, H, W, normalised) and answer ``plan``; returns (Q, H, W) float32.
+    deblur_acquired: bool = False,
+) -> tuple[np.ndarray, dict, Optional[np.ndarray]]:
+    """Train on ``good`` (G, H, W, normalised) and answer ``plan``.
+
+    Returns ((Q, H, W) float32, report details: the device used, settings, training summary and timings,
+    the acquired slices deblurred (G, H, W) or None).
 
     Parameters
     ----------
@@ -343,20 +359,19 @@ def selfsup_fill(
         the deadline (leaving the measured inference time) and the best network so far is used.
     profile : (float, float), optional
         Thick slices: the acquired slices' profile FWHM in pixels of H and of W; training inputs are
-        blurred by it (SMORE-style). ``acquired`` (a dict) then receives ``"slices"``, the acquired
-        slices deblurred (G, H, W), when ``settings["deblur"]`` is true.
-    details : dict, optional
-        Filled with the device used, settings, training summary and timings.
+        blurred by it (SMORE-style).
+    deblur_acquired : bool
+        With a ``profile``, also return the acquired slices deblurred, when ``settings["deblur"]`` is true.
     """
     if not can_train(good, plan):
         raise InputError(
             "selfsup needs integer slice positions and at least 2 good slices of 24 x 24 voxels or more; "
             "use flow or linear for this volume"
         )
-    details = details if details is not None else {}
+    details: dict = {}
     target_device = select_device(device)
     cfg = training_plan(target_device, settings)
-    deblur = bool(cfg.get("deblur", True)) and profile is not None and acquired is not None
+    deblur = bool(cfg.get("deblur", True)) and profile is not None and deblur_acquired
     cfg["grid_ratio"] = tuple(float(r) for r in grid_ratio)
     grid, keep = _output_grid(good, plan, spline=profile is not None)
     start = time.perf_counter()
@@ -377,8 +392,6 @@ def selfsup_fill(
     engine = EngineReport()
     result, sharpened = _infer(network, grid, keep, plan, cfg=cfg, device=target_device, deblur=deblur,
                                progress=subrange(progress, 0.8, 1.0), cancel=cancel, engine=engine)
-    if sharpened is not None:
-        acquired["slices"] = sharpened
     if summary["stopped_early"] and budget is not None:
         budget.cut(f"selfsup training: {summary['steps']} of {summary['steps_planned']} steps "
                    f"(best on held-out pairs at step {summary['best_step']})")
@@ -396,5 +409,5 @@ def selfsup_fill(
         "engine": engine.as_dict(),
     }
     if engine.fallbacks:
-        details.setdefault("warnings", []).extend(engine.fallbacks)
-    return result
+        details["warnings"] = list(engine.fallbacks)
+    return result, details, sharpened
