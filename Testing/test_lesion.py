@@ -310,7 +310,7 @@ def test_bad_inputs_are_clear_errors(head, chest):
         (dict(specs=[LesionSpec(centre_ras=_centre(head, (0.15, 0.5, 0.5)), diameter_mm=4)], region=region),
          "outside the region"),
         (dict(count=1, region=region, size_mm=80), "widest inscribed"),
-        (dict(count=1, preset="no-such-thing"), "unknown preset"),
+        (dict(count=1, preset="no-such-thing"), "preset must be one of auto, mr-wmh"),
         (dict(count=1, region=Volume(np.ones((5, 5, 5), np.uint8), np.eye(4))), "another grid"),
         (dict(count=40, region=region, size_mm=12, preset="mr-metastasis"), "cannot fit"),
         (dict(count=1, preset="ct-nodule-solid"), "Hounsfield"),

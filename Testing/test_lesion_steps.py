@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from MedSynthLib.errors import InputError
-from MedSynthLib.tasks.lesion import LesionSpec, insert_lesions
+from MedSynthLib.tasks.lesion import LesionOptions, LesionSpec, insert_lesions
 from MedSynthLib.tasks.lesion._compose import render_lesions, valid_range
-from MedSynthLib.tasks.lesion._insert import _make_request, _region_mask, _task_report
+from MedSynthLib.tasks.lesion._insert import _prepare, _region_mask, _task_report
 from MedSynthLib.tasks.lesion._report import describe_lesions
 from MedSynthLib.tasks.lesion._specs import resolve_specs
 from MedSynthLib.volume import Volume
@@ -20,18 +20,10 @@ def volume():
     return Volume((100 + rng.normal(0, 3, (24, 44, 44))).astype(np.float32), AFFINE)
 
 
-def _options(**overrides):
-    options = dict(specs=None, count=None, centres=None, region=None, preset=None, size_mm=None, contrast=None,
-                   min_spacing_mm=5.0, label_mode="classes", labels=None, modality="MR", shape_model=None,
-                   appearance_model=None, appearance_steps=20, device="cpu")
-    options.update(overrides)
-    return options
-
-
-def _resolved(volume, seed=3, **overrides):
-    request = _make_request(volume, _options(**overrides))
-    mask = _region_mask(volume, request.region, request.preset, request.modality)
-    return request, mask, resolve_specs(volume, request=request, mask=mask, rng=np.random.default_rng(seed))
+def _resolved(volume, seed=3, **knobs):
+    options, _ = _prepare(volume, LesionOptions.build(modality="MR", device="cpu", **knobs))
+    mask = _region_mask(volume, options)
+    return options, mask, resolve_specs(volume, options, mask=mask, rng=np.random.default_rng(seed))
 
 
 def test_resolving_draws_every_parameter_from_the_seed_and_places_centres_in_the_region(volume):
@@ -80,7 +72,7 @@ def test_measuring_reports_the_labelled_volume_and_the_report_names_what_ran(vol
     voxel_ml = float(np.prod(volume.spacing)) / 1000
     assert entry["volume_ml"] == pytest.approx(np.count_nonzero(composite.instances == 1) * voxel_ml, abs=1e-4)
     assert abs(entry["contrast_error"]) < 0.02
-    report = _task_report(request, [entry], composite, [], seed=7, seconds=0.5)
+    report = _task_report(request.replace(seed=7), None, [entry], composite, [], seconds=0.5)
     assert report["method"] == "procedural" and report["seed"] == 7 and report["lesions"] == [entry]
 
 

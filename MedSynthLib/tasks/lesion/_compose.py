@@ -8,6 +8,7 @@ Labels: class 3 oedema (never over an earlier lesion), 1 lesion, 2 core; instanc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ from ...errors import InputError
 from ...intensity import restore_dtype
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 from ...volume import Volume
-from ._render import RenderedLesion, _crop_for, render_lesion, roi_radius
+from ._render import RenderedLesion, crop_for, render_lesion, roi_radius
 
 __all__ = ["Composite", "render_lesions", "CT_RANGE", "valid_range"]
 
@@ -85,7 +86,7 @@ def render_lesions(volume: Volume, specs: list, shapes: list, *, mask: Optional[
         check_cancel(cancel)
         report(progress, 0.1 + 0.8 * (number - 1) / len(specs), f"lesion {number} of {len(specs)}")
         centre_ijk = volume.ras_points_to_ijk(shape.centre)
-        window = _crop_for(centre_ijk, roi_radius(spec, shape, volume.ijk_to_ras), volume.ijk_to_ras,
+        window = crop_for(centre_ijk, roi_radius(spec, shape, volume.ijk_to_ras), volume.ijk_to_ras,
                            volume.array.shape, margin=12)
         work = composite.out[window].astype(np.float64)
         layers = [composite.classes[window], composite.instances[window]] + (
@@ -97,7 +98,8 @@ def render_lesions(volume: Volume, specs: list, shapes: list, *, mask: Optional[
             raise InputError(f"lesion {number}: {spec.diameter_mm:.1f} mm is too small for this grid ({error})") from None
         clipped += int(np.count_nonzero((work < low) | (work > high)))
         composite.out[window] = restore_dtype(work, volume.array.dtype, clip=(low, high))
-        item.crop = tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, item.crop))
+        item = dataclasses.replace(item, crop=tuple(slice(w.start + c.start, w.start + c.stop)
+                                                     for w, c in zip(window, item.crop)))
         _write_labels(composite, number, item)
         composite.warnings.extend(f"lesion {number}: {w}" for w in item.warnings)
         composite.notes.extend(f"lesion {number}: {n}" for n in item.notes)

@@ -32,32 +32,23 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 
 from ...checks import DEFAULT_MARGIN, check_result
-from ...errors import InputError, check_number, check_whole_number
+from ...errors import InputError
 from ...intensity import guess_modality
 from ...progress import CancelToken, ProgressCallback, report
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._compose import Composite, render_lesions, valid_range
+from ._options import LesionOptions, default_preset
 from ._presets import PRESETS, Preset
 from ._region import auto_region
 from ._report import describe_lesions
-from ._specs import CONTRAST_MODES, LesionSpec, load_shape_model, resolve_specs
+from ._specs import LesionSpec, load_shape_model, resolve_specs
 
-__all__ = [
-    "LesionSpec",
-    "LesionResult",
-    "PRESETS",
-    "Preset",
-    "list_presets",
-    "insert_lesions",
-    "provenance_metadata",
-    "CONTRAST_MODES",
-    "LABEL_CLASSES",
-]
+__all__ = ["LesionResult", "insert_lesions", "provenance_metadata", "LABEL_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,43 +82,9 @@ class LesionResult:
     moved_labels: Optional[Volume] = None
 
 
-def list_presets() -> list[dict]:
-    """Name, modality, description, automatic region and parameter ranges of every preset."""
-    return [p.as_dict() for p in PRESETS.values()]
-
-
-# ---- step 0: validate the call ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LesionRequest:
-    """The validated options of one :func:`insert_lesions` call (what the private steps read)."""
-
-    specs: Optional[Sequence[Union[LesionSpec, Mapping[str, Any]]]]
-    count: Optional[int]
-    centres: Optional[Iterable[Sequence[float]]]
-    region: Union[Volume, np.ndarray, str, None]
-    preset: Optional[Preset]
-    modality: str
-    size_mm: Optional[float]
-    contrast: Optional[float]
-    min_spacing_mm: float
-    label_mode: str
-    labels: Optional[Volume]
-    shape_model: Any
-    painter: Any
-
-
-def _resolve_preset(preset: Union[str, Preset, None]) -> Optional[Preset]:
-    if preset is None or isinstance(preset, Preset):
-        return preset
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[preset]
-
-
+# ---- step 0: the options against this volume -----------------------------------------------------------
 def _check_modality(volume: Volume, preset: Preset, modality: Optional[str]) -> str:
-    found = modality.upper() if modality else guess_modality(volume)
-    if found not in ("CT", "MR"):
-        raise InputError(f"modality must be CT or MR, got {modality!r}")
+    found = modality or guess_modality(volume)
     if found != preset.modality:
         if preset.modality == "CT":
             raise InputError(
@@ -139,91 +96,64 @@ def _check_modality(volume: Volume, preset: Preset, modality: Optional[str]) -> 
     return found
 
 
-def _region_mask(volume: Volume, region: Union[Volume, np.ndarray, str, None], preset: Optional[Preset],
-                 modality: str) -> Optional[np.ndarray]:
-    if isinstance(region, str):
-        if region != "auto":
-            raise InputError(f"region must be a label map on the volume's grid or 'auto', got {region!r}")
-        kind = preset.region if preset is not None else ("lung" if modality == "CT" else "white-matter")
-        return auto_region(volume, kind)
-    return mask_on_grid(volume, region, name="region mask")
-
-
-def _needs_region(specs, count) -> bool:
-    """A count, or an explicit spec without a centre, places lesions at random: in ``"auto"`` if no region."""
-    if count is not None:
-        return True
-    return specs is not None and any(
-        (s.get("centre_ras") if isinstance(s, Mapping) else getattr(s, "centre_ras", None)) is None for s in specs)
-
-
-def _make_request(volume: Volume, options: dict) -> LesionRequest:
-    """Check every option up front (before any work) and resolve the preset, modality and models."""
-    o = options
-    if o["label_mode"] not in ("classes", "instances"):
-        raise InputError(f"label_mode must be 'classes' or 'instances', got {o['label_mode']!r}")
-    if sum(o[k] is not None for k in ("specs", "count", "centres")) != 1:
-        raise InputError("give exactly one of specs, centres or count")
-    if o["count"] is not None:
-        check_whole_number(o["count"], "count", low=1, high=1000)
-    check_number(o["min_spacing_mm"], "min_spacing_mm", low=0.0)
-    if o["size_mm"] is not None:
-        check_number(o["size_mm"], "size (mm)", low=0.5, high=300.0)
-    if o["labels"] is not None and not volume.same_grid(o["labels"]):
+def _prepare(volume: Volume, options: LesionOptions) -> tuple[LesionOptions, Any]:
+    """Check the options against ``volume`` (before any work): the options with the preset, modality, region
+    and shape model resolved, and the appearance model's painter (None without one)."""
+    if options.labels is not None and not volume.same_grid(options.labels):
         raise InputError("the label map to move is on another grid than the volume; resample it first")
-    check_whole_number(o["appearance_steps"], "appearance_steps", low=1, high=1000)
-    if str(o["device"]).strip().lower() not in ("auto", "cpu"):  # absent: an error even when no network runs
+    if str(options.device).strip().lower() not in ("auto", "cpu"):  # absent: an error even when no network runs
         from ...engine import select_device  # torch: only when a device is named (procedural lesions need none)
 
-        select_device(o["device"])
-    preset = _resolve_preset(o["preset"])
-    modality = o["modality"]
+        select_device(options.device)
+    modality = options.modality or guess_modality(volume)
+    preset = default_preset(modality) if options.preset == "auto" else options.preset
     if preset is not None:
-        modality = _check_modality(volume, preset, modality)
-    else:
-        modality = modality.upper() if modality else guess_modality(volume)
-    shape_model = load_shape_model(o["shape_model"])
+        modality = _check_modality(volume, PRESETS[preset], options.modality)
+    changes: dict[str, Any] = {"preset": preset, "modality": modality,
+                               "shape_model": load_shape_model(options.shape_model)}
+    if options.region is None and options.region_mask is None and options.places_at_random():
+        changes["region"] = "auto"
     painter = None
-    if o["appearance_model"] is not None:
+    if options.appearance_model is not None:
         from ._inpaint import make_painter
 
-        painter = make_painter(volume.array, o["appearance_model"], slice_axis=volume.slice_axis(),
-                               steps=int(o["appearance_steps"]), device=o["device"])
-    region = o["region"]
-    if region is None and _needs_region(o["specs"], o["count"]):
-        region = "auto"
-    return LesionRequest(specs=o["specs"], count=o["count"], centres=o["centres"], region=region, preset=preset,
-                         modality=modality, size_mm=o["size_mm"], contrast=o["contrast"],
-                         min_spacing_mm=float(o["min_spacing_mm"]), label_mode=o["label_mode"], labels=o["labels"],
-                         shape_model=shape_model, painter=painter)
+        painter = make_painter(volume.array, options.appearance_model, slice_axis=volume.slice_axis(),
+                               steps=options.appearance_steps, device=options.device)
+    return options.replace(**changes), painter
+
+
+def _region_mask(volume: Volume, options: LesionOptions) -> Optional[np.ndarray]:
+    """The region (boolean, the volume's grid) of resolved ``options``: the mask given, the tissue found, or None."""
+    if options.region_mask is not None:
+        return mask_on_grid(volume, options.region_mask, name="region mask")
+    tissue = options.region_tissue()
+    return None if tissue is None else auto_region(volume, tissue)
 
 
 # ---- step 4: the report ---------------------------------------------------------------------------------
-def _task_report(request: LesionRequest, lesions: list, composite: Composite, warnings: list[str], *,
-                 seed: int, seconds: float) -> dict:
-    painter, model, region = request.painter, request.shape_model, request.region
+def _task_report(options: LesionOptions, painter: Any, lesions: list, composite: Composite, warnings: list[str], *,
+                 seconds: float) -> dict:
+    """The task's report for resolved ``options`` (the warnings given, then the appearance model's fallbacks)."""
+    model = options.shape_model
     appearance = None if painter is None else painter.describe()
-    result_report = {
+    return {
         "task": "lesion",
         "method": " + ".join(["procedural"] + (["learned shapes"] if model is not None else [])
                              + (["learned appearance"] if painter is not None else [])),
         "shape_model": None if model is None else str(getattr(getattr(model, "info", None), "name", "given")),
         "appearance_model": appearance,
         "device": "cpu" if appearance is None else appearance["device"],
-        "seed": int(seed),
-        "preset": request.preset.name if request.preset is not None else None,
-        "modality": request.modality,
-        "label_mode": request.label_mode,
-        "label_classes": LABEL_CLASSES if request.label_mode == "classes" else "lesion n has id n",
-        "region": None if region is None else ("auto" if isinstance(region, str) else "label map"),
+        "seed": options.seed,
+        "preset": options.preset,
+        "modality": options.modality,
+        "label_mode": options.label_mode,
+        "label_classes": LABEL_CLASSES if options.label_mode == "classes" else "lesion n has id n",
+        "region": "label map" if options.region_mask is not None else options.region,
         "lesions": lesions,
         "seconds": round(seconds, 3),
-        "warnings": warnings,
+        "warnings": list(warnings) + ([] if painter is None else list(painter.engine.fallbacks)),
         "notes": composite.notes,
     }
-    if painter is not None:
-        warnings.extend(painter.engine.fallbacks)
-    return result_report
 
 
 def provenance_metadata(result: LesionResult) -> dict[str, str]:
@@ -245,28 +175,9 @@ def provenance_metadata(result: LesionResult) -> dict[str, str]:
 
 
 # ---- the task --------------------------------------------------------------------------------------
-def insert_lesions(
-    volume: Volume,
-    *,
-    specs: Optional[Sequence[Union[LesionSpec, Mapping[str, Any]]]] = None,
-    count: Optional[int] = None,
-    region: Union[Volume, np.ndarray, str, None] = None,
-    preset: Union[str, Preset, None] = None,
-    seed: int = 0,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
-    centres: Optional[Iterable[Sequence[float]]] = None,
-    size_mm: Optional[float] = None,
-    contrast: Optional[float] = None,
-    min_spacing_mm: float = 5.0,
-    label_mode: str = "classes",
-    labels: Optional[Volume] = None,
-    modality: Optional[str] = None,
-    shape_model: Any = None,
-    appearance_model: Any = None,
-    appearance_steps: int = 20,
-    device: str = "auto",
-) -> LesionResult:
+def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *,
+                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                   **knobs: Any) -> LesionResult:
     """Insert synthetic lesions into ``volume``; return it with an exact label map and the specs used.
 
     Give the lesions in one of three ways: ``specs`` (explicit; a spec without a
@@ -278,48 +189,55 @@ def insert_lesions(
     ----------
     volume : Volume
         Scalar volume, any orientation and spacing; CT in HU for CT presets.
-    specs : sequence of LesionSpec or dict, optional
-        Explicit lesions; dicts are read with :meth:`LesionSpec.from_dict`.
-    count : int, optional
-        Number of random lesions.
-    region : Volume, ndarray, "auto" or None
-        Where random lesions may go (non-zero voxels; same grid as ``volume``), or
-        ``"auto"`` (white matter on MR, lungs on CT, see the preset). With explicit
-        centres, a region is checked: a centre outside it is an error.
-    preset : str, optional
-        A name from :data:`PRESETS`; checks the modality of ``volume``.
-    seed : int
-        Seed for every random draw; same inputs and seed give bit-identical outputs.
+    options : LesionOptions or mapping, optional
+        The request, built once (:class:`LesionOptions`); keywords change it
+        (``insert_lesions(volume, count=2, preset="mr-wmh")`` builds one). Unknown names are refused.
     progress, cancel
         Progress callback and cancel token; cancelling leaves the input untouched.
-    centres : iterable of (R, A, S), optional
-        Lesion centres in RAS mm.
-    size_mm, contrast : float, optional
-        Override the preset's diameter and contrast draws.
-    min_spacing_mm : float
-        Minimum gap between random lesions' bounding balls.
-    label_mode : {"classes", "instances"}
-        Classes 1 lesion / 2 core / 3 oedema, or one id per lesion.
-    labels : Volume, optional
-        An existing label map on the same grid that the mass effect should move too.
-    modality : {"CT", "MR"}, optional
-        Overrides the modality guess used to check presets and clip values.
-    shape_model : path or loaded package, optional
-        A ``lesion-shape`` VAE package from ``medsynth-train``: lesions drawn from a
-        preset get shapes decoded from it (family ``"learned"``, one latent per
-        lesion seed); explicit specs use it when their ``shape`` is ``"learned"``.
-        The procedural families need no model.
-    appearance_model : path or loaded package, optional
-        A ``lesion-inpaint`` package from ``medsynth-train`` (diffusion, unet or gan):
-        the lesion's interior is painted by the model from the surrounding tissue
-        instead of the procedural texture. Labels, volumes, compartment means, noise
-        matching and the region of influence are as without it; the spec's
-        ``heterogeneity`` and ``anatomy`` are then the model's business.
-    appearance_steps : int
-        DDIM steps of a diffusion appearance model (10-50; more is slower and sharper).
-    device : str
-        Where the appearance model runs (``auto``, ``cpu``, ``cuda``, ...); the
-        procedural renderer always runs on the CPU.
+    **knobs
+        Any field of :class:`LesionOptions`:
+
+        specs : sequence of LesionSpec or dict
+            Explicit lesions; dicts are read with :meth:`LesionSpec.from_dict`.
+        centres : iterable of (R, A, S)
+            Lesion centres in RAS mm.
+        count : int
+            Number of random lesions.
+        region : "auto", a tissue name, a Volume or an ndarray
+            Where random lesions may go: a mask (non-zero voxels; same grid as ``volume``), ``"auto"``
+            (:func:`default_region`: the preset's tissue, white matter on MR, lungs on CT) or a tissue
+            (``"lung"``...). With explicit centres, a region is checked: a centre outside it is an error.
+        preset : str
+            A name from :data:`PRESETS`, or ``"auto"`` (:func:`default_preset` of the modality); checks the
+            modality of ``volume``. None: the :class:`LesionSpec` defaults.
+        seed : int
+            Seed for every random draw; same inputs and seed give bit-identical outputs.
+        size_mm (or size), contrast : float
+            Override the preset's diameter and contrast draws.
+        min_spacing_mm : float
+            Minimum gap between random lesions' bounding balls.
+        label_mode : {"classes", "instances"}
+            Classes 1 lesion / 2 core / 3 oedema, or one id per lesion.
+        labels : Volume
+            An existing label map on the same grid that the mass effect should move too.
+        modality : {"CT", "MR"}
+            Overrides the modality guess used to check presets and clip values.
+        shape_model : path or loaded package
+            A ``lesion-shape`` VAE package from ``medsynth-train``: lesions drawn from a
+            preset get shapes decoded from it (family ``"learned"``, one latent per
+            lesion seed); explicit specs use it when their ``shape`` is ``"learned"``.
+            The procedural families need no model.
+        appearance_model : path or loaded package
+            A ``lesion-inpaint`` package from ``medsynth-train`` (diffusion, unet or gan):
+            the lesion's interior is painted by the model from the surrounding tissue
+            instead of the procedural texture. Labels, volumes, compartment means, noise
+            matching and the region of influence are as without it; the spec's
+            ``heterogeneity`` and ``anatomy`` are then the model's business.
+        appearance_steps : int
+            DDIM steps of a diffusion appearance model (10-50; more is slower and sharper).
+        device : str
+            Where the appearance model runs (``auto``, ``cpu``, ``cuda``, ...); the
+            procedural renderer always runs on the CPU.
 
     Returns
     -------
@@ -328,9 +246,9 @@ def insert_lesions(
     Raises
     ------
     InputError
-        Unknown preset or modality mismatch, a centre outside the volume or the
-        region, a lesion too large for the region, lesions that cannot fit, a
-        region or label map on another grid, or a bad spec value.
+        An unknown option or a bad value, not exactly one of specs, centres or count, a modality
+        mismatch, a centre outside the volume or the region, a lesion too large for the region, lesions
+        that cannot fit, a region or label map on another grid, or a bad spec value.
 
     Examples
     --------
@@ -343,26 +261,24 @@ def insert_lesions(
     True
     """
     start = time.perf_counter()
+    options = LesionOptions.build(options, **knobs)
     validate_volume(volume)
-    request = _make_request(volume, dict(
-        specs=specs, count=count, centres=centres, region=region, preset=preset, size_mm=size_mm, contrast=contrast,
-        min_spacing_mm=min_spacing_mm, label_mode=label_mode, labels=labels, modality=modality,
-        shape_model=shape_model, appearance_model=appearance_model, appearance_steps=appearance_steps, device=device))
-    rng = np.random.default_rng(seed)
+    options, painter = _prepare(volume, options)
+    rng = np.random.default_rng(options.seed)
     report(progress, 0.0, "resolving lesions")
-    mask = _region_mask(volume, request.region, request.preset, request.modality)
+    mask = _region_mask(volume, options)
     report(progress, 0.05, "placing lesions")
-    resolved = resolve_specs(volume, request=request, mask=mask, rng=rng)
-    composite = render_lesions(volume, resolved.specs, resolved.shapes, mask=mask,
-                               painter=request.painter, labels=request.labels,
-                               value_range=valid_range(volume, request.modality), progress=progress, cancel=cancel)
-    label_array = composite.classes.astype(np.uint8) if label_mode == "classes" else (
+    resolved = resolve_specs(volume, options, mask=mask, rng=rng)
+    composite = render_lesions(volume, resolved.specs, resolved.shapes, mask=mask, painter=painter,
+                               labels=options.labels, value_range=valid_range(volume, options.modality),
+                               progress=progress, cancel=cancel)
+    label_array = composite.classes.astype(np.uint8) if options.label_mode == "classes" else (
         composite.instances.astype(np.uint8) if len(resolved.specs) < 256 else composite.instances)
     report(progress, 0.92, "measuring")
     lesions = describe_lesions(volume, composite, resolved.specs, mask)
-    warnings = resolved.warnings + composite.warnings
-    result_report = _task_report(request, lesions, composite, warnings, seed=seed, seconds=time.perf_counter() - start)
-    for w in warnings:
+    result_report = _task_report(options, painter, lesions, composite, resolved.warnings + composite.warnings,
+                                 seconds=time.perf_counter() - start)
+    for w in result_report["warnings"]:
         logger.warning(w)
     report(progress, 1.0, "done")
     geometry = volume.ijk_to_ras

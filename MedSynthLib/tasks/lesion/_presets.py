@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Preset", "PRESETS", "draw_parameters"]
+__all__ = ["Preset", "PRESETS", "REGIONS", "list_presets", "draw_parameters"]
+
+#: The tissues an automatic region finds (``auto_region``; a preset's ``region`` is one of them).
+REGIONS = ("white-matter", "brain", "lung", "liver", "brain-ct")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class Preset:
     name, modality, description : str
         ``modality`` is ``"CT"`` or ``"MR"``; presets refuse the other one.
     region : str
-        What ``region="auto"`` finds for this preset: ``"white-matter"``, ``"brain"``, ``"lung"``,
-        ``"liver"`` or ``"brain-ct"``.
+        What ``region="auto"`` finds for this preset, one of :data:`REGIONS`: ``"white-matter"``, ``"brain"``,
+        ``"lung"``, ``"liver"`` or ``"brain-ct"``.
     ranges : dict
         Per ``LesionSpec`` field: ``(low, high)`` drawn uniformly (``diameter_mm``
         log-uniformly), a tuple of choices (strings), or a fixed value.
@@ -106,6 +109,11 @@ _PRESET_LIST = [
 ]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _PRESET_LIST}
+
+
+def list_presets() -> list[dict]:
+    """Name, modality, description, automatic region and parameter ranges of every preset."""
+    return [p.as_dict() for p in PRESETS.values()]
 
 
 def draw_parameters(preset: Preset, rng: np.random.Generator) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from ...errors import InputError
 from ...volume import Volume
+from ._presets import REGIONS
 
 __all__ = ["auto_region", "place_centres"]
 
@@ -121,7 +122,8 @@ def auto_region(volume: Volume, kind: str) -> np.ndarray:
     elif kind == "brain-ct":
         mask = _soft_tissue(volume.array, 15.0, 50.0)
     else:
-        raise InputError(f"no automatic region {kind!r}; pass a label map as the region")
+        raise InputError(f"no automatic region {kind!r} (the tissues are {', '.join(REGIONS)}); pass a label map "
+                         "as the region")
     if not mask.any():
         raise InputError(f"the automatic {kind} region is empty on this volume; pass a label map as the region")
     return mask

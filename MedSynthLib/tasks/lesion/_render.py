@@ -40,7 +40,7 @@ from scipy import ndimage
 from ._measure import interior_masks, neighbour_differences, pooled_differences, robust_std, shell_mask
 from ._shape import Shape, calibrate_scale, occupancy
 
-__all__ = ["RenderedLesion", "render_lesion", "roi_radius", "texture_field", "MIN_JACOBIAN"]
+__all__ = ["RenderedLesion", "render_lesion", "roi_radius", "crop_for", "texture_field", "MIN_JACOBIAN"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def roi_radius(spec, shape: Shape, ijk_to_ras: np.ndarray) -> float:
     return float(radius)
 
 
-def _crop_for(centre_ijk: np.ndarray, radius: float, ijk_to_ras: np.ndarray, shape_kji, margin: int = 0):
+def crop_for(centre_ijk: np.ndarray, radius: float, ijk_to_ras: np.ndarray, shape_kji, margin: int = 0):
     """KJI slices of the box holding the ball (radius mm) around ``centre_ijk``, clipped to the volume."""
     inverse = np.linalg.inv(ijk_to_ras[:3, :3])
     half = radius * np.linalg.norm(inverse, axis=1)  # extent along i, j, k (voxels)
@@ -433,7 +433,7 @@ def render_lesion(
     rng_texture, rng_noise = (np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=2))
     radius = roi_radius(spec, shape, ijk_to_ras)
     centre_ijk = np.asarray(shape.centre @ np.linalg.inv(ijk_to_ras)[:3, :3].T + np.linalg.inv(ijk_to_ras)[:3, 3])
-    crop = _crop_for(centre_ijk, radius, ijk_to_ras, work.shape)
+    crop = crop_for(centre_ijk, radius, ijk_to_ras, work.shape)
     shape_crop = tuple(s.stop - s.start for s in crop)
     grid = _grid_ras(crop, ijk_to_ras)
     dist = np.linalg.norm(grid - shape.centre, axis=1)

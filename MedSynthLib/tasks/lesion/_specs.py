@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ...errors import InputError, ModelError, check_number
 from ...volume import Volume
-from ._presets import Preset, draw_parameters
+from ._presets import PRESETS, Preset, draw_parameters
 from ._region import place_centres
 from ._shape import FAMILIES, Shape, make_shape, shape_from_mask
 
@@ -167,41 +167,41 @@ def _given_specs(specs: Sequence[Union[LesionSpec, Mapping[str, Any]]], rng: np.
     return resolved
 
 
-def _specs_at(centres: Iterable[Sequence[float]], preset: Optional[Preset], rng: np.random.Generator, *,
+def _specs_at(centres: Sequence[Sequence[float]], preset: Optional[Preset], rng: np.random.Generator, *,
               size_mm: Optional[float], contrast: Optional[float], learned: bool) -> list[LesionSpec]:
-    points = [np.asarray(c, dtype=np.float64) for c in centres]
-    if not points or any(p.shape != (3,) or not np.all(np.isfinite(p)) for p in points):
-        raise InputError("centres must be a non-empty list of (R, A, S) points in mm")
-    drawn = draw_specs(preset, rng, len(points), size_mm, contrast, learned=learned)
-    return [dataclasses.replace(s, centre_ras=tuple(float(x) for x in p)).validate() for s, p in zip(drawn, points)]
+    drawn = draw_specs(preset, rng, len(centres), size_mm, contrast, learned=learned)
+    return [dataclasses.replace(s, centre_ras=tuple(float(x) for x in p)).validate() for s, p in zip(drawn, centres)]
 
 
-def resolve_specs(volume: Volume, *, request: Any, mask: Optional[np.ndarray],
+def resolve_specs(volume: Volume, options: Any, *, mask: Optional[np.ndarray],
                   rng: np.random.Generator) -> ResolvedLesions:
-    """Draw, place and check every lesion of ``request`` (a validated ``_insert.LesionRequest``).
+    """Draw, place and check every lesion of ``options`` (a :class:`~._options.LesionOptions` whose preset and
+    shape model are resolved: a preset name or None, a loaded model or None).
 
     ``mask`` is the region (boolean, volume grid) random centres are placed in and explicit centres are
     checked against; the caller resolves it (``"auto"`` for a count) before calling.
     """
-    learned = request.shape_model is not None
-    if request.specs is not None:
-        resolved = _given_specs(request.specs, rng)
-    elif request.centres is not None:
-        resolved = _specs_at(request.centres, request.preset, rng, size_mm=request.size_mm,
-                             contrast=request.contrast, learned=learned)
+    model = options.shape_model
+    learned = model is not None
+    preset = None if options.preset is None else PRESETS[options.preset]
+    if options.specs is not None:
+        resolved = _given_specs(options.specs, rng)
+    elif options.centres is not None:
+        resolved = _specs_at(options.centres, preset, rng, size_mm=options.size_mm, contrast=options.contrast,
+                             learned=learned)
     else:
-        drawn = draw_specs(request.preset, rng, int(request.count), request.size_mm, request.contrast, learned=learned)
+        drawn = draw_specs(preset, rng, options.count, options.size_mm, options.contrast, learned=learned)
         resolved = [s.validate() for s in drawn]
     needs_placing = [i for i, s in enumerate(resolved) if s.centre_ras is None]
     if needs_placing:
-        extents = [shape_for(resolved[i], np.zeros(3), request.shape_model).extent(grow=resolved[i].oedema_mm)
+        extents = [shape_for(resolved[i], np.zeros(3), model).extent(grow=resolved[i].oedema_mm)
                    for i in needs_placing]
-        placed = place_centres(mask, volume, extents, rng, min_spacing_mm=request.min_spacing_mm)
+        placed = place_centres(mask, volume, extents, rng, min_spacing_mm=options.min_spacing_mm)
         for i, point in zip(needs_placing, placed):
             resolved[i] = dataclasses.replace(resolved[i], centre_ras=tuple(float(x) for x in point))
     shapes, warnings = [], []
     for number, spec in enumerate(resolved, start=1):
-        shape = shape_for(spec, np.asarray(spec.centre_ras), request.shape_model)
+        shape = shape_for(spec, np.asarray(spec.centre_ras), model)
         check_inside(volume, spec, shape, number, mask if number - 1 not in needs_placing else None)
         if spec.diameter_mm < 1.5 * min(volume.spacing):
             warnings.append(f"lesion {number} ({spec.diameter_mm:.1f} mm) is small for this grid "
