@@ -35,7 +35,9 @@ from slicer.util import VTKObservationMixin
 # Heavy packages (torch, MONAI, MedSynthLib's tasks) are imported at first use, never here:
 # opening Slicer must not wait for them, and they may not be installed yet.
 from MedSynthLib.errors import Cancelled, InputError
-from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, requests
+from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, panel_settings, result_line
+from MedSynthSlicerLib.task_request import ProcessResult, TaskOutcome, request_for
+from MedSynthSlicerLib.task_runs import run_request
 from MedSynthSlicerLib.undo import UndoStack, arrays_equal
 from MedSynthSlicerLib.worker import BackgroundWorker, Job, JobState, JobStatus
 
@@ -176,7 +178,10 @@ class MedSynthParameterNode:
     """Every panel setting, saved with the scene. Each field is bound to the widget of the .ui whose
     ``SlicerParameterName`` property names it.
 
-    Sizes and contrasts set to 0 mean "the preset's own value".
+    Sizes and contrasts set to 0 mean "the preset's own value", time budgets 0 the library's automatic one.
+    Choices and ranges of the fields that show a library option are not written here: the panel reads them
+    from the library's options objects at start-up (``panel_settings.PANEL_KNOBS``), and the options object
+    built at Apply checks the values, with the same message as the command line.
     """
 
     # Inputs
@@ -186,34 +191,34 @@ class MedSynthParameterNode:
 
     # Fill slices / upsample
     fillSlices: str = ""
-    fillAxis: Annotated[str, Choice(["auto", "k", "j", "i"])] = "auto"
-    fillMethod: Annotated[str, Choice(["auto", "linear", "cubic", "spline", "flow", "selfsup", "model"])] = "auto"
+    fillAxis: str = "auto"
+    fillMethod: str = "auto"
     fillUpsample: bool = False
-    upsampleFactor: Annotated[int, WithinRange(2, 8)] = 2
-    timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0  # seconds; 0: the library's automatic budget
-    enhanceTimeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0  # seconds for the Enhance pipeline; 0: none
+    upsampleFactor: int = 2
+    timeBudget: float = 0.0  # seconds; 0: the library's automatic budget
+    enhanceTimeBudget: float = 0.0  # seconds for the Enhance pipeline; 0: none
 
     # Lesions
-    lesionPreset: str = ""
+    lesionPreset: str = "auto"
     lesionCentres: vtkMRMLMarkupsFiducialNode
-    lesionCount: Annotated[int, WithinRange(1, 50)] = 3
-    lesionSize: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    lesionContrast: Annotated[float, WithinRange(-1000.0, 1000.0)] = 0.0
-    lesionLabels: Annotated[str, Choice(["per lesion", "per class"])] = "per class"
+    lesionCount: int = 3
+    lesionSize: Annotated[float, WithinRange(*panel_settings.slider_range("lesionSizeSliderWidget"))] = 0.0
+    lesionContrast: float = 0.0
+    lesionLabels: str = "classes"
     lesionSegmentation: vtkMRMLSegmentationNode
 
     # Enhance
     enhanceDenoise: bool = True
-    denoiseMethod: Annotated[str, Choice(["auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso"])] = "auto"
-    denoiseStrength: Annotated[float, WithinRange(0.1, 2.0)] = 1.0
+    denoiseMethod: str = "auto"
+    denoiseStrength: Annotated[float, WithinRange(*panel_settings.slider_range("denoiseStrengthSliderWidget"))] = 1.0
     enhanceBias: bool = False
-    biasShrink: Annotated[int, WithinRange(1, 8)] = 6
+    biasShrink: int = 6
 
     # Model, device, output
     model: str = "auto"
     modelFile: pathlib.Path
     device: str = "auto"
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    seed: int = 0
     outputMode: Annotated[str, Choice(["new volume", "in place"])] = "new volume"
 
 
@@ -333,7 +338,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updatingGUI = False
 
     def updateButtons(self, p, running: bool) -> None:
-        reasons = [] if running else requests.reasons_not_to_apply(p)
+        reasons = [] if running else panel_settings.reasons_not_to_apply(p)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = running or not reasons
         self.ui.applyButton.toolTip = (
@@ -352,13 +357,23 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def populateChoices(self) -> None:
-        """Fill the run-time lists (devices, models, presets) from what is installed now."""
+        """Fill the run-time lists (devices, models, presets) from what is installed now, and every widget that
+        shows a library option (choices, range, tooltip) from the library's options objects."""
         found = choices.panel_choices()
-        for combo, items in (
-            (self.ui.deviceComboBox, found["devices"]),
-            (self.ui.modelComboBox, found["models"]),
-            (self.ui.lesionPresetComboBox, found["presets"]),
-        ):
+        lists = [(self.ui.deviceComboBox, found["devices"]), (self.ui.modelComboBox, found["models"]),
+                 (self.ui.lesionPresetComboBox, found["presets"])]
+        for name, offer in panel_settings.panel_knobs().items():
+            widget = getattr(self.ui, name)
+            widget.toolTip = offer["toolTip"]
+            if "items" in offer:
+                lists.append((widget, offer["items"]))
+                continue
+            wasBlocked = widget.blockSignals(True)
+            widget.minimum, widget.maximum = offer["low"], offer["high"]
+            if offer["zero"] and hasattr(widget, "specialValueText"):
+                widget.specialValueText = offer["zero"]
+            widget.blockSignals(wasBlocked)
+        for combo, items in lists:
             current = combo.currentData
             wasBlocked = combo.blockSignals(True)
             combo.clear()
@@ -441,7 +456,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.suspectSlicesList.clear()
             for index, reason in found:
                 self.ui.suspectSlicesList.addItem(f"{index}: {reason}")
-            p.fillSlices = requests.format_slice_list([index for index, _reason in found])
+            p.fillSlices = panel_settings.format_slice_list([index for index, _reason in found])
             self.ui.statusLabel.text = (
                 _("{count} suspect slice(s) found; they are in the Slices field.").format(count=len(found))
                 if found else _("No missing or corrupted slices found.")
@@ -570,7 +585,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         The node is not touched until :meth:`finish` is given the job's final status.
         """
         volume = nodes.volume_from_node(inputVolume)
-        request = requests.request_for(task, options, centres=self.centresInVolumeFrame(inputVolume, centres))
+        request = request_for(task, options, centres=self.centresInVolumeFrame(inputVolume, centres))
         maskArray = self._mask(mask, inputVolume, volume)
         context = {
             "request": request,
@@ -582,13 +597,14 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
 
         def work(progress, cancel):
             devices.limit_torch_threads()
-            return requests.run_request(volume, request, mask=maskArray, progress=progress, cancel=cancel)
+            return run_request(volume, request, mask=maskArray, progress=progress, cancel=cancel)
 
         return self.worker.submit(work, description=task), context
 
     def startFromParameters(self, p):
         """:meth:`start` with the panel's settings (the same call ``process`` makes)."""
-        task, options = requests.options_from_settings(p)
+        hasCentres = bool(p.lesionCentres and p.lesionCentres.GetNumberOfControlPoints())
+        task, options = panel_settings.options_from_settings(p, has_centres=hasCentres)
         lesion = task == "lesion"
         return self.start(
             task, p.inputVolume, inPlace=p.outputMode == "in place", mask=p.maskSegmentation,
@@ -597,7 +613,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         )
 
     def process(self, task: str, inputVolume, *, inPlace: bool = False, mask=None, centres=None,
-                segmentation=None, timeout: Optional[float] = None, **options) -> requests.ProcessResult:
+                segmentation=None, timeout: Optional[float] = None, **options) -> ProcessResult:
         """Run ``task`` on ``inputVolume`` and wait for it; what the panel's Apply does, for scripts.
 
         Parameters
@@ -641,7 +657,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
                 job.cancel()
         return self.finish(job.status(), context)
 
-    def finish(self, status: JobStatus, context: dict) -> requests.ProcessResult:
+    def finish(self, status: JobStatus, context: dict) -> ProcessResult:
         """Put a finished job's result into the scene (main thread), or raise why there is none."""
         if status.state != JobState.SUCCEEDED:
             raise status.error or RuntimeError(status.message)
@@ -649,14 +665,14 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             raise InputError(_("The input volume was removed (or the scene closed); the result was discarded."))
         return self._apply(status.result, context)
 
-    def _apply(self, outcome: requests.TaskOutcome, context: dict) -> requests.ProcessResult:
+    def _apply(self, outcome: TaskOutcome, context: dict) -> ProcessResult:
         """In place: the voxels are replaced only now, after success, with an undo copy kept first.
         If the input's voxels or geometry changed while the task ran, the result goes to a new
         volume instead, so the user's edit is not overwritten.
         """
         inputNode = slicer.mrmlScene.GetNodeByID(context["inputNodeID"])
         request = outcome.request
-        summary = requests.summarize(outcome)
+        summary = result_line.summarize(outcome)
         inPlace = context["inPlace"]
         current = nodes.volume_from_node(inputNode) if inPlace else None
         if inPlace and not arrays_equal(current, context["snapshot"]):
@@ -687,7 +703,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
                 self.undoStack.peek(inputNode.GetID()).extra["segments"] = [
                     (segmentationNode.GetID(), segmentId) for segmentId in segmentIds]
         slicer.util.setSliceViewerLayers(background=outputNode)
-        return requests.ProcessResult(volume=outputNode, segmentation=segmentationNode, report=outcome.report,
+        return ProcessResult(volume=outputNode, segmentation=segmentationNode, report=outcome.report,
                                       summary=summary)
 
     @staticmethod
@@ -702,7 +718,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         outputNode.SetName(name)
         return outputNode
 
-    def labelsToSegmentation(self, outcome: requests.TaskOutcome, volumeNode, context: dict, entry: dict):
+    def labelsToSegmentation(self, outcome: TaskOutcome, volumeNode, context: dict, entry: dict):
         """Lesion labels as named, coloured segments on the edited volume's geometry."""
         scene = slicer.mrmlScene
         segmentationNode = scene.GetNodeByID(context["segmentationNodeID"]) if context.get("segmentationNodeID") else None

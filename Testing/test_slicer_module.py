@@ -96,6 +96,22 @@ def _wrapper_fields() -> dict[str, tuple[ast.expr, object]]:
     raise AssertionError("MedSynth.py has no @parameterNodeWrapper class")
 
 
+def _arguments(args: list) -> list:
+    """Literal arguments, and ``*panel_settings.slider_range(...)`` (a range read from the library) evaluated."""
+    values = []
+    for arg in args:
+        if isinstance(arg, ast.Starred):
+            sys.path.insert(0, str(MODULE_DIR))
+            try:
+                from MedSynthSlicerLib import panel_settings
+            finally:
+                sys.path.remove(str(MODULE_DIR))
+            values += list(eval(compile(ast.Expression(arg.value), "<range>", "eval"), {"panel_settings": panel_settings}))
+        else:
+            values.append(ast.literal_eval(arg))
+    return values
+
+
 def _kind(annotation: ast.expr) -> tuple[str, dict]:
     """('bool'|'int'|'float'|'str'|'str+Choice'|'pathlib.Path'|'node', extras) of an annotation."""
     extras: dict = {}
@@ -105,7 +121,7 @@ def _kind(annotation: ast.expr) -> tuple[str, dict]:
         base = elements[0]
         for meta in elements[1:]:
             if isinstance(meta, ast.Call):
-                extras[ast.unparse(meta.func)] = [ast.literal_eval(a) for a in meta.args]
+                extras[ast.unparse(meta.func)] = _arguments(meta.args)
     name = ast.unparse(base)
     if name.startswith("vtkMRML"):
         return "node", {"class": name}
@@ -176,7 +192,8 @@ def test_module_imports_nothing_heavy_at_import_time():
 
     code = ("import sys; sys.path.insert(0, 'MedSynth'); "
             "import MedSynthSlicerLib.dependencies, MedSynthSlicerLib.history, MedSynthSlicerLib.nodes, "
-            "MedSynthSlicerLib.requests, MedSynthSlicerLib.undo, MedSynthSlicerLib.worker, MedSynthSlicerLib.devices, "
+            "MedSynthSlicerLib.task_request, MedSynthSlicerLib.task_runs, MedSynthSlicerLib.panel_settings, "
+            "MedSynthSlicerLib.result_line, MedSynthSlicerLib.model_choice, MedSynthSlicerLib.undo, MedSynthSlicerLib.worker, MedSynthSlicerLib.devices, "
             "MedSynthSlicerLib.choices; "
             "print('torch' in sys.modules, 'monai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -243,7 +260,7 @@ def test_every_task_has_its_tab():
     widgets = _ui_widgets()
     sys.path.insert(0, str(MODULE_DIR))
     try:
-        from MedSynthSlicerLib.requests import TASKS
+        from MedSynthSlicerLib.task_request import TASKS
     finally:
         sys.path.remove(str(MODULE_DIR))
     tabs = {w.get("name") for w in widgets["taskTabWidget"].findall("widget")}

@@ -20,7 +20,8 @@ from MedSynthLib.progress import check_cancel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSynth"))
 
-from MedSynthSlicerLib import dependencies, devices, history, nodes, requests  # noqa: E402
+from MedSynthSlicerLib import (dependencies, devices, history, model_choice, nodes, panel_settings,  # noqa: E402
+                               result_line, task_request, task_runs)
 from MedSynthSlicerLib.undo import UndoStack, arrays_equal  # noqa: E402
 from MedSynthSlicerLib.worker import BackgroundWorker, JobState  # noqa: E402
 
@@ -244,17 +245,17 @@ def test_device_choices_name_what_is_present():
 
 
 def test_model_choice_resolves_names_and_files(tmp_path):
-    assert requests.resolve_model("auto") is None and requests.resolve_model("") is None
+    assert model_choice.resolve_model("auto") is None and model_choice.resolve_model("") is None
     with pytest.raises(InputError, match="not installed"):
-        requests.resolve_model("no-such-package")
+        model_choice.resolve_model("no-such-package")
     with pytest.raises(InputError, match="does not exist"):
-        requests.resolve_model(str(tmp_path / "missing.json"))
+        model_choice.resolve_model(str(tmp_path / "missing.json"))
     package = tmp_path / "mine.json"
     package.write_text("{}")
-    assert requests.resolve_model(str(package)) == str(package)
+    assert model_choice.resolve_model(str(package)) == str(package)
     from MedSynthLib.models import list_packages
 
     for info in list_packages():
-        assert requests.resolve_model(info.name) == str(info.json_path)
+        assert model_choice.resolve_model(info.name) == str(info.json_path)
 
 

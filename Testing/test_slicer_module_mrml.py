@@ -258,10 +258,39 @@ def test_process_gives_the_librarys_result_and_refuses_unknown_options(medsynth,
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.volume), direct.volume.array)
     assert result.segmentation is None and result.report["method"] == "cubic"
     assert result.summary.startswith("Filled 1 slice(s) (4)")
-    with pytest.raises(InputError, match="fill takes no option factor"):
+    with pytest.raises(InputError, match="unknown option 'factor'"):
         logic.process("fill", node, factor=2)
     with pytest.raises(InputError, match="unknown task"):
         logic.process("segment", node)
+
+
+@pytest.mark.parametrize("task, options, key", [
+    ("fill", {"slices": [4], "axis": "k", "method": "linear"}, "time_budget"),
+    ("upsample", {"factor": 2, "axis": "k", "method": "linear"}, "time_budget"),
+    ("enhance", {"steps": "denoise:dct:1"}, "budget"),
+])
+def test_the_time_budget_of_process_reaches_the_tasks_report(medsynth, logic, task, options, key):
+    """``process(..., time_budget=7.25)`` (what the panel's Time budget becomes) is the budget the task ran under."""
+    _module, slicer = medsynth
+    volume = make_phantom((10, 24, 28), dtype=np.int16)
+    result = logic.process(task, _node(slicer, volume), time_budget=7.25, **options)
+    assert result.report[key]["budget_s"] == 7.25
+    history = json.loads(result.volume.GetAttribute("MedSynth.history"))
+    assert history[-1]["parameters"]["time_budget"] == 7.25
+
+
+def test_the_panels_settings_reach_the_tasks_report(medsynth, logic):
+    """Apply with the panel's settings: the Time budget field reaches the task (it was dropped before)."""
+    _module, slicer = medsynth
+    volume = make_phantom((10, 24, 28), dtype=np.int16)
+    node = _node(slicer, volume)
+    p = SimpleNamespace(task="fill", inputVolume=node, fillUpsample=True, upsampleFactor=2, fillAxis="k",
+                        fillMethod="linear", timeBudget=7.25, enhanceTimeBudget=0.0, device="cpu", seed=0,
+                        model="auto", modelFile=None, outputMode="new volume", maskSegmentation=None,
+                        lesionCentres=None, lesionSegmentation=None)
+    job, context = logic.startFromParameters(p)
+    assert job.wait(60)
+    assert logic.finish(job.status(), context).report["time_budget"]["budget_s"] == 7.25
 
 
 def test_output_names_are_the_ones_the_real_scene_gives(medsynth, logic):
@@ -342,8 +371,8 @@ def test_apply_starts_what_the_panel_settings_say(medsynth, logic):
     assert job.wait(60)
     panel = logic.finish(job.status(), context)
     script = logic.process("fill", node, slices=[4], axis="k", method="linear")
-    assert context["request"].parameters == {"device": "auto", "seed": 0, "model": "auto", "slices": [4], "axis": "k",
-                                             "method": "linear"}
+    assert context["request"] == logic.start("fill", node, slices=[4], axis="k", method="linear")[1]["request"]
+    assert context["request"].options.slices == (4,) and context["request"].options.time_budget is None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(panel.volume), slicer.util.arrayFromVolume(script.volume))
 
 

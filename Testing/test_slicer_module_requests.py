@@ -17,24 +17,25 @@ from MedSynthLib.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSynth"))
 
-from MedSynthSlicerLib import choices, dependencies, devices, requests  # noqa: E402
+from MedSynthSlicerLib import (choices, dependencies, devices, model_choice, panel_settings, result_line,  # noqa: E402
+                               task_request, task_runs)
 
 
 # ---- panel requests through the real library -------------------------------------------------------
 def test_slice_field_parsing_and_formatting():
-    assert requests.parse_slice_list("") is None and requests.parse_slice_list("   ") is None
-    assert requests.parse_slice_list("12, 15-17; 3") == [3, 12, 15, 16, 17]
-    assert requests.format_slice_list([3, 12, 15, 16, 17]) == "3, 12, 15-17"
+    assert panel_settings.parse_slice_list("") is None and panel_settings.parse_slice_list("   ") is None
+    assert panel_settings.parse_slice_list("12, 15-17; 3") == [3, 12, 15, 16, 17]
+    assert panel_settings.format_slice_list([3, 12, 15, 16, 17]) == "3, 12, 15-17"
     with pytest.raises(InputError, match=r"\[0, 9\]"):
-        requests.parse_slice_list("4, 10", size=10)
+        panel_settings.parse_slice_list("4, 10", size=10)
     with pytest.raises(InputError):
-        requests.parse_slice_list("4, x")
+        panel_settings.parse_slice_list("4, x")
     with pytest.raises(InputError):
-        requests.TaskRequest("segment", {})
+        task_request.TaskRequest("segment", {})
 
 
 def test_available_tasks_names_the_library_modules():
-    found = requests.available_tasks()
+    found = task_runs.available_tasks()
     assert set(found) == {"fill", "upsample", "lesion", "enhance"}
     assert all(isinstance(v, bool) for v in found.values())
 
@@ -44,28 +45,28 @@ def test_result_lines_say_what_changed_with_the_method_and_device():
     volume = make_phantom((6, 20, 22), dtype=np.int16)
     damaged = volume.with_array(np.where(np.arange(6)[:, None, None] == 4, 0, volume.array).astype(np.int16))
     messages = []
-    fill = requests.run_request(damaged, requests.request_for("fill", {"slices": [4], "axis": "k", "method": "linear"}),
+    fill = task_runs.run_request(damaged, task_request.request_for("fill", {"slices": [4], "axis": "k", "method": "linear"}),
                                 progress=lambda f, m: messages.append(f))
     assert messages and messages[-1] == 1.0 and fill.details["slices"] == [4]
-    assert requests.summarize(fill).startswith("Filled 1 slice(s) (4) · linear · ")
-    upsample = requests.run_request(volume, requests.request_for("upsample", {"factor": 2, "axis": "k", "method": "linear"}))
-    assert requests.summarize(upsample).startswith("Upsampled to 22x20x11 voxels (5 new slices) · linear")
-    enhance = requests.run_request(volume, requests.request_for("enhance", {"steps": "bias:6,denoise:auto:1"}))
-    assert requests.summarize(enhance).startswith("Enhanced (2 step(s))")
-    lesion = requests.run_request(volume, requests.request_for(
+    assert result_line.summarize(fill).startswith("Filled 1 slice(s) (4) · linear · ")
+    upsample = task_runs.run_request(volume, task_request.request_for("upsample", {"factor": 2, "axis": "k", "method": "linear"}))
+    assert result_line.summarize(upsample).startswith("Upsampled to 22x20x11 voxels (5 new slices) · linear")
+    enhance = task_runs.run_request(volume, task_request.request_for("enhance", {"steps": "bias:6,denoise:auto:1"}))
+    assert result_line.summarize(enhance).startswith("Enhanced (2 step(s))")
+    lesion = task_runs.run_request(volume, task_request.request_for(
         "lesion", {"size_mm": 6.0, "label_mode": "instances"}, centres=[volume.ijk_points_to_ras([11.0, 10.0, 3.0])]))
-    assert f"Inserted 1 lesion(s): {lesion.details['lesion_ml'][0]:.2f} mL · procedural" in requests.summarize(lesion)
+    assert f"Inserted 1 lesion(s): {lesion.details['lesion_ml'][0]:.2f} mL · procedural" in result_line.summarize(lesion)
 
 
 def test_the_same_request_and_seed_give_the_same_voxels():
     """What the history promises: its parameters and seed reproduce the edit."""
     volume = make_phantom((16, 40, 48), dtype=np.int16)
-    options = {"count": 2, "size_mm": 5.0, "seed": 11, "preset": ""}
-    first = requests.run_request(volume, requests.request_for("lesion", options), mask=volume.array > 50)
-    again = requests.run_request(volume, requests.request_for("lesion", options), mask=volume.array > 50)
+    options = {"count": 2, "size_mm": 5.0, "seed": 11, "preset": "mr-wmh"}
+    first = task_runs.run_request(volume, task_request.request_for("lesion", options), mask=volume.array > 50)
+    again = task_runs.run_request(volume, task_request.request_for("lesion", options), mask=volume.array > 50)
     np.testing.assert_array_equal(again.volume.array, first.volume.array)
     np.testing.assert_array_equal(again.labels, first.labels)
-    other = requests.run_request(volume, requests.request_for("lesion", {**options, "seed": 12}), mask=volume.array > 50)
+    other = task_runs.run_request(volume, task_request.request_for("lesion", {**options, "seed": 12}), mask=volume.array > 50)
     assert not np.array_equal(other.labels, first.labels)
 
 
@@ -76,22 +77,22 @@ def test_lesion_request_uses_the_chosen_package_by_its_task(tmp_path):
 
     volume = make_phantom((16, 40, 48))
     centre = volume.ijk_points_to_ras([24.0, 20.0, 8.0]).tolist()
-    parameters = {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1, "preset": "", "device": "cpu"}
+    parameters = {"centres": [centre], "size_mm": 8.0, "contrast": 0.5, "seed": 1, "preset": "mr-wmh", "device": "cpu"}
     spec = {"format": "lesion-inpaint-2.5d", "version": 1, "context": 1, "channels": 4,
             "normalisation": {"kind": "robust_percentile", "percentiles": [0.5, 99.5]}}
     args = {"spatial_dims": 2, "in_channels": 4, "out_channels": 1, "features": [4, 4, 8, 8, 16, 4]}
     network = build_network("basic_unet", **args)
     inpaint = save_package(network, tmp_path / "paint", task="lesion-inpaint", family="unet", builder="basic_unet",
                            builder_args=args, input_spec=spec)
-    painted = requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": str(inpaint)}))
-    plain = requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": "auto"}))
+    painted = task_runs.run_request(volume, task_request.request_for("lesion", {**parameters, "model": str(inpaint)}))
+    plain = task_runs.run_request(volume, task_request.request_for("lesion", {**parameters, "model": "auto"}))
     assert painted.report["method"] == "procedural + learned appearance"
     assert plain.report["method"] == "procedural"
     np.testing.assert_array_equal(painted.labels, plain.labels)
     fill = save_package(network, tmp_path / "fill", task="fill", family="unet", builder="basic_unet",
                         builder_args=args, input_spec=spec)
     with pytest.raises(ModelError, match="synthetic lesions take a 'lesion-inpaint'"):
-        requests.run_request(volume, requests.TaskRequest("lesion", {**parameters, "model": str(fill)}))
+        task_request.request_for("lesion", {**parameters, "model": str(fill)})  # refused before any work
 
 
 def test_segment_names_and_colours_are_the_librarys():
@@ -123,9 +124,9 @@ def test_a_request_cancelled_mid_batch_raises_and_leaves_the_volume_untouched():
         if message.startswith("lesion 2 of"):
             token.cancel()  # between the second and the third lesion of the batch
 
-    request = requests.request_for("lesion", {"count": 4, "size_mm": 4.0, "preset": "", "device": "cpu"})
+    request = task_request.request_for("lesion", {"count": 4, "size_mm": 4.0, "preset": "mr-wmh", "device": "cpu"})
     with pytest.raises(Cancelled):
-        requests.run_request(volume, request, mask=volume.array > 50, progress=progress, cancel=token)
+        task_runs.run_request(volume, request, mask=volume.array > 50, progress=progress, cancel=token)
     assert "lesion 1 of 4" in seen and not any(m.startswith("lesion 3") for m in seen)
     np.testing.assert_array_equal(volume.array, before)
 
@@ -172,82 +173,118 @@ def _settings(**overrides):
 
 
 def test_panel_settings_become_the_python_apis_options():
-    assert requests.options_from_settings(_settings(fillSlices="3, 6-7")) == ("fill", {
+    assert panel_settings.options_from_settings(_settings(fillSlices="3, 6-7")) == ("fill", {
         "device": "cpu", "seed": 5, "model": "auto", "slices": [3, 6, 7], "axis": "k", "method": "linear"})
-    task, options = requests.options_from_settings(_settings(fillUpsample=True, upsampleFactor=3))
+    task, options = panel_settings.options_from_settings(_settings(fillUpsample=True, upsampleFactor=3))
     assert task == "upsample" and options["factor"] == 3 and "slices" not in options
-    task, options = requests.options_from_settings(_settings(task="lesion", lesionSize=8.0, lesionLabels="per lesion"))
+    task, options = panel_settings.options_from_settings(_settings(task="lesion", lesionSize=8.0, lesionLabels="instances"))
     assert task == "lesion" and options["size_mm"] == 8.0 and options["label_mode"] == "instances"
-    assert options["count"] == 3 and options["preset"] == ""
-    task, options = requests.options_from_settings(_settings(
+    assert options["count"] == 3 and options["preset"] == "auto" and "contrast" not in options  # 0: the preset's
+    assert "count" not in panel_settings.options_from_settings(_settings(task="lesion"), has_centres=True)[1]
+    task, options = panel_settings.options_from_settings(_settings(
         task="enhance", enhanceBias=True, denoiseStrength=0.5, denoiseMethod="nlm",
         model="file", modelFile=Path("/m/denoise.json")))
-    assert options["steps"] == ["bias:6", "denoise:nlm:0.5"] and options["model"] == "/m/denoise.json"
+    # The Enhance tab hands the library's step objects, not a string for the library to parse back.
+    assert [step.label() for step in options["steps"]] == ["bias(shrink=6)", "denoise(method=nlm,strength=0.5)"]
+    assert options["model"] == "/m/denoise.json"
     with pytest.raises(InputError, match=r"\[0, 9\]"):
-        requests.options_from_settings(_settings(fillSlices="12"))
+        panel_settings.options_from_settings(_settings(fillSlices="12"))
 
 
 def test_the_panels_time_budget_reaches_fill_and_upsample():
     """0 (shown as "automatic") leaves the library's default budget; seconds go through as ``time_budget``."""
-    assert "time_budget" not in requests.options_from_settings(_settings())[1]
-    assert requests.options_from_settings(_settings(timeBudget=30.0))[1]["time_budget"] == 30.0
-    task, options = requests.options_from_settings(_settings(fillUpsample=True, timeBudget=12.0))
+    assert "time_budget" not in panel_settings.options_from_settings(_settings())[1]
+    assert panel_settings.options_from_settings(_settings(timeBudget=30.0))[1]["time_budget"] == 30.0
+    task, options = panel_settings.options_from_settings(_settings(fillUpsample=True, timeBudget=12.0))
     assert task == "upsample" and options["time_budget"] == 12.0
-    assert requests.request_for("fill", {"time_budget": 5.0, "slices": [2]}).parameters["time_budget"] == 5.0
+    assert task_request.request_for("fill", {"time_budget": 5.0, "slices": [2]}).parameters["time_budget"] == 5.0
 
 
 def test_the_enhance_tabs_time_budget_reaches_the_pipeline():
     """The Enhance tab has its own budget (0: "none"); the Fill tab's does not leak into it."""
-    assert "time_budget" not in requests.options_from_settings(_settings(task="enhance", timeBudget=30.0))[1]
-    task, options = requests.options_from_settings(_settings(task="enhance", enhanceTimeBudget=20.0))
+    assert "time_budget" not in panel_settings.options_from_settings(_settings(task="enhance", timeBudget=30.0))[1]
+    task, options = panel_settings.options_from_settings(_settings(task="enhance", enhanceTimeBudget=20.0))
     assert task == "enhance" and options["time_budget"] == 20.0
-    assert requests.request_for("enhance", {"steps": ["denoise"], "time_budget": 3.0}).parameters["time_budget"] == 3.0
+    assert task_request.request_for("enhance", {"steps": ["denoise"], "time_budget": 3.0}).parameters["time_budget"] == 3.0
 
 
-def test_requests_take_only_the_librarys_option_names():
-    request = requests.request_for("lesion", {"size": 8.0, "count": 2}, centres=[(1, 2, 3)])
-    assert request.parameters == {"device": "auto", "seed": 0, "model": "auto", "size_mm": 8.0, "count": 2,
-                                  "centres": [[1.0, 2.0, 3.0]]}
-    with pytest.raises(InputError, match="fill takes no option factor, spacing"):
-        requests.request_for("fill", {"factor": 2, "spacing": 1.0})
+def test_requests_are_the_librarys_options_objects():
+    from MedSynthLib.tasks.fill import FillOptions
+    from MedSynthLib.tasks.lesion import LesionOptions
+
+    request = task_request.request_for("lesion", {"size": 8.0}, centres=[(1, 2, 3)])
+    assert isinstance(request.options, LesionOptions) and request.options.size_mm == 8.0
+    assert request.parameters["centres"] == [[1.0, 2.0, 3.0]] and request.parameters["count"] is None
+    fill = task_request.request_for("fill", {"slices": [2], "time_budget": 7.25, "method": "LINEAR"})
+    assert fill.options == FillOptions(slices=(2,), time_budget=7.25, method="linear")
+    with pytest.raises(InputError, match="unknown options 'factor', 'spacing'"):
+        task_request.request_for("fill", {"factor": 2, "spacing": 1.0})
+    with pytest.raises(InputError, match=r"time budget must be a number in \[0, 86400\]"):
+        task_request.request_for("fill", {"time_budget": -1})
+    with pytest.raises(InputError, match="FillOptions"):
+        task_request.TaskRequest("fill", LesionOptions(count=1))
     with pytest.raises(InputError, match="size or size_mm"):
-        requests.request_for("lesion", {"size": 8.0, "size_mm": 8.0})
+        task_request.request_for("lesion", {"size": 8.0, "size_mm": 8.0})
     with pytest.raises(InputError, match="centres are lesion centres"):
-        requests.request_for("fill", {}, centres=[(1, 2, 3)])
+        task_request.request_for("fill", {}, centres=[(1, 2, 3)])
     with pytest.raises(InputError, match="unknown task"):
-        requests.request_for("segment", {})
+        task_request.request_for("segment", {})
 
 
 def test_apply_is_disabled_with_reasons():
-    assert requests.reasons_not_to_apply(_settings()) == []
-    assert any("input volume" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=None)))
-    assert any("no voxels" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=_Volume())))
-    assert any("scalar" in r for r in requests.reasons_not_to_apply(_settings(inputVolume=_Volume(_Image(components=3)))))
-    assert any("model package" in r for r in requests.reasons_not_to_apply(_settings(model="file")))
-    assert any("enhancement step" in r for r in requests.reasons_not_to_apply(
+    assert panel_settings.reasons_not_to_apply(_settings()) == []
+    assert any("input volume" in r for r in panel_settings.reasons_not_to_apply(_settings(inputVolume=None)))
+    assert any("no voxels" in r for r in panel_settings.reasons_not_to_apply(_settings(inputVolume=_Volume())))
+    assert any("scalar" in r for r in panel_settings.reasons_not_to_apply(_settings(inputVolume=_Volume(_Image(components=3)))))
+    assert any("model package" in r for r in panel_settings.reasons_not_to_apply(_settings(model="file")))
+    assert any("enhancement step" in r for r in panel_settings.reasons_not_to_apply(
         _settings(task="enhance", enhanceDenoise=False)))
-    assert any("x" in r for r in requests.reasons_not_to_apply(_settings(fillSlices="4, x")))
+    assert any("x" in r for r in panel_settings.reasons_not_to_apply(_settings(fillSlices="4, x")))
 
 
 def test_panel_defaults_are_the_librarys_defaults():
-    import inspect
-
-    from MedSynthLib.tasks.enhance import correct_bias, denoise
-    from MedSynthLib.tasks.fill import fill_slices
-    from MedSynthLib.tasks.lesion import insert_lesions
-
+    """Every widget that shows a library option starts at the library's default (0 where 0 means "not given")."""
     panel = _panel_defaults()
-    library = {
-        "biasShrink": inspect.signature(correct_bias).parameters["shrink"].default,
-        "denoiseMethod": inspect.signature(denoise).parameters["method"].default,
-        "denoiseStrength": inspect.signature(denoise).parameters["strength"].default,
-        "fillMethod": inspect.signature(fill_slices).parameters["method"].default,
-        "seed": inspect.signature(fill_slices).parameters["seed"].default,
-        "device": inspect.signature(fill_slices).parameters["device"].default,
-        "lesionLabels": {"classes": "per class", "instances": "per lesion"}[
-            inspect.signature(insert_lesions).parameters["label_mode"].default],
-    }
-    assert {name: panel[name] for name in library} == library
+    for entry in panel_settings.PANEL_KNOBS:
+        knob = panel_settings.knob_of(entry)
+        expected = panel_settings.PANEL_ONLY_DEFAULTS.get(entry.parameter, knob.default)
+        assert panel[entry.parameter] == (0.0 if expected is None and entry.zero else expected), entry.parameter
+    assert panel["device"] == "auto" and panel["lesionPreset"] == "auto"
+
+
+def test_the_panel_offers_every_library_option_with_the_librarys_choices_and_ranges():
+    """A library option the panel neither shows nor lists as left out fails here; so does a widget whose
+    choices or range are written into the .ui or MedSynth.py instead of read from the library."""
+    import ast
+    import xml.etree.ElementTree as ET
+
+    repo = Path(__file__).resolve().parents[1]
+    shown = {(entry.owner, entry.option) for entry in panel_settings.PANEL_KNOBS}
+    for owner in ("fill", "upsample", "lesion", "denoise", "bias", "enhance"):
+        for knob in panel_settings.owner_options(owner).knobs():
+            assert (owner, knob.name) in shown or knob.name in panel_settings.NOT_ON_PANEL.get(owner, {}), (
+                f"the library's {owner} option {knob.name!r} is neither on the panel nor in NOT_ON_PANEL")
+    offers = panel_settings.panel_knobs()
+    widgets = {w.get("name"): w for w in ET.parse(repo / "MedSynth/Resources/UI/MedSynth.ui").iter("widget")}
+    for entry in panel_settings.PANEL_KNOBS:
+        knob, widget, offer = panel_settings.knob_of(entry), widgets[entry.widget], offers[entry.widget]
+        assert widget.find("property[@name='SlicerParameterName']/string").text == entry.parameter
+        copied = {p.get("name") for p in widget.findall("property")} & {"toolTip", "minimum", "maximum"}
+        assert not copied and not widget.findall("item"), f"{entry.widget} copies {copied or 'items'} into the .ui"
+        assert offer["toolTip"] == knob.help
+        if knob.choices:
+            assert widget.get("class") == "ctkComboBox"  # filled at run time (CtkComboBoxToStrConnector)
+            assert [value for _label, value in offer["items"]] == list(knob.choices)
+        else:
+            assert offer["high"] == knob.high and offer["low"] == (0.0 if entry.zero else knob.low)
+    wrapper = next(n for n in ast.parse((repo / "MedSynth/MedSynth.py").read_text()).body
+                   if isinstance(n, ast.ClassDef) and n.name == "MedSynthParameterNode")
+    parameters = {entry.parameter for entry in panel_settings.PANEL_KNOBS}
+    for item in wrapper.body:
+        if isinstance(item, ast.AnnAssign) and item.target.id in parameters:
+            literals = [n for n in ast.walk(item.annotation) if isinstance(n, (ast.Constant, ast.List))
+                        and not isinstance(getattr(n, "value", None), str)]
+            assert not literals, f"{item.target.id} copies a Choice or a range into MedSynth.py"
 
 
 # ---- choices, dependencies, threads ---------------------------------------------------------------------
@@ -255,7 +292,7 @@ def test_panel_choices_list_what_is_installed():
     found = choices.panel_choices()
     assert found["devices"][0] == ("auto (best available)", "auto") or found["devices"] == [("auto", "auto")]
     assert found["models"][0][1] == "auto" and found["models"][-1][1] == "file"
-    assert found["presets"][0][1] == "" and "mr-wmh" in [value for _label, value in found["presets"]]
+    assert found["presets"][0][1] == "auto" and "mr-wmh" in [value for _label, value in found["presets"]]
     assert set(found["tasks"]) == {"fill", "upsample", "lesion", "enhance"}
     from MedSynthLib.models import list_packages
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from . import dependencies, devices
-from .requests import DEFAULT_PRESETS, available_tasks
+from .task_runs import available_tasks
 
 __all__ = ["panel_choices", "torch_installed"]
 
@@ -25,14 +25,12 @@ def torch_installed() -> bool:
 
 
 def _presets() -> list[tuple[str, str]]:
-    default = ", ".join(f"{modality}: {name}" for modality, name in DEFAULT_PRESETS.items())
-    presets = [(f"default ({default})", "")]
-    try:
-        from MedSynthLib.tasks.lesion import list_presets
-    except ImportError as error:
-        log.info("MedSynth: lesion presets not listed yet (%s)", error)
-        return presets
-    return presets + [(f"{preset['name']} ({preset['modality']})", preset["name"]) for preset in list_presets()]
+    """``auto`` (the library's :func:`default_preset` by modality) and every preset, from the library."""
+    from MedSynthLib.tasks import lesion
+
+    default = ", ".join(f"{modality}: {lesion.default_preset(modality)}" for modality in lesion.MODALITIES)
+    return [(f"default ({default})", "auto")] + [
+        (f"{preset['name']} ({preset['modality']})", preset["name"]) for preset in lesion.list_presets()]
 
 
 def _models() -> list[tuple[str, str]]:

@@ -114,19 +114,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
 #: The fill and upsample knobs offered as flags: choices, ranges and defaults from the options objects.
 _METHOD_KNOBS = ("axis", "method", "device", "seed", "time_budget")
 
-_METHOD_HELP = ("linear/cubic/spline: instant baselines (spline: cubic spline through all good slices, best of them "
-                "on thick slices); flow: registration, seconds; selfsup: trains a small network on this volume, best "
-                "quality, minutes on a CPU; model: a trained package; auto: selfsup when enough training fits the "
-                "time budget at the current load (SMORE-style on thick slices), else the spline when upsampling, "
-                "the bundled model or flow")
-_BUDGET_HELP = ("seconds the task may spend, checked on the clock while it runs: selfsup fits its training to it and "
-                "stops with its best result so far (default for auto: 30 s + 1.5 s per synthesised slice on a CPU, at "
-                "most 180; other methods: no limit); the report gives the budget, the time spent and what was cut")
-
-
 def _add_method_args(parser: argparse.ArgumentParser, options_class) -> None:
     add_option_args(parser, options_class, _METHOD_KNOBS, types={"axis": axis_arg, "device": device_arg},
-                    helps={"method": _METHOD_HELP, "time_budget": _BUDGET_HELP},
                     metavars={"time_budget": "SECONDS"})
     parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
     add_output_args(parser)

@@ -12,9 +12,8 @@ from ..._lazy import lazy_exports
 
 #: Public name -> private module (imported on first use: the options and method list load without torch).
 _EXPORTS = {
-    **dict.fromkeys(("METHODS", "AXES", "FillOptions", "UpsampleOptions"), "_options"),
-    **dict.fromkeys(("FillResult", "find_missing_slices", "fill_slices", "upsample_slices", "parse_slice_list"),
-                    "_fill"),
+    **dict.fromkeys(("METHODS", "AXES", "FillOptions", "UpsampleOptions", "parse_slice_list"), "_options"),
+    **dict.fromkeys(("FillResult", "find_missing_slices", "fill_slices", "upsample_slices"), "_fill"),
 }
 
 __all__ = list(_EXPORTS)

@@ -32,7 +32,7 @@ from ...checks import check_result
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import AXIS_NAMES, Volume, array_axis, validate_volume
-from ._options import METHODS, FillOptions, UpsampleOptions
+from ._options import METHODS, FillOptions, UpsampleOptions, parse_slice_list
 from ._job import Request as _Request, report_of as _report, run as _run, start_budget as _start_budget
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "find_missing_slices",
     "fill_slices",
     "upsample_slices",
-    "parse_slice_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,31 +72,6 @@ class FillResult:
 
 
 # ---- slice lists ---------------------------------------------------------------------------
-
-
-def parse_slice_list(text: str) -> list[int]:
-    """Parse ``"3,7,10-12"`` into ``[3, 7, 10, 11, 12]`` (0-based, ranges inclusive).
-
-    Raises
-    ------
-    InputError
-        A piece that is not an integer or a range ``a-b`` with ``a <= b``.
-    """
-    indices: list[int] = []
-    for piece in str(text).replace(" ", "").split(","):
-        if not piece:
-            continue
-        cut = piece.find("-", 1)
-        try:
-            first, last = (int(piece), int(piece)) if cut < 0 else (int(piece[:cut]), int(piece[cut + 1:]))
-        except ValueError:
-            raise InputError(f"slices must be 0-based indices or ranges like 3,7,10-12, got {piece!r}") from None
-        if last < first:
-            raise InputError(f"slice range {piece!r} runs backwards; write it as {last}-{first}")
-        indices.extend(range(first, last + 1))
-    if not indices:
-        raise InputError(f"no slice index found in {text!r}")
-    return indices
 
 
 def _check_slices(slices: Iterable[int], count: int, axis: int) -> list[int]:

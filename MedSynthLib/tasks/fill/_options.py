@@ -10,19 +10,25 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from ...errors import InputError, check_number
-from ...options import BUDGET_HELP, DEVICE_HELP, SEED_HELP, TaskOptions, knob
+from ...options import DEVICE_HELP, SEED_HELP, TaskOptions, knob
 from ...volume import AXIS_NAMES
 
-__all__ = ["METHODS", "AXES", "FillOptions", "UpsampleOptions"]
+__all__ = ["METHODS", "AXES", "FillOptions", "UpsampleOptions", "parse_slice_list"]
 
 #: Fill and upsample methods; ``auto`` picks among the others and says why in the report.
 METHODS = ("auto", "linear", "cubic", "spline", "flow", "selfsup", "model")
 #: Slice axes as the user names them; ``auto`` is the axis with the largest spacing.
 AXES = ("auto", "k", "j", "i")
 
-_METHOD_HELP = ("auto (the best method that fits the time budget: a trained model, selfsup, flow or the spline; "
-                "the report says which and why), linear, cubic, spline, flow (registration), selfsup (a network "
-                "trained on this volume's own in-plane data) or model (a trained package)")
+_METHOD_HELP = ("linear/cubic/spline: instant baselines (spline: cubic spline through all good slices, best of them "
+                "on thick slices); flow: registration, seconds; selfsup: trains a small network on this volume, best "
+                "quality, minutes on a CPU; model: a trained package; auto: selfsup when enough training fits the "
+                "time budget at the current load (SMORE-style on thick slices), else the spline when upsampling, "
+                "the bundled model or flow; the report says which ran and why")
+_BUDGET_HELP = ("seconds the task may spend, checked on the clock while it runs: selfsup fits its training to it and "
+                "stops with its best result so far (automatic for auto: 30 s + 1.5 s per synthesised slice on a CPU, "
+                "at most 180, 600 on a GPU; other methods: no limit); the report gives the budget, the time spent "
+                "and what was cut")
 
 
 def _axis_name(axis: Any) -> Any:
@@ -36,13 +42,38 @@ def _axis_name(axis: Any) -> Any:
     return "auto" if axis is None else axis
 
 
+def parse_slice_list(text: str) -> list[int]:
+    """Parse ``"3,7,10-12"`` into ``[3, 7, 10, 11, 12]`` (0-based, ranges inclusive).
+
+    Raises
+    ------
+    InputError
+        A piece that is not an integer or a range ``a-b`` with ``a <= b``.
+    """
+    indices: list[int] = []
+    for piece in str(text).replace(" ", "").split(","):
+        if not piece:
+            continue
+        cut = piece.find("-", 1)
+        try:
+            first, last = (int(piece), int(piece)) if cut < 0 else (int(piece[:cut]), int(piece[cut + 1:]))
+        except ValueError:
+            raise InputError(f"slices must be 0-based indices or ranges like 3,7,10-12, got {piece!r}") from None
+        if last < first:
+            raise InputError(f"slice range {piece!r} runs backwards; write it as {last}-{first}")
+        indices.extend(range(first, last + 1))
+    if not indices:
+        raise InputError(f"no slice index found in {text!r}")
+    return indices
+
+
 @dataclass(frozen=True)
 class _SliceOptions(TaskOptions):
     """What fill and upsample share: the axis, the method and how it runs."""
 
     axis: str = knob("auto", choices=AXES, help="slice axis (IJK); auto: the axis with the largest spacing")
     method: str = knob("auto", choices=METHODS, help=_METHOD_HELP)
-    time_budget: Optional[float] = knob(None, low=0.0, high=86400.0, optional=True, help=BUDGET_HELP)
+    time_budget: Optional[float] = knob(None, low=0.0, high=86400.0, optional=True, help=_BUDGET_HELP)
     device: str = knob("auto", help=DEVICE_HELP)
     seed: int = knob(0, low=0, high=2**31 - 1, help=SEED_HELP)
     #: A fill model package: a path, an installed name resolved by the caller, or a loaded package.
@@ -95,7 +126,7 @@ class UpsampleOptions(_SliceOptions):
     """
 
     factor: Optional[int] = knob(None, low=2, high=16, optional=True,
-                                 help="integer upsampling factor through-plane (n slices become (n-1)*factor+1)")
+                                 help="integer factor through-plane: n slices become (n-1)*factor+1, the spacing is divided by it")
     spacing: Optional[float] = knob(None, low=0.0, low_open=True, optional=True,
                                     help="target spacing (mm) along the slice axis, instead of a factor")
     #: FWHM (mm) of the acquired slices' profile; "auto" estimates it from the data; None: sharp slices.
