@@ -1,9 +1,10 @@
 """``medsynth denoise``, ``medsynth bias`` and ``medsynth enhance``: the enhance task on files.
 
-Each checks its files and device, reads the input (and the optional mask),
-runs the task function, checks that the result is plausible
-(:func:`MedSynthLib.checks.check_result`) and writes the outputs only when all
-of that succeeded: a bad input, an implausible result or a cancellation writes
+Each checks its files and device, builds the task's options object from its flags (whose choices, ranges and
+defaults come from :class:`~MedSynthLib.tasks.enhance.DenoiseOptions`, :class:`~MedSynthLib.tasks.enhance.BiasOptions`
+and :class:`~MedSynthLib.tasks.enhance.EnhanceOptions`, never copied here), reads the input (and the optional
+mask), runs the task function (which checks that its result is plausible, as it does for every front end) and
+writes the outputs only when all of that succeeded: a bad input, an implausible result or a cancellation writes
 nothing.
 """
 
@@ -13,28 +14,28 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ..checks import check_result
 from ..io import read_volume, write_volume
 from ..progress import ProgressCallback
 from ..volume import Volume
-from .common import device_arg, number_in, positive_int, progress_bar
+from .common import add_option_args, device_arg, number_in, options_from_args, positive_int, progress_bar
 from ._outputs import add_output_args, prepare
 
 __all__ = ["register", "demo_step"]
 
-#: Bias correction divides by a field that can dip to about 0.5: its results may reach twice the input's range.
-_BIAS_MARGIN = 1.0
+#: The knobs each command offers as flags (choices, ranges, defaults and help from the options classes).
+_DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget")
+_BIAS_KNOBS = ("shrink",)
+_ENHANCE_KNOBS = ("steps", "device", "seed", "time_budget")
 
 
 def _read_mask(path: Optional[str]) -> Optional[Volume]:
     return None if path is None else read_volume(path)
 
 
-def _write(outputs, volume: Volume, result, *, task: str, margin: Optional[float] = None) -> None:
-    """Check the result, stage it with the field and the QC picture, move them into place, write the report."""
+def _write(outputs, volume: Volume, result, *, task: str) -> None:
+    """Stage the (library-checked) result with the field and the QC picture, move them into place, write the report."""
     from ..qc import save_qc_png
 
-    check_result(volume, result.volume, task=task, **({} if margin is None else {"margin": margin}))
     with outputs:
         outputs.stage_volume("OUTPUT", result.volume)
         if getattr(result, "field", None) is not None:
@@ -49,16 +50,16 @@ def _write(outputs, volume: Volume, result, *, task: str, margin: Optional[float
 
 
 def _run_denoise(args: argparse.Namespace) -> int:
-    from ..tasks.enhance import denoise
+    from ..tasks.enhance import DenoiseOptions, denoise
 
+    options = options_from_args(DenoiseOptions, args, _DENOISE_KNOBS, model=args.model,
+                                method_options={"selfsup": {"steps": args.training_steps}})
     outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask, "--model": args.model},
                       outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "denoise") as progress:
-        result = denoise(volume, method=args.method, strength=args.strength, mask=mask, model=args.model,
-                         modality=args.modality, device=args.device, seed=args.seed,
-                         method_options={"selfsup": {"steps": args.training_steps}}, time_budget=args.time_budget, progress=progress)
+        result = denoise(volume, options, mask=mask, progress=progress)
     _write(outputs, volume, result, task=f"denoise ({result.report['method']})")
     if not args.quiet:
         noise = result.noise
@@ -68,16 +69,16 @@ def _run_denoise(args: argparse.Namespace) -> int:
 
 
 def _run_bias(args: argparse.Namespace) -> int:
-    from ..tasks.enhance import correct_bias
+    from ..tasks.enhance import BiasOptions, correct_bias
 
+    options = options_from_args(BiasOptions, args, _BIAS_KNOBS)
     outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask},
                       outputs={"OUTPUT": args.output, "--field": args.field})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "bias") as progress:
-        options = {} if args.shrink is None else {"shrink": args.shrink}
-        result = correct_bias(volume, mask=mask, progress=progress, **options)
-    _write(outputs, volume, result, task="bias correction", margin=_BIAS_MARGIN)
+        result = correct_bias(volume, options, mask=mask, progress=progress)
+    _write(outputs, volume, result, task="bias correction")
     if not args.quiet:
         low, high = result.report["parameters"]["field_range"]
         print(f"bias corrected in {result.report['seconds']:.1f} s (field {low:.2f}-{high:.2f} in the mask): {args.output}")
@@ -85,24 +86,28 @@ def _run_bias(args: argparse.Namespace) -> int:
 
 
 def _run_enhance(args: argparse.Namespace) -> int:
-    from ..tasks.enhance import enhance, parse_steps
+    from ..tasks.enhance import EnhanceOptions, enhance
 
-    parse_steps(args.steps)  # a malformed pipeline fails before the input is even read
+    # the steps are parsed here: a malformed pipeline fails before the input is even read
+    options = options_from_args(EnhanceOptions, args, _ENHANCE_KNOBS, model=args.model)
     outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask, "--model": args.model},
                       outputs={"OUTPUT": args.output, "--field": args.field})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "enhance") as progress:
-        result = enhance(volume, steps=args.steps, mask=mask, model=args.model, device=args.device,
-                         seed=args.seed, time_budget=args.time_budget, progress=progress)
-    _write(outputs, volume, result, task=f"enhance ({result.report['method']})", margin=_BIAS_MARGIN)
+        result = enhance(volume, options, mask=mask, progress=progress)
+    _write(outputs, volume, result, task=f"enhance ({result.report['method']})")
     if not args.quiet:
         print(f"enhanced ({result.report['method']}) in {result.report['seconds']:.1f} s: {args.output}")
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..tasks.enhance import DENOISE_METHODS
+_METHOD_HELP = ("auto: model if --model is given, else selfsup on a GPU and fusion on a CPU; dct is the "
+                "fastest strong method, nlm and aniso the classical ones")
+
+
+def _add_denoise(subparsers: argparse._SubParsersAction) -> None:
+    from ..tasks.enhance import DenoiseOptions
 
     parser = subparsers.add_parser(
         "denoise", help="remove noise (sliding-DCT and non-local means fusion, self-supervised network, model "
@@ -111,23 +116,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training; selfsup adds a small network trained on this volume alone (minutes on a CPU).")
     parser.add_argument("input", help="input volume (NRRD, NIfTI, MHA)")
     parser.add_argument("output", help="output volume")
-    parser.add_argument("--method", choices=DENOISE_METHODS, default="auto",
-                        help="auto (default): model if --model is given, else selfsup on a GPU and fusion on a "
-                        "CPU; dct is the fastest strong method, nlm and aniso the classical ones")
-    parser.add_argument("--strength", type=number_in(0.0, 2.0), default=1.0, metavar="X",
-                        help="0-2, default 1 (calibrated from the noise estimate); 0 leaves the volume unchanged")
+    strength = DenoiseOptions.knob("strength")
+    add_option_args(parser, DenoiseOptions, _DENOISE_KNOBS,
+                    types={"device": device_arg, "strength": number_in(strength.low, strength.high)},
+                    helps={"method": _METHOD_HELP},
+                    metavars={"strength": "X", "time_budget": "SECONDS",
+                              "modality": "|".join(c.upper() for c in DenoiseOptions.knob("modality").choices)})
     parser.add_argument("--mask", metavar="MASK", help="denoise only inside this label map (same grid); noise measured there")
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package (.json) for --method model (default: the bundled denoise_default)")
-    parser.add_argument("--modality", choices=("MR", "CT"), help="override the modality guess (MR: Rician noise, CT: Gaussian)")
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
     parser.add_argument("--training-steps", type=positive_int, metavar="N",
                         help="self-supervised training steps (default 200; fewer is faster and a little weaker)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="wall-clock budget: self-supervised training stops early to fit it (the report says what was cut)")
     add_output_args(parser)
     parser.set_defaults(func=_run_denoise)
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..tasks.enhance import BiasOptions, EnhanceOptions
+
+    _add_denoise(subparsers)
     parser = subparsers.add_parser(
         "bias", help="correct MR intensity shading (N4 bias field)",
         description="N4 bias-field correction (SimpleITK), fitted on a shrunk image and applied at full resolution.")
@@ -135,8 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="corrected volume (same grid and voxel type)")
     parser.add_argument("--mask", metavar="MASK", help="fit the field inside this label map (default: Otsu foreground)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
-    parser.add_argument("--shrink", type=positive_int, default=None, metavar="N",
-                        help="fit on an image shrunk N times per axis (default: the library's, 6; 1 is exact but slow)")
+    add_option_args(parser, BiasOptions, _BIAS_KNOBS, metavars={"shrink": "N"})
     add_output_args(parser)
     parser.set_defaults(func=_run_bias)
 
@@ -145,15 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Steps: bias[:SHRINK], denoise[:METHOD[:STRENGTH]], upsample:FACTOR[:METHOD].")
     parser.add_argument("input", help="input volume")
     parser.add_argument("output", help="output volume")
-    parser.add_argument("--steps", required=True, metavar="LIST", help="comma-separated, e.g. bias,denoise,upsample:2")
+    parser.add_argument("--steps", required=True, metavar="LIST", help=EnhanceOptions.knob("steps").help)
+    add_option_args(parser, EnhanceOptions, _ENHANCE_KNOBS[1:], types={"device": device_arg},
+                    metavars={"time_budget": "SECONDS"})
     parser.add_argument("--mask", metavar="MASK", help="tissue mask for the bias and denoise steps (same grid)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="write the bias step's field")
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package for denoise:model")
-    parser.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the self-supervised training (default: 0)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="wall seconds for the whole pipeline, checked on the clock: the denoise and upsample "
-                        "steps get what is left when they start")
     add_output_args(parser)
     parser.set_defaults(func=_run_enhance)
 

@@ -13,263 +13,130 @@ Why each step exists:
   falls back to the next safer method (``selfsup`` -> ``nlm`` -> ``aniso`` -> unchanged) and the report says
   what was implausible; an explicitly chosen method raises :class:`~MedSynthLib.errors.InputError` instead,
   so nothing implausible is ever written.
+* **result check**: the output is then checked like every task's (:func:`~MedSynthLib.checks.check_result`:
+  finite, within the input's plausible range), here and not in a front end, so the CLI, the Slicer panel,
+  ``MedSynthLogic.process`` and ``enhance`` get the same refusal.
+
+The methods themselves are one table (:mod:`._runners`): a name without a runner is an error.
 """
+
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 from typing import Any, Optional
 
 import numpy as np
 
-from ...budget import TimeBudget, cpu_threads, torch_threads
+from ...budget import TimeBudget
+from ...checks import check_result
 from ...engine import EngineReport, select_device
-from ...errors import InputError, check_whole_number
-from ...noise import NoiseEstimate, estimate_noise_array, otsu_foreground, rician_debias
+from ...errors import InputError
+from ...noise import NoiseEstimate, estimate_noise_array
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ...volume import THICK_SLICE_RATIO, Volume, mask_on_grid, validate_volume
+from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._enhance import (DENOISE_METHODS, DenoiseResult, MaskLike,
-                       _check_strength, _finish)
+from ._noise import working_noise
+from ._options import DenoiseOptions
+from ._results import DenoiseResult, MaskLike, finish_volume
+from ._runners import DenoiseRun, run_method
 
-__all__ = ["denoise", "AUTO_FALLBACKS"]
-
-log = logging.getLogger(__name__)
+__all__ = ["denoise", "choose_method", "AUTO_FALLBACKS"]
 
 #: What ``auto`` tries next when a method's result fails the plausibility check.
 AUTO_FALLBACKS = {"model": "fusion", "selfsup": "fusion", "fusion": "dct", "dct": "nlm", "nlm": "aniso",
                   "aniso": None}
 
 
-def _choose_method(method: str, volume: Volume, model: Any, device: str) -> str:
-    if method != "auto":
-        return method
-    if model is not None:
+def choose_method(options: DenoiseOptions) -> str:
+    """The method ``options.method`` names; for ``auto``: ``model`` with a package, ``selfsup`` on a GPU, else
+    ``fusion``."""
+    if options.method != "auto":
+        return options.method
+    if options.model is not None:
         return "model"
-    if select_device(device).type != "cpu":
+    if select_device(options.device).type != "cpu":
         return "selfsup"
     return "fusion"
 
 
-def _working_noise(noise: NoiseEstimate, method: str) -> tuple[NoiseEstimate, dict, list[str]]:
-    """The estimate the method is set from: the conservative (smaller) sigma when ``auto`` and the two disagree."""
-    check = dict(noise.details.get("cross_check") or {})
-    if not check:
-        return noise, {"cross_check": None, "branch": "single estimate",
-                       "why": "no second estimator applies to this volume"}, []
-    if noise.agree:
-        return noise, {"cross_check": check, "branch": "estimate",
-                       "why": f"{check['primary']} and {check['second']} agree within x{check['factor']:g}"}, []
-    line = (f"noise estimates disagree: {check['primary']} sigma {check['primary_sigma']:.4g}, {check['second']} "
-            f"sigma {check['second_sigma']:.4g} (x{check['ratio']:.2f}, more than x{check['factor']:g})")
-    if method != "auto":
-        return noise, {"cross_check": check, "branch": "estimate", "why": line + "; the method was chosen "
-                       "explicitly, so its usual estimate was used"}, [line]
-    used = dataclasses.replace(noise, sigma=noise.conservative_sigma)
-    why = f"{line}; auto used the smaller, {used.sigma:.4g}, which smooths less"
-    return used, {"cross_check": check, "branch": "conservative", "why": why}, [why]
+def _noise_hint(estimate: NoiseEstimate) -> Optional[str]:
+    """What an explicit method's refusal suggests when the two noise estimates disagree."""
+    if estimate.agree:
+        return None
+    return (f"the second noise estimate is {estimate.conservative_sigma:.4g}: --method auto would use it, or try "
+            f"--strength {max(0.1, round(estimate.conservative_sigma / max(estimate.sigma, 1e-12), 1)):g}")
 
 
-#: The methods that smooth the magnitude as it is; on Rician data their output is debiased by
-#: :func:`~MedSynthLib.noise.rician_debias` (``fusion`` and ``selfsup`` debias inside, where they fuse).
-SMOOTHERS = ("nlm", "aniso", "dct")
-
-
-def _run_method(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
-                progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    """One method on the float32 data; ``context`` holds the shared knobs (strength, mask, seed, ...).
-
-    One Rician policy for every method: magnitude data come back debiased (the smoothers here, the fusions
-    inside), so choosing a method never changes which quantity is estimated."""
-    values, details = _run_smoother_or_model(chosen, volume, data, noise, context, progress)
-    if chosen in SMOOTHERS:
-        rician = _is_rician(noise, data)
-        if rician:
-            values = rician_debias(values, noise.sigma)
-        details = {**details, "noise_model": "rician" if rician else "gaussian", "rician_debias": rician}
-    return values, details
-
-
-def _run_smoother_or_model(chosen: str, volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
-                           progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    strength, cancel = context["strength"], context["cancel"]
-    if chosen == "nlm":
-        from ._classical import denoise_nlm
-
-        return denoise_nlm(data, sigma=noise.sigma, strength=strength, progress=progress, cancel=cancel)
-    if chosen == "aniso":
-        from ._classical import aniso_iterations, denoise_aniso
-
-        relative = noise.sigma / max(abs(noise.signal), 1e-6)
-        return denoise_aniso(data, iterations=aniso_iterations(relative, strength), progress=progress, cancel=cancel)
-    if chosen == "model":
-        return _denoise_model(volume, context, progress)
-    if chosen in ("dct", "fusion"):
-        return _training_free(chosen, data, noise, context, progress)
-    return _selfsup(volume, data, noise, context, progress)
-
-
-def _is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
-    return noise.model == "rician" and bool(data.min() >= 0)  # a "magnitude" image with negative values is not one
-
-
-def _training_free(chosen: str, data: np.ndarray, noise: NoiseEstimate, context: dict,
-                   progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    """``dct`` or ``fusion`` (torch's CPU threads from the idle cores, as for the network methods)."""
-    from ._dct import DCT_DEFAULTS, denoise_dct, shaped_blocks
-    from ._sure import denoise_fusion
-
-    strength, cancel = context["strength"], context["cancel"]
-    threads = cpu_threads(requested=context["threads"])
-    spacing = context["spacing"]
-    with torch_threads(threads):
-        if chosen == "dct":
-            blocks = shaped_blocks(spacing, edge=DCT_DEFAULTS["patch"], step=DCT_DEFAULTS["step"])
-            values, details = denoise_dct(data, sigma=noise.sigma, strength=strength, progress=progress,
-                                          cancel=cancel, **blocks)
-        else:
-            foreground = context["mask"] if context["mask"] is not None else otsu_foreground(data)
-            report(progress, 0.0, "DCT and non-local means, SURE-weighted")
-            values, details = denoise_fusion(data, sigma=noise.sigma, rician=_is_rician(noise, data),
-                                             foreground=foreground, strength=strength, seed=context["seed"],
-                                             spacing=spacing, budget=context["budget"], cancel=cancel)
-    return values, {**details, "cpu_threads": threads}
-
-
-def _denoise_model(volume: Volume, context: dict, progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    from ...engine import run_slices
-    from ...models.package import LoadedModel, load_package
-    from ...network_inputs.denoise import (assemble_denoise_outputs, check_denoise_input_spec, make_denoise_inputs,
-                                           normalise_for_denoise)
-
-    model = context["model"]
-    if model is None:  # the shipped package, as fill's model method does
-        from ...models import bundled_package
-
-        model = bundled_package("denoise")
-        if model is None:
-            raise InputError("method 'model' needs a denoise model package (model=PATH, or --model); "
-                             "the bundled denoise_default is not installed")
-    loaded = model if isinstance(model, LoadedModel) else load_package(model, task="denoise")
-    spec = check_denoise_input_spec(loaded.metadata["input"], name=f"model package {loaded.info.name}")
-    axis = volume.slice_axis()
-    normalised, scale = normalise_for_denoise(volume.array)
-    inputs = make_denoise_inputs(normalised, axis=axis, context=spec)
-    outputs = run_slices(loaded.network, inputs, device=context["device"], batch_size=context["batch_size"],
-                         progress=progress, cancel=context["cancel"], report_to=context["engine_report"])
-    denoised = scale.inverse(assemble_denoise_outputs(outputs, axis=axis))
-    blend = min(context["strength"], 1.0)
-    original = volume.array.astype(np.float64)
-    values = original + blend * (denoised - original)
-    return values, {"package": loaded.info.name, "context": spec, "axis": int(axis), "blend": blend}
-
-
-def _selfsup(volume: Volume, data: np.ndarray, noise: NoiseEstimate, context: dict,
-             progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    from ._selfsup import SelfSupSettings, denoise_selfsup
-
-    steps = context["selfsup_options"].get("steps")
-    settings = SelfSupSettings() if steps is None else SelfSupSettings(steps=int(steps))
-    spacing = volume.spacing_kji
-    planar = max(spacing) > THICK_SLICE_RATIO * min(spacing)
-    axis = volume.slice_axis() if planar else 0
-    mask = context["mask"]
-    foreground = mask if mask is not None else otsu_foreground(data)
-    rician = _is_rician(noise, data)
-    moved = np.moveaxis(data, axis, 0)
-    on_cpu = select_device(context["device"]).type == "cpu"
-    threads = cpu_threads(requested=context["threads"]) if on_cpu else None
-    with torch_threads(threads):
-        values, details = denoise_selfsup(
-            np.ascontiguousarray(moved), sigma=noise.sigma, rician=rician,
-            foreground=np.ascontiguousarray(np.moveaxis(foreground, axis, 0)), planar=planar,
-            spacing=(spacing[axis], *(d for a, d in enumerate(spacing) if a != axis)),  # as the moved axes
-            strength=context["strength"], seed=context["seed"], device=context["device"], settings=settings,
-            budget=context["budget"], progress=progress, cancel=context["cancel"],
-            engine_report=context["engine_report"])
-    details.update(slice_axis=int(axis), noise_model="rician" if rician else "gaussian", cpu_threads=threads)
-    return np.moveaxis(values, 0, axis), details
-
-
-def _run_checked(volume: Volume, data: np.ndarray, first: str, noise: NoiseEstimate, context: dict,
-                 progress: Optional[ProgressCallback], requested: str) -> tuple[str, np.ndarray, dict, dict, list]:
+def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate: NoiseEstimate,
+                 progress: Optional[ProgressCallback]) -> tuple[str, np.ndarray, dict, dict, list]:
     """Run ``first`` and check it; ``auto`` walks :data:`AUTO_FALLBACKS` until a result is plausible.
 
     Returns (method used, values, its parameters, its check, the rejected attempts).
     """
-    foreground = context["mask"] if context["mask"] is not None else otsu_foreground(data)
+    check_sigma = min(float(run.noise.sigma), estimate.conservative_sigma)
+    foreground = run.foreground
     attempts: list[dict] = []
     method: Optional[str] = first
     while method is not None:
-        check_cancel(context["cancel"])
-        values, details = _run_method(method, volume, data, noise, context, progress)
-        output = _finish(volume, values, context["mask"]).array
-        verdict = check_removed_part(data, output, sigma=context["check_sigma"], foreground=foreground,
-                                     strength=context["strength"])
+        check_cancel(run.cancel)
+        values, details = run_method(method, options, run, progress)
+        output = finish_volume(run.volume, values, run.mask).array
+        verdict = check_removed_part(run.data, output, sigma=check_sigma, foreground=foreground,
+                                     strength=options.strength)
         if not verdict["failed"]:
             return method, values, details, verdict, attempts
-        if requested != "auto":
-            hint = context["noise_hint"] or "try --strength below 1 or a --mask of the tissue"
+        if options.method != "auto":
+            hint = _noise_hint(estimate) or "try --strength below 1 or a --mask of the tissue"
             raise InputError(f"denoise --method {method}: the result is implausible, nothing was written: "
-                             f"{verdict['failed'][0]} (noise sigma {noise.sigma:.4g}; {hint})")
+                             f"{verdict['failed'][0]} (noise sigma {run.noise.sigma:.4g}; {hint})")
         attempts.append({"method": method, "failed": verdict["failed"], "measures": verdict["measures"]})
         method = AUTO_FALLBACKS.get(method)
-    return "none", data, {}, {"failed": [], "measures": {}}, attempts
+    return "none", run.data, {}, {"failed": [], "measures": {}}, attempts
 
 
-#: What ``method_options`` may hold, per method (the grammar of ``fill_slices``'s ``method_options``).
-METHOD_OPTIONS = {"selfsup": ("steps",)}
-
-
-def _method_options(method_options: Optional[dict]) -> dict:
-    """The selfsup options, checked: ``{"selfsup": {"steps": N}}`` (training length, the name fill uses too)."""
-    options = dict(method_options or {})
-    unknown = sorted(set(options) - set(METHOD_OPTIONS))
-    if unknown:
-        raise InputError(f"method_options for denoise take {', '.join(METHOD_OPTIONS)}, got {', '.join(unknown)}")
-    selfsup = dict(options.get("selfsup") or {})
-    bad = sorted(set(selfsup) - set(METHOD_OPTIONS["selfsup"]))
-    if bad:
-        raise InputError(f"denoise selfsup options are {', '.join(METHOD_OPTIONS['selfsup'])}, got {', '.join(bad)}")
-    if selfsup.get("steps") is not None:
-        check_whole_number(selfsup["steps"], "selfsup steps", low=1, high=10**6)
-    return selfsup
-
-
-def _validate(volume: Volume, method: str, strength: float, modality: Optional[str], model: Any) -> float:
-    validate_volume(volume)
-    if method not in DENOISE_METHODS:
-        raise InputError(f"method must be one of {', '.join(DENOISE_METHODS)}, got {method!r}")
-    strength = _check_strength(strength)
-    if modality is not None and modality not in ("MR", "CT"):
-        raise InputError(f"modality must be MR or CT, got {modality!r}")
-    return strength
+def _denoised(chosen: str, options: DenoiseOptions, run: DenoiseRun, estimate: NoiseEstimate,
+              progress: Optional[ProgressCallback]) -> tuple[str, np.ndarray, dict, dict, list, list[str]]:
+    """The checked run of ``chosen`` (or the data unchanged when there is nothing to remove), with its warnings."""
+    if options.strength == 0 or run.noise.sigma <= 0:
+        return chosen, run.data, {}, {"failed": [], "measures": {}}, [], [
+            "strength 0: the volume was returned unchanged" if options.strength == 0 else
+            "no noise was measurable in this volume; it was returned unchanged"]
+    chosen, values, details, verdict, attempts = _run_checked(chosen, options, run, estimate,
+                                                              subrange(progress, 0.05, 1.0))
+    warnings = [f"auto: {a['method']} was rejected ({a['failed'][0]})" for a in attempts]
+    if chosen == "none":
+        warnings.append("auto: no method gave a plausible result; the volume was returned unchanged")
+    if chosen == "model" and options.strength > 1:
+        warnings.append("strength above 1 has no further effect with a model; 1 was used")
+    return chosen, values, details, verdict, attempts, warnings
 
 
 def denoise(
     volume: Volume,
+    options: Optional[DenoiseOptions] = None,
+    /,
     *,
-    method: str = "auto",
-    strength: float = 1.0,
     mask: MaskLike = None,
-    model: Any = None,
-    modality: Optional[str] = None,
-    device: str = "auto",
-    seed: int = 0,
-    method_options: Optional[dict] = None,
-    time_budget: Optional[float] = None,
-    threads: Optional[int] = None,
-    batch_size: int = 16,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    **knobs: Any,
 ) -> DenoiseResult:
     """Remove noise from ``volume``, keeping its grid and dtype (integer CT stays integer HU).
 
     Parameters
     ----------
     volume : Volume
+    options : DenoiseOptions, optional
+        Every knob (see :class:`DenoiseOptions`); keywords build the same object
+        (``denoise(volume, method="nlm")`` is ``denoise(volume, DenoiseOptions(method="nlm"))``), on top of
+        ``options`` when both are given. An unknown name is an error.
+    mask : ndarray or Volume, optional
+        Region to denoise (same grid); voxels outside stay bit-identical. The
+        noise is estimated inside it.
+
+    The knobs:
+
     method : {"auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso"}
         See :mod:`MedSynthLib.tasks.enhance`; ``auto`` picks ``model`` when ``model`` is given, ``selfsup`` on a
         GPU, else ``fusion``, and falls back to a safer method when a result fails the plausibility check.
@@ -279,9 +146,6 @@ def denoise(
         components), for ``dct`` the sigma, for
         ``nlm`` the filter parameter ``h``, for ``aniso`` the iterations; for
         ``model`` it blends output and input (values above 1 act as 1).
-    mask : ndarray or Volume, optional
-        Region to denoise (same grid); voxels outside stay bit-identical. The
-        noise is estimated inside it.
     model : path or LoadedModel, optional
         A denoise model package, for ``method="model"`` (default: the bundled ``denoise_default``).
     modality : {"MR", "CT"}, optional
@@ -303,6 +167,8 @@ def denoise(
         Torch CPU threads for the network methods; default: the cores idle now
         (:func:`~MedSynthLib.budget.cpu_threads`), because threads fighting another job for busy cores run
         several times slower than one.
+    batch_size : int
+        Slices per batch of the ``model`` method.
 
     Returns
     -------
@@ -311,56 +177,39 @@ def denoise(
     Raises
     ------
     InputError
-        Unknown method or method option, strength outside [0, 2], an empty mask or one on another grid, a bad
-        budget, or an explicit method whose result failed the plausibility check.
+        Unknown method, option or method option, strength outside [0, 2], an empty mask or one on another
+        grid, a bad budget, or an explicit method whose result failed the plausibility check.
+    ResultError
+        The output is not plausible (non-finite, far outside the input's range): nothing is returned.
     Cancelled
         ``cancel`` was set; the input is untouched.
     """
-    strength = _validate(volume, method, strength, modality, model)
-    selfsup_options = _method_options(method_options)
-    select_device(device)  # a named device that is absent is an error for every method, classical ones too
-    budget = TimeBudget(time_budget)
+    options = DenoiseOptions.build(options, **knobs)
+    validate_volume(volume)
+    select_device(options.device)  # a named device that is absent is an error for every method, classical ones too
+    budget = TimeBudget(options.time_budget)
     boolean_mask = mask_on_grid(volume, mask)
     start = time.perf_counter()
-    chosen = _choose_method(method, volume, model, device)
+    chosen = choose_method(options)
     check_cancel(cancel)
     report(progress, 0.0, "estimating noise")
-    estimate = estimate_noise_array(volume, mask=boolean_mask, modality=modality)
-    noise, noise_check, warnings = _working_noise(estimate, method)
-    engine_report = EngineReport(device_requested=str(device))
-    context = {"strength": strength, "mask": boolean_mask, "spacing": volume.spacing_kji, "model": model,
-               "device": device, "seed": int(seed),
-               "selfsup_options": selfsup_options, "threads": threads, "batch_size": batch_size, "budget": budget,
-               "check_sigma": min(float(noise.sigma), estimate.conservative_sigma),
-               "noise_hint": None if estimate.agree else f"the second noise estimate is "
-               f"{estimate.conservative_sigma:.4g}: --method auto would use it, or try --strength "
-               f"{max(0.1, round(estimate.conservative_sigma / max(estimate.sigma, 1e-12), 1)):g}",
-               "cancel": cancel, "engine_report": engine_report}
-    data = volume.array.astype(np.float32)
-    details: dict = {}
-    verdict: dict = {"failed": [], "measures": {}}
-    attempts: list = []
-    if strength == 0 or noise.sigma <= 0:
-        values = data
-        warnings.append("strength 0: the volume was returned unchanged" if strength == 0 else
-                        "no noise was measurable in this volume; it was returned unchanged")
-    else:
-        chosen, values, details, verdict, attempts = _run_checked(volume, data, chosen, noise, context,
-                                                                  subrange(progress, 0.05, 1.0), method)
-        warnings.extend(f"auto: {a['method']} was rejected ({a['failed'][0]})" for a in attempts)
-        if chosen == "none":
-            warnings.append("auto: no method gave a plausible result; the volume was returned unchanged")
-        if chosen == "model" and strength > 1:
-            warnings.append("strength above 1 has no further effect with a model; 1 was used")
+    estimate = estimate_noise_array(volume, mask=boolean_mask, modality=options.modality)
+    noise, noise_check, warnings = working_noise(estimate, options.method)
+    engine_report = EngineReport(device_requested=str(options.device))
+    run = DenoiseRun(volume=volume, data=volume.array.astype(np.float32), mask=boolean_mask, noise=noise,
+                     budget=budget, engine_report=engine_report, cancel=cancel)
+    chosen, values, details, verdict, attempts, notes = _denoised(chosen, options, run, estimate, progress)
+    warnings.extend(notes)
     warnings.extend(engine_report.fallbacks)
     warnings.extend(f"time budget: {cut}" for cut in budget.cuts)
     check_cancel(cancel)
-    output = _finish(volume, values, boolean_mask)
+    output = finish_volume(volume, values, boolean_mask)
+    check_result(volume, output, task=f"denoise ({chosen})")
     uses_device = chosen in ("selfsup", "model")
     result_report = {
-        "task": "denoise", "method": chosen, "method_requested": method, "strength": strength, "seed": int(seed),
-        "noise": estimate.as_dict(), "sigma_used": round(float(noise.sigma), 6), "noise_check": noise_check,
-        "plausibility": {**verdict, "rejected": attempts},
+        "task": "denoise", "method": chosen, "method_requested": options.method, "strength": options.strength,
+        "seed": options.seed, "noise": estimate.as_dict(), "sigma_used": round(float(noise.sigma), 6),
+        "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
         "device": engine_report.device_used if uses_device else "cpu",
         "engine": engine_report.as_dict() if uses_device else None, "parameters": details,
         "budget": budget.report(), "masked": boolean_mask is not None,

@@ -1,0 +1,146 @@
+"""``enhance``: steps in order (bias, denoise, upsample), all checked first, the result returned only when all ran.
+
+The top of the enhance house: it calls the public functions of the task (:func:`correct_bias`, :func:`denoise`,
+:func:`super_resolve`) with options objects built from each :class:`EnhanceStep` and what the pipeline shares.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Sequence, Union
+
+from ...budget import TimeBudget
+from ...checks import check_result
+from ...engine import select_device
+from ...errors import InputError
+from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ...volume import Volume, mask_on_grid, validate_volume
+from ..fill import UpsampleOptions
+from ._bias_task import BIAS_MARGIN, correct_bias
+from ._denoise import denoise
+from ._options import BiasOptions, DenoiseOptions, EnhanceOptions, EnhanceStep
+from ._results import EnhanceResult, MaskLike
+from ._superres import super_resolve
+
+__all__ = ["enhance"]
+
+Steps = Union[str, Sequence[Union[str, EnhanceStep]]]
+
+
+def _left(budget: TimeBudget) -> Optional[float]:
+    """What a step may spend: the pipeline budget's remainder (1 ms once it is spent, so the step cuts all it can),
+    None without a budget."""
+    if budget.seconds is None:
+        return None
+    return max(budget.remaining(), 1e-3)
+
+
+def _check_mask_order(steps: Sequence[EnhanceStep]) -> None:
+    """With a mask, no bias or denoise step may follow an upsample step (the grid changed)."""
+    upsampled = False
+    for step in steps:
+        if step.name == "upsample":
+            upsampled = True
+        elif upsampled:
+            raise InputError(f"step {step.label()} uses the mask but comes after an upsample step, which changes "
+                             "the grid; put upsample last")
+
+
+def _run_step(step: EnhanceStep, current: Volume, options: EnhanceOptions, mask: Any, budget: TimeBudget,
+              progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> Any:
+    """One step on ``current`` with its own options and the pipeline's device, seed, model and time left."""
+    if step.name == "bias":
+        return correct_bias(current, BiasOptions.build(**step.options), mask=mask, progress=progress, cancel=cancel)
+    shared = {"device": options.device, "seed": options.seed, "time_budget": _left(budget)}
+    if step.name == "denoise":
+        knobs = DenoiseOptions.build(**step.options, model=options.model, **shared)
+        return denoise(current, knobs, mask=mask, progress=progress, cancel=cancel)
+    return super_resolve(current, UpsampleOptions.build(**step.options, **shared), progress=progress, cancel=cancel)
+
+
+def _build_options(options: Union[EnhanceOptions, Steps, None], knobs: dict) -> EnhanceOptions:
+    """The options object; steps given in place of ``options`` (a string or a sequence) read as ``steps=``."""
+    if isinstance(options, (str, list, tuple)):
+        if "steps" in knobs:
+            raise InputError("give the steps once: as the second argument or as steps=, not both")
+        return EnhanceOptions.build(steps=options, **knobs)
+    return EnhanceOptions.build(options, **knobs)
+
+
+def enhance(
+    volume: Volume,
+    options: Union[EnhanceOptions, Steps, None] = None,
+    /,
+    *,
+    mask: MaskLike = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    **knobs: Any,
+) -> EnhanceResult:
+    """Run ``steps`` in order and return the result only when every step succeeded.
+
+    Parameters
+    ----------
+    volume : Volume
+    options : EnhanceOptions, str or sequence, optional
+        The pipeline's options (see :class:`EnhanceOptions`), or just its steps; keywords build the same object
+        (``enhance(volume, steps="bias,denoise:nlm", device="cpu")``).
+    mask : ndarray or Volume, optional
+        Tissue mask for ``bias`` and ``denoise`` (same grid). Such steps cannot
+        follow an ``upsample`` step when a mask is given (the grid changed).
+
+    The knobs:
+
+    steps : str or sequence
+        E.g. ``"bias,denoise:nlm"``, ``["bias", "denoise", "upsample:2"]`` or
+        ``[EnhanceStep("bias"), EnhanceStep("denoise", {"method": "nlm"})]``; see :func:`parse_steps`. All steps
+        are parsed and checked first.
+    model, device, seed
+        Passed to the denoise steps (device and seed to the upsample steps too).
+    time_budget : float, optional
+        Wall seconds for the whole pipeline, on the clock: each denoise and upsample step gets what is left
+        when it starts (its report's ``budget`` says what it cut); bias correction is not cut.
+
+    Returns
+    -------
+    EnhanceResult
+        The final volume, checked (:func:`~MedSynthLib.checks.check_result`; each step checks its own too);
+        nothing partial is ever returned: an error or a cancellation in any step raises and the input is
+        untouched.
+    """
+    options = _build_options(options, knobs)
+    validate_volume(volume)
+    select_device(options.device)  # absent: an error before the first step, whichever steps need a network
+    budget = TimeBudget(options.time_budget)
+    boolean_mask = mask_on_grid(volume, mask)
+    if boolean_mask is not None:
+        _check_mask_order(options.steps)
+    start = time.perf_counter()
+    current = volume
+    field_volume: Optional[Volume] = None
+    reports: list[dict] = []
+    count = len(options.steps)
+    for number, step in enumerate(options.steps):
+        check_cancel(cancel)
+        step_progress = subrange(progress, number / count, (number + 1) / count)
+        report(progress, number / count, f"step {number + 1}/{count}: {step.label()}")
+        outcome = _run_step(step, current, options, boolean_mask, budget, step_progress, cancel)
+        if step.name == "bias":
+            field_volume = outcome.field
+        current = outcome.volume
+        reports.append({"step": step.label(), **outcome.report})
+    check_cancel(cancel)
+    label = "+".join(s.label() for s in options.steps)
+    check_result(volume, current, task=f"enhance ({label})", margin=BIAS_MARGIN)
+    warnings = [f"{r['step']}: {w}" for r in reports for w in r.get("warnings", [])]
+    result_report = {
+        "task": "enhance",
+        "method": label,
+        "steps": reports,
+        "device": ",".join(sorted({str(r.get("device", "cpu")) for r in reports})),
+        "budget": budget.report(),
+        "seconds": round(time.perf_counter() - start, 3),
+        "warnings": warnings,
+    }
+    report(progress, 1.0, "enhance done")
+    return EnhanceResult(volume=current, field=field_volume, steps=tuple(reports), report=result_report)

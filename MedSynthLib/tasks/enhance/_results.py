@@ -1,0 +1,72 @@
+"""What the enhance functions return, and the one way they cast a result back: the bottom of the enhance house.
+
+Every module of the task may import this one; it imports none of them (and no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from ...intensity import restore_dtype
+from ...noise import NoiseEstimate
+from ...volume import Volume
+
+__all__ = ["MaskLike", "DenoiseResult", "BiasResult", "SuperResolveResult", "EnhanceResult", "finish_volume"]
+
+#: A mask as a caller gives it: an array or a Volume on the same grid, or None (the task decides).
+MaskLike = Union[np.ndarray, Volume, None]
+
+
+@dataclass(frozen=True)
+class DenoiseResult:
+    """A denoised volume (same grid and dtype as the input), the noise estimate and a report."""
+
+    volume: Volume
+    noise: NoiseEstimate
+    report: dict
+
+
+@dataclass(frozen=True)
+class BiasResult:
+    """The bias-corrected volume and the multiplicative field (float32, geometric mean 1 in the mask).
+
+    Unpacks as ``corrected, field = correct_bias(volume)``.
+    """
+
+    volume: Volume
+    field: Volume
+    report: dict
+
+    def __iter__(self) -> Iterator[Volume]:
+        return iter((self.volume, self.field))
+
+
+@dataclass(frozen=True)
+class SuperResolveResult:
+    """A volume upsampled through-plane (new slice spacing, same physical extent of the original slices)."""
+
+    volume: Volume
+    report: dict
+
+
+@dataclass(frozen=True)
+class EnhanceResult:
+    """The output of a whole pipeline; ``field`` is the last bias step's field, if any."""
+
+    volume: Volume
+    field: Optional[Volume]
+    steps: tuple[dict, ...]
+    report: dict
+
+
+def finish_volume(volume: Volume, values: np.ndarray, mask: Optional[np.ndarray], *, clip: bool = True) -> Volume:
+    """Cast back to the input's dtype (clipped to its range); voxels outside ``mask`` kept bit for bit."""
+    array = volume.array
+    bounds = (float(array.min()), float(array.max())) if clip else None
+    out = restore_dtype(values, array.dtype, clip=bounds)
+    if mask is not None:
+        out = np.where(mask, out, array)
+    return Volume(out, volume.ijk_to_ras.copy())
