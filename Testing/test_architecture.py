@@ -1,6 +1,6 @@
 """The house rules of docs/architecture.md, as tests that fail when a rule is broken.
 
-Import rules (what each package may import) and size limits (no function body over 80 lines, no file over
+Import rules (what each package may import, and no import circle among MedSynthLib's modules) and size limits (no function body over 80 lines, no file over
 500 lines, at most 10 parameters for a private function and 10 positional ones for a public one; keyword-only
 task options of a public function are its documented knobs and do not count). ``KNOWN_OVERSIZE`` lists what
 still breaks a size limit, each entry to be removed when it is split: an entry that no longer breaks the
@@ -51,21 +51,31 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _package_of(path: Path) -> list[str]:
+    """The package a relative import in ``path`` is resolved against."""
+    package = _module_name(path).split(".")
+    return package if path.name == "__init__.py" else package[:-1]
+
+
+def _from_base(node: ast.ImportFrom, package: list[str]) -> str:
+    """The absolute module of ``from BASE import ...`` (relative imports resolved)."""
+    base = node.module or ""
+    if node.level:
+        anchor = package[: len(package) - node.level + 1]
+        base = ".".join(anchor + ([base] if base else []))
+    return base
+
+
 def _imports(path: Path) -> list[str]:
     """Absolute names of every module ``path`` imports (relative imports resolved), names imported included."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = _module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
+    package = _package_of(path)
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
+            base = _from_base(node, package)
             names.append(base)
             names += [f"{base}.{alias.name}" for alias in node.names]
     return names
@@ -177,3 +187,85 @@ def test_the_tasks_public_names_import_from_one_place(name):
     import MedSynthLib.tasks as tasks
 
     assert name in tasks.__all__ and callable(getattr(tasks, name))
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """MedSynthLib module -> the MedSynthLib modules it imports, at module level or inside a function.
+
+    ``from PACKAGE import name`` is an edge to ``PACKAGE.name`` when that is a module, else to ``PACKAGE``
+    (its ``__init__``); a package's lazy exports (``MedSynthLib._lazy``) import on first use, not at import.
+    """
+    modules = {_module_name(path): path for path in _python_files("MedSynthLib")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = _package_of(path)
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = _from_base(node, package)
+                for alias in node.names:
+                    target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    if target in modules:
+                        targets.add(target)
+        graph[name] = targets - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_house_has_no_import_circle():
+    """No two MedSynthLib modules import each other, directly or through others (function-level imports count:
+    a circle broken only by a late import is still one concern split in two)."""
+    graph = _import_graph()
+    assert graph["MedSynthLib.tasks.enhance._pipeline"] >= {"MedSynthLib.tasks.enhance._denoise"}  # the graph sees
+    assert "MedSynthLib.tasks.enhance._bias" in graph["MedSynthLib.tasks.enhance._bias_task"]  # `from . import _bias`
+    circles = _cycles(graph)
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_cycle_finder_finds_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e2"}, "e2": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"x": {"y"}, "y": set()}) == []
