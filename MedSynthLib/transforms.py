@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Hashable, Mapping, Optional, Sequence
+from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,34 +21,37 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
 from .errors import InputError
+from .tasks.lesion import LesionOptions
 from .volume import Volume
 
-__all__ = ["RandSyntheticLesiond", "META_KEY"]
+__all__ = ["RandSyntheticLesiond", "META_KEY", "TRANSFORM_LESION"]
 
 logger = logging.getLogger(__name__)
 
 #: Meta-dict key (image and label) holding a JSON record of what the transform did.
 META_KEY = "medsynth_synthetic_lesions"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: The transform's lesion options unless given: one lesion per sample, 2 mm apart (patches are small).
+TRANSFORM_LESION = {"count": 1, "min_spacing_mm": 2.0}
 
 
-def _coarse_auto_region(image: Volume, preset: Optional[str], modality: Optional[str]) -> Optional[np.ndarray]:
-    """The automatic region (white matter on MR, lungs on CT, or the preset's) found at half resolution.
+def _coarse_auto_region(image: Volume, options: LesionOptions) -> Optional[np.ndarray]:
+    """The automatic region of ``options`` (``LesionOptions.region_tissue``: white matter on MR, lungs on CT, or
+    the preset's or named tissue) found at half resolution.
 
     Finding the region costs about 0.3 s on a 128^3 patch at full resolution, more than the lesion itself; it
     only decides where centres may go, so a 2x coarser grid (8x fewer voxels) is as good a guide. None when
     nothing is found (``insert_lesions`` then looks at full resolution and says why if it fails too).
     """
     from .intensity import guess_modality
-    from .tasks.lesion import PRESETS, auto_region
+    from .tasks.lesion import auto_region
 
-    found = (modality or "").upper() or guess_modality(image)
-    kind = PRESETS[preset].region if preset in PRESETS else ("lung" if found == "CT" else "white-matter")
+    tissue = options.region_tissue(options.modality or guess_modality(image))
     matrix = image.ijk_to_ras.copy()
     matrix[:3, :3] *= 2.0
     coarse = Volume(np.ascontiguousarray(image.array[::2, ::2, ::2]), matrix)
     try:
-        small = auto_region(coarse, kind)
+        small = auto_region(coarse, tissue)
     except InputError:
         return None
     full = small.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
@@ -117,27 +120,27 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
     keys : (image key, label key)
         Channel-first one-channel tensors (``MetaTensor``: its affine is used; a plain
         tensor is taken as 1 mm voxels). The label key may be absent from ``keys`` when ``mask_key`` is given.
-    preset : str, optional
-        A lesion preset (``medsynth lesion --list-presets``); its modality is checked, so
-        apply CT presets before intensity scaling (the image in HU).
     prob : float
         Chance that a sample gets lesions.
-    count : int
-        Lesions per sample.
-    size_mm, contrast : float, optional
-        Override the preset's draws.
     region : "auto" or a key
-        Where lesions may go: ``"auto"`` (white matter on MR, lungs on CT) or the key of a
-        mask in the data dict (faster, and right for patches: a brain or organ mask).
+        Where lesions may go: ``"auto"`` (the options' automatic region: the preset's tissue, white matter on
+        MR, lungs on CT, or the tissue named by the ``region`` option) or the key of a mask in the data dict
+        (faster, and right for patches: a brain or organ mask).
     lesion_label : int
         Class id of the synthetic lesion in the label (default 1: the class of real lesions,
         so real and synthetic lesions train one class). Existing labels are kept (moved
         with any mass effect) and the lesion (with its core) is written on top.
     mask_key : str, optional
         Write the lesion mask (0/1) to this key instead, leaving the label as it is.
-    options : mapping, optional
-        Further :func:`~MedSynthLib.tasks.lesion.insert_lesions` keywords (``min_spacing_mm``,
-        ``modality``, ``shape_model``, ``appearance_model``, ...).
+    options : LesionOptions or mapping, optional
+        The lesions (:class:`~MedSynthLib.tasks.lesion.LesionOptions`, as ``insert_lesions`` takes them);
+        a mapping goes on top of :data:`TRANSFORM_LESION` (one lesion, 2 mm apart).
+    **knobs
+        Fields of ``LesionOptions`` on top of ``options``: ``preset`` (its modality is checked, so apply CT
+        presets before intensity scaling: the image in HU; ``"auto"``: by modality), ``count``, ``size_mm``,
+        ``contrast``, ``min_spacing_mm``, ``modality``, ``shape_model``, ``appearance_model``...
+        Built and checked once, here: a bad or unknown option raises :class:`~MedSynthLib.errors.InputError`
+        at construction, as ``insert_lesions`` and ``augment`` refuse it.
 
     Notes
     -----
@@ -152,17 +155,22 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
     ``preset``, ``window_xyz`` (voxel ranges of the window in the tensor's x, y, z), the resolved specs and the lesion volumes in mL.
     """
 
-    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, preset: Optional[str] = None,
-                 prob: float = 0.5, count: int = 1, size_mm: Optional[float] = None, contrast: Optional[float] = None,
-                 region: str = "auto", lesion_label: int = 1, mask_key: Optional[str] = None,
-                 options: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), *, prob: float = 0.5, region: str = "auto",
+                 lesion_label: int = 1, mask_key: Optional[str] = None,
+                 options: Union[LesionOptions, Mapping[str, Any], None] = None, **knobs: Any) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
         if len(self.keys) not in (1, 2) or (len(self.keys) == 1 and mask_key is None):
             raise InputError("keys must be (image key, label key), or (image key,) with mask_key")
-        self.preset, self.count, self.size_mm, self.contrast = preset, int(count), size_mm, contrast
+        if not isinstance(options, LesionOptions):
+            given = {**dict(options or {}), **knobs}
+            placed = given.get("specs") is not None or given.get("centres") is not None
+            options = {**({} if placed else TRANSFORM_LESION), **dict(options or {})}
+        self.options = LesionOptions.build(options, **knobs)
+        if self.options.count is None:
+            raise InputError("RandSyntheticLesiond places lesions at random in every sample: give count, "
+                             "not specs or centres")
         self.region, self.lesion_label, self.mask_key = region, int(lesion_label), mask_key
-        self.options = dict(options or {})
         self._warned = False
 
     def randomize(self, data: Any = None) -> None:
@@ -191,16 +199,14 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         if self.region != "auto":
             mask = _volume(data[self.region], np.eye(4), f"region {self.region!r}").array != 0
         else:
-            mask = _coarse_auto_region(image, self.preset, self.options.get("modality"))
-        kwargs = {"min_spacing_mm": 2.0, **self.options}
+            mask = _coarse_auto_region(image, self.options)
         error: Optional[InputError] = None
         for window in self._windows(image.array.shape, mask):
+            changes: dict[str, Any] = {"seed": self._seed, "labels": None if labels is None else _crop(labels, window)}
+            if mask is not None:
+                changes["region"] = mask[window]
             try:
-                result = insert_lesions(
-                    _crop(image, window), count=self.count, region="auto" if mask is None else mask[window],
-                    preset=self.preset, seed=self._seed, size_mm=self.size_mm, contrast=self.contrast,
-                    labels=None if labels is None else _crop(labels, window), **kwargs)
-                return result, window
+                return insert_lesions(_crop(image, window), self.options, **changes), window
             except InputError as failure:  # no room in the window: the whole patch next
                 error = failure
         raise error  # type: ignore[misc]
@@ -210,7 +216,7 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         self.randomize()
         image_key = self.keys[0]
         label_key = self.keys[1] if len(self.keys) == 2 else None
-        record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.preset}
+        record: dict[str, Any] = {"applied": False, "seed": self._seed, "preset": self.options.preset}
         affine = _ras_affine(d[image_key])
         image = _volume(d[image_key], affine, f"image {image_key!r}")
         labels = None if label_key is None else _volume(d[label_key], affine, "label")

@@ -65,7 +65,7 @@ def test_labels_exact_and_meta_records_what_was_done():
     existing = Volume(np.asarray(sample["label"])[0], source.ijk_to_ras)
     from MedSynthLib.transforms import _coarse_auto_region  # "auto": found at half resolution, then placed
 
-    region = _coarse_auto_region(source, "mr-metastasis", None)
+    region = _coarse_auto_region(source, transform.options)
     assert region is not None and region.shape == source.array.shape
     again = insert_lesions(source, count=1, preset="mr-metastasis", seed=record["seed"], size_mm=6.0,
                            region=region, min_spacing_mm=2.0, labels=existing)
@@ -165,3 +165,29 @@ def test_cost_bounded_by_a_window_nothing_outside_it_changes():
     assert np.array_equal(label[window] == 1, np.isin(again.labels.array, (1, 2)))
     assert not label[outside].any()
     assert wm[tuple(np.rint(volume.ras_points_to_ijk(again.specs[0].centre_ras)[::-1]).astype(int))]
+
+
+@pytest.mark.parametrize("knobs", [{"size_mm": 1000.0}, {"preset": "mr-nothing"}, {"count": 0}, {"sizemm": 3.0},
+                                   {"modality": "PET"}])
+def test_bad_options_raise_at_construction_with_augments_refusal(tmp_path, knobs):
+    """The transform builds the same LesionOptions as insert_lesions and augment: the same value, the same words."""
+    from MedSynthLib.augment import augment
+    from MedSynthLib.errors import InputError
+
+    with pytest.raises(InputError) as transform_error:
+        RandSyntheticLesiond(keys=("image", "label"), prob=1.0, **knobs)
+    with pytest.raises(InputError) as augment_error:
+        augment(tmp_path / "nothing", tmp_path / "d", lesion=knobs)
+    assert str(transform_error.value) == str(augment_error.value)
+    with pytest.raises(InputError, match="give count, not specs or centres"):
+        RandSyntheticLesiond(keys=("image", "label"), centres=[(0, 0, 0)])
+
+
+def test_options_object_is_carried_as_given():
+    from MedSynthLib.tasks.lesion import LesionOptions
+
+    options = LesionOptions(count=2, preset="mr-wmh", min_spacing_mm=3.0)
+    assert RandSyntheticLesiond(keys=("image", "label"), options=options).options is options
+    assert RandSyntheticLesiond(keys=("image", "label"), options=options, size_mm=6.0).options == options.replace(size_mm=6.0)
+    defaults = RandSyntheticLesiond(keys=("image", "label")).options
+    assert (defaults.count, defaults.min_spacing_mm, defaults.preset) == (1, 2.0, None)
