@@ -32,8 +32,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Heavy packages (torch, MONAI, MedSynthLib's tasks) are imported at first use, never here:
-# opening Slicer must not wait for them, and they may not be installed yet.
+# Heavy packages (torch, MONAI, the tasks' methods) are imported at first use, never here: opening Slicer must
+# not wait for them, and they may not be installed yet. The task packages export lazily, so importing them (and
+# their torch-free options classes, which the panel reads its choices from) costs nothing.
 from MedSynthLib.errors import Cancelled, InputError
 from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, panel_settings, result_line
 from MedSynthSlicerLib.task_request import ProcessResult, TaskOutcome, request_for
