@@ -301,3 +301,57 @@ def test_cli_writes_a_dataset_and_shares_the_lesion_options(cohort, tmp_path):
     shared = {"--preset", "--count", "--region", "--size", "--contrast", "--seed", "--min-spacing", "--modality",
               "--shape-model", "--appearance-model", "--appearance-steps", "--device"}
     assert shared <= options["lesion"] and shared <= options["augment"]
+
+
+# ---- the options: the library's LesionOptions inside one AugmentOptions --------------------------------
+def test_default_fingerprint_is_unchanged_so_existing_datasets_resume():
+    """The fingerprint that dataset.json records (and a rerun compares) is what it was before AugmentOptions."""
+    from MedSynthLib.augment import AugmentOptions
+
+    options = AugmentOptions.build(seed=SEED, lesion=OPTIONS, lesion_label=1)
+    expected = {"format": "medsynth-augment-1", "seed": 3, "preset": "auto", "count": 1, "size_mm": 6.0,
+                "contrast": None, "region": "auto", "min_spacing_mm": 5.0, "modality": None, "shape_model": None,
+                "appearance_model": None, "appearance_steps": 20, "lesion_label": 1, "oedema_label": None}
+    fingerprint = options.fingerprint()
+    assert fingerprint == expected and list(fingerprint) == list(expected)  # dataset.json keeps its bytes
+    from MedSynthLib.tasks.lesion import LesionOptions
+
+    given = AugmentOptions.build(seed=SEED, lesion=LesionOptions(count=1, preset="auto", size_mm=6), lesion_label=1)
+    assert given.fingerprint() == expected  # an object without a region: the automatic one, said so
+
+
+def test_every_lesion_option_is_in_the_fingerprint_or_fixed_for_a_cohort():
+    """A new LesionOptions field must decide whether it changes the bytes (fingerprint) or is refused/fixed."""
+    from dataclasses import fields
+
+    from MedSynthLib.augment._options import _FINGERPRINT_LESION
+    from MedSynthLib.tasks.lesion import LesionOptions
+
+    fixed = {"device", "seed", "label_mode", "specs", "centres", "region_mask", "labels"}
+    assert {f.name for f in fields(LesionOptions)} == set(_FINGERPRINT_LESION) | fixed
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"lesion": {"size_m": 6}}, "unknown option 'size_m'; the options are preset"),
+    ({"lesion": {"size_mm": 1000}}, "size mm must be a number in [0.5, 300], got 1000"),
+    ({"lesion": {"oedema_label": 7}}, "oedema_label is an option of augment itself"),
+    ({"lesion": {"specs": [{"diameter_mm": 5}]}}, "give count, not specs or centres"),
+    ({"lesion": {"label_mode": "instances"}}, "label_mode must be classes"),
+    ({"lesion": {"seed": 4}}, "give seed to augment"),
+    ({"variants": 0}, "variants must be a number in [1, 10000], got 0"),
+    ({"lesion_label": 4, "oedema_label": 4}, "the oedema label must differ"),
+    ({"jobs": 2, "job": 3}, "unknown option 'job'"),
+])
+def test_bad_options_are_refused_before_anything_is_written(cohort, tmp_path, knobs, message):
+    with pytest.raises(InputError) as caught:
+        augment(cohort / "cohort.csv", tmp_path / "d", **knobs)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "d").exists()
+
+
+def test_options_object_and_keywords_are_one_run(cohort, serial, tmp_path):
+    from MedSynthLib.augment import AugmentOptions
+
+    options = AugmentOptions.build(variants=2, seed=SEED, lesion=OPTIONS)
+    result = augment(cohort / "cohort.csv", tmp_path / "dataset", options)
+    assert result.written == 6 and _outputs(tmp_path / "dataset") == _outputs(serial)

@@ -101,7 +101,6 @@ def test_list_presets(capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--preset", "nope", "--count", "1"], "unknown preset"),
     (["--at", "9999,0,0"], "outside the volume"),
     (["--count", "1", "--at", "0,0,0"], "exactly one"),
     (["--preset", "ct-nodule-solid", "--count", "1"], "Hounsfield"),
@@ -126,6 +125,45 @@ def test_region_on_another_grid_and_missing_labels(tmp_path, mr_file, capsys):
     assert main(["lesion", str(path), str(tmp_path / "o.nrrd"), "--count", "1"]) == 2
     assert "--labels" in capsys.readouterr().err
     assert not (tmp_path / "o.nrrd").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "nope", "--count", "1"], "--preset: invalid choice: 'nope' (choose from 'auto', 'mr-wmh'"),
+    (["--count", "1", "--label-mode", "pixels"], "--label-mode: invalid choice: 'pixels'"),
+    (["--count", "1", "--size", "400"], "size mm must be a number in [0.5, 300], got 400.0"),
+    (["--count", "0"], "count must be a number in [1, 1000], got 0"),
+    (["--count", "1", "--region", "nowhere.nrrd"], "nowhere.nrrd"),
+])
+def test_option_values_are_refused_in_the_options_words(tmp_path, mr_file, capsys, extra, message):
+    """The flags take their choices and ranges from LesionOptions: refused in one line, exit 2, nothing written."""
+    path, _ = mr_file
+    out, labels = tmp_path / "o.nrrd", tmp_path / "l.nrrd"
+    try:
+        code = main(["lesion", str(path), str(out), "--labels", str(labels), *extra])
+    except SystemExit as stop:  # argparse's own refusal (a choice)
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and not labels.exists()
+
+
+def test_the_flags_come_from_the_options():
+    from MedSynthLib.cli import build_parser
+    from MedSynthLib.cli.common import options_from_args
+    from MedSynthLib.tasks.lesion import LesionOptions
+
+    parser = build_parser()
+    lesion = parser._subparsers._group_actions[0].choices["lesion"]
+    actions = {a.dest: a for a in lesion._actions}
+    for name in ("preset", "label_mode"):
+        assert tuple(actions[name].choices) == LesionOptions.knob(name).choices
+    assert LesionOptions.knob("label_mode").help in actions["label_mode"].help
+    args = parser.parse_args(["lesion", "in.nrrd", "out.nrrd", "--count", "2"])
+    from MedSynthLib.cli.lesion import lesion_knobs
+
+    built = options_from_args(LesionOptions, args, ("seed", "label_mode"), **lesion_knobs(args))
+    assert built == LesionOptions(count=2)  # absent flags: the options' own defaults
 
 
 def test_bad_coordinate_is_a_usage_error(tmp_path, mr_file, capsys):

@@ -7,7 +7,6 @@ picklable :class:`OutputTask`, never raises for a bad case (it returns a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -20,42 +19,18 @@ import numpy as np
 
 from ..errors import InputError, MedSynthError
 from ..io import read_volume, write_volume
+from ..tasks.lesion import LesionOptions
 from ..volume import Volume
 from ._inputs import Case, file_sha256
 from ._layout import image_path, label_path, replace_atomically, temporary_name
+from ._options import AugmentOptions
 
-__all__ = ["LesionOptions", "OutputTask", "run_output", "limit_threads", "AUTO_PRESETS"]
-
-#: ``--preset auto``: the preset used for each modality.
-AUTO_PRESETS = {"CT": "ct-nodule-solid", "MR": "mr-metastasis"}
+__all__ = ["OutputTask", "run_output", "limit_threads", "region_is_name"]
 
 
-@dataclass(frozen=True)
-class LesionOptions:
-    """The lesion options of a run (those of ``medsynth lesion`` that make sense for a cohort)."""
-
-    preset: Optional[str] = "auto"
-    count: int = 1
-    size_mm: Optional[float] = None
-    contrast: Optional[float] = None
-    region: Optional[str] = "auto"
-    min_spacing_mm: float = 5.0
-    modality: Optional[str] = None
-    shape_model: Optional[str] = None
-    appearance_model: Optional[str] = None
-    appearance_steps: int = 20
-    device: str = "auto"
-    lesion_label: Optional[int] = None  #: None: one more than the largest id in the sources' labels
-    oedema_label: Optional[int] = None
-
-    def fingerprint(self, seed: int) -> dict[str, Any]:
-        """What decides the outputs' bytes (the device does not): a rerun with another fingerprint is refused."""
-        data = dataclasses.asdict(self)
-        data.pop("device")
-        for key in ("shape_model", "appearance_model"):
-            if data[key]:
-                data[key] = {"name": Path(data[key]).name, "sha256": file_sha256(data[key])}
-        return {"format": "medsynth-augment-1", "seed": int(seed), **data}
+def region_is_name(region: str) -> bool:
+    """A manifest's region that names a tissue (``auto``, ``lung``...) rather than a label map's path."""
+    return str(region).strip().lower() in LesionOptions.knob("region").choices
 
 
 @dataclass(frozen=True)
@@ -66,7 +41,7 @@ class OutputTask:
     variant: int
     seed: int
     root: str
-    options: LesionOptions
+    options: AugmentOptions
     source_sha256: str = ""
     inputs_sha256: str = ""
     threads: Optional[int] = None
@@ -98,7 +73,9 @@ def _dask_worker_threads() -> Optional[int]:
     return max(1, (os.cpu_count() or 1) // max(1, int(nthreads)))
 
 
-def _read_inputs(case: Case, options: LesionOptions) -> tuple[Volume, Optional[Volume], Any]:
+def _read_inputs(case: Case, options: AugmentOptions) -> tuple[Volume, Optional[Volume], Any]:
+    """The case's image, its label map (ids checked against the synthetic ones) and its region (a label map
+    read from the manifest's path, a tissue name, or None for the run's region)."""
     volume = read_volume(case.image)
     labels = None
     if case.label:
@@ -113,21 +90,13 @@ def _read_inputs(case: Case, options: LesionOptions) -> tuple[Volume, Optional[V
         if clash:
             raise InputError(f"label {Path(case.label).name} already uses id {clash[0]}, the synthetic lesions' id; "
                              "choose another --lesion-label")
-    region = case.region or options.region
-    if region and region != "auto":
+    region = case.region or None
+    if region is not None and not region_is_name(region):
         region = read_volume(region)
     return volume, labels, region
 
 
-def _preset_for(case: Case, options: LesionOptions, volume: Volume) -> tuple[Optional[str], str]:
-    from ..intensity import guess_modality
-
-    modality = (options.modality or guess_modality(volume)).upper()
-    preset = case.preset or options.preset
-    return (AUTO_PRESETS.get(modality, "mr-metastasis") if preset == "auto" else preset), modality
-
-
-def _compose_labels(result, labels: Optional[Volume], options: LesionOptions) -> np.ndarray:
+def _compose_labels(result, labels: Optional[Volume], options: AugmentOptions) -> np.ndarray:
     """Existing labels (moved by any mass effect), synthetic oedema where unlabelled, synthetic lesion on top."""
     synthetic = result.labels.array
     base = (np.zeros(synthetic.shape, np.int64) if labels is None
@@ -143,13 +112,12 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
 
     case, options, root = task.case, task.options, Path(task.root)
     volume, labels, region = _read_inputs(case, options)
-    preset, modality = _preset_for(case, options, volume)
-    result = insert_lesions(
-        volume, count=options.count, region=region, preset=preset, seed=task.seed, size_mm=options.size_mm,
-        contrast=options.contrast, min_spacing_mm=options.min_spacing_mm, labels=labels, modality=options.modality,
-        shape_model=options.shape_model, appearance_model=options.appearance_model,
-        appearance_steps=options.appearance_steps, device=options.device,
-    )
+    changes: dict[str, Any] = {"seed": task.seed, "labels": labels}
+    if case.preset:
+        changes["preset"] = case.preset
+    if region is not None:
+        changes["region"] = region
+    result = insert_lesions(volume, options.lesion, **changes)
     label_array = _compose_labels(result, labels, options)
     metadata = provenance_metadata(result)
     name = f"{case.name}_v{task.variant:03d}"
@@ -160,7 +128,7 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
     existing = [] if labels is None else sorted(int(v) for v in np.unique(result.moved_labels.array) if v)
     row = {
         "status": "ok", "image": finals[0].relative_to(root).as_posix(), "label": finals[1].relative_to(root).as_posix(),
-        "preset": preset, "modality": modality,
+        "preset": result.report["preset"], "modality": result.report["modality"],
         "specs": json.dumps([s.as_dict() for s in result.specs], separators=(",", ":")),
         "lesion_ml": json.dumps([lesion["volume_ml"] for lesion in result.report["lesions"]]),
         "label_ids": json.dumps(existing),

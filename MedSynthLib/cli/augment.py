@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import positive_int
-from .lesion import add_lesion_options
+from ..augment import COHORT_LESION, AugmentOptions
+from ..tasks.lesion import LesionOptions
+from .common import add_option_args, options_from_args
+from .lesion import add_lesion_options, lesion_knobs
 
 __all__ = ["register"]
 
@@ -35,18 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", metavar="INPUT", help="folder of volumes, glob pattern, or CSV manifest "
                         "(image[,label][,region][,preset])")
     parser.add_argument("output", metavar="OUTPUT_DIR", help="dataset folder to write (or resume)")
-    parser.add_argument("--variants", type=positive_int, default=1, metavar="N",
-                        help="synthetic versions per scan (default: %(default)s)")
-    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                        help="worker processes on this machine, each with its share of the cores (default: %(default)s)")
+    add_option_args(parser, AugmentOptions, ("variants", "jobs"), metavars={"variants": "N", "jobs": "N"})
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask distributed cluster (e.g. tcp://host:8786; "
                         "needs medsynth[distributed]); OUTPUT_DIR must be on a file system the workers share")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad scan instead of recording it and going on")
-    parser.add_argument("--lesion-label", type=positive_int, metavar="ID",
-                        help="class id of the synthetic lesions (default: one more than the largest id in the input labels, 1 without)")
-    parser.add_argument("--oedema-label", type=positive_int, metavar="ID",
-                        help="class id of synthetic oedema (default: oedema is not labelled)")
-    add_lesion_options(parser, cohort=True)
+    parser.add_argument("--strict", action="store_true", help=AugmentOptions.knob("strict").help)
+    add_option_args(parser, AugmentOptions, ("lesion_label", "oedema_label", "seed"),
+                    metavars={"lesion_label": "ID", "oedema_label": "ID"})
+    add_lesion_options(parser, defaults=COHORT_LESION)
+    add_option_args(parser, LesionOptions, ("region",), helps={"region": (
+        f"{LesionOptions.knob('region').help}; per-scan masks come from the manifest's region column "
+        f"(default: {COHORT_LESION['region']})")})
     parser.set_defaults(func=_run)
 
 
@@ -54,16 +54,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..augment import augment
     from ..errors import Cancelled
 
-    lesion = {
-        "preset": args.preset, "count": args.count, "size_mm": args.size, "contrast": args.contrast,
-        "region": args.region, "min_spacing_mm": args.min_spacing, "modality": args.modality,
-        "shape_model": args.shape_model, "appearance_model": args.appearance_model,
-        "appearance_steps": args.appearance_steps, "device": args.device,
-        "lesion_label": args.lesion_label, "oedema_label": args.oedema_label,
-    }
+    options = options_from_args(AugmentOptions, args, ("variants", "jobs", "seed", "lesion_label", "oedema_label"),
+                                scheduler=args.scheduler, strict=args.strict,
+                                lesion=LesionOptions.build(COHORT_LESION, **lesion_knobs(args)))
     try:
-        result = augment(args.input, args.output, variants=args.variants, seed=args.seed, lesion=lesion,
-                         jobs=args.jobs, scheduler=args.scheduler, strict=args.strict, progress=not args.quiet)
+        result = augment(args.input, args.output, options, progress=not args.quiet)
     except (KeyboardInterrupt, Cancelled):
         print(f"medsynth: cancelled; every output in {args.output}/manifest.csv is complete: "
               "run the same command again to finish", file=sys.stderr)

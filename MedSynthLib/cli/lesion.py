@@ -19,19 +19,28 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..io import read_volume, write_segmentation, write_volume
 from ..lesion_segments import segment_descriptions
+from ..options import Knob
 from ..progress import ProgressCallback, subrange
+from ..tasks.lesion import LesionOptions
 from ..volume import Volume
-from .common import device_arg, progress_bar
+from .common import add_option_args, device_arg, options_from_args, progress_bar
 from ._outputs import add_output_args, prepare
 
-__all__ = ["register", "ras_point", "demo_step", "add_lesion_options"]
+__all__ = ["register", "ras_point", "demo_step", "add_lesion_options", "lesion_knobs"]
+
+#: The lesion options both ``medsynth lesion`` and ``medsynth augment`` offer as ``--NAME`` flags; their choices,
+#: ranges, defaults and help come from :class:`LesionOptions` (``add_option_args``).
+_NAMED = ("preset", "count", "contrast", "modality", "appearance_steps", "device")
+#: ... and those whose flag is shorter than the option's name: option -> (flag, metavar).
+_RENAMED = {"size_mm": ("--size", "MM"), "min_spacing_mm": ("--min-spacing", "MM")}
+_METAVARS = {"preset": "NAME|auto", "count": "N", "contrast": "X", "modality": "CT|MR", "appearance_steps": "N"}
 
 #: What argparse may take for a value rather than an option: negative numbers and R,A,S triples.
 _VALUE_LIKE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(e-?\d+)?(,\s*-?\d*\.?\d+(e-?\d+)?){2}$", re.IGNORECASE)
@@ -48,16 +57,28 @@ def ras_point(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _positive(kind):
-    def check(text: str):
+def _number(knob: Knob):
+    """argparse type of a numeric option: the text as a number (its range is the options object's to check)."""
+    kind = int if knob.whole else float
+    words = "a positive number" if knob.low is not None and (knob.low > 0 or knob.low_open) else "a number"
+
+    def parse(text: str):
         try:
-            value = kind(text)
+            return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
-        return value
-    return check
+            raise argparse.ArgumentTypeError(f"expected {words}, not {text!r}") from None
+
+    return parse
+
+
+def _add_renamed(parser, name: str, flag: str, metavar: str) -> None:
+    """``flag`` for the option ``name`` (dest ``name``), help, range and default from its knob, as
+    ``add_option_args`` gives the others; absent: None, so the options object's default applies."""
+    knob = LesionOptions.knob(name)
+    low = "-inf" if knob.low is None else f"{knob.low:g}"
+    high = "inf" if knob.high is None else f"{knob.high:g}"
+    text = f"{knob.help}; range [{low}, {high}]" + ("" if knob.default is None else f" (default: {knob.default})")
+    parser.add_argument(flag, dest=name, type=_number(knob), metavar=metavar, help=text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,47 +101,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     placement.add_argument("--spec", metavar="SPEC.json",
                            help="explicit lesion specs: a JSON list of specs, or a report written by --report (reproduces that run)")
     add_lesion_options(parser, count_group=placement)
-    parser.add_argument("--label-mode", choices=("classes", "instances"), default="classes",
-                        help="classes (1 lesion, 2 core, 3 oedema) or one id per lesion (default: %(default)s)")
+    parser.add_argument("--region", metavar="MASK|auto|TISSUE",
+                        help="with --count: a label map on the input's grid, or a name: "
+                        + LesionOptions.knob("region").help)
+    add_option_args(parser, LesionOptions, ("seed", "label_mode"))
     add_output_args(parser)
     parser.set_defaults(func=_run)
 
 
-def add_lesion_options(parser: argparse.ArgumentParser, *, count_group=None, cohort: bool = False) -> None:
+def add_lesion_options(parser: argparse.ArgumentParser, *, count_group=None,
+                       defaults: Optional[dict] = None) -> None:
     """The lesion options ``medsynth lesion`` and ``medsynth augment`` share (one definition for both).
 
-    ``count_group``: where ``--count`` goes (the lesion command's "placement (one of)"
-    group). ``cohort``: the wording for many scans (``--preset auto``, ``--count`` default 1,
-    ``--region`` auto only, a manifest column giving per-scan regions).
+    ``count_group``: where ``--count`` goes (the lesion command's "placement (one of)" group).
+    ``defaults``: a front end's own defaults, shown in the help (augment's
+    :data:`~MedSynthLib.augment.COHORT_LESION`; it builds its options on top of them); otherwise the
+    :class:`LesionOptions` defaults. ``--region`` and ``--seed`` are each command's own.
     """
-    parser.add_argument("--preset", metavar="NAME" + ("|auto" if cohort else ""), default="auto" if cohort else None,
-                        help="lesion family (see medsynth lesion --list-presets); checks the modality"
-                        + ("; auto: ct-nodule-solid on CT, mr-metastasis on MR (default: auto)" if cohort else ""))
-    (count_group or parser).add_argument(
-        "--count", type=_positive(int), metavar="N", default=1 if cohort else None,
-        help="N lesions per output at random inside --region" + (" (default: %(default)s)" if cohort else ""))
-    if cohort:
-        parser.add_argument("--region", metavar="auto", choices=("auto",), default="auto",
-                            help="where lesions go: auto (white matter on MR, lungs on CT); per-scan masks "
-                            "come from the manifest's region column")
-    else:
-        parser.add_argument("--region", metavar="MASK|auto", help="with --count: a label map on the input's grid, "
-                            "or 'auto' (white matter on MR, lungs on CT; default)")
-    parser.add_argument("--size", type=_positive(float), metavar="MM", help="lesion diameter in mm (overrides the preset's draw)")
-    parser.add_argument("--contrast", type=float, metavar="X", help="lesion contrast in the preset's mode "
-                        "(relative fraction on MR, HU on CT; overrides the preset's draw)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same output bit for bit (default: 0)")
-    parser.add_argument("--min-spacing", type=float, default=5.0, metavar="MM", help="gap between random lesions (default: %(default)s mm)")
-    parser.add_argument("--modality", choices=("CT", "MR"), help="override the modality guess used to check presets")
+    helps = {name: f"{LesionOptions.knob(name).help} (default: {value})" for name, value in (defaults or {}).items()}
+    types = {"count": _number(LesionOptions.knob("count")), "device": device_arg}
+    add_option_args(count_group or parser, LesionOptions, ("count",), types=types, helps=helps, metavars=_METAVARS)
+    add_option_args(parser, LesionOptions, [n for n in _NAMED if n != "count"], types=types, helps=helps,
+                    metavars=_METAVARS)
+    for name, (flag, metavar) in _RENAMED.items():
+        _add_renamed(parser, name, flag, metavar)
     parser.add_argument("--shape-model", metavar="PACKAGE.json", help="lesion-shape VAE package from medsynth-train: "
                         "lesion shapes decoded from it instead of the procedural families")
     parser.add_argument("--appearance-model", metavar="PACKAGE.json", help="lesion-inpaint package from medsynth-train: "
                         "each lesion's interior painted by it from the surrounding tissue (labels, volume, mean contrast "
                         "and noise matching as without it)")
-    parser.add_argument("--appearance-steps", type=_positive(int), default=20, metavar="N",
-                        help="DDIM steps of a diffusion appearance model (default: %(default)s; 10-50 useful)")
-    parser.add_argument("--device", type=device_arg, default="auto", help="where the appearance model runs: auto, cpu, cuda, cuda:N, mps "
-                        "(default: %(default)s)")
+
+
+def lesion_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The lesion options the shared flags gave (:func:`add_lesion_options`; absent ones left out, so the
+    options' defaults apply), by option name; a ``--region`` that names a tissue (``auto``, ``lung``...)
+    included, a region mask's path not (it is read as data)."""
+    knobs = {name: getattr(args, name) for name in (*_NAMED, *_RENAMED, "shape_model", "appearance_model")
+             if getattr(args, name) is not None}
+    if _region_name(args.region) is not None:
+        knobs["region"] = _region_name(args.region)
+    return knobs
+
+
+def _region_name(text: Optional[str]) -> Optional[str]:
+    word = (text or "").strip().lower()
+    return word if word in LesionOptions.knob("region").choices else None
 
 
 def _print_presets(as_json: bool) -> None:
@@ -165,26 +190,17 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("give INPUT and OUTPUT volumes (or --list-presets)")
     if not args.labels:
         raise InputError("give --labels LABELS_OUT: the label map is the ground truth of the synthetic lesions")
-    ways = [name for name, value in (("--at", args.at), ("--count", args.count), ("--spec", args.spec)) if value]
-    if len(ways) != 1:
-        raise InputError("give exactly one of --at R,A,S, --count N or --spec SPEC.json"
-                         + (f" (got {', '.join(ways)})" if ways else ""))
-    outputs = prepare(args, inputs={"INPUT": args.input, "--region": args.region, "--spec": args.spec,
+    options = options_from_args(LesionOptions, args, ("seed", "label_mode"), **lesion_knobs(args), centres=args.at,
+                                specs=_read_specs(args.spec) if args.spec else None)  # refused before any work
+    mask_path = None if _region_name(args.region) is not None else args.region
+    outputs = prepare(args, inputs={"INPUT": args.input, "--region": mask_path, "--spec": args.spec,
                                     "--shape-model": args.shape_model, "--appearance-model": args.appearance_model},
                       outputs={"OUTPUT": args.output, "--labels": args.labels})
     volume = read_volume(args.input)
-    region = None
-    if args.region:
-        region = "auto" if args.region == "auto" else read_volume(args.region)
-    specs = _read_specs(args.spec) if args.spec else None
+    if mask_path:
+        options = options.replace(region=read_volume(mask_path))
     with progress_bar(args.quiet, "lesion") as progress:
-        result = insert_lesions(
-            volume, specs=specs, count=args.count, region=region, preset=args.preset, seed=args.seed,
-            progress=progress, centres=args.at, size_mm=args.size, contrast=args.contrast,
-            min_spacing_mm=args.min_spacing, label_mode=args.label_mode, modality=args.modality,
-            shape_model=args.shape_model, appearance_model=args.appearance_model,
-            appearance_steps=args.appearance_steps, device=args.device,
-        )
+        result = insert_lesions(volume, options, progress=progress)
     report = dict(result.report)
     report["input"], report["output"], report["labels"] = str(args.input), str(args.output), str(args.labels)
     with outputs:  # everything is computed and checked: only now write, so a bad input leaves nothing behind
@@ -208,7 +224,7 @@ def _stage(outputs, args: argparse.Namespace, volume: Volume, result) -> None:
     metadata = provenance_metadata(result)
     outputs.stage_volume("OUTPUT", result.volume, metadata=metadata)
     if str(args.labels).lower().endswith(".seg.nrrd"):
-        segments = segment_descriptions(result.labels.array, label_mode=args.label_mode,
+        segments = segment_descriptions(result.labels.array, label_mode=result.report["label_mode"],
                                         preset=result.report.get("preset"))
         outputs.stage("--labels", lambda path: write_segmentation(result.labels, path, segments))
     else:
