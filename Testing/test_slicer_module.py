@@ -425,6 +425,36 @@ def test_placeholder_ui_has_only_plain_qt_classes_and_keeps_every_bound_widget()
     assert render_panel.wrapper_choices()["outputMode"] == ["new volume", "in place"]
 
 
+def test_panel_picture_shows_the_library_ranges_and_the_parameter_defaults():
+    render_panel = _render_module()
+    offers = render_panel.panel_offers()
+    root = ET.fromstring(render_panel.placeholder_ui(2, offers))
+    texts = {w.get("name"): _ui_property(w, "text") for w in root.iter("widget")}
+    for name, offer in offers["knobs"].items():
+        if _ui_widgets()[name].get("class") == "ctkSliderWidget":
+            decimals = int(_ui_property(_ui_widgets()[name], "decimals"))
+            assert f"in [{offer['low']:.{decimals}f}, {offer['high']:.{decimals}f}]" in texts[name], texts[name]
+    assert offers["defaults"]["biasShrink"] == offers["knobs"]["biasShrinkSpinBox"]["default"]
+    assert [value for _, value in offers["lists"]["presets"]][0] == "auto"
+
+
+def test_panel_picture_was_regenerated_after_its_sources_changed(monkeypatch):
+    """The picture records the SHA-256 of what it is drawn from; a changed .ui, library offer, parameter
+    default or render script without a new picture fails here. Computing the hash needs no Qt."""
+    monkeypatch.setitem(sys.modules, "PyQt5", None)  # any Qt import fails
+    render_panel = _render_module()
+    recorded_path = render_panel.record_path(render_panel.DEFAULT_OUTPUT)
+    command = "run python Resources/Screenshots/render_panel.py (QT_QPA_PLATFORM=offscreen, PyQt5 from the dev extra)"
+    assert recorded_path.is_file(), f"{recorded_path.name} is missing: {command}"
+    import json
+
+    recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+    current = render_panel.sources_record()
+    changed = [part for part, digest in current["parts"].items() if recorded.get("parts", {}).get(part) != digest]
+    assert recorded.get("sha256") == current["sha256"], (
+        f"the panel changed ({'; '.join(changed) or 'the record'}) since panel.png was drawn: {command}")
+
+
 def test_render_panel_draws_the_three_task_tabs(tmp_path):
     import os
     import subprocess
