@@ -121,7 +121,7 @@ def test_wrong_packages_are_refused_with_a_clear_message(head, tmp_path):
                          builder_args=args, input_spec={**INPAINT_INPUT, "format": "lesion-inpaint-3d"})
     with pytest.raises(ModelError, match="input format"):
         insert_lesions(head, specs=[_spec(head)], appearance_model=other)
-    with pytest.raises(InputError, match="appearance_steps"):
+    with pytest.raises(InputError, match="appearance steps must be a number in \\[1, 1000\\], got 0"):
         insert_lesions(head, specs=[_spec(head)], appearance_model=fill, appearance_steps=0)
 
 
