@@ -388,19 +388,30 @@ def test_requirements_never_name_slicers_own_packages_and_match_pyproject():
     assert all(">=" in line for line in raw if line), "use >= requirements, never pins"
 
 
-def test_ui_slider_and_spin_ranges_match_the_parameter_bounds():
+def test_slider_and_spin_ranges_are_the_librarys():
+    """Every bound slider or spin box takes its range from the library at start-up (panel_knobs), none from the
+    .ui; a parameter bound (WithinRange, which Slicer's slider connector needs) is that same range."""
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from MedSynthSlicerLib import panel_settings
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    offers = panel_settings.panel_knobs()
     fields = _wrapper_fields()
     problems = []
     for name, widget in _ui_widgets().items():
         parameter = _ui_property(widget, "SlicerParameterName")
         if not parameter or widget.get("class") not in ("ctkSliderWidget", "QSpinBox", "QDoubleSpinBox"):
             continue
+        if name not in offers:
+            problems.append(f"{name}: a bound number widget that shows no library option (add it to PANEL_KNOBS)")
+            continue
+        if _ui_property(widget, "minimum") is not None or _ui_property(widget, "maximum") is not None:
+            problems.append(f"{name}: the .ui copies a range; the library's is set at start-up")
         kind, extras = _kind(fields[parameter][0])
-        if "WithinRange" in extras:
-            low, high = extras["WithinRange"]
-            shown = (float(_ui_property(widget, "minimum")), float(_ui_property(widget, "maximum")))
-            if shown != (float(low), float(high)):
-                problems.append(f"{name}: .ui range {shown} but {parameter} is WithinRange({low}, {high})")
+        if "WithinRange" in extras and tuple(map(float, extras["WithinRange"])) != (offers[name]["low"], offers[name]["high"]):
+            problems.append(f"{name}: {parameter} is WithinRange{tuple(extras['WithinRange'])}, the library's range is "
+                            f"({offers[name]['low']}, {offers[name]['high']})")
     assert not problems, "\n".join(problems)
 
 
