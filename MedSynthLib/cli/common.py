@@ -170,15 +170,16 @@ def add_report_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_option_args(parser: argparse.ArgumentParser, options_class: Any, names: Sequence[str], *,
-                    types: Optional[dict] = None, helps: Optional[dict] = None, metavars: Optional[dict] = None) -> None:
+                    types: Optional[dict] = None, helps: Optional[dict] = None, metavars: Optional[dict] = None,
+                    flags: Optional[dict] = None) -> None:
     """``--NAME`` flags for the knobs ``names`` of a task's options class, with its choices, help and default.
 
     The flags' choices, ranges and defaults come from the options object (:meth:`TaskOptions.knobs`), never
     copied here; argparse leaves an absent flag at None, so the options object's own default applies and
     its validation gives the one-line error (exit 2). ``types``/``helps``/``metavars`` override per name
-    (e.g. ``device_arg``, or a longer help).
+    (e.g. ``device_arg``, or a longer help); ``flags`` renames a flag (``{"size_mm": "--size"}``).
     """
-    types, helps, metavars = types or {}, helps or {}, metavars or {}
+    types, helps, metavars, flags = types or {}, helps or {}, metavars or {}, flags or {}
     for name in names:
         knob = options_class.knob(name)
         kind = types.get(name) or (str.lower if knob.choices else int if knob.whole
@@ -191,7 +192,7 @@ def add_option_args(parser: argparse.ArgumentParser, options_class: Any, names: 
             text += f"; range {'(' if knob.low_open else '['}{low}, {high}]"
         if knob.default is not None:
             text += f" (default: {knob.default})"
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, choices=knob.choices,
+        parser.add_argument(flags.get(name, f"--{name.replace('_', '-')}"), dest=name, type=kind, default=None, choices=knob.choices,
                             metavar=metavars.get(name), help=text)
 
 

@@ -71,16 +71,6 @@ def _number(knob: Knob):
     return parse
 
 
-def _add_renamed(parser, name: str, flag: str, metavar: str) -> None:
-    """``flag`` for the option ``name`` (dest ``name``), help, range and default from its knob, as
-    ``add_option_args`` gives the others; absent: None, so the options object's default applies."""
-    knob = LesionOptions.knob(name)
-    low = "-inf" if knob.low is None else f"{knob.low:g}"
-    high = "inf" if knob.high is None else f"{knob.high:g}"
-    text = f"{knob.help}; range [{low}, {high}]" + ("" if knob.default is None else f" (default: {knob.default})")
-    parser.add_argument(flag, dest=name, type=_number(knob), metavar=metavar, help=text)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "lesion",
@@ -123,8 +113,10 @@ def add_lesion_options(parser: argparse.ArgumentParser, *, count_group=None,
     add_option_args(count_group or parser, LesionOptions, ("count",), types=types, helps=helps, metavars=_METAVARS)
     add_option_args(parser, LesionOptions, [n for n in _NAMED if n != "count"], types=types, helps=helps,
                     metavars=_METAVARS)
-    for name, (flag, metavar) in _RENAMED.items():
-        _add_renamed(parser, name, flag, metavar)
+    add_option_args(parser, LesionOptions, tuple(_RENAMED), helps=helps,
+                    types={name: _number(LesionOptions.knob(name)) for name in _RENAMED},
+                    flags={name: flag for name, (flag, _metavar) in _RENAMED.items()},
+                    metavars={name: metavar for name, (_flag, metavar) in _RENAMED.items()})
     parser.add_argument("--shape-model", metavar="PACKAGE.json", help="lesion-shape VAE package from medsynth-train: "
                         "lesion shapes decoded from it instead of the procedural families")
     parser.add_argument("--appearance-model", metavar="PACKAGE.json", help="lesion-inpaint package from medsynth-train: "
