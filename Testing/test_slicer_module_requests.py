@@ -277,7 +277,7 @@ def test_the_panel_offers_every_library_option_with_the_librarys_choices_and_ran
             assert [value for _label, value in offer["items"]] == list(knob.choices)
         else:
             assert offer["high"] == knob.high and offer["low"] == (0.0 if entry.zero else knob.low)
-    wrapper = next(n for n in ast.parse((repo / "MedSynth/MedSynth.py").read_text()).body
+    wrapper = next(n for n in ast.parse((repo / "MedSynth/MedSynth.py").read_text(encoding="utf-8")).body
                    if isinstance(n, ast.ClassDef) and n.name == "MedSynthParameterNode")
     parameters = {entry.parameter for entry in panel_settings.PANEL_KNOBS}
     for item in wrapper.body:
