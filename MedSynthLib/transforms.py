@@ -11,7 +11,6 @@ same batches for the same seed. Importing this module imports MONAI.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 
@@ -21,6 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
 from .errors import InputError
+from .reports import to_json
 from .tasks.lesion import LesionOptions
 from .volume import Volume
 
@@ -236,7 +236,7 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
                               volumes_ml=[entry["volume_ml"] for entry in result.report["lesions"]])
         if self.mask_key:
             d[self.mask_key] = _mask_like(d[image_key], lesion)
-        text = json.dumps(record, separators=(",", ":"))
+        text = to_json(record, separators=(",", ":"))
         for key in (image_key, label_key, self.mask_key):
             if key is not None:
                 _record(d[key], text)

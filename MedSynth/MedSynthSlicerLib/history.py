@@ -15,7 +15,7 @@ import logging
 from typing import Any, Optional
 
 from MedSynthLib import __version__ as library_version
-from MedSynthLib.reports import to_jsonable
+from MedSynthLib.reports import to_json, to_jsonable
 
 __all__ = [
     "HISTORY_ATTRIBUTE",
@@ -45,8 +45,9 @@ def _default(value: Any) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """``value`` as plain JSON types (numpy, paths, dataclasses and enums converted; others str)."""
-    return json.loads(json.dumps(to_jsonable(value), default=_default))
+    """``value`` as plain, strict JSON types (numpy, paths, dataclasses and enums converted; others str; a
+    non-finite number null with a reason, as in every report: :mod:`MedSynthLib.reports`)."""
+    return json.loads(to_json(value, default=_default))
 
 
 def history_entry(
@@ -104,10 +105,11 @@ def read_history(text: Optional[str]) -> list[dict]:
 
 
 def append_history(existing: Optional[str], entry: dict) -> str:
-    """The attribute value after adding ``entry`` to ``existing`` (JSON in, JSON out)."""
+    """The attribute value after adding ``entry`` to ``existing`` (JSON in, strict JSON out: a ``NaN`` an older
+    attribute holds is written as null with a reason)."""
     entries = read_history(existing)
-    entries.append(plain(entry))
-    return json.dumps(entries, sort_keys=False)
+    entries.append(entry)
+    return to_json(entries, default=_default, sort_keys=False)
 
 
 def lesion_volume_name(name: str) -> str:

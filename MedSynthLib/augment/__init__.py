@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback
+from ..reports import to_json
 from ..tasks.lesion import LesionOptions
 from ._inputs import Case, derive_seed, file_sha256, read_cases
 from ._layout import (check_output_dir, clear_partial, datalist_json, dataset_json, image_path, label_path, read_manifest,
@@ -102,8 +103,8 @@ def _finish(root: Path, rows: dict, config: Mapping, options: AugmentOptions) ->
     write_manifest(root, rows)
     dataset = dataset_json(rows, name=root.name, config=config, lesion_label=options.lesion_label,
                            oedema_label=options.oedema_label)
-    write_text_if_changed(root, root / "dataset.json", json.dumps(dataset, indent=2) + "\n")
-    write_text_if_changed(root, root / "datalist.json", json.dumps(datalist_json(rows), indent=2) + "\n")
+    write_text_if_changed(root, root / "dataset.json", to_json(dataset, indent=2) + "\n")
+    write_text_if_changed(root, root / "datalist.json", to_json(datalist_json(rows), indent=2) + "\n")
     clear_partial(root)
 
 

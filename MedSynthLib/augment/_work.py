@@ -7,7 +7,6 @@ picklable :class:`OutputTask`, never raises for a bad case (it returns a
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError, MedSynthError
 from ..io import read_volume, write_volume
+from ..reports import to_json
 from ..tasks.lesion import LesionOptions
 from ..volume import Volume
 from ._inputs import Case, file_sha256
@@ -129,9 +129,9 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
     row = {
         "status": "ok", "image": finals[0].relative_to(root).as_posix(), "label": finals[1].relative_to(root).as_posix(),
         "preset": result.report["preset"], "modality": result.report["modality"],
-        "specs": json.dumps([s.as_dict() for s in result.specs], separators=(",", ":")),
-        "lesion_ml": json.dumps([lesion["volume_ml"] for lesion in result.report["lesions"]]),
-        "label_ids": json.dumps(existing),
+        "specs": to_json([s.as_dict() for s in result.specs], separators=(",", ":")),
+        "lesion_ml": to_json([lesion["volume_ml"] for lesion in result.report["lesions"]]),
+        "label_ids": to_json(existing),
         "image_sha256": file_sha256(temporaries[0]), "label_sha256": file_sha256(temporaries[1]),
     }
     return row, list(zip(temporaries, finals))

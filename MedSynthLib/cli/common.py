@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ..errors import Cancelled, DeviceError, InputError, MedSynthError, ModelError
 from ..progress import ProgressCallback
-from ..reports import to_jsonable
+from ..reports import to_json
 
 __all__ = [
     "progress_bar", "write_json", "axis_arg", "device_arg", "add_report_arg",
@@ -41,12 +40,13 @@ def progress_bar(quiet: bool, description: str = "") -> Iterator[Optional[Progre
 
 
 def write_json(data: Any, path: Optional[str | Path]) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (no-op for ``None``)."""
+    """Write ``data`` as indented, strict JSON to ``path`` atomically (no-op for ``None``; a non-finite number is
+    null with a reason: :func:`MedSynthLib.reports.to_json`)."""
     if path is None:
         return
     from ..io import staged_file
 
-    text = json.dumps(to_jsonable(data), indent=2) + "\n"
+    text = to_json(data, indent=2) + "\n"
     with staged_file(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
 

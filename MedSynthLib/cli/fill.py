@@ -8,7 +8,6 @@ axis); ``auto`` picks the axis with the largest spacing.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from ..errors import InputError
 from ..io import WRITE_EXTENSIONS, read_volume, write_volume
 from ..tasks.fill import FillOptions, UpsampleOptions, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
 from ..volume import AXIS_NAMES, Volume, array_axis
-from ..reports import to_jsonable
+from ..reports import to_json, to_jsonable
 from .common import add_option_args, axis_arg, device_arg, options_from_args, progress_bar
 from ._outputs import add_output_args, prepare
 
@@ -62,7 +61,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     axis = array_axis(args.axis, volume)
     found = find_missing_slices(volume, axis=axis)
     if args.json:
-        print(json.dumps({"axis": AXIS_NAMES[axis], "count": volume.array.shape[axis],
+        print(to_json({"axis": AXIS_NAMES[axis], "count": volume.array.shape[axis],
                           "slices": [{"index": i, "reason": r} for i, r in found]}, indent=2))
         return 0
     if not found:

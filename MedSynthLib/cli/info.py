@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
 from ..io import read_volume
 from ..volume import AXIS_NAMES, Volume
-from ..reports import to_jsonable
+from ..reports import to_json
 
 
 def describe_volume(volume: Volume) -> dict:
@@ -32,7 +31,7 @@ def describe_volume(volume: Volume) -> dict:
 def _run(args: argparse.Namespace) -> int:
     summary = describe_volume(read_volume(args.file))
     if args.json:
-        print(json.dumps(to_jsonable(summary), indent=2))
+        print(to_json(summary, indent=2))
         return 0
     width = max(len(k) for k in summary)
     for key, value in summary.items():

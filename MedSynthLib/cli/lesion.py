@@ -28,6 +28,7 @@ from ..io import read_volume, write_segmentation, write_volume
 from ..lesion_segments import segment_descriptions
 from ..options import Knob
 from ..progress import ProgressCallback, subrange
+from ..reports import to_json
 from ..tasks.lesion import LesionOptions
 from ..volume import Volume
 from .common import add_option_args, device_arg, options_from_args, progress_bar
@@ -145,7 +146,7 @@ def _print_presets(as_json: bool) -> None:
 
     presets = list_presets()
     if as_json:
-        print(json.dumps(presets, indent=2))
+        print(to_json(presets, indent=2))
         return
     for preset in presets:
         print(f"{preset['name']:<24} {preset['modality']:<3} {preset['description']}")

@@ -6,7 +6,6 @@ atomic (temporary file, then rename), so an interrupt never leaves half a checkp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..reports import to_json
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint"]
 
@@ -91,7 +91,7 @@ class _Logger:
     def write(self, record: dict, *, step: int, prefix: str) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(to_json(record) + "\n")  # a diverged loss is null with a reason, not NaN
         self.file.flush()
         if self.writer is not None:
             for key, value in record.items():

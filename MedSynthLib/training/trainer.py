@@ -35,6 +35,7 @@ import torch
 from .._version import __version__
 from ..engine import describe_device, native_bfloat16, select_device
 from ..errors import Cancelled, InputError
+from ..reports import to_json
 from .checkpoints import CHECKPOINT_FORMAT, _atomic_save, _Logger, _restore_rng, _rng_state, _unwrap, load_checkpoint
 from .config import TrainConfig
 from .data import PairDataset, find_volumes, load_volumes, sample_seed, split_volumes
@@ -389,8 +390,8 @@ def _write_run_file(run: _Run) -> None:
     if run.dist.main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "run.json").write_text(
-            json.dumps({"task": run.config.task, "family": run.family.name, "config": run.config.as_dict(),
-                        "medsynth": __version__}, indent=2) + "\n",
+            to_json({"task": run.config.task, "family": run.family.name, "config": run.config.as_dict(),
+                     "medsynth": __version__}, indent=2) + "\n",
             encoding="utf-8",
         )
 

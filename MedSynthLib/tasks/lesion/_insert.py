@@ -28,7 +28,6 @@ oedema not labelled).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from ...checks import DEFAULT_MARGIN, check_result
 from ...errors import InputError
 from ...intensity import guess_modality
 from ...progress import CancelToken, ProgressCallback, report
+from ...reports import to_json
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._compose import Composite, render_lesions, valid_range
 from ._options import LesionOptions, default_preset
@@ -169,7 +169,7 @@ def provenance_metadata(result: LesionResult) -> dict[str, str]:
         "MedSynth_warning": "contains synthetic lesions inserted by MedSynth; not a real finding",
         "MedSynth_seed": str(result.report.get("seed")),
         "MedSynth_preset": str(result.report.get("preset")),
-        "MedSynth_lesion_specs": json.dumps(specs, separators=(",", ":")),
+        "MedSynth_lesion_specs": to_json(specs, separators=(",", ":")),
         "ITK_FileNotes": f"SYNTHETIC LESIONS (MedSynth) seed={result.report.get('seed')} n={len(specs)}"[:79],
     }
 
