@@ -274,7 +274,7 @@ def test_every_preset_keeps_every_guarantee(name, head, chest):
     entry = first.report["lesions"][0]
     assert abs(entry["volume_error"]) < 0.15
     assert entry["contrast_error"] < 0.10
-    if np.isfinite(entry["noise_ratio"]):
+    if entry["noise_ratio"] is not None:  # None (with a reason) when the lesion is too small to measure
         assert 0.75 <= entry["noise_ratio"] <= 1.25
     assert entry["centre_error_mm"] <= max(volume.spacing)
     assert first.volume.array.dtype == volume.array.dtype

@@ -86,3 +86,52 @@ def test_the_cli_report_writer_and_the_slicer_history_are_strict(tmp_path):
     entries = strict_loads(text)
     assert entries[0]["report"]["noise_ratio"] is None
     assert entries[1]["parameters"]["strength"] is None and entries[1]["report"]["list"] == [1.0, None, [None, 3]]
+
+
+def test_a_small_lesion_on_thick_slices_reports_null_noise_with_the_reason_not_nan(tmp_path, capsys):
+    """The issue's case: a 5 mm lesion on a 5 mm-slice scan has no voxel clear of partial volume, so its noise is
+    not measured; the report says so (null and why) where it used to write NaN, which strict parsers refuse."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import make_phantom, oblique_matrix
+    from MedSynthLib import write_volume
+    from MedSynthLib.cli import main
+
+    volume = make_phantom((14, 60, 64), matrix=oblique_matrix(spacing=(0.9, 0.9, 5.0)))
+    source = write_volume(volume, tmp_path / "thick.nii.gz")
+    code = main(["-q", "lesion", str(source), str(tmp_path / "out.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
+                 "--preset", "mr-metastasis", "--count", "2", "--size", "5", "--seed", "3",
+                 "--report", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    report = strict_loads((tmp_path / "r.json").read_text())
+    for lesion in report["lesions"]:
+        assert lesion["noise_inside"] is None and "too few voxel pairs inside the lesion" in lesion["noise_inside_null_reason"]
+        assert lesion["noise_ratio"] is None and "noise_inside" in lesion["noise_ratio_null_reason"]
+        assert lesion["noise_surrounding"] > 0  # the surrounding tissue is still measured
+        assert lesion["contrast_error"] is not None
+
+
+def test_lesion_measurements_without_a_background_or_a_voxel_are_null_with_their_reason():
+    from MedSynthLib.tasks.lesion._measure import noise_measurement
+    from MedSynthLib.tasks.lesion._report import _contrasts, _put
+
+    empty = np.zeros((4, 8, 8), bool)
+    noise = noise_measurement(np.zeros((4, 8, 8)), [empty], empty, before=np.zeros((4, 8, 8)))
+    assert noise["noise_inside"] is None and noise["noise_surrounding"] is None and noise["noise_ratio"] is None
+    assert "noise_inside and noise_surrounding could not be measured" in noise["noise_ratio_null_reason"]
+
+    class Spec:
+        contrast_mode, contrast = "relative", 0.3
+
+    ring = np.ones((2, 2, 2), bool)
+    entry: dict = {}
+    _contrasts(entry, Spec, np.full((2, 2, 2), 5.0), ring, np.zeros_like(ring), None)
+    assert entry["contrast_measured"] is None and "surrounding tissue" in entry["contrast_measured_null_reason"]
+    zero: dict = {}
+    _contrasts(zero, Spec, np.full((2, 2, 2), 5.0), ring, np.zeros_like(ring), 0.0)
+    assert zero["contrast_measured"] is None and "background of 0" in zero["contrast_measured_null_reason"]
+    assert zero["contrast_error"] is None
+    _put(zero, "x", float("nan"), 3, "why")
+    assert zero["x"] is None and zero["x_null_reason"] == "why"
+    strict_loads(to_json(zero))

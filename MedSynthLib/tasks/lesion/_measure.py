@@ -13,12 +13,13 @@ ones the tests check:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["shell_mask", "robust_std", "neighbour_differences", "interior_masks", "pooled_differences", "noise_ratio", "contrast_of", "contrast_error"]
+__all__ = ["shell_mask", "robust_std", "neighbour_differences", "interior_masks", "pooled_differences", "noise_ratio",
+           "noise_measurement", "MIN_NOISE_PAIRS", "contrast_of", "contrast_error"]
 
 
 def shell_mask(lesion: np.ndarray, spacing_kji: tuple[float, float, float], *, shell_mm: float = 3.0,
@@ -75,7 +76,8 @@ def interior_masks(compartments: list[np.ndarray], spacing_kji: Optional[tuple[f
     renderer knows): each compartment restricted to it. Without: each
     compartment eroded by two voxels (on thick slices: two in-plane and one
     through-plane). A small lesion may keep too few voxels either way: its
-    noise is then not measured (NaN), never guessed from partial-volume voxels.
+    noise is then not measured (None with a reason, :func:`noise_measurement`),
+    never guessed from partial-volume voxels.
     Pairs are taken within one mask, so a step between compartments never
     counts as noise.
     """
@@ -102,24 +104,60 @@ def pooled_differences(array: np.ndarray, masks: list[np.ndarray]) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def noise_ratio(after: np.ndarray, compartments: list[np.ndarray], shell: np.ndarray, *, before: np.ndarray,
-                spacing_kji: Optional[tuple[float, float, float]] = None,
-                pure: Optional[np.ndarray] = None) -> tuple[float, float, float]:
-    """(noise inside the lesion in ``after``, noise of the surrounding tissue in ``before``, ratio).
+#: Fewest neighbour pairs a noise level is measured from (fewer: not measured, never guessed).
+MIN_NOISE_PAIRS = 16
 
-    The shell is measured before insertion: afterwards its first layer holds
-    the lesion's own partial-volume edge, which is not noise.
 
-    Inside: neighbour differences within :func:`interior_masks` of the
-    compartments; shell: within the shell. NaN when fewer than 16 pairs are available.
+def noise_measurement(after: np.ndarray, compartments: list[np.ndarray], shell: np.ndarray, *, before: np.ndarray,
+                      spacing_kji: Optional[tuple[float, float, float]] = None,
+                      pure: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """The report's noise entries: ``noise_inside`` (the lesion in ``after``), ``noise_surrounding`` (the shell in
+    ``before``) and ``noise_ratio``, each measured on its own; one that cannot be measured is ``None`` with a
+    ``<key>_null_reason`` beside it (the report's convention, :mod:`MedSynthLib.reports`), never NaN.
+
+    The shell is measured before insertion: afterwards its first layer holds the lesion's own partial-volume
+    edge, which is not noise. Inside: neighbour differences within :func:`interior_masks` of the compartments;
+    shell: within the shell; each needs :data:`MIN_NOISE_PAIRS` pairs. A lesion of a few millimetres on a
+    thick-slice grid has almost no voxel free of partial volume, so its inside is not measured.
     """
     inside_values = pooled_differences(after, interior_masks(compartments, spacing_kji, pure=pure))
     outside_values = neighbour_differences(before, shell)
-    if inside_values.size < 16 or outside_values.size < 16:
+    entry: dict[str, Any] = {}
+    for key, values, where in (("noise_inside", inside_values, "inside the lesion clear of its partial-volume edge"),
+                               ("noise_surrounding", outside_values, "in the surrounding tissue")):
+        if values.size >= MIN_NOISE_PAIRS:
+            entry[key] = robust_std(values)
+        else:
+            entry[key] = None
+            entry[key + "_null_reason"] = (f"too few voxel pairs {where} to measure noise ({values.size}, at least "
+                                           f"{MIN_NOISE_PAIRS} needed): the lesion is small for this grid")
+    inside, outside = entry["noise_inside"], entry["noise_surrounding"]
+    if inside is not None and outside is not None and outside > 0:
+        entry["noise_ratio"] = inside / outside
+    else:
+        entry["noise_ratio"] = None
+        entry["noise_ratio_null_reason"] = ("the surrounding tissue has no noise (its neighbour differences are 0)"
+                                            if outside is not None and inside is not None else
+                                            "needs noise_inside and noise_surrounding, and "
+                                            + " and ".join(k for k in ("noise_inside", "noise_surrounding")
+                                                           if entry[k] is None) + " could not be measured")
+    return entry
+
+
+def noise_ratio(after: np.ndarray, compartments: list[np.ndarray], shell: np.ndarray, *, before: np.ndarray,
+                spacing_kji: Optional[tuple[float, float, float]] = None,
+                pure: Optional[np.ndarray] = None) -> tuple[float, float, float]:
+    """(noise inside the lesion in ``after``, noise of the surrounding tissue in ``before``, ratio), as floats.
+
+    The numbers of :func:`noise_measurement`; all three NaN when either side has fewer than
+    :data:`MIN_NOISE_PAIRS` pairs (the ratio alone NaN when the surrounding tissue has no noise). The report uses
+    :func:`noise_measurement`, which says why instead.
+    """
+    entry = noise_measurement(after, compartments, shell, before=before, spacing_kji=spacing_kji, pure=pure)
+    if entry["noise_inside"] is None or entry["noise_surrounding"] is None:
         return float("nan"), float("nan"), float("nan")
-    inside = robust_std(inside_values)
-    outside = robust_std(outside_values)
-    return inside, outside, inside / outside if outside > 0 else float("nan")
+    ratio = entry["noise_ratio"]
+    return entry["noise_inside"], entry["noise_surrounding"], float("nan") if ratio is None else ratio
 
 
 def contrast_of(mode: str, lesion_mean: float, background: float) -> float:
