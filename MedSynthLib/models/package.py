@@ -23,6 +23,7 @@ JSON keys (format version 1)::
 A package written before the checksum existed loads with a warning; one whose
 weights do not match their checksum is refused (a damaged download or copy
 otherwise loads and computes a wrong result without any sign).
+:func:`check_packages` gives every package found with what is wrong with it, for ``medsynth models``.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ __all__ = [
     "FORMAT_VERSION",
     "BUNDLED_DIR",
     "PackageInfo",
+    "PackageCheck",
     "LoadedModel",
     "save_package",
     "read_package_info",
     "load_package",
     "list_packages",
+    "check_packages",
     "bundled_package",
     "weights_sha256",
+    "weights_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,22 +165,61 @@ def weights_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def _verify_weights(info: PackageInfo) -> None:
-    """Refuse weights whose SHA-256 differs from the one the package's JSON records."""
+def _safetensors_size(path: Path) -> Optional[str]:
+    """Why ``path`` is shorter than its own safetensors header says (8 bytes of length, the JSON header, then the
+    tensors up to the largest ``data_offsets`` end), or None; reads the header only."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        start = stream.read(9)
+        if len(start) < 9 or start[8:9] != b"{":
+            return f"its weights file {path.name} is not a valid safetensors file (it does not start with one's header)"
+        length = int.from_bytes(start[:8], "little")
+        if 8 + length > size:
+            return f"its weights file {path.name} is truncated ({size:,} bytes, shorter than its own header)"
+        try:
+            header = json.loads(start[8:] + stream.read(length - 1))
+            end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"its weights file {path.name} is not a valid safetensors file (its header cannot be read)"
+    if 8 + length + end > size:
+        return (f"its weights file {path.name} is truncated (its header promises {8 + length + end:,} bytes, "
+                f"{size:,} are there)")
+    return None
+
+
+def weights_problem(info: PackageInfo) -> Optional[str]:
+    """Why ``info``'s weights file cannot be used as its JSON describes it (missing, truncated, another SHA-256), or None.
+
+    The file's length is compared with what its own safetensors header says first, so a truncated
+    file is named without reading it; then its SHA-256 with the recorded one (about 0.5 s per GB).
+    A package that records no checksum is not called damaged (:func:`load_package` warns).
+    """
+    path = info.weights_path
+    if not path.is_file():
+        return f"its weights file {path.name} is missing"
     expected = info.metadata.get("weights_sha256")
-    if expected is None:
+    try:
+        problem = _safetensors_size(path)
+        if problem is not None or expected is None:
+            return problem
+        actual = weights_sha256(path)
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror or error}"
+    if actual != str(expected).lower():
+        return (f"{path} is damaged or was replaced (its SHA-256 {actual[:12]}... differs from the "
+                f"{str(expected)[:12]}... recorded in {info.json_path.name}); copy or download it again")
+    return None
+
+
+def _verify_weights(info: PackageInfo) -> None:
+    """Refuse weights that are missing, truncated, or whose SHA-256 differs from the one the package's JSON records."""
+    if info.metadata.get("weights_sha256") is None:
         log.warning("model package %s records no weights checksum (written before MedSynth recorded one); "
                     "its weights cannot be verified", info.name)
-        return
-    try:
-        actual = weights_sha256(info.weights_path)
-    except OSError as error:
-        raise ModelError(f"model package {info.name}: cannot read {info.weights_path}: {error.strerror or error}") from None
-    if actual != str(expected).lower():
-        raise ModelError(
-            f"model package {info.name}: {info.weights_path} is damaged or was replaced (its SHA-256 {actual[:12]}... "
-            f"differs from the {str(expected)[:12]}... recorded in {info.json_path.name}); copy or download it again"
-        )
+    problem = weights_problem(info)
+    if problem is not None:
+        raise ModelError(f"model package {info.name}: {problem}")
 
 
 def read_package_info(path: PathLike) -> PackageInfo:
@@ -262,6 +305,42 @@ def list_packages(extra_dirs: Iterable[PathLike] = (), *, task: Optional[str] = 
             if task is None or info.task == task:
                 infos.append(info)
     return infos
+
+
+@dataclass(frozen=True)
+class PackageCheck:
+    """A package found by :func:`check_packages`: its JSON, its metadata (None if unreadable) and what is wrong."""
+
+    json_path: Path
+    info: Optional[PackageInfo]
+    problem: Optional[str]  # None: the weights are those the JSON records
+
+    @property
+    def name(self) -> str:
+        return self.info.name if self.info is not None else self.json_path.stem
+
+
+def check_packages(extra_dirs: Iterable[PathLike] = (), *, task: Optional[str] = None) -> list[PackageCheck]:
+    """Every package in the bundled folder and ``extra_dirs``, each with its weights checked (size, then SHA-256).
+
+    Unlike :func:`list_packages`, a package with missing or damaged weights, or with metadata that cannot be
+    read beside a weights file, is listed with its problem instead of being left out. A JSON file with neither
+    package metadata nor a weights file beside it is not a package and is skipped.
+    """
+    checks: list[PackageCheck] = []
+    for folder in (BUNDLED_DIR, *map(Path, extra_dirs)):
+        if not folder.is_dir():
+            continue
+        for json_path in sorted(folder.glob("*.json")):
+            try:
+                info = read_package_info(json_path)
+            except ModelError as error:
+                if json_path.with_suffix(".safetensors").is_file():
+                    checks.append(PackageCheck(json_path, None, str(error)))
+                continue
+            if task is None or info.task == task:
+                checks.append(PackageCheck(json_path, info, weights_problem(info)))
+    return checks
 
 
 def bundled_package(task: str) -> Optional[Path]:
