@@ -60,6 +60,7 @@ def test_fusion_is_auto_on_cpu_convex_and_never_worse_than_its_parts():
     assert fusion["components"] == ["collaborative", "dct_p8", "nlm_h0.5"]
     assert all(min(w) >= 0 and abs(sum(w) - 1) < 1e-6 for w in fusion["weights_by_gradient_class"])
     assert fusion["fallback"] is None or fusion["fallback"] in fusion["components"]
+    assert fusion["sole_component"] is None  # a true mixture here: the method is plain "fusion"
     mask = clean > 0
     fused = rmse(result.volume.array, clean, mask)
     for method in ("dct", "nlm"):
@@ -99,3 +100,54 @@ def test_fusion_skips_its_later_components_when_the_time_budget_runs_out():
     mask = clean > 0
     assert rmse(result.volume.array, clean, mask) < rmse(volume.array, clean, mask)
     assert denoise(volume, method="fusion").report["budget"]["cut"] == []
+
+
+def test_the_one_component_that_produced_every_voxel_is_named():
+    from MedSynthLib.tasks.enhance._denoise import produced_by
+    from MedSynthLib.tasks.enhance._sure import OUTSIDE_THE_BOX, sole_component
+
+    names = ["collaborative", "dct_p8", "nlm_h0.5"]
+    classes = np.array([0, 0, 2, 2])  # class 1 has no voxel: its weights produced nothing
+    one_hot = {0: [0.0, 1.0, 0.0], 1: [0.5, 0.5, 0.0], 2: [0.0, 1.0, 0.0]}
+    assert sole_component(names, one_hot, classes, None, whole=True) == {"sole_component": "dct_p8",
+                                                                          "sole_component_where": "every voxel"}
+    mixed = {**one_hot, 2: [0.1, 0.9, 0.0]}
+    assert sole_component(names, mixed, classes, None, whole=True) == {"sole_component": None}
+    split = {**one_hot, 2: [1.0, 0.0, 0.0]}  # each class one component, but not the same one
+    assert sole_component(names, split, classes, None, whole=True) == {"sole_component": None}
+    fallback = sole_component(names, mixed, classes, "collaborative", whole=False)
+    assert fallback == {"sole_component": "collaborative", "sole_component_where": OUTSIDE_THE_BOX}
+    assert produced_by("fusion", {"fusion": {"sole_component": "dct_p8", "sole_component_where": "every voxel"}}) \
+        == "fusion (dct_p8 alone)"
+    assert produced_by("selfsup", {"fusion": fallback}) == f"selfsup (collaborative alone {OUTSIDE_THE_BOX})"
+    assert produced_by("fusion", {"fusion": {"sole_component": None}}) == "fusion"
+    assert produced_by("nlm", {}) == "nlm" and produced_by("fusion", {}, unchanged=True) == "none"
+
+
+def test_a_fusion_that_ran_one_component_says_so_in_its_method_and_qc_title(tmp_path, noisy_head, monkeypatch):
+    """A time budget that runs out before the second component leaves the collaborative filter alone: the
+    report's method, the enhance pipeline's and the QC titles say so; method_requested keeps what was asked."""
+    import MedSynthLib.qc
+    from MedSynthLib.cli import main
+    from MedSynthLib.io import write_volume
+    from MedSynthLib.tasks.enhance import enhance
+
+    _, volume = noisy_head
+    alone = denoise(volume, method="fusion", time_budget=0.001, device="cpu")
+    assert alone.report["method"] == "fusion (collaborative alone)" and alone.report["method_requested"] == "fusion"
+    assert alone.report["parameters"]["fusion"]["components"] == ["collaborative"]
+    piped = enhance(volume, steps="denoise:fusion", time_budget=0.001, device="cpu")
+    assert piped.report["method"] == "denoise(method=fusion)[fusion (collaborative alone)]"
+    assert piped.report["method_requested"] == "denoise(method=fusion)"
+    assert denoise(volume, method="nlm", strength=0).report["method"] == "none"  # the input came back unchanged
+
+    titles = []
+    real = MedSynthLib.qc.save_qc_png
+    monkeypatch.setattr(MedSynthLib.qc, "save_qc_png", lambda *a, **k: titles.append(k.get("title")) or real(*a, **k))
+    source = write_volume(volume, tmp_path / "in.nii.gz")
+    for command in (["denoise", "--method", "fusion"], ["enhance", "--steps", "denoise:fusion"]):
+        out = tmp_path / f"{command[0]}.nii.gz"
+        assert main(["-q", command[0], str(source), str(out), *command[1:], "--time-budget", "0.001",
+                     "--device", "cpu", "--qc", str(tmp_path / f"{command[0]}.png")]) == 0
+    assert titles == ["denoise (fusion (collaborative alone))",
+                      "enhance (denoise(method=fusion)[fusion (collaborative alone)])"]

@@ -41,7 +41,7 @@ from ._options import DenoiseOptions
 from ._results import DenoiseResult, MaskLike, finish_volume
 from ._runners import DenoiseRun, run_method
 
-__all__ = ["denoise", "choose_method", "AUTO_FALLBACKS"]
+__all__ = ["denoise", "choose_method", "produced_by", "AUTO_FALLBACKS"]
 
 #: What ``auto`` tries next when a method's result fails the plausibility check.
 AUTO_FALLBACKS = {"model": "fusion", "selfsup": "fusion", "fusion": "dct", "dct": "nlm", "nlm": "aniso",
@@ -93,6 +93,21 @@ def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate:
         attempts.append({"method": method, "failed": verdict["failed"], "measures": verdict["measures"]})
         method = AUTO_FALLBACKS.get(method)
     return "none", run.data, {}, {"failed": [], "measures": {}}, attempts
+
+
+def produced_by(chosen: str, details: dict, *, unchanged: bool = False) -> str:
+    """What produced the voxels, for the report's ``method``: ``chosen``, or ``fusion (dct_p8 alone)`` when the
+    SURE fusion of ``fusion`` or ``selfsup`` put all its weight on one component (``...alone inside the
+    foreground's box`` when selfsup's fusion covered only that box), or ``none`` when the input came back
+    unchanged (strength 0, no measurable noise)."""
+    if unchanged:
+        return "none"
+    fusion = details.get("fusion") if isinstance(details, dict) else None
+    sole = fusion.get("sole_component") if isinstance(fusion, dict) else None
+    if not sole:
+        return chosen
+    where = fusion.get("sole_component_where", "every voxel")
+    return f"{chosen} ({sole} alone)" if where == "every voxel" else f"{chosen} ({sole} alone {where})"
 
 
 def _denoised(chosen: str, options: DenoiseOptions, run: DenoiseRun, estimate: NoiseEstimate,
@@ -198,6 +213,7 @@ def denoise(
     engine_report = EngineReport(device_requested=str(options.device))
     run = DenoiseRun(volume=volume, data=volume.array.astype(np.float32), mask=boolean_mask, noise=noise,
                      budget=budget, engine_report=engine_report, cancel=cancel)
+    unchanged = options.strength == 0 or run.noise.sigma <= 0
     chosen, values, details, verdict, attempts, notes = _denoised(chosen, options, run, estimate, progress)
     warnings.extend(notes)
     warnings.extend(engine_report.fallbacks)
@@ -207,7 +223,8 @@ def denoise(
     check_result(volume, output, task=f"denoise ({chosen})")
     uses_device = chosen in ("selfsup", "model")
     result_report = {
-        "task": "denoise", "method": chosen, "method_requested": options.method, "strength": options.strength,
+        "task": "denoise", "method": produced_by(chosen, details, unchanged=unchanged),
+        "method_requested": options.method, "strength": options.strength,
         "seed": options.seed, "noise": estimate.as_dict(), "sigma_used": round(float(noise.sigma), 6),
         "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
         "device": engine_report.device_used if uses_device else "cpu",
@@ -215,5 +232,5 @@ def denoise(
         "budget": budget.report(), "masked": boolean_mask is not None,
         "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
     }
-    report(progress, 1.0, f"denoised ({chosen})")
+    report(progress, 1.0, f"denoised ({result_report['method']})")
     return DenoiseResult(volume=output, noise=estimate, report=result_report)

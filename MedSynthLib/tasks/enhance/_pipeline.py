@@ -58,6 +58,15 @@ def _run_step(step: EnhanceStep, current: Volume, options: EnhanceOptions, mask:
     return super_resolve(current, UpsampleOptions.build(**step.options, **shared), progress=progress, cancel=cancel)
 
 
+def _step_method(step: EnhanceStep, step_report: dict) -> str:
+    """The step's label, with what produced its voxels in brackets where that is not what the label asked
+    (``denoise[fusion (dct_p8 alone)]`` for ``denoise``, which is ``auto``; ``upsample(factor=2)[spline]``)."""
+    ran = step_report.get("method")
+    if step.name == "bias" or ran is None or ran == step.options.get("method"):
+        return step.label()
+    return f"{step.label()}[{ran}]"
+
+
 def _build_options(options: Union[EnhanceOptions, Steps, None], knobs: dict) -> EnhanceOptions:
     """The options object; steps given in place of ``options`` (a string or a sequence) read as ``steps=``."""
     if isinstance(options, (str, list, tuple)):
@@ -135,7 +144,8 @@ def enhance(
     warnings = [f"{r['step']}: {w}" for r in reports for w in r.get("warnings", [])]
     result_report = {
         "task": "enhance",
-        "method": label,
+        "method": "+".join(_step_method(step, r) for step, r in zip(options.steps, reports)),
+        "method_requested": label,
         "steps": reports,
         "device": ",".join(sorted({str(r.get("device", "cpu")) for r in reports})),
         "budget": budget.report(),

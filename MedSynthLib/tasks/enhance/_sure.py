@@ -28,7 +28,8 @@ from ...budget import TimeBudget
 from ...noise import rician_debias
 from ...progress import CancelToken, check_cancel
 
-__all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "FusionSettings", "FUSION_MIN_GAIN"]
+__all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "sole_component", "FusionSettings", "FUSION_MIN_GAIN",
+           "OUTSIDE_THE_BOX"]
 
 
 @dataclass(frozen=True)
@@ -246,15 +247,44 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
         estimate[region] = estimate_r
     else:
         estimate = estimate_r
+    whole = all(part == slice(0, n) for part, n in zip(region, x.shape))
     info = {"components": names,
             "weights_by_gradient_class": [[round(float(v), 4) for v in weights[k]] for k in sorted(weights)],
             "weights_constraint": "non-negative, summing to 1 (a convex combination of the components)",
-            **chosen, "fit_voxels": int(fit.sum()), "dct_blocks": [list(b) for b in settings.dct_blocks],
+            **chosen, **sole_component(names, weights, classes, chosen["fallback"], whole=whole),
+            "fit_voxels": int(fit.sum()), "dct_blocks": [list(b) for b in settings.dct_blocks],
             "spacing": None if spacing is None else [round(float(v), 4) for v in spacing],
             "blocks": {name: {key: list(value) for key, value in knobs.items()}
                        for name, knobs in blocks.items()},
             "nlm_h_factors": list(settings.nlm_h_factors), "seconds": round(time.perf_counter() - started, 2)}
     return estimate, info
+
+
+#: What the report says about the voxels outside the foreground's box of a fusion with the network (they are
+#: the network's Wiener estimate).
+OUTSIDE_THE_BOX = "inside the foreground's box; the network's Wiener estimate outside it"
+
+
+def sole_component(names: list[str], weights: dict, classes: np.ndarray, fallback: Optional[str], *,
+                   whole: bool) -> dict:
+    """``{"sole_component": name or None, "sole_component_where": ...}``: the one component that produced every
+    fused voxel, when there is one (the fallback to the best single component, or weights that put everything on
+    the same component in every gradient class present), so the report can name what made the voxels.
+
+    ``whole``: the fusion covered the whole array (without the network it always does; with it, the foreground's
+    box, and the Wiener estimate outside: :data:`OUTSIDE_THE_BOX`).
+    """
+    name = fallback
+    if name is None:
+        winners = set()
+        for k in np.unique(classes):
+            w = np.asarray(weights[int(k)], dtype=np.float64)
+            top = int(np.argmax(w))
+            winners.add(top if w[top] >= 1.0 - 1e-9 else -1)  # -1: a class with a true mixture
+        name = names[winners.pop()] if len(winners) == 1 and -1 not in winners else None
+    if name is None:
+        return {"sole_component": None}
+    return {"sole_component": name, "sole_component_where": "every voxel" if whole else OUTSIDE_THE_BOX}
 
 
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
