@@ -1,8 +1,11 @@
 """Reading and writing volumes through SimpleITK: NRRD, NIfTI, MHA/MHD and DICOM series.
 
 Every failure a user can cause (missing path, unreadable file, 2D or 4D image,
-colour image) becomes an :class:`~MedSynthLib.errors.InputError` that names the
-file and the problem. The voxel dtype is kept on read and on write.
+colour image, a file shorter than its header says or whose compressed data ends
+early, a DICOM series with a slice missing, duplicated or out of step) becomes an
+:class:`~MedSynthLib.errors.InputError` that names the file and the problem,
+before any voxel is used (:mod:`~MedSynthLib.file_checks`). The voxel dtype is
+kept on read and on write.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import SimpleITK as sitk
 
 from .convert import from_sitk, to_sitk
 from .errors import InputError
+from .file_checks import check_complete, check_slice_positions, nifti_header
 from .volume import Volume
 
 __all__ = [
@@ -51,7 +55,27 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader.SetFileNames(files)
-    return reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the position check
+    with _itk_warnings_off():  # ITK's multi-line "non uniform sampling" warning: the check below says it in one
+        image = reader.Execute()
+    position = "0020|0032"
+    check_slice_positions(
+        folder,
+        [Path(name).name for name in files],
+        [reader.GetMetaData(i, position) if reader.HasMetaDataKey(i, position) else None for i in range(len(files))],
+        np.asarray(image.GetDirection()).reshape(3, 3)[:, 2],
+    )
+    return image
+
+
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_volume(path: PathLike) -> Volume:
@@ -70,6 +94,7 @@ def read_volume(path: PathLike) -> Volume:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
+            check_complete(path)  # ITK reads a truncated NIfTI without an error, as zeros
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()  # cheap header read: refuse 4D before loading voxels
@@ -134,23 +159,11 @@ def _restore_nifti_non_finite(path: Path, array: np.ndarray) -> None:
 
 def _nifti_layout(header: bytes) -> "Optional[tuple[np.dtype, int, int]]":
     """(voxel dtype, data offset, voxels in the first 3D volume) of a float NIfTI-1/2 header, else None."""
-    for order in ("<", ">"):
-        size = int(np.frombuffer(header[:4], f"{order}i4")[0])
-        if size == 348:  # NIfTI-1: dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
-            dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
-            code = int(np.frombuffer(header[70:72], f"{order}i2")[0])
-            offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
-        elif size == 540:  # NIfTI-2: datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
-            code = int(np.frombuffer(header[12:14], f"{order}i2")[0])
-            dims = np.frombuffer(header[16:80], f"{order}i8")
-            offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
-        else:
-            continue
-        if code not in _NIFTI_FLOATS or dims[0] < 3:
-            return None
-        count = int(np.prod(np.maximum(dims[1:4], 1)))
-        return np.dtype(order + _NIFTI_FLOATS[code]), max(offset, size + 4), count
-    return None
+    parsed = nifti_header(header)
+    if parsed is None or parsed.datatype not in _NIFTI_FLOATS or len(parsed.dims) < 3:
+        return None
+    count = int(np.prod(parsed.dims[:3]))
+    return np.dtype(parsed.byte_order + _NIFTI_FLOATS[parsed.datatype]), parsed.offset, count
 
 
 def write_volume(

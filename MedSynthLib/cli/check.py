@@ -1,4 +1,9 @@
-"""``medsynth check FILE``: fail fast (exit 2, one line) on a volume no task could process."""
+"""``medsynth check FILE``: fail fast (exit 2, one line) on a volume no task could process.
+
+``read_volume`` refuses a damaged file (data shorter than its header says, compressed data that ends early or
+fails its checksum, a DICOM series with a slice position missing, duplicated or out of step);
+``validate_volume`` a volume no task can use.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "check", help="check that a volume can be processed (3D, scalar, finite, not constant, >= 2 slices)"
+        "check",
+        help="check that a volume can be processed (file complete, DICOM slices evenly spaced, 3D, scalar, finite, "
+        "not constant, >= 2 slices)",
     )
     parser.add_argument("file", metavar="FILE")
     parser.set_defaults(func=_run)
