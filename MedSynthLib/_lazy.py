@@ -9,7 +9,9 @@ torch through the fill and enhance tasks, and the CLI can catch a Ctrl-C while t
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+
+# No ``typing`` import (annotations are strings): this module loads first when the CLI starts, and every
+# millisecond before the CLI's Ctrl-C handling begins is a window where Ctrl-C prints a traceback.
 
 
 def lazy_exports(package: str, exports: dict[str, str], namespace: dict) -> tuple[Callable, Callable]:

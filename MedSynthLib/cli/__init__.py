@@ -6,16 +6,14 @@ stderr, no traceback), 130 cancelled (Ctrl-C).
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
+import os
 import sys
-from typing import Optional, Sequence
 
 from .._version import __version__
 
-# Nothing heavier than the standard library is imported before main() runs, so a Ctrl-C while numpy,
-# SimpleITK or torch load (seconds, at start-up) is caught there: exit 130, one line, no traceback.
+# Nothing but os and sys is imported before main() runs (argparse, logging and typing load inside it, annotations
+# are strings), so a Ctrl-C while the standard library, numpy, SimpleITK or torch load (seconds, at start-up under
+# load) is caught there: exit 130, one line, no traceback.
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -24,7 +22,9 @@ COMMANDS = ("info", "check", "models", "enhance", "lesion", "augment", "fill", "
 
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> "argparse.ArgumentParser":
+    import importlib
+
     from .common import OneLineParser
 
     parser = OneLineParser(
@@ -51,27 +51,48 @@ def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
     return set()
 
 
+def _exit_cancelled(argv: Optional[Sequence[str]]) -> int:
+    """130 for a cancelled run; as the process's own entry point (``argv`` None), exit with it at once.
+
+    CPython ends a process by re-raising SIGINT on itself (exit status -2, not 130) when a KeyboardInterrupt
+    once escaped code that a C extension ran through ``PyRun_String`` (importing torch does), even though
+    :func:`main` caught it: under load a Ctrl-C during start-up hit that in 2 of 6 tries. Outputs are staged and
+    moved into place atomically, so nothing is left to finish: flush what was printed and leave with 130.
+    """
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered before any import
+        print(f"medsynth {__version__}")
+        return 0
     try:  # building the parser imports numpy, SimpleITK and torch (seconds): a Ctrl-C then is a clean exit too
+        import logging
+
         from .common import cli_words, run_reporting_errors
 
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("medsynth: cancelled; nothing was written", file=sys.stderr)
-        return 130
+        return _exit_cancelled(argv)
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="medsynth: %(levelname)s: %(message)s",
     )
     options = _options(parser, args.command)
-    return run_reporting_errors(
+    code = run_reporting_errors(
         lambda: args.func(args),
         prog="medsynth",
         debug=args.debug,
         cancelled_message=lambda error: "cancelled; nothing was written",
         words=lambda message: cli_words(message, options),
     )
+    return _exit_cancelled(argv) if code == 130 else code
 
 
 if __name__ == "__main__":  # pragma: no cover

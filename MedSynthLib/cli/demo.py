@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .._version import __version__
-from ..engine import describe_device, select_device
 from ..progress import ProgressCallback, subrange
 from ..qc import save_qc_png
 from ..sample_data import SAMPLES, load_sample, sample_path
 from ..volume import Volume, validate_volume
-from .common import progress_bar, write_json
+from .common import print_warnings, progress_bar, write_json
 from .info import describe_volume
 
 __all__ = ["DemoOutcome", "run_demo"]
@@ -66,7 +65,7 @@ def run_demo(out_dir: Path, *, progress: Optional[ProgressCallback] = None, only
     steps = [(n, s) for n, s in demo_steps() if only is None or n in only]
     report: dict = {
         "medsynth_version": __version__,
-        "device": describe_device(select_device("auto")),
+        "device": _device(),
         "samples": {name: {"file": str(sample_path(name)), **describe_volume(v)} for name, v in samples.items()},
         "steps": [],
     }
@@ -95,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     with progress_bar(args.quiet, "demo") as progress:
         report = run_demo(out_dir, progress=progress, only=args.only)
+    print_warnings(report)  # every step's warnings, e.g. "medsynth: warning: enhance/denoise: ..."
     if not args.quiet:
         for step in report["steps"]:
             print(f"{step['task']:<10} {step['sample']:<9} {step['seconds']:>7.1f} s  QC: {step['qc_picture']}")
@@ -102,6 +102,12 @@ def _run(args: argparse.Namespace) -> int:
             print(report["note"])
         print(f"report: {out_dir / 'report.json'}")
     return 0
+
+
+def _device() -> str:
+    from ..engine import describe_device, select_device  # torch: imported when the demo runs, not with the parser
+
+    return describe_device(select_device("auto"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import WRITE_EXTENSIONS, read_volume, write_volume
-from ..tasks.fill import FillOptions, UpsampleOptions, fill_slices, find_missing_slices, parse_slice_list, upsample_slices
+from ..tasks import fill as fill_task  # exports lazily: torch loads when a command runs, not with the parser
+from ..tasks.fill import FillOptions, UpsampleOptions, parse_slice_list
 from ..volume import AXIS_NAMES, Volume, array_axis
 from ..reports import to_json, to_jsonable
 from .common import add_option_args, axis_arg, device_arg, options_from_args, progress_bar
@@ -59,7 +60,7 @@ def _qc_title(report: dict) -> str:
 def _run_detect(args: argparse.Namespace) -> int:
     volume = read_volume(args.input)
     axis = array_axis(args.axis, volume)
-    found = find_missing_slices(volume, axis=axis)
+    found = fill_task.find_missing_slices(volume, axis=axis)
     if args.json:
         print(to_json({"axis": AXIS_NAMES[axis], "count": volume.array.shape[axis],
                           "slices": [{"index": i, "reason": r} for i, r in found]}, indent=2))
@@ -78,7 +79,7 @@ def _run_fill(args: argparse.Namespace) -> int:
     slices = None if args.slices == "auto" else parse_slice_list(args.slices)
     options = options_from_args(FillOptions, args, _METHOD_KNOBS, slices=slices, model=args.model)
     with progress_bar(args.quiet, "fill") as progress:
-        result = fill_slices(volume, options, progress=progress)
+        result = fill_task.fill_slices(volume, options, progress=progress)
     with outputs:
         _write(outputs, volume, result)
     if not args.quiet:
@@ -86,8 +87,6 @@ def _run_fill(args: argparse.Namespace) -> int:
         listed = ",".join(str(s) for s in r["slices"]) or "none"
         print(f"filled {len(r['slices'])} slice(s) along {r['axis']} ({listed}) with {r['method']} "
               f"on {r['device']} in {r['seconds']:.1f} s -> {output}")
-        for warning in r["warnings"]:
-            print(f"warning: {warning}")
     return 0
 
 
@@ -97,7 +96,7 @@ def _run_upsample(args: argparse.Namespace) -> int:
     volume = read_volume(args.input)
     options = options_from_args(UpsampleOptions, args, _METHOD_KNOBS + ("factor", "spacing"), model=args.model)
     with progress_bar(args.quiet, "upsample") as progress:
-        result = upsample_slices(volume, options, progress=progress)
+        result = fill_task.upsample_slices(volume, options, progress=progress)
     with outputs:
         _write(outputs, volume, result)
     if not args.quiet:
@@ -105,8 +104,6 @@ def _run_upsample(args: argparse.Namespace) -> int:
         print(f"{r['slices_before']} -> {r['slices_after']} slices along {r['axis']}, spacing "
               f"{r['spacing_before']:g} -> {r['spacing_after']:g} mm, {r['method']} on {r['device']} "
               f"in {r['seconds']:.1f} s -> {output}")
-        for warning in r["warnings"]:
-            print(f"warning: {warning}")
     return 0
 
 
@@ -163,11 +160,11 @@ def demo_step(samples: dict, out_dir: Path, progress):
     rng = np.random.default_rng(0)
     stack[middle + 4] = rng.integers(int(mr.array.min()), int(mr.array.max()) + 1, stack[middle + 4].shape)
     damaged = Volume(damaged_array, mr.ijk_to_ras)
-    found = find_missing_slices(damaged, axis=axis)
-    filled = fill_slices(damaged, slices=[i for i, _ in found], axis=axis, method="flow", device="cpu",
+    found = fill_task.find_missing_slices(damaged, axis=axis)
+    filled = fill_task.fill_slices(damaged, slices=[i for i, _ in found], axis=axis, method="flow", device="cpu",
                          progress=subrange(progress, 0.0, 0.5))
     ct = samples["ct-chest"]
-    upsampled = upsample_slices(ct, factor=2, method="spline", progress=subrange(progress, 0.5, 1.0))
+    upsampled = fill_task.upsample_slices(ct, factor=2, method="spline", progress=subrange(progress, 0.5, 1.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "fill_mr_damaged.nii.gz", out_dir / "fill_mr_filled.nii.gz", out_dir / "fill_ct_upsampled_x2.nii.gz"]
     write_volume(damaged, paths[0])
