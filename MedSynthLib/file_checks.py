@@ -99,19 +99,31 @@ def _inflate_checked(path: Path, stream: BinaryIO, wbits: int, head_size: int = 
 # ---- NIfTI ---------------------------------------------------------------------------------------
 
 
+#: Bits per voxel of each NIfTI datatype code (nifticlib sizes the data by the code, not by ``bitpix``).
+_NIFTI_BITS = {
+    1: 1, 2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+    1536: 128, 1792: 128, 2048: 256, 2304: 32,
+}
+
+
 @dataclass(frozen=True)
 class NiftiHeader:
     """The fields of a NIfTI-1/2 header that say where the voxels are and how many bytes they take."""
 
     byte_order: str  # "<" or ">"
     datatype: int
-    bitpix: int
     dims: tuple  # dim[1..dim[0]]
     offset: int  # vox_offset, at least the header size + 4
 
     @property
-    def data_bytes(self) -> int:
-        return (int(np.prod(self.dims, dtype=np.int64)) * self.bitpix + 7) // 8
+    def data_bytes(self) -> Optional[int]:
+        """Bytes of voxel data the header promises; None for a datatype code NIfTI does not define."""
+        bits = _NIFTI_BITS.get(self.datatype)
+        return None if bits is None else (int(np.prod(self.dims, dtype=np.int64)) * bits + 7) // 8
+
+    @property
+    def file_bytes(self) -> Optional[int]:
+        return None if self.data_bytes is None else self.offset + self.data_bytes
 
 
 def nifti_header(header: bytes) -> Optional[NiftiHeader]:
@@ -121,38 +133,40 @@ def nifti_header(header: bytes) -> Optional[NiftiHeader]:
             return None
         size = int(np.frombuffer(header[:4], f"{order}i4")[0])
         if size == 348 and header[344:347] == b"n+1":
-            # dim int16[8] at 40, datatype int16 at 70, bitpix int16 at 72, vox_offset float32 at 108
+            # dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
             dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
-            code, bitpix = (int(v) for v in np.frombuffer(header[70:74], f"{order}i2"))
+            code = int(np.frombuffer(header[70:72], f"{order}i2")[0])
             offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
         elif size == 540 and len(header) >= 540 and header[4:7] == b"n+2":
-            # datatype int16 at 12, bitpix int16 at 14, dim int64[8] at 16, vox_offset int64 at 168
-            code, bitpix = (int(v) for v in np.frombuffer(header[12:16], f"{order}i2"))
+            # datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
+            code = int(np.frombuffer(header[12:14], f"{order}i2")[0])
             dims = np.frombuffer(header[16:80], f"{order}i8")
             offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
         else:
             continue
         rank = int(dims[0])
-        if not 1 <= rank <= 7 or bitpix <= 0 or np.any(dims[1 : rank + 1] < 1):
+        if not 1 <= rank <= 7 or np.any(dims[1 : rank + 1] < 1):
             return None
-        return NiftiHeader(order, code, bitpix, tuple(int(d) for d in dims[1 : rank + 1]), max(offset, size + 4))
+        return NiftiHeader(order, code, tuple(int(d) for d in dims[1 : rank + 1]), max(offset, size + 4))
     return None
 
 
-def _check_nifti(path: Path, compressed: bool) -> None:
-    if not compressed:
-        with open(path, "rb") as stream:
-            header = nifti_header(stream.read(540))
-        if header is not None:
-            _check_length(path, header.offset + header.data_bytes, path.stat().st_size, header.offset)
-        return
+def _check_nifti(path: Path) -> None:
     with open(path, "rb") as stream:
+        compressed = stream.read(2) == b"\x1f\x8b"  # ITK also reads an uncompressed file named .nii.gz
+        stream.seek(0)
+        if not compressed:
+            header = nifti_header(stream.read(540))
+            if header is not None and header.file_bytes is not None:
+                _check_length(path, header.file_bytes, path.stat().st_size, header.offset)
+            return
         inflated = _inflate_checked(path, stream, _GZIP, head_size=540)
     header = nifti_header(inflated.head)
+    promised = header.file_bytes if header is not None else None
     if not inflated.complete:
-        raise _ends_early(path, inflated.total, header.offset + header.data_bytes if header else None)
-    if header is not None:
-        _check_length(path, header.offset + header.data_bytes, inflated.total, header.offset)
+        raise _ends_early(path, inflated.total, promised)
+    if promised is not None:
+        _check_length(path, promised, inflated.total, header.offset)
 
 
 def _ends_early(path: Path, total: int, promised: Optional[int], what: str = "") -> InputError:
@@ -295,7 +309,7 @@ def check_complete(path: Path) -> None:
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
-            _check_nifti(path, compressed=name.endswith(".gz"))
+            _check_nifti(path)
         elif name.endswith((".nrrd", ".nhdr")):
             _check_nrrd(path)
         elif name.endswith((".mha", ".mhd")):

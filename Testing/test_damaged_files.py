@@ -115,7 +115,12 @@ def test_whole_files_of_every_kind_read_as_written(tmp_path):
     raw = gzip.decompress((tmp_path / "1a.nii.gz").read_bytes())
     members = tmp_path / "members.nii.gz"  # what concatenating gzip files or pigz/bgzip may give
     members.write_bytes(gzip.compress(raw[:10000]) + gzip.compress(raw[10000:]) + bytes(16))
-    assert np.array_equal(read_volume(members).array, volume.array)
+    plain = tmp_path / "plain.nii.gz"  # a browser that undid the transfer's gzip but kept the name: ITK reads it
+    plain.write_bytes(raw)
+    odd_bitpix = tmp_path / "odd_bitpix.nii"  # nifticlib sizes voxels by the datatype code, not by bitpix
+    odd_bitpix.write_bytes(raw[:72] + np.int16(64).tobytes() + raw[74:])
+    for path in (members, plain, odd_bitpix):
+        assert np.array_equal(read_volume(path).array, volume.array), path
     nibabel = pytest.importorskip("nibabel")
     path = tmp_path / "nibabel.nii.gz"
     nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(volume.array.transpose(2, 1, 0)), np.eye(4)), str(path))
