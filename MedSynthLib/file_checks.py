@@ -151,16 +151,27 @@ def nifti_header(header: bytes) -> Optional[NiftiHeader]:
     return None
 
 
+def _cut_in_header(head: bytes) -> bool:
+    """Whether ``head`` starts a NIfTI-1/2 header (its sizeof_hdr, either byte order) but is shorter than one."""
+    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")} if len(head) >= 4 else set()
+    return any(size in (348, 540) and len(head) < size for size in sizes)
+
+
 def _check_nifti(path: Path) -> None:
     with open(path, "rb") as stream:
         compressed = stream.read(2) == b"\x1f\x8b"  # ITK also reads an uncompressed file named .nii.gz
         stream.seek(0)
         if not compressed:
-            header = nifti_header(stream.read(540))
+            head = stream.read(540)
+            if _cut_in_header(head):
+                raise _truncated(path, "it ends inside its header")
+            header = nifti_header(head)
             if header is not None and header.file_bytes is not None:
                 _check_length(path, header.file_bytes, path.stat().st_size, header.offset)
             return
         inflated = _inflate_checked(path, stream, _GZIP, head_size=540)
+    if inflated.complete and _cut_in_header(inflated.head):
+        raise _truncated(path, "it ends inside its header")
     header = nifti_header(inflated.head)
     promised = header.file_bytes if header is not None else None
     if not inflated.complete:
@@ -262,7 +273,7 @@ def _check_nrrd(path: Path) -> None:
         name, value = line.split(":", 1)
         fields[name.strip().replace(" ", "")] = value.strip()
     data_file = fields.get("datafile")
-    if not ended and data_file is None:
+    if not ended and data_file is None and len(header) < _HEADER_LIMIT:
         raise _truncated(path, "it ends inside its header")
     sizes = [_whole_number(s) for s in fields.get("sizes", "").split()]
     typesize = _NRRD_TYPE_BYTES.get(" ".join(fields.get("type", "").lower().split()))
@@ -280,6 +291,8 @@ def _check_nrrd(path: Path) -> None:
 def _check_metaimage(path: Path) -> None:
     header, offset, ended = _text_header(path, re.compile(rb"ElementDataFile[ \t]*=[^\r\n]*(\r?\n|$)"))
     if not ended:
+        if len(header) < _HEADER_LIMIT and re.match(rb"\s*(ObjectType|NDims)\s*=", header):
+            raise _truncated(path, "it ends inside its header")
         return  # not a MetaImage header this module follows: left to ITK
     fields = {}
     for line in header.decode("latin-1").splitlines():

@@ -52,6 +52,9 @@ CUT_FILES = {
     "nrrd gzip cut": ("scan.nrrd", True, 0.5, "truncated.*stops after"),
     "mha raw cut": ("scan.mha", False, 0.5, "truncated.*header promises 46,080 bytes"),
     "mha compressed cut": ("scan.mha", True, 0.5, "truncated.*stops after"),
+    "nii cut in its header": ("scan.nii", False, 100, "truncated.*ends inside its header"),
+    "nrrd cut in its header": ("scan.nrrd", False, 100, "truncated.*ends inside its header"),
+    "mha cut in its header": ("scan.mha", False, 100, "truncated.*ends inside its header"),
 }
 
 
