@@ -135,3 +135,83 @@ def test_lesion_measurements_without_a_background_or_a_voxel_are_null_with_their
     _put(zero, "x", float("nan"), 3, "why")
     assert zero["x"] is None and zero["x_null_reason"] == "why"
     strict_loads(to_json(zero))
+
+
+def test_report_warnings_reads_every_report_shape_once():
+    from MedSynthLib.cli.common import report_warnings
+
+    assert report_warnings({"task": "fill", "warnings": ["a", "a", "b\nc"]}) == ["a", "b c"]  # one line each
+    pipeline = {"warnings": ["denoise: x"], "steps": [{"step": "denoise", "warnings": ["x"]}]}
+    assert report_warnings(pipeline) == ["denoise: x"]  # a pipeline's own list already holds its steps'
+    demo = {"samples": {}, "steps": [
+        {"task": "fill", "report": {"fill": {"warnings": ["f"]}, "upsample": {"warnings": ["u"]}}},
+        {"task": "lesion", "report": {"ct-chest": {"warnings": ["l"]}, "mr-t1": {"warnings": []}}},
+        {"task": "enhance", "report": {"bias": {"warnings": []}, "denoise": {"warnings": ["noise estimates disagree"]}}}]}
+    assert report_warnings(demo) == ["fill: f", "fill/upsample: u", "lesion/ct-chest: l",
+                                     "enhance/denoise: noise estimates disagree"]
+
+
+def _cli(capsys, *argv):
+    from MedSynthLib.cli import main
+
+    code = main(["-q", *map(str, argv)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return [line for line in captured.err.splitlines() if line]
+
+
+def test_every_task_command_prints_its_report_warnings_on_stderr_even_when_quiet(tmp_path, capsys):
+    """fill, upsample, lesion, denoise and enhance (denoise's noise-estimate disagreement included: it used to be
+    in the JSON only) print each warning of their report as one 'medsynth: warning:' line on stderr."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import make_phantom
+    from enhance.phantoms import head_with_loud_background
+    from MedSynthLib import write_volume
+
+    phantom = make_phantom((12, 40, 48))
+    source = write_volume(phantom, tmp_path / "in.nii.gz")
+    middle = ",".join(f"{x:.2f}" for x in phantom.ijk_points_to_ras(np.array([24.0, 20.0, 6.0])))
+    err = _cli(capsys, "fill", source, tmp_path / "f.nii.gz", "--method", "linear", "--report", tmp_path / "f.json")
+    assert err == ["medsynth: warning: no missing or corrupted slice was found; the volume is returned unchanged"]
+    assert strict_loads((tmp_path / "f.json").read_text())["warnings"] == [err[0].split("warning: ", 1)[1]]
+    err = _cli(capsys, "upsample", source, tmp_path / "u.nii.gz", "--spacing", "1.3", "--method", "cubic",
+               "--report", tmp_path / "u.json")
+    assert err == [f"medsynth: warning: {w}" for w in strict_loads((tmp_path / "u.json").read_text())["warnings"]]
+    err = _cli(capsys, "lesion", source, tmp_path / "l.nii.gz", "--labels", tmp_path / "ll.nii.gz", "--preset",
+               "mr-metastasis", "--size", "6", "--at", middle, "--at", middle)
+    assert err == ["medsynth: warning: lesion 2 overlaps an earlier lesion; the later one wins"]
+
+    _, loud = head_with_loud_background()
+    noisy = write_volume(loud, tmp_path / "loud.nii.gz")
+    err = _cli(capsys, "denoise", noisy, tmp_path / "d.nii.gz", "--device", "cpu", "--report", tmp_path / "d.json")
+    assert any(line.startswith("medsynth: warning: noise estimates disagree") for line in err), err
+    assert [f"medsynth: warning: {w}" for w in strict_loads((tmp_path / "d.json").read_text())["warnings"]] == err
+    err = _cli(capsys, "enhance", noisy, tmp_path / "e.nii.gz", "--steps", "denoise:dct", "--device", "cpu")
+    assert any(line.startswith("medsynth: warning: denoise(method=dct): noise estimates disagree") for line in err), err
+
+
+def test_augment_prints_the_warnings_of_the_outputs_it_made(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import MedSynthLib.tasks.lesion as lesion_task
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import make_phantom
+    from MedSynthLib import write_volume
+
+    real = lesion_task.insert_lesions
+
+    def warned(*args, **kwargs):  # a lesion warning, as a thick-slice or crowded scan gives
+        result = real(*args, **kwargs)
+        result.report["warnings"].append("lesion 1 overlaps an earlier lesion; the later one wins")
+        return result
+
+    monkeypatch.setattr(lesion_task, "insert_lesions", warned)
+    write_volume(make_phantom((12, 40, 48)), tmp_path / "scans" / "scan0.nii.gz")
+    argv = ["augment", tmp_path / "scans", tmp_path / "out", "--variants", "1", "--preset", "mr-metastasis",
+            "--count", "1", "--size", "6", "--region", "brain"]
+    err = _cli(capsys, *argv)
+    assert len(err) == 1 and err[0].startswith("medsynth: warning: scan0 variant ") and "overlaps" in err[0], err
+    assert _cli(capsys, *argv) == []  # a rerun makes nothing, so it has nothing new to say

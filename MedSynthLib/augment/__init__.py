@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -44,6 +44,8 @@ class AugmentResult:
     written: int
     skipped: int
     failed: list[dict]
+    #: The lesion task's warnings of the outputs made by this run, each prefixed with its case and variant.
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -197,9 +199,11 @@ def augment(source: Union[str, Path], output_dir: Union[str, Path], options: Opt
     total = len(cases) * options.variants
     update, close = _progress_sink(progress, total, total - len(tasks))
     failed: list[dict] = []
+    warnings: list[str] = []
 
     def on_row(row: dict) -> None:
         rows[(row["case"], int(row["variant"]))] = row
+        warnings.extend(f"{row['case']} variant {row['variant']}: {w}" for w in row.get("warnings") or ())
         if row["status"] != "ok":
             failed.append(row)
             name = f"{row['case']}_v{int(row['variant']):03d}"
@@ -216,4 +220,4 @@ def augment(source: Union[str, Path], output_dir: Union[str, Path], options: Opt
         close()
         _finish(root, rows, config, options)
     ordered = [dict(rows[k]) for k in sorted(rows)]
-    return AugmentResult(root, ordered, len(tasks) - len(failed), total - len(tasks), failed)
+    return AugmentResult(root, ordered, len(tasks) - len(failed), total - len(tasks), failed, warnings)

@@ -133,6 +133,7 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
         "lesion_ml": to_json([lesion["volume_ml"] for lesion in result.report["lesions"]]),
         "label_ids": to_json(existing),
         "image_sha256": file_sha256(temporaries[0]), "label_sha256": file_sha256(temporaries[1]),
+        "warnings": list(result.report["warnings"]),  # for the command line's stderr; not a manifest column
     }
     return row, list(zip(temporaries, finals))
 

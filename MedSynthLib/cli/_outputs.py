@@ -12,7 +12,8 @@ Every task command names its files once, as ``{"OUTPUT": ..., "--labels": ...}``
 
 Results are staged beside their destinations and moved into place by
 :meth:`Outputs.commit` (Ctrl-C is held back for those few renames), so an
-interrupted or failed run leaves no file. The report is written last: when
+interrupted or failed run leaves no file. The report is written last (its
+warnings printed on stderr first, whether or not ``--report`` is given): when
 that fails the outputs stay and the command exits 2 saying so.
 """
 
@@ -171,11 +172,14 @@ class Outputs:
         return self.written
 
     def write_report(self, report: Mapping) -> None:
-        """Write ``--report`` after the outputs; a failure keeps them and says so (exit 2)."""
+        """Print the report's warnings on stderr (:func:`~.common.print_warnings`; with or without ``--report``),
+        then write ``--report`` after the outputs; a failure keeps them and says so (exit 2)."""
+        from .common import print_warnings, write_json
+
+        print_warnings(report)
         path = self.paths.get("--report")
         if path is None:
             return
-        from .common import write_json
 
         try:
             write_json(report, path)

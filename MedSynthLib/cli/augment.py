@@ -19,7 +19,7 @@ import sys
 
 from ..augment import COHORT_LESION, AugmentOptions
 from ..tasks.lesion import LesionOptions
-from .common import add_option_args, options_from_args
+from .common import add_option_args, options_from_args, print_warnings
 from .lesion import add_lesion_options, lesion_knobs
 
 __all__ = ["register"]
@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"medsynth: cancelled; every output in {args.output}/manifest.csv is complete: "
               "run the same command again to finish", file=sys.stderr)
         return 130
+    print_warnings({"warnings": result.warnings})  # "medsynth: warning: case1 variant 0: lesion 1 ..."
     for row in result.failed:
         print(f"medsynth: {row['case']} variant {row['variant']} ({row['source']}): {row['error']}", file=sys.stderr)
     if not args.quiet or result.failed:

@@ -16,7 +16,8 @@ from ..reports import to_json
 
 __all__ = [
     "progress_bar", "write_json", "axis_arg", "device_arg", "add_report_arg",
-    "positive_int", "number_in", "run_reporting_errors", "OneLineParser", "cli_words",
+    "positive_int", "number_in", "run_reporting_errors", "OneLineParser", "cli_words", "report_warnings",
+    "print_warnings",
 ]
 
 
@@ -49,6 +50,39 @@ def write_json(data: Any, path: Optional[str | Path]) -> None:
     text = to_json(data, indent=2) + "\n"
     with staged_file(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def report_warnings(report: Any, where: tuple[str, ...] = ()) -> list[str]:
+    """Every warning of ``report``, one line each, in order, without repeats.
+
+    A dict with a ``warnings`` list gives those (a pipeline's already holds its steps', so nothing under it is
+    read again); otherwise its values are searched, each warning prefixed with where it was found
+    (``enhance/denoise: ...`` in the demo's report; the keys ``report``, ``steps`` and ``summary`` and a key
+    that repeats the last place add nothing, and a list item with a ``task`` is named by it).
+    """
+    found: list[str] = []
+    if isinstance(report, dict):
+        if isinstance(report.get("warnings"), (list, tuple)):
+            prefix = "/".join(where)
+            found = [" ".join(str(w).split()) for w in report["warnings"]]
+            found = [f"{prefix}: {w}" if prefix else w for w in found]
+        else:
+            for key, value in report.items():
+                skip = key in ("report", "steps", "summary") or (where and where[-1] == str(key))
+                found += report_warnings(value, where if skip else (*where, str(key)))
+    elif isinstance(report, (list, tuple)):
+        for item in report:
+            named = isinstance(item, dict) and isinstance(item.get("task"), str) and item["task"] not in where[-1:]
+            found += report_warnings(item, (*where, item["task"]) if named else where)
+    return list(dict.fromkeys(found))
+
+
+def print_warnings(report: Any, *, prog: str = "medsynth") -> None:
+    """Print every warning of ``report`` (:func:`report_warnings`) on stderr, one line each:
+    ``medsynth: warning: ...``. Every task command does, even with ``--quiet``: a warning is part of the
+    result (the report holds it too), not a progress or log message."""
+    for line in report_warnings(report):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
 
 
 def axis_arg(text: str) -> str:

@@ -28,7 +28,6 @@ oedema not labelled).
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -49,8 +48,6 @@ from ._report import describe_lesions
 from ._specs import LesionSpec, load_shape_model, resolve_specs
 
 __all__ = ["LesionResult", "insert_lesions", "provenance_metadata", "LABEL_CLASSES"]
-
-logger = logging.getLogger(__name__)
 
 LABEL_CLASSES = {1: "lesion", 2: "core", 3: "oedema"}
 
@@ -278,8 +275,6 @@ def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *
     lesions = describe_lesions(volume, composite, resolved.specs, mask)
     result_report = _task_report(options, painter, lesions, composite, resolved.warnings + composite.warnings,
                                  seconds=time.perf_counter() - start)
-    for w in result_report["warnings"]:
-        logger.warning(w)
     report(progress, 1.0, "done")
     geometry = volume.ijk_to_ras
     out_volume = Volume(composite.out, geometry.copy())
