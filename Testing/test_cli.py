@@ -129,3 +129,22 @@ def test_info_on_every_shared_volume_matches_simpleitk(shared_data, capsys):
                 assert info["orientation"] == code_expected
         array = sitk.GetArrayViewFromImage(image)
         assert info["intensity_range"] == pytest.approx([float(array.min()), float(array.max())])
+
+
+def test_version_and_info_answer_without_importing_torch(tmp_path):
+    """Building the parser loads no task's heavy libraries: ``--version`` and ``info`` never import torch."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from MedSynthLib.io import write_volume
+    from MedSynthLib.volume import Volume
+
+    path = tmp_path / "v.nii.gz"
+    write_volume(Volume(np.zeros((4, 5, 6), np.int16), np.eye(4)), path)
+    code = ("import sys; from MedSynthLib.cli import main; "
+            f"codes = [main(['--version']), main(['info', {str(path)!r}])]; "
+            "print(codes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0] False"

@@ -10,10 +10,11 @@ import argparse
 import json
 
 from ..errors import ModelError
-from ..models.package import PackageCheck, check_packages
+
+# ..models.package imports torch: loaded when the command runs, not when the parser is built.
 
 
-def _row(check: PackageCheck) -> dict:
+def _row(check: "PackageCheck") -> dict:
     info, metadata = check.info, (check.info.metadata if check.info is not None else {})
     return {
         "name": check.name,
@@ -28,6 +29,8 @@ def _row(check: PackageCheck) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..models.package import check_packages
+
     rows = [_row(check) for check in check_packages(args.dir or (), task=args.task)]
     if args.json:
         print(json.dumps(rows, indent=2))
