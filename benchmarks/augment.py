@@ -23,7 +23,6 @@ Usage: ``python benchmarks/augment.py [--data ../shared/data] [--variants 2]``; 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from MedSynthLib.augment import augment
 from MedSynthLib.io import read_volume, write_volume
+from MedSynthLib.reports import to_json
 from MedSynthLib.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,9 +194,9 @@ def main() -> None:
     results["transform"] = transform_seconds(args.samples)
     results["load_average_at_end"] = list(os.getloadavg())
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.write_text(to_json(results, indent=2) + "\n")
     print("free cores", results["free_cores_before"], results["free_cores_after"])
-    print(json.dumps({k: results["throughput"].get(k) for k in ("speedup_jobs2", "speedup_jobs2_idle_estimate", "speedup_dask",
+    print(to_json({k: results["throughput"].get(k) for k in ("speedup_jobs2", "speedup_jobs2_idle_estimate", "speedup_dask",
                                                                  "same_bytes_as_serial")}))
     print(f"wrote {args.output}")
 

@@ -21,7 +21,6 @@ mask and data range as ``fill.py``. ``--score-only`` scores an output already in
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from fill import THICK, load, make_thick, thick_case  # noqa: E402  (the thick s
 
 from MedSynthLib.io import read_volume, write_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -120,9 +120,9 @@ def main(argv=None) -> int:
            "ssim": round(ssim(reference, got, mask=fg, data_range=data_range, axis=0), 4),
            "seconds": None if seconds is None else round(seconds, 1),
            "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1)}
-    print(json.dumps(row, indent=1))
+    print(to_json(row, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": [row]}, indent=1) + "\n", encoding="utf-8")
+    Path(args.out).write_text(to_json({"rows": [row]}, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -45,7 +45,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_
     os.environ.setdefault(_var, "1")  # before numpy, ITK and torch start their pools
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -61,6 +60,7 @@ from MedSynthLib.errors import InputError  # noqa: E402
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
 from MedSynthLib.noise import otsu_foreground  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.enhance import correct_bias, denoise, estimate_noise  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
@@ -304,6 +304,12 @@ def part_n4(args) -> dict:
     return out
 
 
+def _shown(summary: dict, key: str, spec: str) -> str:
+    """``summary[key]`` formatted, or "n/a" where it was not measured (absent, null, not finite), never "+nan"."""
+    value = summary.get(key)
+    return format(value, spec) if value is not None and np.isfinite(value) else "n/a"
+
+
 def table(results: dict) -> str:
     lines = []
     methods = list(ALL_METHODS)
@@ -327,10 +333,10 @@ def table(results: dict) -> str:
         for lv in labels:
             s = scan[lv].get("summary") or {}
             if s:
-                lines.append(f"  {lv}: auto - best peer ({s.get('best_peer')}) {s.get('auto_minus_best_peer_db', float('nan')):+.2f} dB, "
-                             f"auto - nlm {s.get('auto_minus_nlm_db', float('nan')):+.2f} dB, auto - best own "
-                             f"({s.get('best_own')}) {s.get('auto_minus_best_own_db', float('nan')):+.2f} dB, auto wall / ANTs "
-                             f"{s.get('auto_wall_over_ants', float('nan')):.2f}, fastest peer within 0.2 dB: "
+                lines.append(f"  {lv}: auto - best peer ({s.get('best_peer')}) {_shown(s, 'auto_minus_best_peer_db', '+.2f')} dB, "
+                             f"auto - nlm {_shown(s, 'auto_minus_nlm_db', '+.2f')} dB, auto - best own "
+                             f"({s.get('best_own')}) {_shown(s, 'auto_minus_best_own_db', '+.2f')} dB, auto wall / ANTs "
+                             f"{_shown(s, 'auto_wall_over_ants', '.2f')}, fastest peer within 0.2 dB: "
                              f"{s.get('fastest_peer_within_0p2db')} (time ratio {s.get('time_ratio_to_it', '-')})")
     if "n4" in results:
         n4 = results["n4"]
@@ -379,7 +385,7 @@ def main(argv=None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.write_text(to_json(results, indent=2) + "\n")
     out.with_suffix(".txt").write_text(text + "\n")
     print(f"\nwritten: {out}")
     return 0

@@ -67,6 +67,7 @@ sys.path.insert(0, str(REPO))
 
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr, ssim  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, upsample_slices  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
@@ -163,7 +164,7 @@ def save(rows: list, args: argparse.Namespace) -> Path:
                               if (r.get("suite", "zeroed"), r["volume"], r["scenario"], r["method"]) not in keys] + rows
         except (OSError, ValueError, KeyError):
             pass
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(to_json(result, indent=2) + "\n")
     return out
 
 

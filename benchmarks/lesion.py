@@ -46,6 +46,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from MedSynthLib.io import read_volume
+from MedSynthLib.reports import to_json
 from MedSynthLib.tasks.lesion import contrast_error, contrast_of, noise_ratio, shell_mask
 from MedSynthLib.tasks.lesion import auto_region
 from MedSynthLib.tasks.lesion import PRESETS, insert_lesions
@@ -82,6 +83,29 @@ def _find(name: str) -> Path:
 
 
 # ---- independent measurements ----------------------------------------------------------------------
+#: Why a benchmark row's noise ratio is null (noise_ratio's rule: NaN when either side has too few pairs).
+NOISE_NOT_MEASURED = "not measured: fewer than 16 voxel pairs inside the lesion (clear of partial volume) or around it"
+
+
+def noise_entry(ratio: float) -> dict:
+    """``{"noise_ratio": ratio}`` rounded, or null with :data:`NOISE_NOT_MEASURED` (strict JSON, never NaN)."""
+    if _finite(ratio):
+        return {"noise_ratio": round(float(ratio), 3)}
+    return {"noise_ratio": None, "noise_ratio_null_reason": NOISE_NOT_MEASURED}
+
+
+def report_noise_entry(entry: dict) -> dict:
+    """The report's noise ratio of a lesion as a benchmark column, with the report's reason where it is null."""
+    if entry.get("noise_ratio") is not None:
+        return {"noise_ratio_report": entry["noise_ratio"]}
+    return {"noise_ratio_report": None, "noise_ratio_report_null_reason": entry.get("noise_ratio_null_reason")}
+
+
+def _finite(value) -> bool:
+    """A measured number (the report writes null, with its reason, where a measurement could not be made)."""
+    return value is not None and bool(np.isfinite(value))
+
+
 def measure(before: Volume, after: np.ndarray, lesion: np.ndarray, core: np.ndarray, own_oedema: np.ndarray,
             others: np.ndarray, mode: str, region: np.ndarray | None = None) -> dict:
     """Volume, contrast (in ``mode``), noise ratio of one lesion, from arrays only."""
@@ -321,8 +345,8 @@ def guarantees(volumes: dict, regions: dict, montage: list) -> list[dict]:
                 "volume_error": round((m["volume_ml"] - requested_ml) / requested_ml, 4),
                 "contrast_requested": round(spec.contrast, 4), "contrast_measured": round(m["contrast"], 4),
                 "contrast_error": round(contrast_error(spec.contrast_mode, spec.contrast, m["contrast"], m["background"]), 4),
-                "noise_ratio": round(m["noise_ratio"], 3),
-                "noise_ratio_report": entry["noise_ratio"],
+                **noise_entry(m["noise_ratio"]),
+                **report_noise_entry(entry),
                 "centre_error_voxels": round(centre_error / max(volume.spacing), 3),
                 "changed_outside_roi": outside_changes, "bit_identical": identical,
                 "seconds_call": round(seconds, 2),
@@ -347,7 +371,7 @@ def realism(volumes: dict) -> list[dict]:
         m = measure(volume, volume.array, real, np.zeros_like(real), np.zeros_like(real), np.zeros_like(real), mode)
         rows.append({"lesion": f"real ({scan.split('_')[0]})", "preset": preset, "volume_ml": round(m["volume_ml"], 3),
                      "diameter_mm": round(diameter, 1), "contrast_mode": mode, "contrast": round(m["contrast"], 3),
-                     "noise_ratio": round(m["noise_ratio"], 3),
+                     **noise_entry(m["noise_ratio"]),
                      "sphericity": round(sphericity(real, spacing_kji), 3),
                      "edge_width_mm": round(edge_width_mm(volume.array.astype(float), real, spacing_kji), 2)})
         # the synthetic lesion goes to the mirror image of the real one across the volume's i axis
@@ -368,7 +392,7 @@ def realism(volumes: dict) -> list[dict]:
                         (result.labels.array > 0) & ~lesion, mode)
             rows.append({"lesion": f"synthetic {number}", "preset": preset, "volume_ml": round(s["volume_ml"], 3),
                          "diameter_mm": round(spec.diameter_mm, 1), "contrast_mode": mode, "contrast": round(s["contrast"], 3),
-                         "noise_ratio": round(s["noise_ratio"], 3),
+                         **noise_entry(s["noise_ratio"]),
                          "sphericity": round(sphericity(lesion, spacing_kji), 3),
                          "edge_width_mm": round(edge_width_mm(result.volume.array.astype(float), lesion, spacing_kji), 2)})
     return rows
@@ -463,7 +487,7 @@ def main() -> None:
     if args.transform_only:
         output = args.output if args.output != RESULTS / "lesion.json" else RESULTS / "lesion_transform.json"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        output.write_text(to_json(results, indent=2, default=float) + "\n")
         print(f"wrote {output}")
         return
     volumes = {name: read_volume(_find(name)) for name in (ROBEX, BRAIN1, LUNG1)}
@@ -476,7 +500,7 @@ def main() -> None:
                                          "seconds_per_lesion", "cpu_seconds_per_lesion", "seconds_auto_region_once", "error"]))
         if args.timing_only:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+            args.output.write_text(to_json(results, indent=2, default=float) + "\n")
             print(f"wrote {args.output}")
             return
 
@@ -493,20 +517,20 @@ def main() -> None:
                                          "noise_ratio", "noise_ratio_report", "centre_error_voxels", "changed_outside_roi", "bit_identical",
                                          "seconds_call", "error"]))
     ok = [r for r in results["guarantees"] if "error" not in r]
-    finite_noise = [r["noise_ratio"] for r in ok if np.isfinite(r["noise_ratio"])]
+    finite_noise = [r["noise_ratio"] for r in ok if _finite(r["noise_ratio"])]
+    reported_noise = [r["noise_ratio_report"] for r in ok if _finite(r["noise_ratio_report"])]  # null: not measured
     results["summary"] = {
         "lesions": len(ok),
         "max_abs_volume_error": max(abs(r["volume_error"]) for r in ok),
         "max_contrast_error": max(r["contrast_error"] for r in ok),
         "noise_ratio_range": [min(finite_noise), max(finite_noise)] if finite_noise else None,
         "noise_not_measurable": len(ok) - len(finite_noise),
-        "noise_ratio_report_range": [min(r["noise_ratio_report"] for r in ok if np.isfinite(r["noise_ratio_report"])),
-                                     max(r["noise_ratio_report"] for r in ok if np.isfinite(r["noise_ratio_report"]))],
+        "noise_ratio_report_range": [min(reported_noise), max(reported_noise)] if reported_noise else None,
         "max_centre_error_voxels": max(r["centre_error_voxels"] for r in ok),
         "changed_outside_roi": max(r["changed_outside_roi"] for r in ok),
         "all_bit_identical": all(r["bit_identical"] for r in ok),
     }
-    print("\nsummary:", json.dumps(results["summary"]))
+    print("\nsummary:", to_json(results["summary"]))
 
     results["realism"] = realism(volumes)
     print("\nRealism: real labelled lesions vs synthetic lesions of the same size in the same scan")
@@ -517,7 +541,7 @@ def main() -> None:
     results["qc_picture"] = str(picture.relative_to(ROOT))
     RESULTS.mkdir(parents=True, exist_ok=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    args.output.write_text(to_json(results, indent=2, default=float) + "\n")
     print(f"\nwrote {args.output} and {picture}")
 
 

@@ -26,7 +26,6 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/lesion_appearance.py --appearance-m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lesion as lesion_benchmark  # noqa: E402  (the shared measurements and montage of benchmarks/lesion.py)
 
 from MedSynthLib.io import read_volume  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.lesion import shell_mask  # noqa: E402
 from MedSynthLib.tasks.lesion import insert_lesions  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
@@ -118,8 +118,8 @@ def main() -> None:
             "contrast_requested": round(spec.contrast, 3),
             "contrast": round(synthetic["contrast"], 3),
             "contrast_error": entry.get("contrast_error"),
-            "noise_ratio": round(measured["noise_ratio"], 3),
-            "noise_ratio_report": entry["noise_ratio"],
+            **lesion_benchmark.noise_entry(measured["noise_ratio"]),
+            **lesion_benchmark.report_noise_entry(entry),
             "interior_cv": round(synthetic["interior_cv"], 3),
             "edge_width_mm": round(synthetic["edge_width_mm"], 2),
             "w1_to_real": round(float(stats.wasserstein_distance(synthetic["relative_values"], real_stats["relative_values"])), 4),
@@ -146,7 +146,7 @@ def main() -> None:
                "montage": picture.name,
                "montage_rows": ["real lesion"] + [name for name, _ in runs]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    args.output.write_text(to_json(results, indent=2, default=float) + "\n")
     print(f"wrote {args.output} and {picture}")
 
 

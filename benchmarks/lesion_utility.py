@@ -40,7 +40,6 @@ training together. Bar (issue #5): Dice >= 0.5 on each real lesion, training at 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from scipy import ndimage
 
 from MedSynthLib.io import read_volume
+from MedSynthLib.reports import to_json
 from MedSynthLib.tasks.lesion import auto_region
 from MedSynthLib.tasks.lesion import PRESETS, insert_lesions
 from MedSynthLib.volume import Volume
@@ -363,7 +363,7 @@ def main() -> None:
                    "the real lesion and a 30 mm margin are excluded from synthesis and training patches; "
                    "'dice' is the largest connected component of the prediction inside the tissue region",
            "targets": rows}
-    args.output.write_text(json.dumps(out, indent=2) + "\n")
+    args.output.write_text(to_json(out, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from MedSynthLib.io import read_volume  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.metrics import psnr  # noqa: E402
 from MedSynthLib.models import BUNDLED_DIR, load_package  # noqa: E402
 
@@ -251,7 +252,7 @@ def main() -> int:
     if "diffusion" in parts and args.diffusion_package:
         results["diffusion"] = diffusion_benchmark(args.diffusion_package, args.unet_package)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    output.write_text(to_json(results, indent=2) + "\n")
     print()
     for part in ("throughput", "fill", "denoise", "diffusion"):
         for row in results.get(part, []):
