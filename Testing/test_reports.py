@@ -215,3 +215,48 @@ def test_augment_prints_the_warnings_of_the_outputs_it_made(tmp_path, capsys, mo
     err = _cli(capsys, *argv)
     assert len(err) == 1 and err[0].startswith("medsynth: warning: scan0 variant ") and "overlaps" in err[0], err
     assert _cli(capsys, *argv) == []  # a rerun makes nothing, so it has nothing new to say
+
+
+#: The json.dumps calls that write no JSON file (a hash, a normalisation, a string inside a torch checkpoint),
+#: by (file, function); every other one must pass allow_nan=False, which MedSynthLib.reports.to_json does.
+NOT_WRITERS = {
+    ("MedSynthLib/augment/__init__.py", "_inputs_sha256"): "hashes the inputs",
+    ("MedSynthLib/augment/__init__.py", "augment"): "normalises the fingerprint (written later through to_json)",
+    ("MedSynthLib/augment/_layout.py", "check_output_dir"): "normalises the fingerprint to compare it",
+    ("MedSynthLib/models/package.py", "save_package"): "checks the metadata is JSON before anything is written",
+    ("MedSynthLib/training/trainer.py", "checkpoint"): "the history as a string inside the .pt checkpoint",
+}
+
+
+def test_every_json_writer_refuses_nan():
+    """A json.dumps without allow_nan=False can write NaN again: every writer goes through reports.to_json."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for folder in ("MedSynthLib", "MedSynth", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            name = path.relative_to(root).as_posix()
+
+            def visit(node, function):
+                for child in ast.iter_child_nodes(node):
+                    inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+                    if (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
+                            and child.func.attr in ("dump", "dumps") and isinstance(child.func.value, ast.Name)
+                            and child.func.value.id == "json"
+                            and not any(k.arg == "allow_nan" and getattr(k.value, "value", None) is False
+                                        for k in child.keywords)):
+                        found.add((name, inner))
+                    visit(child, inner)
+
+            visit(ast.parse(path.read_text(encoding="utf-8")), "<module>")
+    assert found <= set(NOT_WRITERS), sorted(found - set(NOT_WRITERS))
+
+
+def test_every_stored_json_file_is_strict():
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("benchmarks/results/*.json"), *(root / "MedSynthLib").rglob("*.json"),
+             *(root / "Resources").rglob("*.json"), root / "MedSynth.json"]
+    assert len(files) > 10
+    for path in files:
+        strict_loads(path.read_text(encoding="utf-8"))

@@ -7,9 +7,9 @@ metadata cannot be read, is listed as DAMAGED with the reason; the command then 
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..errors import ModelError
+from ..reports import to_json
 
 # ..models.package imports torch: loaded when the command runs, not when the parser is built.
 
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
     rows = [_row(check) for check in check_packages(args.dir or (), task=args.task)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(to_json(rows, indent=2))
     elif not rows:
         print("no model packages found")
     else:

@@ -39,6 +39,7 @@ from typing import Iterable, Optional, Union
 import torch
 
 from ..errors import ModelError
+from ..reports import to_json
 from .networks import build_network
 
 __all__ = [
@@ -152,7 +153,7 @@ def save_package(
     weights = json_path.with_suffix(".safetensors")
     save_file(state, str(weights), metadata={"format": "pt"})
     metadata["weights_sha256"] = weights_sha256(weights)
-    json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    json_path.write_text(to_json(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")  # strict: no NaN
     return json_path
 
 
