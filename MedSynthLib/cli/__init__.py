@@ -33,7 +33,7 @@ def build_parser() -> "argparse.ArgumentParser":
         "insert synthetic lesions with exact masks, denoise and correct bias.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages (a result's warnings still go to stderr)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on failure")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
