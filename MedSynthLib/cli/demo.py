@@ -83,6 +83,7 @@ def run_demo(out_dir: Path, *, progress: Optional[ProgressCallback] = None, only
                 "seconds": round(time.perf_counter() - start, 2),
                 "outputs": [str(p) for p in outcome.outputs],
                 "qc_picture": str(qc),
+                "qc_title": outcome.qc_options.get("title", ""),
                 "report": outcome.summary,
             }
         )
