@@ -100,8 +100,9 @@ def test_a_small_lesion_on_thick_slices_reports_null_noise_with_the_reason_not_n
 
     volume = make_phantom((14, 60, 64), matrix=oblique_matrix(spacing=(0.9, 0.9, 5.0)))
     source = write_volume(volume, tmp_path / "thick.nii.gz")
+    region = write_volume(volume.with_array((volume.array > 50).astype(np.uint8)), tmp_path / "region.nii.gz")
     code = main(["-q", "lesion", str(source), str(tmp_path / "out.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
-                 "--preset", "mr-metastasis", "--count", "2", "--size", "5", "--seed", "3",
+                 "--preset", "mr-metastasis", "--count", "2", "--size", "5", "--seed", "3", "--region", str(region),
                  "--report", str(tmp_path / "r.json")])
     assert code == 0, capsys.readouterr().err
     report = strict_loads((tmp_path / "r.json").read_text())
@@ -180,8 +181,9 @@ def test_every_task_command_prints_its_report_warnings_on_stderr_even_when_quiet
                "--report", tmp_path / "u.json")
     assert err == [f"medsynth: warning: {w}" for w in strict_loads((tmp_path / "u.json").read_text())["warnings"]]
     err = _cli(capsys, "lesion", source, tmp_path / "l.nii.gz", "--labels", tmp_path / "ll.nii.gz", "--preset",
-               "mr-metastasis", "--size", "6", "--at", middle, "--at", middle)
-    assert err == ["medsynth: warning: lesion 2 overlaps an earlier lesion; the later one wins"]
+               "mr-metastasis", "--size", "6", "--at", middle, "--at", middle, "--report", tmp_path / "l.json")
+    assert "medsynth: warning: lesion 2 overlaps an earlier lesion; the later one wins" in err
+    assert err == [f"medsynth: warning: {w}" for w in strict_loads((tmp_path / "l.json").read_text())["warnings"]]
 
     _, loud = head_with_loud_background()
     noisy = write_volume(loud, tmp_path / "loud.nii.gz")
@@ -209,9 +211,12 @@ def test_augment_prints_the_warnings_of_the_outputs_it_made(tmp_path, capsys, mo
         return result
 
     monkeypatch.setattr(lesion_task, "insert_lesions", warned)
-    write_volume(make_phantom((12, 40, 48)), tmp_path / "scans" / "scan0.nii.gz")
-    argv = ["augment", tmp_path / "scans", tmp_path / "out", "--variants", "1", "--preset", "mr-metastasis",
-            "--count", "1", "--size", "6", "--region", "brain"]
+    phantom = make_phantom((12, 40, 48))
+    write_volume(phantom, tmp_path / "scan0.nii.gz")
+    write_volume(phantom.with_array((phantom.array > 50).astype(np.uint8)), tmp_path / "region0.nii.gz")
+    (tmp_path / "cohort.csv").write_text("image,region\nscan0.nii.gz,region0.nii.gz\n")
+    argv = ["augment", tmp_path / "cohort.csv", tmp_path / "out", "--variants", "1", "--preset", "mr-metastasis",
+            "--count", "1", "--size", "6"]
     err = _cli(capsys, *argv)
     assert len(err) == 1 and err[0].startswith("medsynth: warning: scan0 variant ") and "overlaps" in err[0], err
     assert _cli(capsys, *argv) == []  # a rerun makes nothing, so it has nothing new to say
