@@ -96,8 +96,8 @@ def test_default_preset_is_one_rule_by_modality_and_body_part():
 def test_default_region_follows_the_preset_or_the_modality_default():
     assert default_region("mr-enhancing-tumour") == "brain"
     assert default_region(None, "CT") == default_region("auto", "CT") == PRESETS["ct-nodule-solid"].region == "lung"
-    assert default_region(None, "MR") == "white-matter"
-    assert LesionOptions(count=1).region_tissue("MR") == "white-matter"  # no region + random: auto
+    assert default_region(None, "MR") == "brain"  # mr-metastasis: at the grey-white junction, anywhere in the brain
+    assert LesionOptions(count=1).region_tissue("MR") == "brain"  # no region + random: auto
     assert LesionOptions(count=1, region="liver").region_tissue("MR") == "liver"
     assert LesionOptions(centres=[(0, 0, 0)]).region_tissue("MR") is None  # given centres: no region to check
 

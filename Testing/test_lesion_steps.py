@@ -22,7 +22,7 @@ def volume():
 
 def _resolved(volume, seed=3, **knobs):
     options, _ = _prepare(volume, LesionOptions.build(modality="MR", device="cpu", **knobs))
-    mask = _region_mask(volume, options)
+    mask, _ = _region_mask(volume, options)
     return options, mask, resolve_specs(volume, options, mask=mask, rng=np.random.default_rng(seed))
 
 

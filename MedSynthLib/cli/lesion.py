@@ -201,9 +201,13 @@ def _run(args: argparse.Namespace) -> int:
         outputs.commit()
         outputs.write_report(report)
     if not args.quiet:
+        tissue = result.report.get("tissue")
+        if tissue:
+            print(f"region: {tissue['tissue']} ({tissue['method']}), {tissue['volume_ml']:.1f} mL")
         for lesion in result.report["lesions"]:
             centre = ",".join(f"{x:.1f}" for x in lesion["centre_ras"])
-            print(f"lesion {lesion['id']}: {lesion['spec']['kind']} at RAS ({centre}) mm, "
+            where = f" in {lesion['tissue']}" if lesion.get("tissue") else ""
+            print(f"lesion {lesion['id']}: {lesion['spec']['kind']}{where} at RAS ({centre}) mm, "
                   f"{lesion['volume_ml']:.3f} mL (requested {lesion['requested_volume_ml']:.3f})")
         print(f"wrote {args.output} and {args.labels}" + (f"; report {args.report}" if args.report else ""))
     return 0

@@ -43,7 +43,7 @@ from ...volume import Volume, mask_on_grid, validate_volume
 from ._compose import Composite, render_lesions, valid_range
 from ._options import LesionOptions, default_preset
 from ._presets import PRESETS, Preset
-from ._region import auto_region
+from ._region import find_tissue
 from ._report import describe_lesions
 from ._specs import LesionSpec, load_shape_model, resolve_specs
 
@@ -119,12 +119,36 @@ def _prepare(volume: Volume, options: LesionOptions) -> tuple[LesionOptions, Any
     return options.replace(**changes), painter
 
 
-def _region_mask(volume: Volume, options: LesionOptions) -> Optional[np.ndarray]:
-    """The region (boolean, the volume's grid) of resolved ``options``: the mask given, the tissue found, or None."""
+def _region_mask(volume: Volume, options: LesionOptions) -> tuple[Optional[np.ndarray], Optional[dict]]:
+    """The region (boolean, the volume's grid) of resolved ``options`` - the mask given, the tissue found, or None -
+    and what the report says of it (tissue, method, volume)."""
     if options.region_mask is not None:
-        return mask_on_grid(volume, options.region_mask, name="region mask")
+        mask = mask_on_grid(volume, options.region_mask, name="region mask")
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        return mask, {"tissue": "label map", "method": "given", "volume_ml": round(np.count_nonzero(mask) * voxel_ml, 2)}
     tissue = options.region_tissue()
-    return None if tissue is None else auto_region(volume, tissue)
+    if tissue is None:
+        return None, None
+    found = find_tissue(volume, tissue)
+    return found.mask, found.describe(volume)
+
+
+#: A lesion whose labelled volume is further than this from the requested one is a warning (the guarantee's bound).
+VOLUME_TOLERANCE = 0.15
+
+
+def _volume_warnings(lesions: list[dict], tissue: Optional[dict]) -> list[str]:
+    """Each lesion's tissue in its report entry; a warning for each volume off by more than the tolerance."""
+    warnings = []
+    for entry in lesions:
+        if tissue is not None:
+            entry["tissue"] = tissue["tissue"]
+        error = entry.get("volume_error")
+        if error is not None and abs(error) > VOLUME_TOLERANCE:
+            warnings.append(f"lesion {entry['id']}: labelled volume {entry['volume_ml']:.3g} mL is {100 * error:+.0f} % "
+                            f"from the requested {entry['requested_volume_ml']:.3g} mL (tolerance "
+                            f"{100 * VOLUME_TOLERANCE:.0f} %): the grid is coarse for this size")
+    return warnings
 
 
 # ---- step 4: the report ---------------------------------------------------------------------------------
@@ -263,9 +287,10 @@ def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *
     options, painter = _prepare(volume, options)
     rng = np.random.default_rng(options.seed)
     report(progress, 0.0, "resolving lesions")
-    mask = _region_mask(volume, options)
+    mask, tissue = _region_mask(volume, options)
     report(progress, 0.05, "placing lesions")
-    resolved = resolve_specs(volume, options, mask=mask, rng=rng)
+    resolved = resolve_specs(volume, options, mask=mask, rng=rng,
+                             region_name="region" if tissue is None else tissue["tissue"])
     composite = render_lesions(volume, resolved.specs, resolved.shapes, mask=mask, painter=painter,
                                labels=options.labels, value_range=valid_range(volume, options.modality),
                                progress=progress, cancel=cancel)
@@ -273,8 +298,9 @@ def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *
         composite.instances.astype(np.uint8) if len(resolved.specs) < 256 else composite.instances)
     report(progress, 0.92, "measuring")
     lesions = describe_lesions(volume, composite, resolved.specs, mask)
-    result_report = _task_report(options, painter, lesions, composite, resolved.warnings + composite.warnings,
-                                 seconds=time.perf_counter() - start)
+    warnings = resolved.warnings + composite.warnings + _volume_warnings(lesions, tissue)
+    result_report = _task_report(options, painter, lesions, composite, warnings, seconds=time.perf_counter() - start)
+    result_report["tissue"] = tissue
     report(progress, 1.0, "done")
     geometry = volume.ijk_to_ras
     out_volume = Volume(composite.out, geometry.copy())

@@ -37,7 +37,7 @@ _BY_BODY_PART = {("CT", "head"): "ct-haemorrhage", ("CT", "chest"): "ct-nodule-s
 
 _PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality "
                 f"({', '.join(f'{m}: {p}' for m, p in DEFAULT_PRESETS.items())}); none: the spec defaults")
-_REGION_HELP = ("where random lesions go: auto (the preset's tissue: white matter on MR, lungs on CT) or a tissue "
+_REGION_HELP = ("where random lesions go: auto (the preset's tissue: the brain on MR, lungs on CT) or a tissue "
                 f"({', '.join(REGIONS)}); unset: auto for random lesions, no check of given centres")
 _CONTRAST_HELP = ("lesion contrast in the preset's mode (a relative fraction on MR, HU on CT; overrides the "
                   "preset's draw)")
@@ -93,12 +93,12 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
 
 def default_region(preset: Union[str, Preset, None], modality: Optional[str] = None) -> str:
     """The tissue ``region="auto"`` finds: the preset's own, or (no preset, or ``"auto"``) that of the modality's
-    :func:`default_preset` - white matter on MR, lungs on CT. One of :data:`~._presets.REGIONS`.
+    :func:`default_preset` - the brain on MR, lungs on CT. One of :data:`~._presets.REGIONS`.
 
     Examples
     --------
     >>> default_region("mr-enhancing-tumour"), default_region(None, "CT"), default_region("auto", "MR")
-    ('brain', 'lung', 'white-matter')
+    ('brain', 'lung', 'brain')
     """
     name = preset.name if isinstance(preset, Preset) else preset
     if name in (None, "auto"):

@@ -74,7 +74,7 @@ _PRESET_LIST = [
             "oedema_mm": (3.0, 7.0), "oedema_contrast": (-0.15, -0.06), "mass_effect_mm": (1.0, 3.0),
             "irregularity": (0.3, 0.5)}),
     Preset("mr-metastasis", "MR", "T1 post-contrast brain metastasis: small round enhancing lesion, sometimes a "
-           "small necrotic centre, oedema", "white-matter",
+           "small necrotic centre, oedema (at the grey-white junction: anywhere in the brain)", "brain",
            {"diameter_mm": (5.0, 15.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.2),
             "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.05, 0.12),
             "edge_width_mm": (0.5, 1.0), "core_fraction": (0.0, 0.35), "core_contrast": (-0.3, -0.1),

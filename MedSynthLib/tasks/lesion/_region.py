@@ -1,34 +1,35 @@
-"""Where random lesions may go: automatic tissue masks and spaced random placement.
+"""Where random lesions may go: automatic tissue masks (:func:`find_tissue`) and spaced random placement.
 
-Automatic masks are deliberately simple intensity rules (a given label map is
-always better):
+A given label map always comes first. The automatic tissues, each refused in one line when it is not in view
+(a liver preset on a head CT is an error naming what was looked for, never a placement elsewhere):
 
-- ``white-matter`` (MR): the head is the largest Otsu-foreground component;
-  inside it, the brightest of three multi-Otsu classes (white matter on T1;
-  fat too), opened and reduced to its largest component, which drops the thin
-  scalp fat. On T2/FLAIR, where white matter is darker, pass a mask instead.
-- ``brain`` (MR): that white matter grown by 6 mm and hole-filled, inside the
-  head: room for large tumours, which cross tissue borders.
+- ``brain`` (MR): the skull strip of :mod:`._anatomy`, at least 16 mm below the head's surface;
+- ``white-matter`` (MR): white matter inside it, by contrast (brightest class on T1, darkest on T2-like);
 - ``lung`` (CT): components of voxels below -400 HU, except those that touch
   the in-plane edges of the volume and are as dark as air (median below
   -960 HU: outside air; a crop through a lung keeps the lung), the two largest
-  kept, holes (vessels) filled slice by slice.
-- ``liver`` / ``brain-ct`` (CT): the largest smooth soft-tissue component in
-  40-90 HU or 15-50 HU. Coarse: pass a mask for real work.
+  kept, holes (vessels) filled slice by slice; at least 5 mL (sinuses and bowel gas are not lungs);
+- ``liver`` (CT): the largest thick (8 mm eroded) 40-200 HU organ on the patient's right, in a trunk at least
+  22 cm wide, grown back inside soft tissue (plain and contrast-enhanced livers);
+- ``brain-ct`` (CT): 0-80 HU tissue inside the cavity that bone (> 250 HU) closes slice by slice, refused
+  where the cavity holds air or lung (a rib cage) or is wider than a skull.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 from scipy import ndimage
 
 from ...errors import InputError
 from ...volume import Volume
+from ._anatomy import find_brain, white_matter
 from ._presets import REGIONS
 
-__all__ = ["auto_region", "place_centres"]
+__all__ = ["Tissue", "auto_region", "find_tissue", "place_centres"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,39 +42,6 @@ def _largest(mask: np.ndarray, *, keep: int = 1, min_fraction: float = 0.0) -> n
     order = np.argsort(sizes)[::-1][:keep]
     chosen = [i + 1 for i in order if sizes[i] >= min_fraction * sizes[order[0]]]
     return np.isin(labels, chosen)
-
-
-def _white_matter(array: np.ndarray) -> np.ndarray:
-    from skimage.filters import threshold_multiotsu, threshold_otsu
-
-    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.0)
-    head = smooth > threshold_otsu(smooth.ravel()[:: max(1, smooth.size // 400_000)])
-    head = ndimage.binary_fill_holes(_largest(head))
-    values = smooth[head]
-    values = values[:: max(1, values.size // 400_000)]
-    thresholds = threshold_multiotsu(values, classes=3)
-    bright = head & (smooth > thresholds[1])
-    bright = ndimage.binary_opening(bright, iterations=1)
-    return _largest(bright)
-
-
-def _brain(array: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
-    """White matter closed, hole-filled and grown by about 6 mm (grey matter, deep nuclei), inside the head."""
-    from skimage.filters import threshold_otsu
-
-    wm = _white_matter(array)
-    # dilation by a 6 mm ball = distance (mm) to the white matter <= 6, on the white matter's bounding box
-    # grown by 6 mm: one exact distance transform instead of a dilation with a large ball (10x faster on 256^3)
-    grown = np.zeros_like(wm)
-    if wm.any():
-        box = ndimage.find_objects(wm.astype(np.uint8))[0]
-        pad = [int(np.ceil(6.0 / s)) + 1 for s in spacing_kji]
-        box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, wm.shape))
-        grown[box] = ndimage.distance_transform_edt(~wm[box], sampling=spacing_kji) <= 6.0
-    brain = ndimage.binary_fill_holes(grown)
-    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.0)
-    head = smooth > threshold_otsu(smooth.ravel()[:: max(1, smooth.size // 400_000)])
-    return brain & ndimage.binary_fill_holes(_largest(head))
 
 
 def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
@@ -103,30 +71,144 @@ def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
     return np.moveaxis(filled, 0, slice_axis)
 
 
-def _soft_tissue(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.5)
-    tissue = ndimage.binary_opening((smooth > low) & (smooth < high), iterations=2)
-    return ndimage.binary_fill_holes(_largest(tissue))
+def _body(smooth: np.ndarray, slice_axis: int) -> np.ndarray:
+    body = _largest(smooth > -500)
+    moved = np.moveaxis(body, slice_axis, 0)
+    return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, slice_axis)
 
 
-def auto_region(volume: Volume, kind: str) -> np.ndarray:
-    """Boolean KJI mask of the tissue ``kind`` (see the module notes); InputError when nothing is found."""
-    if kind == "white-matter":
-        mask = _white_matter(volume.array)
-    elif kind == "brain":
-        mask = _brain(volume.array, volume.spacing_kji)
+def _width_mm(mask: np.ndarray, spacing_kji, slice_axis: int) -> float:
+    """The mask's largest in-plane extent (mm), of its bounding box."""
+    if not mask.any():
+        return 0.0
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return max((b.stop - b.start) * s for a, (b, s) in enumerate(zip(box, spacing_kji)) if a != slice_axis)
+
+
+def _liver(volume: Volume) -> np.ndarray:
+    """The largest thick soft-tissue organ (40-200 HU: plain or contrast-enhanced) on the patient's right, in a trunk."""
+    spacing, axis = volume.spacing_kji, volume.slice_axis()
+    smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [2.0 / s for s in spacing])
+    body = _body(smooth, axis)
+    if _width_mm(body, spacing, axis) < 220.0:  # a head or a limb: no liver in view
+        return np.zeros_like(body)
+    tissue = body & (smooth > 40) & (smooth < 200)
+    thick = ndimage.distance_transform_edt(tissue, sampling=spacing) >= 8.0  # organs apart, muscle and vessels gone
+    labels, count = ndimage.label(thick)
+    if count == 0:
+        return thick
+    sizes = np.bincount(labels.ravel())[1:]
+    centres = np.array(ndimage.center_of_mass(thick, labels, range(1, count + 1)))
+    right_x = volume.ijk_points_to_ras(centres[:, ::-1])[:, 0]
+    body_x = volume.ijk_points_to_ras(np.argwhere(body)[:: 97].mean(axis=0)[::-1])[0]
+    on_right = [i for i in np.argsort(sizes)[::-1] if right_x[i] > body_x]
+    if not on_right:
+        return np.zeros_like(body)
+    seed = labels == on_right[0] + 1
+    grown = ndimage.distance_transform_edt(~seed, sampling=spacing) <= 8.0 + max(spacing)
+    return ndimage.binary_fill_holes(grown & tissue & body)
+
+
+def _brain_ct(volume: Volume) -> np.ndarray:
+    """Soft tissue (0-80 HU) inside the skull: the cavity that bone closes slice by slice, mostly brain-dense."""
+    spacing, axis = volume.spacing_kji, volume.slice_axis()
+    smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [1.0 / s for s in spacing])
+    bone = smooth > 250
+    moved = np.moveaxis(bone, axis, 0)
+    cavity = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis) & ~bone
+    cavity = ndimage.binary_opening(cavity, iterations=2)
+    brain = _largest(cavity & (smooth > 0) & (smooth < 80))
+    inside = _largest(cavity)
+    if not brain.any() or np.count_nonzero(brain) < 0.6 * np.count_nonzero(inside) \
+            or np.mean(smooth[inside] < -200) > 0.05 or _width_mm(inside, spacing, axis) > 210.0:
+        return np.zeros_like(brain)  # a chest's rib cage, or no closed skull: no brain in view
+    return ndimage.binary_fill_holes(brain)
+
+
+@dataclass
+class Tissue:
+    """An automatic region: its ``mask`` (volume grid), the tissue's ``name``, the ``method`` that found it
+    and the ``brain_ml`` where a brain was extracted first."""
+
+    name: str
+    mask: np.ndarray
+    method: str
+    extra: dict
+
+    def describe(self, volume: Volume) -> dict:
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        return {"tissue": self.name, "method": self.method,
+                "volume_ml": round(float(np.count_nonzero(self.mask)) * voxel_ml, 2), **self.extra}
+
+
+_LOOKED_FOR = {
+    "white-matter": "white matter inside a skull-stripped brain (an MR head)",
+    "brain": "a brain inside a dark skull (an MR head)",
+    "lung": "air-filled lungs (< -400 HU, at least 5 mL, not the outside air)",
+    "liver": "a liver (a thick 40-200 HU organ on the patient's right in a trunk at least 22 cm wide)",
+    "brain-ct": "a brain (0-80 HU) inside a skull that bone closes",
+}
+
+_METHODS = {
+    "white-matter": "skull strip (morphological) + contrast-aware 3-class multi-Otsu",
+    "brain": "skull strip (morphological), >= 16 mm below the head's surface",
+    "lung": "air components inside the body (< -400 HU), two largest, vessels filled",
+    "liver": "thick 40-200 HU soft tissue on the patient's right (8 mm erosion, largest, regrown)",
+    "brain-ct": "0-80 HU inside the bone-closed skull cavity",
+}
+
+
+def find_tissue(volume: Volume, kind: str) -> Tissue:
+    """The tissue ``kind`` (see the module notes) with how it was found; InputError when it is not in view."""
+    extra: dict = {}
+    if kind in ("white-matter", "brain"):
+        masks = find_brain(volume.array, volume.spacing_kji)
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        if np.count_nonzero(masks.brain) * voxel_ml < 10.0:
+            masks.region[:] = False
+        mask = masks.region if kind == "brain" else white_matter(volume.array, volume.spacing_kji, masks)
+        extra = {"brain_ml": round(np.count_nonzero(masks.brain) * voxel_ml, 1)}
+        if masks.contrast:
+            extra["contrast"] = masks.contrast
     elif kind == "lung":
         mask = _lung(volume.array, volume.slice_axis())
+        if np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0 < 5.0:
+            mask = np.zeros_like(mask)  # sinuses, mastoids, bowel gas: not lungs
     elif kind == "liver":
-        mask = _soft_tissue(volume.array, 40.0, 90.0)
+        mask = _liver(volume)
     elif kind == "brain-ct":
-        mask = _soft_tissue(volume.array, 15.0, 50.0)
+        mask = _brain_ct(volume)
     else:
         raise InputError(f"no automatic region {kind!r} (the tissues are {', '.join(REGIONS)}); pass a label map "
                          "as the region")
     if not mask.any():
-        raise InputError(f"the automatic {kind} region is empty on this volume; pass a label map as the region")
-    return mask
+        raise InputError(f"no {kind} in view: looked for {_LOOKED_FOR[kind]} and found none; use a preset for "
+                         "what this scan shows, or pass a label map as the region")
+    return Tissue(kind, mask, _METHODS[kind], extra)
+
+
+def auto_region(volume: Volume, kind: str) -> np.ndarray:
+    """Boolean KJI mask of the tissue ``kind`` (see the module notes); InputError when it is not in view."""
+    return find_tissue(volume, kind).mask
+
+
+def _depth_map(region: np.ndarray, spacing_kji) -> tuple[np.ndarray, np.ndarray]:
+    box = ndimage.find_objects(region.astype(np.uint8))[0]  # the distance map only where the region is
+    padded = np.pad(region[box], 1, constant_values=False)  # the volume's edge is the region's edge
+    depth = ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    return depth, np.array([s.start for s in box])
+
+
+def _try_place(depth, offset, volume, extent, rng, placed, tries, min_spacing_mm) -> Optional[np.ndarray]:
+    candidates = np.argwhere(depth >= extent)
+    if candidates.size == 0:
+        return None
+    for _ in range(tries):
+        index = int(rng.integers(len(candidates)))
+        point = volume.ijk_points_to_ras((candidates[index] + offset)[::-1].astype(np.float64))
+        if all(np.linalg.norm(point - c) >= extent + other + min_spacing_mm for c, other in placed):
+            return point
+    return None
 
 
 def place_centres(
@@ -137,43 +219,40 @@ def place_centres(
     *,
     min_spacing_mm: float,
     tries: int = 200,
+    shrink: Optional[Callable[[int, float], Optional[float]]] = None,
+    name: str = "region",
 ) -> list[np.ndarray]:
     """RAS centres, one per extent, each with its whole ball inside ``region`` and ``min_spacing_mm`` apart.
 
     A centre qualifies when the region's distance map (mm) there is at least the
-    lesion's extent; lesions keep ``min_spacing_mm`` between their balls.
+    lesion's extent; lesions keep ``min_spacing_mm`` between their balls. A lesion
+    that does not fit is drawn again smaller: ``shrink(index, deepest_mm)`` returns
+    its new extent (``extents_mm`` is updated), or None when it cannot shrink (its
+    size was given, or it is the preset's smallest).
 
     Raises
     ------
     InputError
-        A lesion is larger than the region allows, or the lesions cannot all fit.
+        The smallest lesion is larger than the region allows, or the lesions cannot all fit.
     """
-    spacing_kji = volume.spacing_kji
-    box = ndimage.find_objects(region.astype(np.uint8))[0]  # the distance map only where the region is
-    padded = np.pad(region[box], 1, constant_values=False)  # the volume's edge is the region's edge
-    depth = ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
-    offset = np.array([s.start for s in box])
+    depth, offset = _depth_map(region, volume.spacing_kji)
     deepest = float(depth.max())
-    centres: list[np.ndarray] = []
-    for number, extent in enumerate(extents_mm):
-        candidates = np.argwhere(depth >= extent)
-        if candidates.size == 0:
-            raise InputError(
-                f"lesion {number + 1} needs a region {2 * extent:.1f} mm across, but the region's widest "
-                f"inscribed ball is {2 * deepest:.1f} mm; choose a smaller size or a larger region"
-            )
-        placed = False
-        for _ in range(tries):
-            index = int(rng.integers(len(candidates)))
-            point = volume.ijk_points_to_ras((candidates[index] + offset)[::-1].astype(np.float64))
-            if all(np.linalg.norm(point - c) >= extent + other + min_spacing_mm
-                   for c, other in zip(centres, extents_mm)):
-                centres.append(point)
-                placed = True
+    placed: list[tuple[np.ndarray, float]] = []
+    for number in range(len(extents_mm)):
+        while True:
+            point = _try_place(depth, offset, volume, extents_mm[number], rng, placed, tries, min_spacing_mm)
+            if point is not None:
+                placed.append((point, extents_mm[number]))
                 break
-        if not placed:
+            smaller = None if shrink is None else shrink(number, deepest)
+            if smaller is not None:
+                extents_mm[number] = smaller
+                continue
+            if 2 * extents_mm[number] > 2 * deepest:
+                raise InputError(
+                    f"lesion {number + 1} needs a region {2 * extents_mm[number]:.1f} mm across, but the {name} "
+                    f"region's widest inscribed ball is {2 * deepest:.1f} mm; choose a smaller size or a larger region")
             raise InputError(
-                f"cannot fit {len(extents_mm)} lesions {min_spacing_mm:g} mm apart inside the region "
-                f"(placed {len(centres)}); ask for fewer or smaller lesions, or a smaller --min-spacing"
-            )
-    return centres
+                f"cannot fit {len(extents_mm)} lesions {min_spacing_mm:g} mm apart inside the {name} region "
+                f"(placed {len(placed)}); ask for fewer or smaller lesions, or a smaller --min-spacing")
+    return [p for p, _ in placed]

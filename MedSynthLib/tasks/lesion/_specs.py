@@ -173,8 +173,29 @@ def _specs_at(centres: Sequence[Sequence[float]], preset: Optional[Preset], rng:
     return [dataclasses.replace(s, centre_ras=tuple(float(x) for x in p)).validate() for s, p in zip(drawn, centres)]
 
 
+def _shrinker(resolved: list, needs_placing: list[int], extents: list[float], low: float, model: Any):
+    """``shrink(index, deepest_mm)`` for :func:`place_centres`: lesion ``needs_placing[index]`` drawn again smaller,
+    log-uniformly within the preset's range below what the region's deepest point allows (at most 0.9 of its
+    diameter; the preset's smallest last); its new extent, or None once the smallest did not fit."""
+    def shrink(index: int, deepest: float) -> Optional[float]:
+        number = needs_placing[index]
+        spec = resolved[number]
+        if spec.diameter_mm <= low * 1.0001:
+            return None
+        grow = spec.oedema_mm
+        ratio = max(0.0, deepest - grow) / max(extents[index] - grow, 1e-6)
+        high = min(0.9, ratio) * spec.diameter_mm
+        rng = np.random.default_rng([int(spec.seed), 11, int(1000 * spec.diameter_mm)])
+        diameter = low if high <= low else float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        spec = dataclasses.replace(spec, diameter_mm=diameter, mass_effect_mm=min(spec.mass_effect_mm, 0.4 * diameter))
+        resolved[number] = spec
+        return shape_for(spec, np.zeros(3), model).extent(grow=grow)
+
+    return shrink
+
+
 def resolve_specs(volume: Volume, options: Any, *, mask: Optional[np.ndarray],
-                  rng: np.random.Generator) -> ResolvedLesions:
+                  rng: np.random.Generator, region_name: str = "region") -> ResolvedLesions:
     """Draw, place and check every lesion of ``options`` (a :class:`~._options.LesionOptions` whose preset and
     shape model are resolved: a preset name or None, a loaded model or None).
 
@@ -196,7 +217,11 @@ def resolve_specs(volume: Volume, options: Any, *, mask: Optional[np.ndarray],
     if needs_placing:
         extents = [shape_for(resolved[i], np.zeros(3), model).extent(grow=resolved[i].oedema_mm)
                    for i in needs_placing]
-        placed = place_centres(mask, volume, extents, rng, min_spacing_mm=options.min_spacing_mm)
+        low = None if preset is None or options.size_mm is not None or options.specs is not None \
+            else float(preset.ranges.get("diameter_mm", (None,))[0] or 0) or None
+        shrink = None if low is None else _shrinker(resolved, needs_placing, extents, low, model)
+        placed = place_centres(mask, volume, extents, rng, min_spacing_mm=options.min_spacing_mm, shrink=shrink,
+                               name=region_name)
         for i, point in zip(needs_placing, placed):
             resolved[i] = dataclasses.replace(resolved[i], centre_ras=tuple(float(x) for x in point))
     shapes, warnings = [], []
