@@ -19,6 +19,7 @@ Prints a table; writes ``benchmarks/results/lesion_placement.json``. Usage: ``py
 from __future__ import annotations
 
 import argparse
+import tempfile
 import contextlib
 import io
 import json
@@ -132,8 +133,7 @@ def main() -> None:
     parser.add_argument("--scans", nargs="*", default=list(SCANS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2])
     args = parser.parse_args()
-    work = OUT.parent / "_lesion_placement_tmp"
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lesion_placement_"))  # outputs of each run, replaced by the next
     rows = []
     print(f"{'scan':42s} {'preset':24s} seed exit in-tissue  tissue(method) mL   diameters mm   s   problem")
     for scan in args.scans:
