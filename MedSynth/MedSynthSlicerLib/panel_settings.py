@@ -70,7 +70,7 @@ NOT_ON_PANEL = {
     "denoise": {"modality": "guessed from the voxels", "device": "the Device setting", "seed": "the Seed setting",
                 "time_budget": "the Enhance tab's Time budget", "threads": "the idle cores", "batch_size":
                 "halved on out-of-memory by itself"},
-    "bias": {"iterations": "the Python API", "control_points": "the Python API"},
+    "bias": {"iterations": "the Python API", "control_points": "the Python API", "output_dtype": "auto: never clipped"},
     "enhance": {"steps": "the Enhance tab's boxes", "device": "the Device setting", "seed": "the Seed setting"},
 }
 

@@ -24,7 +24,7 @@ __all__ = ["register", "demo_step"]
 
 #: The knobs each command offers as flags (choices, ranges, defaults and help from the options classes).
 _DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget")
-_BIAS_KNOBS = ("shrink",)
+_BIAS_KNOBS = ("shrink", "output_dtype")
 _ENHANCE_KNOBS = ("steps", "device", "seed", "time_budget")
 
 
@@ -80,8 +80,14 @@ def _run_bias(args: argparse.Namespace) -> int:
         result = correct_bias(volume, options, mask=mask, progress=progress)
     _write(outputs, volume, result, task="bias correction")
     if not args.quiet:
-        low, high = result.report["parameters"]["field_range"]
-        print(f"bias corrected in {result.report['seconds']:.1f} s (field {low:.2f}-{high:.2f} in the mask): {args.output}")
+        done = result.report
+        if done["changed"]:
+            low, high = done["parameters"]["field_range"]
+            print(f"bias corrected in {done['seconds']:.1f} s (field {low:.2f}-{high:.2f} in the mask, tissue CV "
+                  f"{100 * done['tissue_cv_before']:.2f} % -> {100 * done['tissue_cv_after']:.2f} %, "
+                  f"{done['output_dtype']}): {args.output}")
+        else:  # the reason is among the warnings, printed on stderr
+            print(f"left unchanged in {done['seconds']:.1f} s: {args.output}")
     return 0
 
 
@@ -136,12 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_denoise(subparsers)
     parser = subparsers.add_parser(
         "bias", help="correct MR intensity shading (N4 bias field)",
-        description="N4 bias-field correction (SimpleITK), fitted on a shrunk image and applied at full resolution.")
+        description="N4 bias-field correction (SimpleITK), fitted on a shrunk image and applied at full resolution "
+        "where it lowers the tissue CV (else the volume is written unchanged, with a warning); never clipped.")
     parser.add_argument("input", help="input volume")
-    parser.add_argument("output", help="corrected volume (same grid and voxel type)")
+    parser.add_argument("output", help="corrected volume (same grid; voxel type: see --output-dtype)")
     parser.add_argument("--mask", metavar="MASK", help="fit the field inside this label map (default: Otsu foreground)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
-    add_option_args(parser, BiasOptions, _BIAS_KNOBS, metavars={"shrink": "N"})
+    add_option_args(parser, BiasOptions, _BIAS_KNOBS, metavars={"shrink": "N", "output_dtype": "auto|input|float32"})
     add_output_args(parser)
     parser.set_defaults(func=_run_bias)
 

@@ -18,13 +18,15 @@ from ...errors import InputError, check_whole_number
 from ...options import DEVICE_HELP, TaskOptions, knob
 from ..fill import UpsampleOptions
 
-__all__ = ["DENOISE_METHODS", "MODALITIES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions", "EnhanceStep",
-           "EnhanceOptions", "parse_steps"]
+__all__ = ["DENOISE_METHODS", "MODALITIES", "BIAS_OUTPUT_DTYPES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions",
+           "EnhanceStep", "EnhanceOptions", "parse_steps"]
 
 #: Denoise methods; ``auto`` picks among the others (and falls back to safer ones), the report says which.
 DENOISE_METHODS = ("auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso")
 #: Modalities as the noise model sees them: MR magnitude (Rician), CT (Gaussian).
 MODALITIES = ("MR", "CT")
+#: The corrected volume's voxel type (:class:`BiasOptions` ``output_dtype``): never clipped to the input's range.
+BIAS_OUTPUT_DTYPES = ("auto", "input", "float32")
 #: What ``method_options`` may hold, per method (the grammar of ``fill_slices``'s ``method_options``).
 METHOD_OPTIONS = {"selfsup": ("steps",)}
 
@@ -103,7 +105,7 @@ class BiasOptions(TaskOptions):
     Examples
     --------
     >>> BiasOptions(shrink=4, iterations=[30, 30])
-    BiasOptions(shrink=4, control_points=4, iterations=(30, 30))
+    BiasOptions(shrink=4, control_points=4, iterations=(30, 30), output_dtype='auto')
     """
 
     shrink: int = knob(6, low=1, high=16,
@@ -112,6 +114,11 @@ class BiasOptions(TaskOptions):
     control_points: int = knob(4, low=4, help="B-spline control points per axis at the coarsest fitting level")
     iterations: tuple[int, ...] = knob((40, 40, 40), help="maximum iterations per fitting level, one entry per "
                                        "level (three levels: on the MNI benchmark a fourth began to fit anatomy)")
+    output_dtype: str = knob("auto", choices=BIAS_OUTPUT_DTYPES,
+                             help="voxel type of the corrected volume, never clipped: auto keeps the input's type "
+                                  "when the corrected intensities fit it and writes float32 when they do not (a "
+                                  "uint8 scan corrected above 255); input keeps it always, rescaling the volume "
+                                  "into its range when needed; float32 always")
 
     def _check(self) -> None:
         try:
@@ -146,7 +153,7 @@ class EnhanceStep:
     >>> EnhanceStep("bias", {"speed": 2})
     Traceback (most recent call last):
     ...
-    MedSynthLib.errors.InputError: step bias takes shrink, control_points, iterations, got 'speed'
+    MedSynthLib.errors.InputError: step bias takes shrink, control_points, iterations, output_dtype, got 'speed'
     """
 
     name: str
