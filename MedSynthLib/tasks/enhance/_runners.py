@@ -94,10 +94,11 @@ def _fusion(options: DenoiseOptions, run: DenoiseRun, progress: Optional[Progres
 
     threads = cpu_threads(requested=options.threads)
     with torch_threads(threads):
-        report(progress, 0.0, "DCT and non-local means, SURE-weighted")
+        report(progress, 0.0, "collaborative filter, DCT and non-local means, SURE-weighted")
         values, details = denoise_fusion(run.data, sigma=run.noise.sigma, rician=run.rician,
                                          foreground=run.foreground, strength=options.strength, seed=options.seed,
-                                         spacing=run.volume.spacing_kji, budget=run.budget, cancel=run.cancel)
+                                         spacing=run.volume.spacing_kji, budget=run.budget, cancel=run.cancel,
+                                         progress=progress)
     return values, {**details, "cpu_threads": threads}
 
 

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from ...budget import TimeBudget
 from ...noise import rician_debias
-from ...progress import CancelToken, check_cancel
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "sole_component", "FusionSettings", "FUSION_MIN_GAIN",
            "OUTSIDE_THE_BOX"]
@@ -152,7 +152,8 @@ def _divergence(run, debias, xr: np.ndarray, now: np.ndarray, probe: np.ndarray,
 
 
 def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings: FusionSettings, seed: int,
-                         debias, cancel: Optional[CancelToken], budget: Optional[TimeBudget] = None):
+                         debias, cancel: Optional[CancelToken], budget: Optional[TimeBudget] = None,
+                         progress: Optional[ProgressCallback] = None):
     """Every estimate of ``smoothers`` (:func:`_smoothers`) on ``xr``, and its Monte-Carlo divergence on a few thin
     slabs along axis 0.
 
@@ -160,7 +161,8 @@ def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings:
     gives the same values there as the whole volume. Returns (components, the fitted voxels, the +-1 probe,
     its step): the probe is shared with the network's Wiener fusion. The components come in the order of their
     weight in the benchmark's fusions; once ``budget`` has run out, the rest are skipped (the first always runs)
-    and the budget's report says which.
+    and the budget's report says which. Progress is reported as each component starts and its divergence is
+    probed, so a long component shows where the run is instead of a bar that stays at its first step.
     """
     rng = np.random.default_rng(seed + 7919)
     probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=xr.shape)
@@ -175,16 +177,20 @@ def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings:
         if index and budget is not None and budget.expired():
             budget.cut(f"fusion: the time budget ran out, {', '.join(n for n, *_ in smoothers[index:])} skipped")
             break
+        report(progress, 0.9 * index / len(smoothers), f"fusion: {name} ({index + 1} of {len(smoothers)})")
         now = debias(run(xr))
         check_cancel(cancel)
+        report(progress, 0.9 * (index + 0.6) / len(smoothers), f"fusion: {name}, probing its divergence")
         components.append(_Component(name, now, _divergence(run, debias, xr, now, probe, eps, slabs, reach[0])))
+    report(progress, 0.9, "fusion: SURE weights")
     return components, fit, probe, eps
 
 
 def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, strength: float, seed: int,
                 settings: FusionSettings = FusionSettings(), network: Optional[NetworkEstimates] = None,
                 spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
-                cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
+                cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None
+                ) -> tuple[np.ndarray, dict]:
     """The convex SURE-weighted combination of the training-free estimates (and the network's, when given).
 
     All arrays are in the magnitude (or intensity) domain with noise standard deviation ``s``. The weights
@@ -209,7 +215,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
         return rician_debias(values, s) if rician else values
 
     components, fit, probe, eps = _smoother_components(xr, smoothers, s=s, settings=settings, seed=seed,
-                                                      debias=debias, cancel=cancel, budget=budget)
+                                                      debias=debias, cancel=cancel, budget=budget, progress=progress)
     guide = components[0].estimate
     if network is not None:
         full_probe = np.zeros(x.shape, np.float32)
@@ -290,13 +296,14 @@ def sole_component(names: list[str], weights: dict, classes: np.ndarray, fallbac
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
                    seed: int = 0, settings: FusionSettings = FusionSettings(),
                    spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
-                   cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, dict]:
+                   cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None
+                   ) -> tuple[np.ndarray, dict]:
     """The ``fusion`` method: the components of ``settings`` (collaborative filtering, sliding DCT, non-local
     means), SURE-weighted (no training, no network); ``spacing`` (mm, array order) shapes the blocks. Returns
     the float32 estimate and the fusion's report."""
     estimate, info = sure_fusion(np.asarray(array, np.float32), float(sigma), rician=rician, foreground=foreground,
                                  strength=strength, seed=seed, settings=settings, spacing=spacing, budget=budget,
-                                 cancel=cancel)
+                                 cancel=cancel, progress=progress)
     return np.asarray(estimate, np.float32), {"fusion": info, "noise_model": "rician" if rician else "gaussian"}
 
 
