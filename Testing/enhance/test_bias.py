@@ -246,3 +246,21 @@ def test_n4_never_raises_the_tissue_cv_nor_clips_on_the_corpus(shared_data, caps
         print("\nscan | tissue CV before | after | changed")
         for name, before, after, changed in rows:
             print(f"{name} | {100 * before:.2f} % | {100 * after:.2f} % | {changed}")
+
+
+def test_a_correction_that_raises_one_tissues_spread_does_not_count():
+    """The pooled CV can fall while one tissue class gets worse (N4 on central crops of brain1 and of the MNI
+    template did that): the judge refuses such a correction and names the class."""
+    from MedSynthLib.tasks.enhance._bias import CLASS_NAMES, tissue_cv
+
+    rng = np.random.default_rng(4)
+    classes = rng.choice(3, size=(32, 32, 32), p=[0.45, 0.45, 0.10])
+    level = np.array([100.0, 200.0, 400.0])[classes]
+    before = level * np.exp(rng.normal(0, 0.05, classes.shape))
+    after_spread = np.array([0.01, 0.01, 0.08])[classes]
+    after = level * np.exp(rng.normal(0, 1, classes.shape) * after_spread)
+    judged = tissue_cv(before, after, np.ones(classes.shape, bool))
+    assert judged.after < judged.before - 2 * judged.noise  # the pooled measure alone would accept it
+    assert CLASS_NAMES[judged.raised_class] == "bright" and not judged.lowered
+    fine = tissue_cv(before, level * np.exp(rng.normal(0, 0.01, classes.shape)), np.ones(classes.shape, bool))
+    assert fine.raised_class is None and fine.lowered

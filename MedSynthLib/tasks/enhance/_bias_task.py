@@ -168,10 +168,16 @@ def correct_bias(
     result_report.update(shift=shift, mask_voxels=int(fit_mask.sum()), parameters=details,
                          tissue_cv_before=round(judged.before, 5),
                          tissue_cv_after=round(judged.after, 5),
-                         tissue_cv_noise=round(judged.noise, 5) if np.isfinite(judged.noise) else None)
+                         tissue_cv_noise=round(judged.noise, 5) if np.isfinite(judged.noise) else None,
+                         tissue_cv_by_class={name: [round(b, 5), round(a, 5)] for name, b, a in
+                                             zip(_bias.CLASS_NAMES, judged.classes_before, judged.classes_after)})
     if not judged.lowered:
         change = f"{_percent(judged.before)} -> {_percent(judged.after)}"
+        raised = judged.raised_class
         did = (f"did not lower the tissue CV ({change})" if judged.after >= judged.before else
+               f"raised the CV of the {_bias.CLASS_NAMES[raised]} tissue class "
+               f"({_percent(judged.classes_before[raised])} -> {_percent(judged.classes_after[raised])})"
+               if raised is not None else
                f"lowered the tissue CV only within its noise ({change}, noise {_percent(judged.noise)})")
         warnings.append(f"bias field correction {did}: the volume was left unchanged")
         return _unchanged(volume, result_report, start, warnings, progress)
