@@ -389,3 +389,16 @@ def test_shape_model_package_is_loaded_and_checked(tmp_path, head):
                          builder_args=args, input_spec={"patch": 16, "voxel_mm": 1.0})
     with pytest.raises(ModelError, match="lesion-shape"):
         insert_lesions(head, count=1, preset="mr-wmh", shape_model=other)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_lesions_in_a_region_that_fills_a_thin_slab_stay_inside_the_volume(seed):
+    """The region's distance map counts to the next voxel centre, half a voxel past the volume's edge: on a slab
+    of few thick slices random lesions were placed across the edge and the run failed ("extends beyond the edge
+    of the volume"; a chest CT crop). Every centre now keeps its whole ball inside, by the rule the check applies."""
+    matrix = oblique_matrix((0.9, 0.9, 3.0))
+    noise = np.random.default_rng(seed).normal(0, 20, (10, 60, 60))
+    volume = Volume((noise - 850).astype(np.int16), matrix)  # lung everywhere: the region is the whole box
+    region = np.ones(volume.array.shape, bool)
+    result = insert_lesions(volume, count=2, size_mm=9.0, region=region, seed=seed, min_spacing_mm=1.0)
+    assert result.labels.array.any() and len(result.report["lesions"]) == 2

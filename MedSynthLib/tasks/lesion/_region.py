@@ -199,8 +199,17 @@ def _depth_map(region: np.ndarray, spacing_kji) -> tuple[np.ndarray, np.ndarray]
     return depth, np.array([s.start for s in box])
 
 
+def _within_edges(candidates: np.ndarray, volume: Volume, extent: float) -> np.ndarray:
+    """The candidates (KJI indices) whose ball of ``extent`` mm stays inside the volume, by the rule
+    ``_specs.check_inside`` applies (the edge is half a voxel beyond the last voxel centre; the distance map
+    counts to the next voxel centre, half a voxel too far: thick slices put lesions past the edge)."""
+    half = extent * np.linalg.norm(volume.ras_to_ijk()[:3, :3], axis=1)[::-1]  # per array axis (k, j, i)
+    size = np.array(volume.array.shape)
+    return candidates[np.all((candidates - half >= -0.5) & (candidates + half <= size - 0.5), axis=1)]
+
+
 def _try_place(depth, offset, volume, extent, rng, placed, tries, min_spacing_mm) -> Optional[np.ndarray]:
-    candidates = np.argwhere(depth >= extent)
+    candidates = _within_edges(np.argwhere(depth >= extent) + offset, volume, extent) - offset
     if candidates.size == 0:
         return None
     for _ in range(tries):
