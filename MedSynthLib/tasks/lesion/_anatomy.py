@@ -11,7 +11,9 @@ any contrast, because on every MR contrast the skull is dark:
 2. the head: the largest Otsu-foreground component, holes filled (3D and slice by slice on each axis);
 3. the brain's own intensity from the head's core (deeper than half its depth, at most 35 mm): tissue is any
    voxel brighter than half the core's median (skull, air and sinuses are darker on T1, T2, PD, EPI and DWI);
-4. tissue (less bright than 1.6 times that median: scalp fat and marrow on T1) eroded by 6 mm or one slice (cuts the scalp, orbits and neck off through the skull's foramina), the component that
+4. tissue (on T1 also less bright than 1.6 times that median: scalp fat and marrow; on T2-like contrasts, told
+   apart by the core's tails - CSF far above the median, not below it - the bright tissue is CSF, so no upper
+   bound: it would break the brain apart around the ventricles and sulci) eroded by 6 mm or one slice (cuts the scalp, orbits and neck off through the skull's foramina), the component that
    holds most of the core kept and grown back 6 mm inside tissue, closed and hole-filled: the brain;
 5. the region for lesions: the brain at least ``SKIN_MARGIN_MM`` below the head's surface (the volume's edges
    count as surface: a head cut by the field of view is not trusted there; on a head less than 92 mm across, such
@@ -104,7 +106,20 @@ def _head(values: np.ndarray) -> tuple[np.ndarray, float]:
     return _fill(ndimage.binary_closing(head, iterations=2) | head), threshold
 
 
-def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple) -> tuple[np.ndarray, np.ndarray]:
+#: The core's tails: (1 - p5) / (p95 - 1) of its intensities over their median. T1 heads of the corpus 1.2-3.4 (CSF in
+#: the ventricles far below the brain, only vessels above), T2-like 0.26-0.50 (DWI, EPI, PD: CSF far above).
+_TAIL_RATIO = 0.8
+
+
+def _bright_tail(core: np.ndarray) -> bool:
+    """True on a T2-like contrast (T2, FLAIR's CSF aside, PD, EPI, DWI b0): the head's core (the brain's centre)
+    has its outliers above its median - CSF - rather than below it, as on T1 (ventricular CSF dark)."""
+    p5, p95 = np.percentile(core, [5, 95])
+    return bool((1.0 - p5) < _TAIL_RATIO * max(p95 - 1.0, 1e-6))
+
+
+def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple, *, bright_is_brain: bool = False
+           ) -> tuple[np.ndarray, np.ndarray]:
     """(brain, head) on the working grid; the brain is empty when no core is found."""
     top = float(np.percentile(_sample(means), 99.8))  # a few saturated voxels (DWI) do not set the scale
     means = np.minimum(means, top)
@@ -115,8 +130,11 @@ def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple) -> tuple[np.nd
         return np.zeros_like(head), head
     middle = float(np.median(means[core]))
     low = max(0.5 * middle, 0.5 * threshold)
+    bright_is_brain = bright_is_brain or _bright_tail(means[core] / middle)
     # brain tissue is within a factor of the core's median: skull and air below, fat (scalp, marrow) above on T1
-    tissue = head & (np.minimum(minima, top) > low) & (means < 1.6 * middle)
+    tissue = head & (np.minimum(minima, top) > low)
+    if not bright_is_brain:  # T1: what is much brighter than the brain is fat; T2-like: it is CSF, brain
+        tissue &= means < 1.6 * middle
     erode = max(_ERODE_MM, 1.05 * max(spacing))  # thick slices: cut at least one slice
     seed = ndimage.distance_transform_edt(tissue, sampling=spacing) >= erode
     labels, count = ndimage.label(seed)
