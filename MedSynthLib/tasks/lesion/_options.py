@@ -30,10 +30,11 @@ DEFAULT_PRESETS = {"CT": "ct-nodule-solid", "MR": "mr-metastasis"}
 
 #: Body parts :func:`default_preset` knows, with the words (DICOM ``BodyPartExamined`` included) read as each.
 BODY_PARTS = {"head": ("head", "brain", "skull"), "chest": ("chest", "thorax", "lung", "lungs"),
-              "abdomen": ("abdomen", "liver")}
+              "abdomen": ("abdomen", "liver"), "breast": ("breast", "breasts", "mamma")}
 
 _BY_BODY_PART = {("CT", "head"): "ct-haemorrhage", ("CT", "chest"): "ct-nodule-solid",
-                 ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-metastasis"}
+                 ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-metastasis",
+                 ("MR", "breast"): "mr-breast-mass"}
 
 _PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality "
                 f"({', '.join(f'{m}: {p}' for m, p in DEFAULT_PRESETS.items())}); none: the spec defaults")
@@ -56,6 +57,7 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
 
     The one rule every front end uses (``preset="auto"``, ``medsynth augment``, the Slicer panel's default):
     CT - a solid lung nodule (``ct-nodule-solid``); head: ``ct-haemorrhage``; abdomen: ``ct-liver-hypodense``.
+    MR breast: an enhancing breast mass (``mr-breast-mass``).
     MR - a brain metastasis (``mr-metastasis``), a T1 post-contrast lesion: the automatic region (white matter,
     the brightest tissue) is found on T1 images, where a metastasis enhances; ``mr-wmh`` is a T2/FLAIR finding,
     on whose images white matter is darker than grey matter and the automatic region misses it.
@@ -65,7 +67,7 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
     modality : {"CT", "MR"}
         Case-insensitive (``intensity.guess_modality`` gives one from the voxels).
     body_part : str, optional
-        ``head``, ``chest`` or ``abdomen`` (or a word of :data:`BODY_PARTS`, such as DICOM's ``BRAIN``).
+        ``head``, ``chest``, ``abdomen`` or ``breast`` (or a word of :data:`BODY_PARTS`, such as DICOM's ``BRAIN``).
 
     Raises
     ------

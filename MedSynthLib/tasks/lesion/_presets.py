@@ -3,7 +3,8 @@
 Ranges come from the radiology literature's typical appearances and were
 checked against the two real labelled lesions in ``../shared/data``
 (brain1: a 16 cm^3 enhancing lesion on T1 post-contrast; lung1: a 1.4 cm^3
-solid nodule at about 0-60 HU in lung at about -850 HU).
+solid nodule at about 0-60 HU in lung at about -850 HU; breast1: a 0.13 cm^3
+enhancing mass, 6.3 mm across, +1.11 over the tissue around it, sphericity 0.73).
 
 Two ranges are wider than the textbook value, for physical reasons:
 
@@ -29,7 +30,7 @@ import numpy as np
 __all__ = ["Preset", "PRESETS", "REGIONS", "list_presets", "draw_parameters"]
 
 #: The tissues an automatic region finds (``auto_region``; a preset's ``region`` is one of them).
-REGIONS = ("white-matter", "brain", "lung", "liver", "brain-ct")
+REGIONS = ("white-matter", "brain", "lung", "liver", "brain-ct", "breast")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Preset:
         ``modality`` is ``"CT"`` or ``"MR"``; presets refuse the other one.
     region : str
         What ``region="auto"`` finds for this preset, one of :data:`REGIONS`: ``"white-matter"``, ``"brain"``,
-        ``"lung"``, ``"liver"`` or ``"brain-ct"``.
+        ``"lung"``, ``"liver"``, ``"brain-ct"`` or ``"breast"``.
     ranges : dict
         Per ``LesionSpec`` field: ``(low, high)`` drawn uniformly (``diameter_mm``
         log-uniformly), a tuple of choices (strings), or a fixed value.
@@ -79,6 +80,13 @@ _PRESET_LIST = [
             "contrast_mode": "relative", "contrast": (0.4, 0.8), "heterogeneity": (0.05, 0.12),
             "edge_width_mm": (0.5, 1.0), "core_fraction": (0.0, 0.35), "core_contrast": (-0.3, -0.1),
             "oedema_mm": (2.0, 5.0), "oedema_contrast": (-0.12, -0.05), "mass_effect_mm": (0.0, 0.8)}),
+    Preset("mr-breast-mass", "MR", "T1 post-contrast / DCE enhancing breast mass (BI-RADS mass: oval, round or "
+           "irregular; circumscribed to irregular/spiculated margins; homogeneous, heterogeneous or rim enhancement)",
+           "breast",
+           {"diameter_mm": (5.0, 50.0), "shape": ("round", "lobulated", "irregular"), "elongation": (1.0, 1.6),
+            "contrast_mode": "relative", "contrast": (0.4, 1.5), "heterogeneity": (0.05, 0.2),
+            "edge_width_mm": (0.3, 1.0), "core_fraction": (0.0, 0.5), "core_contrast": (-0.6, -0.3),
+            "irregularity": (0.1, 0.45)}),
     Preset("ct-nodule-solid", "CT", "CT solid lung nodule: soft-tissue density (HU; the labelled mean, partial-"
            "volume edge included), round, lobulated or spiculated", "lung",
            {"diameter_mm": (5.0, 20.0), "shape": ("round", "lobulated", "irregular"), "elongation": (1.0, 1.3),

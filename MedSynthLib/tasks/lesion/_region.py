@@ -12,7 +12,11 @@ A given label map always comes first. The automatic tissues, each refused in one
 - ``liver`` (CT): the largest thick (8 mm eroded) 40-200 HU organ on the patient's right, in a trunk at least
   22 cm wide, grown back inside soft tissue (plain and contrast-enhanced livers);
 - ``brain-ct`` (CT): 0-80 HU tissue inside the cavity that bone (> 250 HU) closes slice by slice, refused
-  where the cavity holds air or lung (a rib cage) or is wider than a skull.
+  where the cavity holds air or lung (a rib cage) or is wider than a skull;
+- ``breast`` (MR): the body: voxels above 15 % of the volume's 95th percentile (air, lung and signal voids carry
+  noise only; fat, fat-suppressed or not, and fibroglandular tissue are above), the largest component, holes filled
+  slice by slice, at least 3 mm below the skin (1.5-3 mm thick); the edges of the field of view are not skin (a
+  crop). The chest wall (pectoral muscle, ribs, heart) is not excluded: on a full bilateral scan give a mask.
 """
 
 from __future__ import annotations
@@ -125,6 +129,24 @@ def _brain_ct(volume: Volume) -> np.ndarray:
     return ndimage.binary_fill_holes(brain)
 
 
+#: Breast lesions stay at least this deep below the skin (1.5-3 mm thick).
+BREAST_SKIN_MM = 3.0
+
+
+def _breast(volume: Volume) -> np.ndarray:
+    """The body of a breast MR above the air level, at least ``BREAST_SKIN_MM`` below its skin (see the notes)."""
+    spacing, axis = volume.spacing_kji, volume.slice_axis()
+    smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [0.7 / s for s in spacing])
+    top = float(np.percentile(smooth[:: 3, :: 3, :: 3], 95))
+    if top <= 0:
+        return np.zeros(smooth.shape, dtype=bool)
+    body = _largest(smooth > 0.15 * top)
+    moved = np.moveaxis(body, axis, 0)
+    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    depth = ndimage.distance_transform_edt(body, sampling=spacing)  # no padding: the volume's edge is not skin
+    return body & (depth >= BREAST_SKIN_MM)
+
+
 @dataclass
 class Tissue:
     """An automatic region: its ``mask`` (volume grid), the tissue's ``name``, the ``method`` that found it
@@ -147,6 +169,7 @@ _LOOKED_FOR = {
     "lung": "air-filled lungs (< -400 HU, at least 5 mL, not the outside air)",
     "liver": "a liver (a thick 40-200 HU organ on the patient's right in a trunk at least 22 cm wide)",
     "brain-ct": "a brain (0-80 HU) inside a skull that bone closes",
+    "breast": "breast tissue (a body above the air level, at least 1 mL, 3 mm below the skin)",
 }
 
 _METHODS = {
@@ -155,6 +178,7 @@ _METHODS = {
     "lung": "air components inside the body (< -400 HU), two largest, vessels filled",
     "liver": "thick 40-200 HU soft tissue on the patient's right (8 mm erosion, largest, regrown)",
     "brain-ct": "0-80 HU inside the bone-closed skull cavity",
+    "breast": "body above 15 % of the 95th percentile, largest, filled, >= 3 mm below the skin (chest wall kept)",
 }
 
 
@@ -178,6 +202,10 @@ def find_tissue(volume: Volume, kind: str) -> Tissue:
         mask = _liver(volume)
     elif kind == "brain-ct":
         mask = _brain_ct(volume)
+    elif kind == "breast":
+        mask = _breast(volume)
+        if np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0 < 1.0:
+            mask = np.zeros_like(mask)
     else:
         raise InputError(f"no automatic region {kind!r} (the tissues are {', '.join(REGIONS)}); pass a label map "
                          "as the region")
