@@ -79,6 +79,8 @@ def test_auto_hands_over_when_selfsup_is_cut_without_gain(monkeypatch):
     assert "selfsup was cut at step" in report["method_reason"] and report["selfsup"]["stopped_early"]
     assert any("handed over to" in c for c in report["time_budget"]["cut"])
     np.testing.assert_array_equal(np.delete(result.volume.array, 6, axis=0), np.delete(volume.array, 6, axis=0))
+    # the dropped training was never inferred (on a whole CT that inference cost minutes, past the budget)
+    assert report["selfsup"]["inference_skipped"] and report["selfsup"]["inference_seconds"] == 0
 
 
 def test_auto_default_budget_grows_with_the_work_and_is_reported():

@@ -194,14 +194,22 @@ def _model(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
     return Synthesis(values, method, details)
 
 
-def _selfsup(job: FillJob, settings, progress, cancel, method: str) -> Synthesis:
+def _selfsup(job: FillJob, settings, progress, cancel, method: str, accept=None) -> Synthesis:
     from ._selfsup import selfsup_fill
 
     profile = tuple(job.profile["px"]) if job.profile is not None and job.profile.get("thick") else None
     values, details, acquired = selfsup_fill(
         job.good, job.plan, device=job.device, seed=job.seed, settings=settings, progress=progress, cancel=cancel,
-        grid_ratio=job.grid_ratio, budget=job.budget, profile=profile, deblur_acquired=True)
+        grid_ratio=job.grid_ratio, budget=job.budget, profile=profile, deblur_acquired=True, accept=accept)
     return Synthesis(values, method, details, acquired)
+
+
+def worth_keeping(summary: dict) -> bool:
+    """Whether ``auto`` keeps a selfsup training: not when the budget cut it before :data:`MIN_USEFUL_STEPS` or
+    without a held-out gain of :data:`MIN_HELD_OUT_GAIN_DB` over its base (the spline on thick slices)."""
+    base = "spline" if summary["slice_profile_px"] is not None else "linear"
+    short = summary["steps"] < min(MIN_USEFUL_STEPS[base], summary["steps_planned"])
+    return not (summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base]))
 
 
 #: Method name -> runner; ``auto`` is resolved before (:func:`resolve_method`).
@@ -222,13 +230,14 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
     runner = RUNNERS.get(method)
     if runner is None:
         raise InputError(f"fill method must be one of {', '.join(RUNNERS)}, got {method!r}")
-    done = runner(job, job.options.get(method), progress, cancel, method)
     if method != "selfsup" or requested != "auto":
-        return done
+        return runner(job, job.options.get(method), progress, cancel, method)
+    # auto's selfsup: the hand-over is decided from the training alone, so a result that will be dropped is
+    # never inferred (on a whole CT the inference cost minutes, and the budget doubled)
+    done = _selfsup(job, job.options.get(method), progress, cancel, method, accept=worth_keeping)
     summary = done.details["selfsup"]
     base = "spline" if summary["slice_profile_px"] is not None else "linear"
-    short = summary["steps"] < min(MIN_USEFUL_STEPS[base], summary["steps_planned"])
-    if not (summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base])):
+    if worth_keeping(summary):
         return done
     fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
                                      f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "

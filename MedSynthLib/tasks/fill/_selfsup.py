@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -341,7 +341,8 @@ def selfsup_fill(
     budget=None,
     profile: Optional[tuple[float, float]] = None,
     deblur_acquired: bool = False,
-) -> tuple[np.ndarray, dict, Optional[np.ndarray]]:
+    accept: Optional[Callable[[dict], bool]] = None,
+) -> tuple[Optional[np.ndarray], dict, Optional[np.ndarray]]:
     """Train on ``good`` (G, H, W, normalised) and answer ``plan``.
 
     Returns ((Q, H, W) float32, report details: the device used, settings, training summary and timings,
@@ -362,6 +363,11 @@ def selfsup_fill(
         blurred by it (SMORE-style).
     deblur_acquired : bool
         With a ``profile``, also return the acquired slices deblurred, when ``settings["deblur"]`` is true.
+    accept : callable, optional
+        Called with the training summary (``steps``, ``steps_planned``, ``stopped_early``,
+        ``held_out_gain_db``, ``slice_profile_px``) before the inference: False skips the inference (the slices
+        returned are None), because the caller will drop the result (``auto``'s hand-over): inference on a
+        whole CT costs minutes, and it was run only to be thrown away.
     """
     if not can_train(good, plan):
         raise InputError(
@@ -390,11 +396,15 @@ def selfsup_fill(
         torch.use_deterministic_algorithms(deterministic)
     train_seconds = time.perf_counter() - start
     engine = EngineReport()
-    result, sharpened = _infer(network, grid, keep, plan, cfg=cfg, device=target_device, deblur=deblur,
-                               progress=subrange(progress, 0.8, 1.0), cancel=cancel, engine=engine)
     if summary["stopped_early"] and budget is not None:
         budget.cut(f"selfsup training: {summary['steps']} of {summary['steps_planned']} steps "
                    f"(best on held-out pairs at step {summary['best_step']})")
+    profile_px = None if profile is None else [round(float(p), 3) for p in profile]
+    inferred = accept is None or accept({**summary, "slice_profile_px": profile_px})
+    result = sharpened = None
+    if inferred:
+        result, sharpened = _infer(network, grid, keep, plan, cfg=cfg, device=target_device, deblur=deblur,
+                                   progress=subrange(progress, 0.8, 1.0), cancel=cancel, engine=engine)
     losses = summary.pop("losses")
     details["device"] = describe_device(target_device)
     details["selfsup"] = {
@@ -402,7 +412,7 @@ def selfsup_fill(
         "patch": int(cfg["patch"]), "features": list(cfg["features"]), "flips": int(cfg["flips"]),
         "grid_ratio": [round(float(r), 3) for r in grid_ratio],
         "thick_slice_training": profile is not None or any(r > SMORE_MIN_RATIO for r in grid_ratio),
-        "slice_profile_px": None if profile is None else [round(float(p), 3) for p in profile],
+        "slice_profile_px": profile_px, "inference_skipped": not inferred,
         "deblurred_acquired": deblur, "training_precision": cfg["precision"],
         "final_loss": round(float(np.mean(losses[-20:])), 6) if losses else None,
         "train_seconds": round(train_seconds, 2), "inference_seconds": round(engine.seconds, 2),
