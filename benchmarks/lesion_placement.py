@@ -10,7 +10,8 @@ MedSynth's regions:
 - lung nodules: the original CT below -400 HU around the centre (median in a 3 mm ball);
 - liver lesions: inside TotalSegmentator's liver (class 5 of its ``total`` task) where a label map has it, else
   the original median 20-250 HU (soft tissue);
-- haemorrhage: inside the cavity that bone (> 250 HU) closes slice by slice, on 0-80 HU tissue.
+- haemorrhage: inside the cavity that bone (> 250 HU) closes slice by slice, on 0-80 HU tissue;
+- breast masses: every lesion voxel at least 2 mm from air (voxels below a fifth of the volume's median).
 
 Prints a table; writes ``benchmarks/results/lesion_placement.json``. Usage: ``python benchmarks/lesion_placement.py``
 (``--scans NAME...`` for a subset, ``--seeds 1 2``).
@@ -47,7 +48,7 @@ SCANS = {
     "ct_wholebody_totalseg_example_3mm.nii.gz": NODULES + ("ct-liver-hypodense",),
     "ct_chestabd_totalseg_aorta_example_1p5mm.nii.gz": NODULES + ("ct-liver-hypodense",),
     "ct_head_totalseg_brain_atlas_1mm.nii.gz": ("ct-haemorrhage",),  # windowed -30..385: no air, so --modality CT
-    "mr_breast_pyradiomics_breast1.nii.gz": (),  # no breast preset yet (issue 26 item 3)
+    "mr_breast_pyradiomics_breast1.nii.gz": ("mr-breast-mass",),
     "mr_abdomen_totalseg_example_mr_3mm.nii.gz": (),  # no MR abdomen preset yet
 }
 LIVER_LABEL = {"ct_wholebody_totalseg_example_3mm.nii.gz": ("ct_wholebody_totalseg_example_3mm_label.nii.gz", 5)}
@@ -80,7 +81,11 @@ def _check(scan: str, preset: str, volume, labels: np.ndarray, report: dict, cac
             problems.append(f"lesion {entry['id']} has no voxel")
             continue
         centre = np.round(volume.ras_points_to_ijk(np.asarray(entry["centre_ras"]))[::-1]).astype(int)
-        if preset.startswith("mr-"):
+        if preset == "mr-breast-mass":
+            air = cache.setdefault("air", ndimage.distance_transform_edt(array >= 0.2 * np.median(array), sampling=spacing))
+            if air[lesion].min() < 2.0:
+                problems.append(f"lesion {entry['id']} {air[lesion].min():.1f} mm from air")
+        elif preset.startswith("mr-"):
             depth = cache.setdefault("depth", _head_depth(array, spacing))
             if depth[lesion].min() < 12.0:
                 problems.append(f"lesion {entry['id']} {depth[lesion].min():.1f} mm below the skin")
