@@ -116,3 +116,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """``medsynth -q ARGV`` in this process: (exit code, stderr stripped)."""
+    from MedSynthLib.cli import main
+
+    code = main(["-q", *map(str, argv)])
+    return code, capsys.readouterr().err.strip()
+
+
+def one_line(err: str) -> str:
+    """``err``, asserted to be one line and no traceback (what every refusal of the command line prints)."""
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

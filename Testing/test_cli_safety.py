@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, make_phantom
+from conftest import REPO, make_phantom, one_line, run_cli
 from MedSynthLib import write_volume
 from MedSynthLib.cli import main
 
@@ -22,15 +22,6 @@ def source(tmp_path):
     return write_volume(make_phantom((12, 40, 48)), tmp_path / "in.nii.gz")
 
 
-def run(capsys, *argv):
-    code = main(["-q", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.err.strip()
-
-
-def _one_line(err):
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def _no_work(monkeypatch):
@@ -70,19 +61,19 @@ def test_outputs_that_are_the_same_file_are_refused_before_any_work(tmp_path, ca
     if case == "mask=output":
         write_volume(make_phantom((12, 40, 48)), out)
     _no_work(monkeypatch)
-    code, err = run(capsys, *argv)
+    code, err = run_cli(capsys, *argv)
     assert code == 2
-    assert "same file" in _one_line(err) or "would overwrite" in err
+    assert "same file" in one_line(err) or "would overwrite" in err
     assert source.read_bytes() == original
     if case not in ("mask=output",):
         assert not out.exists() and not labels.exists()
 
 
 def test_overwrite_lets_output_replace_the_input_and_nothing_else(tmp_path, capsys, source):
-    code, err = run(capsys, "denoise", source, source, "--method", "aniso")
-    assert code == 2 and "--overwrite" in _one_line(err)
+    code, err = run_cli(capsys, "denoise", source, source, "--method", "aniso")
+    assert code == 2 and "--overwrite" in one_line(err)
     before = source.read_bytes()
-    code, err = run(capsys, "denoise", source, source, "--method", "aniso", "--overwrite")
+    code, err = run_cli(capsys, "denoise", source, source, "--method", "aniso", "--overwrite")
     assert code == 0, err
     assert source.read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]  # no staging leftovers
@@ -96,10 +87,10 @@ def test_unwritable_locations_are_found_before_the_work(tmp_path, capsys, monkey
     suffix = {"OUTPUT": ".nrrd", "--report": ".json", "--qc": ".png", "--labels": ".nrrd"}[option]
     names[option] = unwritable + suffix
     _no_work(monkeypatch)
-    code, err = run(capsys, "lesion", source, names["OUTPUT"], "--labels", names["--labels"], *LESION,
+    code, err = run_cli(capsys, "lesion", source, names["OUTPUT"], "--labels", names["--labels"], *LESION,
                     "--report", names["--report"], "--qc", names["--qc"])
     assert code == 2
-    assert f"cannot write {option}" in _one_line(err)
+    assert f"cannot write {option}" in one_line(err)
     assert not out.exists() and not labels.exists()
 
 
@@ -111,9 +102,9 @@ def test_a_report_that_cannot_be_written_after_success_is_exit_2_and_the_output_
 
     monkeypatch.setattr(common, "write_json", disk_full)
     out = tmp_path / "out.nii.gz"
-    code, err = run(capsys, "fill", source, out, "--slices", "3", "--method", "linear", "--report", tmp_path / "r.json")
+    code, err = run_cli(capsys, "fill", source, out, "--slices", "3", "--method", "linear", "--report", tmp_path / "r.json")
     assert code == 2
-    assert "the result was written" in _one_line(err) and "No space left on device" in err
+    assert "the result was written" in one_line(err) and "No space left on device" in err
     assert out.is_file() and not (tmp_path / "r.json").exists()
 
 
@@ -134,9 +125,9 @@ def test_an_absent_device_is_an_error_for_every_command_and_method(tmp_path, cap
         "fill-linear": ["fill", source, out, "--slices", "3", "--method", "linear"],
         "upsample": ["upsample", source, out, "--factor", "2", "--method", "linear"],
     }[command]
-    code, err = run(capsys, *argv, "--device", device)
+    code, err = run_cli(capsys, *argv, "--device", device)
     assert code == 2
-    assert "not available on this machine" in _one_line(err)
+    assert "not available on this machine" in one_line(err)
     assert not out.exists()
 
 
@@ -155,10 +146,10 @@ def test_argument_errors_are_one_line_in_the_cli_words(tmp_path, capsys, source)
 
 
 def test_library_keywords_read_as_cli_options(tmp_path, capsys, source):
-    code, err = run(capsys, "lesion", source, tmp_path / "o.nii.gz", "--labels", tmp_path / "l.nii.gz",
+    code, err = run_cli(capsys, "lesion", source, tmp_path / "o.nii.gz", "--labels", tmp_path / "l.nii.gz",
                     "--preset", "ct-nodule-solid", "--count", "1")
     assert code == 2
-    assert "--modality CT" in _one_line(err) and "modality=" not in err
+    assert "--modality CT" in one_line(err) and "modality=" not in err
 
 
 def test_check_refuses_non_finite_nifti_written_by_nibabel(tmp_path, capsys):
@@ -166,8 +157,8 @@ def test_check_refuses_non_finite_nifti_written_by_nibabel(tmp_path, capsys):
     array = np.ones((8, 9, 10), np.float32)
     array[1, 2, 3] = np.nan
     nibabel.save(nibabel.Nifti1Image(array, np.eye(4)), str(tmp_path / "nan.nii.gz"))
-    code, err = run(capsys, "check", tmp_path / "nan.nii.gz")
-    assert code == 2 and "1 NaN or infinite voxel" in _one_line(err)
+    code, err = run_cli(capsys, "check", tmp_path / "nan.nii.gz")
+    assert code == 2 and "1 NaN or infinite voxel" in one_line(err)
 
 
 def test_an_implausible_result_is_exit_2_and_nothing_is_written(tmp_path, capsys, monkeypatch, source):
@@ -176,8 +167,8 @@ def test_an_implausible_result_is_exit_2_and_nothing_is_written(tmp_path, capsys
 
     monkeypatch.setattr(_bias, "n4_field", lambda data, mask, **_: (np.full(data.shape, np.nan, np.float32), {}))
     out = tmp_path / "out.nii.gz"
-    code, err = run(capsys, "bias", source, out, "--shrink", "2", "--qc", tmp_path / "q.png")
-    assert code == 2 and "NaN or infinite" in _one_line(err)
+    code, err = run_cli(capsys, "bias", source, out, "--shrink", "2", "--qc", tmp_path / "q.png")
+    assert code == 2 and "NaN or infinite" in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
 
 
@@ -194,7 +185,7 @@ def test_every_task_command_writes_a_qc_picture(tmp_path, capsys, source, comman
         "enhance": ["enhance", source, out, "--steps", "denoise:aniso"],
         "lesion": ["lesion", source, out, "--labels", tmp_path / "l.nii.gz", *LESION],
     }[command]
-    code, err = run(capsys, *argv, "--qc", qc)
+    code, err = run_cli(capsys, *argv, "--qc", qc)
     assert code == 0, err
     with Image.open(qc) as picture:
         assert picture.width >= 512 and picture.mode == "RGB"
@@ -232,7 +223,7 @@ def test_insert_lesions_refuses_an_absent_device_without_a_network():
 
 def test_fill_with_damaged_model_weights_is_exit_2_naming_the_file(tmp_path, capsys, source, damaged_fill_package):
     out = tmp_path / "out.nii.gz"
-    code, err = run(capsys, "fill", source, out, "--slices", "5", "--method", "model", "--model",
+    code, err = run_cli(capsys, "fill", source, out, "--slices", "5", "--method", "model", "--model",
                     damaged_fill_package, "--device", "cpu")
-    assert code == 2 and "fill_default.safetensors" in _one_line(err) and "damaged" in err
+    assert code == 2 and "fill_default.safetensors" in one_line(err) and "damaged" in err
     assert not out.exists()

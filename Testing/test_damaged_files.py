@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED_DATA, make_phantom
+from conftest import SHARED_DATA, make_phantom, one_line, run_cli
 from MedSynthLib import InputError, read_volume, write_volume
 from MedSynthLib.cli import main
 
@@ -29,15 +29,6 @@ def _cut(path, keep):
     return path
 
 
-def run(capsys, *argv):
-    code = main(["-q", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.err.strip()
-
-
-def _one_line(err):
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 # ---- files shorter than their header says ------------------------------------------------------
@@ -81,8 +72,8 @@ def test_check_and_fill_refuse_a_cut_file_with_exit_2_and_write_nothing(tmp_path
     out_dir.mkdir()
     extra = [out_dir / "filled.nii.gz", "--slices", "5", "--method", "linear", "--report", out_dir / "r.json",
              "--qc", out_dir / "qc.png"] if command == "fill" else []
-    code, err = run(capsys, command, path, *extra)
-    assert code == 2 and "truncated" in _one_line(err)
+    code, err = run_cli(capsys, command, path, *extra)
+    assert code == 2 and "truncated" in one_line(err)
     assert list(out_dir.iterdir()) == []
 
 
@@ -203,8 +194,8 @@ def test_check_and_fill_refuse_a_damaged_series_with_exit_2_one_line_and_write_n
     folder = _damaged_series(tmp_path, "missing slice")
     out = tmp_path / "out.nii.gz"
     extra = [out, "--slices", "2", "--method", "linear"] if command == "fill" else []
-    code, err = run(capsys, command, folder, *extra)
-    assert code == 2 and "1 slice is missing" in _one_line(err)
+    code, err = run_cli(capsys, command, folder, *extra)
+    assert code == 2 and "1 slice is missing" in one_line(err)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -222,7 +213,7 @@ def test_models_lists_a_package_with_damaged_weights_as_damaged_and_exits_2(caps
     captured = capsys.readouterr()
     line = next(row for row in captured.out.splitlines() if str(damaged_fill_package) in row)
     assert "DAMAGED" in line and "SHA-256" in line
-    assert code == 2 and "1 of the 3 model packages listed is damaged (fill_default)" in _one_line(captured.err.strip())
+    assert code == 2 and "1 of the 3 model packages listed is damaged (fill_default)" in one_line(captured.err.strip())
     bundled = [row for row in captured.out.splitlines() if " bundled " in row]
     assert len(bundled) == 2 and not any("DAMAGED" in row for row in bundled)
 
