@@ -22,8 +22,6 @@ def source(tmp_path):
     return write_volume(make_phantom((12, 40, 48)), tmp_path / "in.nii.gz")
 
 
-
-
 def _no_work(monkeypatch):
     """Fail the test if the command gets as far as reading its input."""
     import MedSynthLib.io

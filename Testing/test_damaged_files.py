@@ -29,8 +29,6 @@ def _cut(path, keep):
     return path
 
 
-
-
 # ---- files shorter than their header says ------------------------------------------------------
 
 CUT_FILES = {
