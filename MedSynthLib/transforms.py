@@ -99,14 +99,6 @@ def _mask_like(image: Any, mask: np.ndarray) -> Any:
     return values if isinstance(image, torch.Tensor) else values.numpy()
 
 
-def _crop(volume: Volume, window: tuple) -> Volume:
-    """The sub-volume ``window`` (KJI slices) with its own shifted geometry."""
-    shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
-    matrix = volume.ijk_to_ras.copy()
-    matrix[:3, 3] = (volume.ijk_to_ras @ shift)[:3]
-    return Volume(volume.array[window], matrix)
-
-
 def _record(item: Any, record: str) -> None:
     if isinstance(item, MetaTensor):
         item.meta[META_KEY] = record
@@ -202,11 +194,11 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
             mask = _coarse_auto_region(image, self.options)
         error: Optional[InputError] = None
         for window in self._windows(image.array.shape, mask):
-            changes: dict[str, Any] = {"seed": self._seed, "labels": None if labels is None else _crop(labels, window)}
+            changes: dict[str, Any] = {"seed": self._seed, "labels": None if labels is None else labels.crop(window)}
             if mask is not None:
                 changes["region"] = mask[window]
             try:
-                return insert_lesions(_crop(image, window), self.options, **changes), window
+                return insert_lesions(image.crop(window), self.options, **changes), window
             except InputError as failure:  # no room in the window: the whole patch next
                 error = failure
         raise error  # type: ignore[misc]

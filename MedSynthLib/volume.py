@@ -193,6 +193,25 @@ class Volume:
     def copy(self) -> "Volume":
         return Volume(self.array.copy(), self.ijk_to_ras.copy())
 
+    def crop(self, window: Sequence[slice]) -> "Volume":
+        """The sub-volume ``window`` (KJI slices; a step keeps every step-th voxel) with its own geometry: voxel
+        ``(i, j, k)`` of the result sits where voxel ``(start + step * i, ...)`` of this volume sits. The array is
+        a view of this one's.
+
+        Examples
+        --------
+        >>> v = Volume(np.zeros((5, 4, 4), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+        >>> c = v.crop((slice(1, 5, 2), slice(None), slice(2, 4)))
+        >>> c.array.shape, c.spacing, c.origin
+        ((2, 4, 2), (1.0, 1.0, 4.0), (2.0, 0.0, 2.0))
+        """
+        window = tuple(window)
+        ranges = [part.indices(n) for part, n in zip(window, self.array.shape)]  # KJI (start, stop, step)
+        to_old = np.eye(4)
+        for column, (start, _stop, step) in zip((2, 1, 0), ranges):  # array axis 0 is k: IJK column 2
+            to_old[column, column], to_old[column, 3] = step, start
+        return Volume(self.array[window], self.ijk_to_ras @ to_old)
+
     def same_grid(self, other: "Volume", *, atol: float = GRID_TOLERANCE_MM) -> bool:
         """True if ``other`` has this volume's shape and geometry (within ``atol`` mm)."""
         return self.array.shape == other.array.shape and np.allclose(

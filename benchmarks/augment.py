@@ -33,19 +33,11 @@ import numpy as np
 from MedSynthLib.augment import augment
 from MedSynthLib.io import read_volume, write_volume
 from MedSynthLib.reports import to_json
-from MedSynthLib.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results"
 LESION = {"count": 2, "preset": "auto", "size_mm": 8.0}
-
-
-def _crop(volume: Volume, window: tuple) -> Volume:
-    shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
-    matrix = volume.ijk_to_ras.copy()
-    matrix[:3, 3] = (volume.ijk_to_ras @ shift)[:3]
-    return Volume(np.ascontiguousarray(volume.array[window]), matrix)
 
 
 def make_cohort(folder: Path) -> list[Path]:
@@ -59,7 +51,7 @@ def make_cohort(folder: Path) -> list[Path]:
         k, j, i = (n // 2 for n in mni.array.shape)
         window = (slice(k - 75 + dk // 2, k + 75 + dk // 2), slice(j - 80 + dj, j + 80 + dj), slice(i - 80 + di // 4, i + 80 + di // 4))
         paths.append(folder / f"mni{number}.nii.gz")
-        write_volume(_crop(mni, window), paths[-1])
+        write_volume(mni.crop(window), paths[-1])
     return paths
 
 
@@ -149,7 +141,7 @@ def transform_seconds(samples: int) -> list[dict]:
     wm = read_volume(DATA / "MNI152_2009a_WMprob_nilearn.nii.gz")
     k, j, i = (n // 2 for n in t1.array.shape)
     window = (slice(k - 64, k + 64), slice(j - 64, j + 64), slice(i - 64, i + 64))
-    image, mask = _crop(t1.with_array(t1.array.astype(np.float32)), window), wm.array[window] > 0.5
+    image, mask = t1.with_array(t1.array.astype(np.float32)).crop(window), wm.array[window] > 0.5
 
     def tensor(kji):
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(kji.transpose(2, 1, 0)))[None],

@@ -127,11 +127,8 @@ def _crop(volume, quick: bool):
     if not quick:
         return volume
     shape = volume.array.shape
-    window = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(shape, QUICK_CROP))
-    shift = np.array([window[2].start, window[1].start, window[0].start, 1.0])
-    matrix = volume.ijk_to_ras.copy()
-    matrix[:3, 3] = (volume.ijk_to_ras @ shift)[:3]
-    return type(volume)(np.ascontiguousarray(volume.array[window]), matrix)
+    return volume.crop(tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c))
+                             for n, c in zip(shape, QUICK_CROP)))
 
 
 def _psnr(truth: np.ndarray, test: np.ndarray) -> Optional[float]:
@@ -227,9 +224,7 @@ def task_upsample(scan, work: Path, quick: bool) -> dict:
     keep = n if n % 2 else n - 1  # an odd count: the coarse grid ends on a kept slice
     index = [slice(None)] * 3
     index[axis] = slice(0, keep, 2)
-    step = np.eye(4)
-    step[2 - axis, 2 - axis] = 2.0
-    coarse = type(scan)(np.ascontiguousarray(scan.array[tuple(index)]), scan.ijk_to_ras @ step)
+    coarse = scan.crop(index)
     source, out, report = work / "coarse.nii.gz", work / "up.nii.gz", work / "up.json"
     write_volume(coarse, source)
     run = RUNNER["run"](["upsample", str(source), str(out), "--factor", "2", "--report", str(report)]
