@@ -204,10 +204,15 @@ def _selfsup(job: FillJob, settings, progress, cancel, method: str, accept=None)
     return Synthesis(values, method, details, acquired)
 
 
+def _base(summary: dict) -> str:
+    """What a selfsup training is measured against: the spline on thick slices (a slice profile), else linear."""
+    return "spline" if summary["slice_profile_px"] is not None else "linear"
+
+
 def worth_keeping(summary: dict) -> bool:
     """Whether ``auto`` keeps a selfsup training: not when the budget cut it before :data:`MIN_USEFUL_STEPS` or
     without a held-out gain of :data:`MIN_HELD_OUT_GAIN_DB` over its base (the spline on thick slices)."""
-    base = "spline" if summary["slice_profile_px"] is not None else "linear"
+    base = _base(summary)
     short = summary["steps"] < min(MIN_USEFUL_STEPS[base], summary["steps_planned"])
     return not (summary["stopped_early"] and (short or summary["held_out_gain_db"] < MIN_HELD_OUT_GAIN_DB[base]))
 
@@ -236,9 +241,9 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
     # never inferred (on a whole CT the inference cost minutes, and the budget doubled)
     done = _selfsup(job, job.options.get(method), progress, cancel, method, accept=worth_keeping)
     summary = done.details["selfsup"]
-    base = "spline" if summary["slice_profile_px"] is not None else "linear"
-    if worth_keeping(summary):
+    if not summary["inference_skipped"]:  # worth_keeping accepted the training
         return done
+    base = _base(summary)
     fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
                                      f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "
                                      f"over its {base} base on held-out pairs")
