@@ -37,7 +37,8 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 from .errors import InputError, check_number
 
-__all__ = ["Knob", "TaskOptions", "knob", "DEVICE_HELP", "SEED_HELP", "MODEL_HELP", "BUDGET_HELP"]
+__all__ = ["Knob", "TaskOptions", "knob", "seed_knob", "device_knob", "budget_knob", "MAX_SEED", "MAX_BUDGET_S",
+           "DEVICE_HELP", "SEED_HELP", "MODEL_HELP", "BUDGET_HELP"]
 
 T = TypeVar("T", bound="TaskOptions")
 
@@ -45,6 +46,10 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps; a named device that is absent is 
 SEED_HELP = "seed of everything random (placement, training); CPU runs are deterministic for a seed"
 MODEL_HELP = "a model package (.json path or installed name); auto: the best available, or none"
 BUDGET_HELP = "seconds the task may spend, checked on the clock while it runs; unset: the task's automatic budget"
+#: The seeds every task accepts (the largest a 32-bit signed generator seed takes).
+MAX_SEED = 2**31 - 1
+#: The longest time budget a task accepts: a day.
+MAX_BUDGET_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,22 @@ def knob(default: Any, *, help: str, choices: Optional[Sequence[str]] = None, lo
     metadata = {"medsynth": {"help": help, "choices": tuple(c.lower() for c in choices) if choices else None,
                              "low": low, "high": high, "optional": optional, "low_open": low_open}}
     return field(default=default, metadata=metadata)
+
+
+def seed_knob(help: str = SEED_HELP) -> Any:
+    """The ``seed`` knob every task shares (0 to :data:`MAX_SEED`), with the task's own help."""
+    return knob(0, low=0, high=MAX_SEED, help=help)
+
+
+def device_knob(help: str = DEVICE_HELP) -> Any:
+    """The ``device`` knob every task shares (``auto``; presence is checked when the task selects it)."""
+    return knob("auto", help=help)
+
+
+def budget_knob(help: str = BUDGET_HELP, *, low_open: bool = False) -> Any:
+    """The ``time_budget`` knob (seconds up to :data:`MAX_BUDGET_S`, unset: the task's own); ``low_open``: 0 refused
+    (where 0 would mean nothing may run)."""
+    return knob(None, low=0.0, high=MAX_BUDGET_S, low_open=low_open, optional=True, help=help)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import InputError
-from ..options import TaskOptions, knob
+from ..options import TaskOptions, knob, seed_knob
 from ..tasks.lesion import LesionOptions
 
 __all__ = ["AugmentOptions", "COHORT_LESION", "FINGERPRINT_FORMAT"]
@@ -62,8 +62,8 @@ class AugmentOptions(TaskOptions):
     """
 
     variants: int = knob(1, low=1, high=10000, help="synthetic versions per scan")
-    seed: int = knob(0, low=0, high=2**31 - 1, help="the run's seed: each output's seed comes from (seed, the "
-                     "source's content, the variant), so the bytes do not depend on order, jobs or machine")
+    seed: int = seed_knob("the run's seed: each output's seed comes from (seed, the source's content, the variant), so "
+                          "the bytes do not depend on order, jobs or machine")
     jobs: int = knob(1, low=1, high=1024, help="worker processes on this machine, each with its share of the cores")
     strict: bool = knob(False, help="stop at the first bad scan instead of recording it and going on")
     lesion_label: Optional[int] = knob(None, low=1, high=65535, optional=True,

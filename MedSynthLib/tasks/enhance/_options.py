@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from ...errors import InputError, check_whole_number
-from ...options import DEVICE_HELP, TaskOptions, knob
+from ...options import TaskOptions, budget_knob, device_knob, knob, seed_knob
 from ..fill import UpsampleOptions
 
 __all__ = ["DENOISE_METHODS", "MODALITIES", "BIAS_OUTPUT_DTYPES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions",
@@ -56,14 +56,12 @@ class DenoiseOptions(TaskOptions):
                                 "unchanged, above 1 removes more")
     modality: Optional[str] = knob(None, choices=MODALITIES, optional=True,
                                    help="override the modality guess (MR: Rician noise, CT: Gaussian)")
-    device: str = knob("auto", help=DEVICE_HELP)
-    seed: int = knob(0, low=0, high=2**31 - 1,
-                     help="seed of the self-supervised training and the fusion's probes; CPU runs are deterministic "
+    device: str = device_knob()
+    seed: int = seed_knob("seed of the self-supervised training and the fusion's probes; CPU runs are deterministic "
                           "for a seed")
-    time_budget: Optional[float] = knob(None, low=0.0, high=86400.0, low_open=True, optional=True,
-                                        help="seconds of wall time, checked on the clock: the self-supervised "
-                                             "training stops early and the fusion skips its later components to "
-                                             "fit it (the report says what was cut); unset: no limit")
+    time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock: the self-supervised "
+                                               "training stops early and the fusion skips its later components to "
+                                               "fit it (the report says what was cut); unset: no limit", low_open=True)
     threads: Optional[int] = knob(None, low=1, high=4096, optional=True,
                                   help="torch CPU threads; unset: the cores idle now (threads fighting another job "
                                        "for busy cores run several times slower than one)")
@@ -257,13 +255,12 @@ class EnhanceOptions(TaskOptions):
     """
 
     steps: Any = knob(None, help=f"steps in order, comma-separated: {_grammar()}")
-    device: str = knob("auto", help=DEVICE_HELP)
-    seed: int = knob(0, low=0, high=2**31 - 1,
-                     help="seed of the denoise and upsample steps (training, the fusion's probes); CPU runs are "
+    device: str = device_knob()
+    seed: int = seed_knob("seed of the denoise and upsample steps (training, the fusion's probes); CPU runs are "
                           "deterministic for a seed")
-    time_budget: Optional[float] = knob(None, low=0.0, high=86400.0, low_open=True, optional=True,
-                                        help="wall seconds for the whole pipeline, checked on the clock: the denoise "
-                                             "and upsample steps get what is left when they start")
+    time_budget: Optional[float] = budget_knob("wall seconds for the whole pipeline, checked on the clock: the "
+                                               "denoise and upsample steps get what is left when they start",
+                                               low_open=True)
     #: The denoise model package for ``denoise:model`` steps (path, installed name or loaded package).
     model: Any = None
 

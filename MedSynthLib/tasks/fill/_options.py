@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from ...errors import InputError, check_number
-from ...options import DEVICE_HELP, SEED_HELP, TaskOptions, knob
+from ...options import TaskOptions, budget_knob, device_knob, knob, seed_knob
 from ...volume import AXIS_NAMES
 
 __all__ = ["METHODS", "AXES", "FillOptions", "UpsampleOptions", "parse_slice_list"]
@@ -73,9 +73,9 @@ class _SliceOptions(TaskOptions):
 
     axis: str = knob("auto", choices=AXES, help="slice axis (IJK); auto: the axis with the largest spacing")
     method: str = knob("auto", choices=METHODS, help=_METHOD_HELP)
-    time_budget: Optional[float] = knob(None, low=0.0, high=86400.0, optional=True, help=_BUDGET_HELP)
-    device: str = knob("auto", help=DEVICE_HELP)
-    seed: int = knob(0, low=0, high=2**31 - 1, help=SEED_HELP)
+    time_budget: Optional[float] = budget_knob(_BUDGET_HELP)
+    device: str = device_knob()
+    seed: int = seed_knob()
     #: A fill model package: a path, an installed name resolved by the caller, or a loaded package.
     model: Any = None
     #: Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}``; recorded in the report.

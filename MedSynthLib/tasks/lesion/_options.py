@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...lesion_segments import LABEL_MODES
-from ...options import DEVICE_HELP, SEED_HELP, TaskOptions, knob
+from ...options import DEVICE_HELP, TaskOptions, device_knob, knob, seed_knob
 from ...volume import Volume
 from ._presets import PRESETS, REGIONS, Preset
 
@@ -179,10 +179,10 @@ class LesionOptions(TaskOptions):
     label_mode: str = knob("classes", choices=LABEL_MODES, help=_LABEL_MODE_HELP)
     modality: Optional[str] = knob(None, choices=MODALITIES, optional=True,
                                    help="CT or MR: overrides the modality guess used to check presets and clip values")
-    seed: int = knob(0, low=0, high=2**31 - 1, help=SEED_HELP)
+    seed: int = seed_knob()
     appearance_steps: int = knob(20, low=1, high=1000,
                                  help="DDIM steps of a diffusion appearance model (10-50 useful; more is slower)")
-    device: str = knob("auto", help="where the appearance model runs: " + DEVICE_HELP)
+    device: str = device_knob("where the appearance model runs: " + DEVICE_HELP)
     #: Explicit lesions (LesionSpec objects or dicts); a spec without a centre is placed at random.
     specs: Optional[tuple] = None
     #: Lesion centres in RAS mm, the other parameters drawn from the preset.
