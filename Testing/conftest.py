@@ -130,3 +130,25 @@ def one_line(err: str) -> str:
     """``err``, asserted to be one line and no traceback (what every refusal of the command line prints)."""
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def write_dicom_series(folder: Path, planes, positions) -> Path:
+    """One CT slice file per 2D SimpleITK image of ``planes``, at ``positions`` ((x, y, z) mm, LPS) with axial
+    orientation, one series, as a scanner writes them; returns ``folder``."""
+    import SimpleITK as sitk
+
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k, (plane, position) in enumerate(zip(planes, positions)):
+        for tag, value in {
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.1",
+            "0008|0018": f"1.2.826.0.1.3680043.2.1125.2.{k + 1}",
+            "0020|0032": "\\".join(str(x) for x in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0008|0060": "CT",
+        }.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+    return folder

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED_DATA, make_phantom, one_line, run_cli
+from conftest import SHARED_DATA, make_phantom, one_line, run_cli, write_dicom_series
 from MedSynthLib import InputError, read_volume, write_volume
 from MedSynthLib.cli import main
 
@@ -126,23 +126,12 @@ def _dicom_series(folder, positions_mm):
     """One CT slice file per position along z (axis-aligned), as a scanner would write them."""
     folder.mkdir()
     array = make_phantom((len(positions_mm), 16, 20), dtype=np.int16).array
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k, z in enumerate(positions_mm):
-        plane = sitk.GetImageFromArray(array[k])
+    planes = []
+    for plane_array in array:
+        plane = sitk.GetImageFromArray(plane_array)
         plane.SetSpacing((0.8, 0.8))
-        for tag, value in {
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1",
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.2.{k + 1}",
-            "0020|0032": f"-10\\-20\\{z}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0013": str(k + 1),
-            "0008|0060": "CT",
-        }.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
-    return folder
+        planes.append(plane)
+    return write_dicom_series(folder, planes, [(-10, -20, z) for z in positions_mm])
 
 
 def _without_position(path):

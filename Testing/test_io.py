@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_phantom
+from conftest import make_phantom, write_dicom_series
 from MedSynthLib import InputError, read_volume, write_volume
 from MedSynthLib.convert import from_sitk, from_vtk, to_sitk, to_vtk
 
@@ -103,21 +103,8 @@ def test_dicom_series_folder(tmp_path):
     image = to_sitk(volume)
     # axis-aligned geometry for the DICOM writer (slice positions along the normal)
     image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1"
-    for k in range(image.GetDepth()):
-        plane = image[:, :, k]
-        for tag, value in {
-            "0020|000e": series_uid,
-            "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0013": str(k + 1),
-            "0008|0060": "CT",
-        }.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
+    write_dicom_series(tmp_path, [image[:, :, k] for k in range(image.GetDepth())],
+                       [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())])
     back = read_volume(tmp_path)
     assert back.array.shape == volume.array.shape
     assert np.array_equal(back.array, volume.array)
