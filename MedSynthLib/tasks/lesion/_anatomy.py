@@ -38,6 +38,15 @@ __all__ = ["BrainMasks", "SKIN_MARGIN_MM", "find_brain", "white_matter"]
 SKIN_MARGIN_MM = 16.0
 _ERODE_MM = 6.0
 _WORK_MM = 1.6
+#: Growth back into the cortex: tissue above this fraction of the core's median (grey matter's partial volume
+#: with sulcal CSF; skull and air stay below it), at most this far, and never past an adult brain's volume with its
+#: CSF (intracranial volume 1.2-1.8 L; heads in MNI space, 10-15 % larger, reach about 1.8 L).
+_GROW_LOW = 0.3
+_GROW_MM = 20.0
+_BRAIN_MAX_ML = 1800.0
+_CLOSE_MM = 5.0
+#: A body wider than this along any axis is a trunk, not a head (heads are 14-20 cm wide, 18-24 cm long).
+_HEAD_MAX_MM = 260.0
 
 
 @dataclass
@@ -118,16 +127,25 @@ def _bright_tail(core: np.ndarray) -> bool:
     return bool((1.0 - p5) < _TAIL_RATIO * max(p95 - 1.0, 1e-6))
 
 
+def _width_mm(mask: np.ndarray, spacing: tuple) -> float:
+    """The mask's widest extent (mm) along an axis, of its bounding box."""
+    if not mask.any():
+        return 0.0
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return max((b.stop - b.start) * s for b, s in zip(box, spacing))
+
+
 def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple, *, bright_is_brain: bool = False
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """(brain, head) on the working grid; the brain is empty when no core is found."""
+           ) -> tuple[np.ndarray, np.ndarray, str]:
+    """(brain, head, contrast) on the working grid; the brain is empty (contrast "") when no core is found or
+    the body in view is wider than a head."""
     top = float(np.percentile(_sample(means), 99.8))  # a few saturated voxels (DWI) do not set the scale
     means = np.minimum(means, top)
     head, threshold = _head(means)
     inner = ndimage.distance_transform_edt(head, sampling=spacing)  # the field of view's edge is not skin here
     core = head & (inner >= min(0.5 * float(inner.max()), 35.0))
-    if not core.any():
-        return np.zeros_like(head), head
+    if not core.any() or _width_mm(head, spacing) > _HEAD_MAX_MM:
+        return np.zeros_like(head), head, ""  # no core, or a trunk (abdomen, chest): no head in view
     middle = float(np.median(means[core]))
     low = max(0.5 * middle, 0.5 * threshold)
     bright_is_brain = bright_is_brain or _bright_tail(means[core] / middle)
@@ -139,42 +157,105 @@ def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple, *, bright_is_b
     seed = ndimage.distance_transform_edt(tissue, sampling=spacing) >= erode
     labels, count = ndimage.label(seed)
     if count == 0:
-        return np.zeros_like(head), head
+        return np.zeros_like(head), head, ""
     votes = np.bincount(labels[core & seed], minlength=count + 1)
     votes[0] = 0
     seed = labels == int(np.argmax(votes))
     grown = ndimage.distance_transform_edt(~seed, sampling=spacing) <= erode + 0.5 * max(spacing)
     brain = _largest(grown & tissue)
     brain = _fill(ndimage.binary_closing(brain, iterations=2) | brain) & head
-    return brain, head
+    # the erosion cut the gyri off (sulcal CSF splits them thinner than 12 mm): grow back into the cortex
+    allowed = head & (np.minimum(minima, top) > _GROW_LOW * middle)
+    if not bright_is_brain:
+        allowed &= means < 1.6 * middle
+    brain = _grow(brain, allowed, spacing)
+    brain = _fill(_close(brain, _CLOSE_MM, spacing)) & head
+    return brain, head, ("T2-like" if bright_is_brain else "T1")
+
+
+def _step_structure(number: int, spacing: tuple) -> np.ndarray:
+    """A cross that moves one finest voxel per step: coarser axes (thick slices) only every few steps."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1, 1, 1] = True
+    finest = min(spacing)
+    for axis, size in enumerate(spacing):
+        if int((number + 1) * finest / size + 1e-6) > int(number * finest / size + 1e-6):
+            index = [1, 1, 1]
+            for end in (0, 2):
+                index[axis] = end
+                structure[tuple(index)] = True
+    return structure
+
+
+def _grow(brain: np.ndarray, allowed: np.ndarray, spacing: tuple) -> np.ndarray:
+    """Geodesic growth of ``brain`` inside ``allowed`` tissue, one finest voxel a step, up to ``_GROW_MM``; stops
+    before a step that adds more than the one before it (a shell over gyri shrinks as it fills them; a leak into
+    the scalp or neck widens) or that takes the brain past ``_BRAIN_MAX_ML``."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    total, added = int(np.count_nonzero(brain)), []
+    for number in range(int(round(_GROW_MM / min(spacing)))):
+        grown = ndimage.binary_dilation(brain, _step_structure(number, spacing)) & allowed | brain
+        count = int(np.count_nonzero(grown)) - total
+        if count == 0 or (len(added) >= 2 and count > added[-1]) or (total + count) * voxel_ml > _BRAIN_MAX_ML:
+            break
+        brain, total = grown, total + count
+        added.append(count)
+    return brain
+
+
+def _close(mask: np.ndarray, radius_mm: float, spacing: tuple) -> np.ndarray:
+    """Closing by an ellipsoid of ``radius_mm`` (padded: the volume's edge does not open it): sulci and the
+    CSF around the brain join it, as in the brain masks of BET or ROBEX."""
+    radii = [max(1, int(round(radius_mm / s))) for s in spacing]
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    ball = sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing)) <= 1.0
+    pad = max(radii) + 1
+    closed = ndimage.binary_closing(np.pad(mask, pad), ball)
+    return closed[pad:-pad, pad:-pad, pad:-pad] | mask
 
 
 def find_brain(array: np.ndarray, spacing_kji) -> BrainMasks:
     """The brain, the region for lesions and the head of an MR head volume (KJI arrays, volume grid)."""
     means, minima, spacing, step = _working(array, spacing_kji)
-    brain, head = _strip(means, minima, spacing)
+    brain, head, contrast = _strip(means, minima, spacing)
     depth = head_depth(head, spacing)
     region = brain & (depth >= min(SKIN_MARGIN_MM, 0.35 * float(depth.max(initial=0.0))))  # a small phantom: less
     shape = array.shape
-    return BrainMasks(_to_grid(brain, step, shape), _to_grid(region, step, shape), _to_grid(head, step, shape))
+    return BrainMasks(_to_grid(brain, step, shape), _to_grid(region, step, shape), _to_grid(head, step, shape),
+                      contrast)
+
+
+def _class_mask(smooth: np.ndarray, masks: BrainMasks, values: np.ndarray, spacing_kji) -> np.ndarray:
+    """White matter from three multi-Otsu classes of ``values`` (sets ``masks.contrast`` if unset)."""
+    from skimage.filters import threshold_multiotsu
+
+    brain = masks.brain
+    low, high = np.percentile(values, [0.5, 99.5])
+    thresholds = threshold_multiotsu(np.clip(values, low, high), classes=3)
+    dark, bright = brain & (smooth <= thresholds[0]), brain & (smooth > thresholds[1])
+    if not masks.contrast:  # the strip's contrast (the core's tails) comes first: depth is fooled by scalp fat
+        depth = ndimage.distance_transform_edt(brain, sampling=spacing_kji)
+        deeper_bright = float(depth[bright].mean()) if bright.any() else 0.0
+        deeper_dark = float(depth[dark].mean()) if dark.any() else 0.0
+        masks.contrast = "T1" if deeper_bright >= deeper_dark else "T2-like"
+    wm = (bright & (smooth < high)) if masks.contrast == "T1" else (dark & (smooth > low))
+    return _largest(ndimage.binary_opening(wm, iterations=1) & masks.region)
 
 
 def white_matter(array: np.ndarray, spacing_kji, masks: BrainMasks) -> np.ndarray:
-    """White matter inside ``masks.region`` (sets ``masks.contrast``); empty when the brain is."""
-    from skimage.filters import threshold_multiotsu
+    """White matter inside ``masks.region`` (sets ``masks.contrast``); empty when the brain is.
 
+    The classes are drawn from the whole brain and from its deep part (the region) and the larger white matter
+    wins: white matter is the largest tissue of the deep brain. The brain's classes fail where the mask reaches
+    scalp fat or dura (post-contrast T1: the bright class is fat and vessels, brain1: 37 mL); the region's where
+    the deep brain is nearly all white matter (three classes then split its noise)."""
     brain = masks.brain
     if np.count_nonzero(brain) < 1000:
         return np.zeros_like(brain)
     smooth = ndimage.gaussian_filter(array.astype(np.float32), 0.7)
-    values = _sample(smooth[brain])
-    low, high = np.percentile(values, [0.5, 99.5])
-    thresholds = threshold_multiotsu(np.clip(values, low, high), classes=3)
-    dark, bright = brain & (smooth <= thresholds[0]), brain & (smooth > thresholds[1])
-    depth = ndimage.distance_transform_edt(brain, sampling=spacing_kji)
-    deeper_bright = float(depth[bright].mean()) if bright.any() else 0.0
-    deeper_dark = float(depth[dark].mean()) if dark.any() else 0.0
-    masks.contrast = "T1" if deeper_bright >= deeper_dark else "T2-like"
-    wm = (bright & (smooth < high)) if masks.contrast == "T1" else (dark & (smooth > low))
-    wm = ndimage.binary_opening(wm, iterations=1) & masks.region
-    return _largest(wm)
+    found = _class_mask(smooth, masks, _sample(smooth[brain]), spacing_kji)
+    if np.count_nonzero(masks.region) >= 1000:
+        deep = _class_mask(smooth, masks, _sample(smooth[masks.region]), spacing_kji)
+        if np.count_nonzero(deep) > np.count_nonzero(found):
+            found = deep
+    return found

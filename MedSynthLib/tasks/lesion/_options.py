@@ -20,7 +20,8 @@ from ...options import DEVICE_HELP, TaskOptions, device_knob, knob, seed_knob
 from ...volume import Volume
 from ._presets import PRESETS, REGIONS, Preset
 
-__all__ = ["LesionOptions", "MODALITIES", "DEFAULT_PRESETS", "BODY_PARTS", "default_preset", "default_region"]
+__all__ = ["LesionOptions", "MODALITIES", "DEFAULT_PRESETS", "BODY_PARTS", "auto_preset", "default_preset",
+           "default_region"]
 
 #: The modalities presets are made for (CT in Hounsfield units).
 MODALITIES = ("CT", "MR")
@@ -91,6 +92,23 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
         raise InputError(f"no {found} preset for the {part}; the {found} presets are "
                          f"{', '.join(p.name for p in PRESETS.values() if p.modality == found)}")
     return _BY_BODY_PART[found, part]
+
+
+def auto_preset(volume: Volume, modality: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """``preset="auto"`` on a volume: :func:`default_preset` of its modality (guessed when not given) and of the
+    body part its voxels show (``_region.guess_body_part``: a brain makes a head, lungs a chest, a liver an abdomen,
+    a narrow brainless MR a breast). Returns the preset and the body part (None: none recognised, the modality's
+    default). A body part without a preset of the modality (an MR abdomen) gives the modality's default.
+    Loads scipy (the body part is found on the voxels).
+    """
+    from ...intensity import guess_modality
+    from ._region import guess_body_part
+
+    found = _modality(modality) if modality is not None else guess_modality(volume)
+    part = guess_body_part(volume, found)
+    if part is None or (found, part) not in _BY_BODY_PART:
+        return DEFAULT_PRESETS[found], part
+    return _BY_BODY_PART[found, part], part
 
 
 def default_region(preset: Union[str, Preset, None], modality: Optional[str] = None) -> str:

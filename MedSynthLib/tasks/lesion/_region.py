@@ -12,7 +12,9 @@ A given label map always comes first. The automatic tissues, each refused in one
 - ``liver`` (CT): the largest thick (8 mm eroded) 40-200 HU organ on the patient's right, in a trunk at least
   22 cm wide, grown back inside soft tissue (plain and contrast-enhanced livers);
 - ``brain-ct`` (CT): 0-80 HU tissue inside the cavity that bone (> 250 HU) closes slice by slice, refused
-  where the cavity holds air or lung (a rib cage) or is wider than a skull;
+  where the cavity holds air or lung (a rib cage) or is wider than a skull; on a skull-stripped head CT (under
+  10 mL of bone, one constant background around a 0.8-2.2 L soft-tissue body at most 21 cm wide, such as
+  TotalSegmentator's CT brain atlas) the stripped brain, at least 3 mm inside its edge;
 - ``breast`` (MR): the body: voxels above 15 % of the volume's 95th percentile (air, lung and signal voids carry
   noise only; fat, fat-suppressed or not, and fibroglandular tissue are above), the largest component, holes filled
   slice by slice, at least 3 mm below the skin (1.5-3 mm thick); the edges of the field of view are not skin (a
@@ -33,7 +35,7 @@ from ...volume import Volume
 from ._anatomy import find_brain, white_matter
 from ._presets import REGIONS
 
-__all__ = ["Tissue", "auto_region", "find_tissue", "place_centres"]
+__all__ = ["Tissue", "auto_region", "find_tissue", "guess_body_part", "place_centres"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +115,37 @@ def _liver(volume: Volume) -> np.ndarray:
     return ndimage.binary_fill_holes(grown & tissue & body)
 
 
+def _stripped_brain_ct(volume: Volume, smooth: np.ndarray) -> np.ndarray:
+    """A skull-stripped head CT (a brain template or a stripped scan): one constant background value (at least a
+    fifth of the voxels) around a single 0-80 HU body of a brain's size (0.8-2.2 L, at most 21 cm wide)."""
+    array, spacing, axis = volume.array, volume.spacing_kji, volume.slice_axis()
+    values, counts = np.unique(array[::3, ::3, ::3], return_counts=True)
+    outside = array == values[int(np.argmax(counts))]  # the most frequent value: what stripping left outside
+    if np.mean(outside) < 0.2:
+        return np.zeros(array.shape, dtype=bool)
+    body = _largest(~outside)
+    moved = np.moveaxis(body, axis, 0)
+    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    body_ml = np.count_nonzero(body) * float(np.prod(spacing)) / 1000.0
+    soft = np.mean((smooth[body] > -20) & (smooth[body] < 100)) if body.any() else 0.0
+    if not 800.0 <= body_ml <= 2200.0 or soft < 0.8 or _width_mm(body, spacing, axis) > 210.0:
+        return np.zeros(array.shape, dtype=bool)
+    depth = ndimage.distance_transform_edt(np.pad(body, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return body & (depth >= STRIPPED_MARGIN_MM) & (smooth > 0) & (smooth < 80)
+
+
+#: On a skull-stripped CT, haemorrhages stay this deep inside the stripped brain (its edge is the skull's inside).
+STRIPPED_MARGIN_MM = 3.0
+
+
 def _brain_ct(volume: Volume) -> np.ndarray:
-    """Soft tissue (0-80 HU) inside the skull: the cavity that bone closes slice by slice, mostly brain-dense."""
+    """Soft tissue (0-80 HU) inside the skull: the cavity that bone closes slice by slice, mostly brain-dense;
+    on a skull-stripped head CT (no bone), the stripped brain."""
     spacing, axis = volume.spacing_kji, volume.slice_axis()
     smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [1.0 / s for s in spacing])
     bone = smooth > 250
+    if np.count_nonzero(bone) * float(np.prod(spacing)) < 10_000.0:  # under 10 mL of bone: no skull in view
+        return _stripped_brain_ct(volume, smooth)
     moved = np.moveaxis(bone, axis, 0)
     cavity = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis) & ~bone
     cavity = ndimage.binary_opening(cavity, iterations=2)
@@ -168,13 +196,14 @@ _LOOKED_FOR = {
     "brain": "a brain inside a dark skull (an MR head)",
     "lung": "air-filled lungs (< -400 HU, at least 5 mL, not the outside air)",
     "liver": "a liver (a thick 40-200 HU organ on the patient's right in a trunk at least 22 cm wide)",
-    "brain-ct": "a brain (0-80 HU) inside a skull that bone closes",
+    "brain-ct": "a brain (0-80 HU) inside a skull that bone closes, or a skull-stripped brain",
     "breast": "breast tissue (a body above the air level, at least 1 mL, 3 mm below the skin)",
 }
 
 _METHODS = {
-    "white-matter": "skull strip (morphological) + contrast-aware 3-class multi-Otsu",
-    "brain": "skull strip (morphological), >= 16 mm below the head's surface",
+    "white-matter": "skull strip (morphological, grown into the cortex) + 3-class multi-Otsu of the deep brain, "
+                    "by contrast (T1: brightest class; T2-like: darkest)",
+    "brain": "skull strip (morphological, grown into the cortex), >= 16 mm below the head's surface",
     "lung": "air components inside the body (< -400 HU), two largest, vessels filled",
     "liver": "thick 40-200 HU soft tissue on the patient's right (8 mm erosion, largest, regrown)",
     "brain-ct": "0-80 HU inside the bone-closed skull cavity",
@@ -185,6 +214,7 @@ _METHODS = {
 def find_tissue(volume: Volume, kind: str) -> Tissue:
     """The tissue ``kind`` (see the module notes) with how it was found; InputError when it is not in view."""
     extra: dict = {}
+    method = _METHODS.get(kind, "")
     if kind in ("white-matter", "brain"):
         masks = find_brain(volume.array, volume.spacing_kji)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
@@ -202,6 +232,8 @@ def find_tissue(volume: Volume, kind: str) -> Tissue:
         mask = _liver(volume)
     elif kind == "brain-ct":
         mask = _brain_ct(volume)
+        if mask.any() and np.count_nonzero(volume.array > 250) * float(np.prod(volume.spacing)) < 10_000.0:
+            method = "skull-stripped brain (constant background), 0-80 HU, >= 3 mm inside its edge"
     elif kind == "breast":
         mask = _breast(volume)
         if np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0 < 1.0:
@@ -212,7 +244,41 @@ def find_tissue(volume: Volume, kind: str) -> Tissue:
     if not mask.any():
         raise InputError(f"no {kind} in view: looked for {_LOOKED_FOR[kind]} and found none; use a preset for "
                          "what this scan shows, or pass a label map as the region")
-    return Tissue(kind, mask, _METHODS[kind], extra)
+    return Tissue(kind, mask, method, extra)
+
+
+#: A body wider than this (mm) is a trunk; a breast MR's field of view (one breast, or a crop) is narrower.
+TRUNK_MIN_MM = 260.0
+
+
+def guess_body_part(volume: Volume, modality: str) -> Optional[str]:
+    """``"head"``, ``"chest"``, ``"abdomen"`` or ``"breast"`` from the voxels, or None when no rule fits.
+
+    CT: a brain inside a skull (or a skull-stripped brain) is a head; else air-filled lungs make a chest; else a
+    liver an abdomen. MR: a brain found by the skull strip (at least 300 mL) is a head; else a body wider than
+    :data:`TRUNK_MIN_MM` is an abdomen (no MR abdomen preset: the default then refuses, naming the brain it looked
+    for); else a breast (a one-breast field of view or a crop - the weakest rule: a limb would be taken for one).
+    """
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    if modality == "CT":
+        for part, kind in (("head", "brain-ct"), ("chest", "lung"), ("abdomen", "liver")):
+            try:
+                find_tissue(volume, kind)
+            except InputError:
+                continue
+            return part
+        return None
+    masks = find_brain(volume.array, volume.spacing_kji)
+    if np.count_nonzero(masks.brain) * voxel_ml >= 300.0 and masks.region.any():
+        return "head"
+    smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [1.0 / s for s in volume.spacing_kji])
+    top = float(np.percentile(smooth[::3, ::3, ::3], 95))
+    body = _largest(smooth > 0.15 * top) if top > 0 else np.zeros(smooth.shape, dtype=bool)
+    if not body.any():
+        return None
+    box = ndimage.find_objects(body.astype(np.uint8))[0]
+    width = max((b.stop - b.start) * s for b, s in zip(box, volume.spacing_kji))
+    return "abdomen" if width > TRUNK_MIN_MM else "breast"
 
 
 def auto_region(volume: Volume, kind: str) -> np.ndarray:
