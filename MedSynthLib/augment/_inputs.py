@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,13 @@ from typing import Optional
 from ..errors import InputError
 from ..io import READ_EXTENSIONS
 
-__all__ = ["Case", "read_cases", "file_sha256", "derive_seed", "MANIFEST_COLUMNS"]
+__all__ = ["Case", "read_cases", "file_sha256", "derive_seed", "is_label_name", "MANIFEST_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+#: Words of a file name that mark a label, mask or probability map, not a scan (``*_label*``, ``*_seg``,
+#: BIDS ``_dseg``/``_probseg``/``_mask``, FSL ``_pve_1``, ``brainmask``, ``GMprob``).
+_LABEL_WORDS = re.compile(r"^(labels?|seg|dseg|probseg|segmentation|pve)$|(label|mask|prob)$", re.IGNORECASE)
 
 #: Columns a CSV manifest may have (a header row naming them, or these positions without one).
 MANIFEST_COLUMNS = ("image", "label", "region", "preset")
@@ -65,6 +72,29 @@ def _is_image(path: Path) -> bool:
     if name.startswith(".") or name.endswith(".seg.nrrd"):
         return False
     return path.is_file() and any(name.endswith(ext) for ext in READ_EXTENSIONS if ext != ".dcm")
+
+
+def is_label_name(path: str | Path) -> bool:
+    """True when a file's name marks a label, mask or probability map (a word of it after the first, split at ``_ - .``,
+    is ``label(s)``, ``seg``, ``dseg``, ``probseg``, ``segmentation`` or ``pve``, or ends with ``label``, ``mask`` or
+    ``prob``): a folder or glob of scans skips it.
+
+    >>> [is_label_name(n) for n in ("ct_3mm_label.nii.gz", "brain1_lesion_label_x.nrrd", "MNI_GMprob.nii.gz",
+    ...                             "ROBEX_brainmask.nii.gz", "case_seg.nii.gz", "sub-01_T1w.nii.gz",
+    ...                             "ct_totalseg_example.nii.gz", "segment.nii.gz")]
+    [True, True, True, True, True, False, False, False]
+    """
+    words = re.split(r"[_.\-]+", _stem(str(path)))
+    return any(_LABEL_WORDS.search(word) for word in words[1:])
+
+
+def _scans(files: list[Path], source: str) -> list[Path]:
+    """The files that are scans; label, mask and probability maps named as such are skipped (logged)."""
+    skipped = [f.name for f in files if is_label_name(f)]
+    if skipped:
+        logger.warning("%s: skipped %d label/mask/probability map(s) by name: %s (give them as the label column "
+                       "of a CSV manifest)", source, len(skipped), ", ".join(skipped))
+    return [f for f in files if not is_label_name(f)]
 
 
 def _stem(path: str) -> str:
@@ -119,6 +149,9 @@ def _from_manifest(path: Path) -> list[Case]:
 def read_cases(source: str | Path) -> list[Case]:
     """The cases of a folder (its image files), a glob pattern, or a CSV manifest (``.csv``).
 
+    A folder or a glob skips files named as label, mask or probability maps (:func:`is_label_name`); a manifest
+    is taken as written.
+
     Case names come from the file names; two sources with the same name get the
     first 8 hex digits of their path's hash appended, so every output name is unique.
 
@@ -134,12 +167,12 @@ def read_cases(source: str | Path) -> list[Case]:
             raise InputError(f"manifest not found: {path}")
         cases = _from_manifest(path)
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if _is_image(p))
+        files = _scans(sorted(p for p in path.iterdir() if _is_image(p)), text)
         if not files:
             raise InputError(f"folder {path} holds no volumes ({', '.join(READ_EXTENSIONS[:-1])})")
         cases = [Case(name=_stem(str(f)), image=str(f), row=n) for n, f in enumerate(files, start=1)]
     elif glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(str(path)) if _is_image(Path(p)) or Path(p).is_dir())
+        files = _scans(sorted(Path(p) for p in glob.glob(str(path)) if _is_image(Path(p)) or Path(p).is_dir()), text)
         if not files:
             raise InputError(f"no volumes match {text}")
         cases = [Case(name=_stem(str(f)), image=str(f), row=n) for n, f in enumerate(files, start=1)]
