@@ -43,6 +43,8 @@ _WORK_MM = 1.6
 #: CSF (intracranial volume 1.2-1.8 L; heads in MNI space, 10-15 % larger, reach about 1.8 L).
 _GROW_LOW = 0.3
 _GROW_MM = 20.0
+#: A step that adds this many times the previous one is a leak (a sphere's shell 60 mm out widens by 5 % a step).
+_GROW_WIDEN = 1.15
 _BRAIN_MAX_ML = 1800.0
 _CLOSE_MM = 5.0
 #: A body wider than this along any axis is a trunk, not a head (heads are 14-20 cm wide, 18-24 cm long).
@@ -111,8 +113,14 @@ def _head(values: np.ndarray) -> tuple[np.ndarray, float]:
     from skimage.filters import threshold_otsu
 
     threshold = float(threshold_otsu(_sample(values)))
-    head = _largest(values > threshold)
-    return _fill(ndimage.binary_closing(head, iterations=2) | head), threshold
+    labels, count = ndimage.label(values > threshold)
+    if count == 0:
+        return np.zeros(values.shape, dtype=bool), threshold
+    sizes = np.bincount(labels.ravel())[1:]
+    # the large pieces together (a scalp shell apart from the brain inside it is one head once filled), then the
+    # largest filled body
+    head = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
+    return _largest(_fill(ndimage.binary_closing(head, iterations=2) | head)), threshold
 
 
 #: The core's tails: (1 - p5) / (p95 - 1) of its intensities over their median. T1 heads of the corpus 1.2-3.4 (CSF in
@@ -189,14 +197,15 @@ def _step_structure(number: int, spacing: tuple) -> np.ndarray:
 
 def _grow(brain: np.ndarray, allowed: np.ndarray, spacing: tuple) -> np.ndarray:
     """Geodesic growth of ``brain`` inside ``allowed`` tissue, one finest voxel a step, up to ``_GROW_MM``; stops
-    before a step that adds more than the one before it (a shell over gyri shrinks as it fills them; a leak into
-    the scalp or neck widens) or that takes the brain past ``_BRAIN_MAX_ML``."""
+    before a step that adds more than ``_GROW_WIDEN`` times the one before it (a shell over gyri shrinks as it fills
+    them, a smooth brain's widens by a few per cent; a leak into the scalp or neck widens fast) or that takes the brain past ``_BRAIN_MAX_ML``."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     total, added = int(np.count_nonzero(brain)), []
     for number in range(int(round(_GROW_MM / min(spacing)))):
         grown = ndimage.binary_dilation(brain, _step_structure(number, spacing)) & allowed | brain
         count = int(np.count_nonzero(grown)) - total
-        if count == 0 or (len(added) >= 2 and count > added[-1]) or (total + count) * voxel_ml > _BRAIN_MAX_ML:
+        if count == 0 or (len(added) >= 2 and count > _GROW_WIDEN * added[-1]) \
+                or (total + count) * voxel_ml > _BRAIN_MAX_ML:
             break
         brain, total = grown, total + count
         added.append(count)
