@@ -13,7 +13,9 @@ Each title names the view (axial, coronal, sagittal), the axis and the index.
 The grey window comes from the good data (voxels outside the edited region),
 never from a corrupted slice; the difference uses a diverging blue-white-red
 scale with a colour bar; the edited region (restored slices, lesion labels) is
-outlined in yellow. Panels are scaled to square millimetres, about 256 px each,
+outlined in yellow. Given a synthesised-voxel mask (:mod:`~MedSynthLib.provenance`), the *after* panels
+outline its synthesised voxels in magenta and its rewritten ones in amber; given an uncertainty (fill and
+upsample), a fourth panel shows its standard deviation (black to white, scale in the title). Panels are scaled to square millimetres, about 256 px each,
 oriented as a radiologist reads them (:func:`_radiological`).
 """
 
@@ -120,20 +122,34 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _panel(rgb: np.ndarray, spacing: tuple[float, float], outline: Optional[np.ndarray]):
-    """A PIL image of ``rgb`` (rows, cols, 3 in [0, 1]) scaled to square mm and about ``_PANEL`` px, outlined."""
+def _panel(rgb: np.ndarray, spacing: tuple[float, float], outline, colour=_OUTLINE):
+    """A PIL image of ``rgb`` (rows, cols, 3 in [0, 1]) scaled to square mm and about ``_PANEL`` px, outlined.
+
+    ``outline``: a boolean plane outlined in ``colour``, or a list of (plane, colour) pairs, or None.
+    """
     from PIL import Image
 
     height_mm, width_mm = rgb.shape[0] * spacing[0], rgb.shape[1] * spacing[1]
     scale = _PANEL / max(height_mm, width_mm)
     size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
     image = Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
-    if outline is not None and outline.any():
-        mask = np.asarray(Image.fromarray(outline.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-        pixels = np.asarray(image).copy()
-        pixels[_outline_pixels(mask)] = _OUTLINE
-        image = Image.fromarray(pixels)
-    return image
+    outlines = outline if isinstance(outline, list) else [] if outline is None else [(outline, colour)]
+    pixels = None
+    for plane, tint in outlines:
+        if plane is None or not plane.any():
+            continue
+        mask = np.asarray(Image.fromarray(plane.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        pixels = np.asarray(image).copy() if pixels is None else pixels
+        pixels[_outline_pixels(mask)] = tint
+    return image if pixels is None else Image.fromarray(pixels)
+
+
+def _provenance_outlines(plane: np.ndarray) -> list:
+    """(mask, colour) pairs of a synthesised-voxel mask's plane: synthesised in magenta, rewritten in amber."""
+    from .provenance import PROVENANCE_COLOURS
+
+    return [(plane == value, tuple(int(round(255 * c)) for c in colour))
+            for value, colour in PROVENANCE_COLOURS.items()]
 
 
 def _outline_pixels(mask: np.ndarray, tick: int = 12) -> np.ndarray:
@@ -155,7 +171,7 @@ def _outline_pixels(mask: np.ndarray, tick: int = 12) -> np.ndarray:
 
 def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: float, titles: list, neighbour=None):
     """PIL panels and titles for one view: [neighbour,] before, after, difference."""
-    keys = ["before", "after", "edited"]
+    keys = ["before", "after", "edited"] + [k for k in ("provenance", "uncertainty") if k in planes]
     arrays = [planes[k] for k in keys]
     oriented, (rows_axis, cols_axis) = display_plane(volume, arrays, axis=axis, index=index)
     shown = dict(zip(keys, oriented))
@@ -172,8 +188,14 @@ def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: 
     if neighbour is not None:
         panels.append(_panel(grey(shown["neighbour"]), spacing, None))
     panels.append(_panel(grey(shown["before"]), spacing, shown["edited"]))
-    panels.append(_panel(grey(shown["after"]), spacing, shown["edited"]))
+    marks = _provenance_outlines(shown["provenance"]) if "provenance" in shown else shown["edited"]
+    panels.append(_panel(grey(shown["after"]), spacing, marks))
     panels.append(_panel(_diverging(shown["after"] - shown["before"], limit), spacing, None))
+    if "uncertainty" in shown:
+        top = planes["uncertainty_limit"]
+        panels.append(_panel(np.repeat(np.clip(shown["uncertainty"] / top, 0, 1)[..., None], 3, axis=2), spacing,
+                             marks))
+        titles = titles + [f"uncertainty: sd 0 (black) to {top:.3g} (white)"]
     return list(zip(panels, titles))
 
 
@@ -240,6 +262,8 @@ def qc_picture(
     slices: Optional[Sequence[int]] = None,
     region: Optional[np.ndarray] = None,
     title: str = "",
+    provenance: Optional[Volume] = None,
+    uncertainty: Optional[Volume] = None,
 ) -> np.ndarray:
     """RGB uint8 picture (rows, cols, 3) of what changed from ``before`` to ``after``; see the module docstring.
 
@@ -258,6 +282,10 @@ def qc_picture(
         The edited voxels on ``after``'s grid (e.g. a lesion label map), outlined.
     title : str
         What was done, written above the panels.
+    provenance : Volume, optional
+        The synthesised-voxel mask on ``after``'s grid: outlined on the *after* panels by value.
+    uncertainty : Volume, optional
+        Standard deviation on ``after``'s grid (fill, upsample): a fourth panel in each row.
     """
     volume = after
     axis = after.slice_axis() if axis is None else axis
@@ -273,6 +301,12 @@ def qc_picture(
     change = np.abs(a - b)
     limit = float(np.percentile(change[change > 0], 99)) if np.any(change > 0) else 1.0
     planes = {"before": b, "after": a, "edited": edited, "neighbour": b}
+    if provenance is not None:
+        planes["provenance"] = np.asarray(provenance.array)
+    if uncertainty is not None:
+        spread = np.asarray(uncertainty.array, np.float64)
+        planes["uncertainty"] = spread
+        planes["uncertainty_limit"] = float(np.percentile(spread[spread > 0], 99)) if np.any(spread > 0) else 1.0
     name = AXIS_NAMES[axis]
     neighbour = None
     if slices:
@@ -290,7 +324,9 @@ def qc_picture(
                      titles=[f"before  {cut_view} {cut_name}={centre}", f"after  {cut_view} {cut_name}={centre}",
                              "difference"]))
     header = (f"{title}  |  " if title else "") + f"grey window {window[0]:.4g} to {window[1]:.4g} from the " + (
-        "unedited voxels" if explicit else "input") + ("; edited region outlined" if edited.any() else "")
+        "unedited voxels" if explicit else "input") + (
+        "; synthesised voxels outlined magenta, rewritten amber" if provenance is not None
+        else "; edited region outlined" if edited.any() else "")
     return np.asarray(_compose(rows, header, limit))
 
 

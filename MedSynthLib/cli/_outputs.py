@@ -34,14 +34,19 @@ from ..io import WRITE_EXTENSIONS, StagedFile
 __all__ = ["add_output_args", "prepare", "Outputs"]
 
 #: Names of the outputs that hold volumes (the extension must be one MedSynth writes).
-_VOLUME_OUTPUTS = ("OUTPUT", "--labels", "--field")
+_VOLUME_OUTPUTS = ("OUTPUT", "--labels", "--field", "--synthetic-mask", "--uncertainty")
+#: Outputs every task command takes from ``args`` (the options :func:`add_output_args` adds, and ``--uncertainty``).
+_SHARED_OUTPUTS = ("--report", "--qc", "--synthetic-mask", "--uncertainty")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
-    """``--report``, ``--qc`` and ``--overwrite``, shared by every task command."""
+    """``--report``, ``--qc``, ``--synthetic-mask`` and ``--overwrite``, shared by every task command."""
     parser.add_argument("--report", metavar="FILE.json",
                         help="write the run's report (what was done, device, seconds, warnings) as JSON")
     parser.add_argument("--qc", metavar="FILE.png", help="write a QC picture: before, after and difference, titled")
+    parser.add_argument("--synthetic-mask", metavar="FILE",
+                        help="write a label map on the output grid: 0 acquired and unchanged, 1 synthesised (no "
+                             "measurement there), 2 acquired but rewritten (see docs/provenance.md)")
     parser.add_argument("--overwrite", action="store_true", help="allow OUTPUT to replace INPUT (refused otherwise)")
 
 
@@ -101,8 +106,8 @@ def prepare(args: argparse.Namespace, *, inputs: Mapping[str, Optional[str]],
             outputs: Mapping[str, Optional[str]]) -> "Outputs":
     """Check the command's files and device before any work; see the module docstring.
 
-    ``outputs`` should not list ``--report`` and ``--qc``: they are taken from
-    ``args`` (the options :func:`add_output_args` adds).
+    ``outputs`` should not list ``--report``, ``--qc``, ``--synthetic-mask`` or ``--uncertainty``: they are
+    taken from ``args`` (the options :func:`add_output_args` adds).
     """
     device = getattr(args, "device", None)
     if device not in (None, "auto"):
@@ -110,8 +115,8 @@ def prepare(args: argparse.Namespace, *, inputs: Mapping[str, Optional[str]],
 
         select_device(device)  # an absent device is refused before anything is read
     named_outputs = {k: Path(v) for k, v in outputs.items() if v}
-    for option in ("--report", "--qc"):
-        value = getattr(args, option[2:], None)
+    for option in _SHARED_OUTPUTS:
+        value = getattr(args, option[2:].replace("-", "_"), None)
         if value:
             named_outputs[option] = Path(value)
     named_inputs = {k: Path(v) for k, v in inputs.items() if v and v != "auto"}
@@ -155,9 +160,14 @@ class Outputs:
         writer(staged.path)
 
     def stage_volume(self, name: str, volume, metadata: Optional[Mapping[str, str]] = None) -> None:
+        """Stage a volume; ``volume`` may be a callable that makes it, called only when ``name`` was asked for
+        (a synthesised-voxel mask or an uncertainty costs nothing when not wanted)."""
         from ..io import write_volume
 
-        self.stage(name, lambda path: write_volume(volume, path, metadata=metadata))
+        if name not in self.paths:
+            return
+        made = volume() if callable(volume) else volume
+        self.stage(name, lambda path: write_volume(made, path, metadata=metadata))
 
     def discard(self) -> None:
         for staged in self._staged.values():

@@ -44,8 +44,11 @@ def _write(outputs, volume: Volume, result) -> None:
     from ..qc import save_qc_png
 
     outputs.stage_volume("OUTPUT", result.volume)
+    outputs.stage_volume("--synthetic-mask", lambda: result.synthetic_mask)
+    outputs.stage_volume("--uncertainty", result.uncertainty)
     outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, axis=result.axis,
-                                                   slices=result.slices, title=_qc_title(result.report)))
+                                                   slices=result.slices, title=_qc_title(result.report),
+                                                   provenance=result.synthetic_mask, uncertainty=result.uncertainty))
     outputs.commit()
     outputs.write_report(result.report)
 
@@ -77,7 +80,8 @@ def _run_fill(args: argparse.Namespace) -> int:
     outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
     slices = None if args.slices == "auto" else parse_slice_list(args.slices)
-    options = options_from_args(FillOptions, args, _METHOD_KNOBS, slices=slices, model=args.model)
+    options = options_from_args(FillOptions, args, _METHOD_KNOBS, slices=slices, model=args.model,
+                                uncertainty=bool(args.uncertainty))
     with progress_bar(args.quiet, "fill") as progress:
         result = fill_task.fill_slices(volume, options, progress=progress)
     with outputs:
@@ -94,7 +98,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
     output = Path(args.output)
     outputs = prepare(args, inputs={"INPUT": args.input, "--model": args.model}, outputs={"OUTPUT": args.output})
     volume = read_volume(args.input)
-    options = options_from_args(UpsampleOptions, args, _METHOD_KNOBS + ("factor", "spacing"), model=args.model)
+    options = options_from_args(UpsampleOptions, args, _METHOD_KNOBS + ("factor", "spacing"), model=args.model,
+                                uncertainty=bool(args.uncertainty))
     with progress_bar(args.quiet, "upsample") as progress:
         result = fill_task.upsample_slices(volume, options, progress=progress)
     with outputs:
@@ -115,6 +120,10 @@ def _add_method_args(parser: argparse.ArgumentParser, options_class) -> None:
                     metavars={"time_budget": "SECONDS"})
     parser.add_argument("--model", metavar="PACKAGE.json", help="fill model package (for --method model or auto)")
     add_output_args(parser)
+    parser.add_argument("--uncertainty", metavar="FILE",
+                        help="write the standard deviation of every synthesised voxel (float, the volume's units, "
+                             "0 on acquired voxels), calibrated on held-out in-plane rows; the report gives its "
+                             "calibration figures")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

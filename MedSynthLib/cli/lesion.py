@@ -226,6 +226,7 @@ def _stage(outputs, args: argparse.Namespace, volume: Volume, result) -> None:
         outputs.stage("--labels", lambda path: write_segmentation(result.labels, path, segments))
     else:
         outputs.stage_volume("--labels", result.labels, metadata=metadata)
+    outputs.stage_volume("--synthetic-mask", lambda: result.synthetic_mask)
     count = len(result.report["lesions"])
     outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, region=result.labels.array > 0,
                                                    title=f"lesion: {count} synthetic lesion(s), label map outlined"))

@@ -62,13 +62,28 @@ class FillResult:
     report : dict
         ``task``, ``operation``, ``method`` (what ran), ``method_requested``,
         ``device``, ``axis``, ``slices``, ``seconds``, ``warnings`` and
-        method details.
+        method details; ``uncertainty`` (its calibration figures) when one was asked for.
+    rewritten : tuple of int
+        Output slices that hold acquired data rewritten (deblurred thick slices), not copied bit for bit.
+    uncertainty : Volume or None
+        With ``uncertainty=True``: float32 on the output grid, the standard deviation of each synthesised
+        voxel in the volume's units (calibrated on held-out in-plane rows, ``_uncertainty``), 0 elsewhere.
     """
 
     volume: Volume
     slices: tuple[int, ...]
     axis: int
     report: dict = field(default_factory=dict)
+    rewritten: tuple[int, ...] = ()
+    uncertainty: Optional[Volume] = None
+
+    @property
+    def synthetic_mask(self) -> Volume:
+        """uint8 on the output grid: 1 on the synthesised slices, 2 on rewritten acquired ones, 0 elsewhere
+        (:mod:`~MedSynthLib.provenance`)."""
+        from ...provenance import slice_provenance
+
+        return slice_provenance(self.volume, axis=self.axis, synthesised=self.slices, rewritten=self.rewritten)
 
 
 # ---- slice lists ---------------------------------------------------------------------------
@@ -209,8 +224,8 @@ def fill_slices(
     missing = set(values)
     good_index = np.array([s for s in range(count) if s not in missing])
     request = _Request(method=method, model=options.model, device=options.device, seed=options.seed,
-                       options=options.method_options, budget=budget)
-    restored, details, _ = _run(
+                       options=options.method_options, budget=budget, uncertainty=options.uncertainty)
+    restored, details, _, sigma = _run(
         volume, axis=axis_index, good_index=good_index, positions=good_index.astype(np.float64),
         targets=np.array(values, dtype=np.float64), request=request, progress=progress, cancel=cancel,
     )
@@ -220,7 +235,13 @@ def fill_slices(
     report(progress, 1.0, "done")
     result_report = _report("fill", axis_index, values, details, time.perf_counter() - start, warnings)
     check_result(volume, volume.with_array(out), task=f"fill ({result_report['method']})", axis=axis_index, slices=values)
-    return FillResult(volume=volume.with_array(out), slices=tuple(values), axis=axis_index, report=result_report)
+    uncertainty = None
+    if sigma is not None:
+        spread = np.zeros(out.shape, np.float32)
+        np.moveaxis(spread, axis_index, 0)[values] = sigma
+        uncertainty = volume.with_array(spread)
+    return FillResult(volume=volume.with_array(out), slices=tuple(values), axis=axis_index, report=result_report,
+                      uncertainty=uncertainty)
 
 
 def upsample_slices(
@@ -297,12 +318,13 @@ def _upsample(volume: Volume, options: UpsampleOptions, budget: TimeBudget, *,
         step = int(math.ceil(grid.ratio - 1e-9))
         fine = _upsample(volume, options.replace(factor=step, spacing=None, axis=AXIS_NAMES[axis_index]), budget,
                          progress=subrange(progress, 0.0, 0.95), cancel=cancel)
-        restored, details, sharpened = _resample_linearly(fine, grid, axis_index, step, seed=options.seed,
-                                                          cancel=cancel)
+        restored, details, sharpened, sigma = _resample_linearly(fine, grid, axis_index, step, seed=options.seed,
+                                                                 cancel=cancel)
     else:
         request = _Request(method=options.method, model=options.model, device=options.device, seed=options.seed,
-                           options=options.method_options, budget=budget, thickness=options.slice_thickness)
-        restored, details, sharpened = _run(
+                           options=options.method_options, budget=budget, thickness=options.slice_thickness,
+                           uncertainty=options.uncertainty)
+        restored, details, sharpened, sigma = _run(
             volume, axis=axis_index, good_index=np.arange(grid.count), positions=grid.positions,
             targets=grid.targets, request=request, progress=progress, cancel=cancel,
         )
@@ -317,7 +339,15 @@ def _upsample(volume: Volume, options: UpsampleOptions, budget: TimeBudget, *,
     target_index = grid.targets.astype(int)
     result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
     check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
-    return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index, report=result_report)
+    uncertainty = None
+    if sigma is not None:
+        spread = np.zeros(out.shape, np.float32)
+        if len(target_index):
+            np.moveaxis(spread, axis_index, 0)[target_index] = sigma
+        uncertainty = Volume(spread, matrix)
+    rewritten = () if sharpened is None else tuple(sorted(grid.original_at))
+    return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index,
+                      report=result_report, rewritten=rewritten, uncertainty=uncertainty)
 
 
 @dataclass(frozen=True)
@@ -377,7 +407,7 @@ def _resample_linearly(fine: FillResult, grid: _Grid, axis_index: int, step: int
     fine_stack = np.moveaxis(fine.volume.array, axis_index, 0)
     fine_positions = np.arange(fine_stack.shape[0], dtype=np.float64) * (grid.ratio / step)
     linear = _Request(method="linear", model=None, device="cpu", seed=seed, options=None, budget=TimeBudget(None))
-    restored, _, _ = _run(
+    restored, _, _, _ = _run(
         fine.volume, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
         targets=grid.targets, request=linear, progress=None, cancel=cancel,
     )
@@ -388,7 +418,13 @@ def _resample_linearly(fine: FillResult, grid: _Grid, axis_index: int, step: int
     details.pop("slices", None)
     for key in ("task", "operation", "axis", "seconds", "factor", "spacing_before", "spacing_after"):
         details.pop(key, None)
-    return restored, details, None
+    sigma = None
+    if fine.uncertainty is not None:  # the fine grid's sd, resampled the same way (linear weights)
+        sigma, _, _, _ = _run(
+            fine.uncertainty, axis=axis_index, good_index=np.arange(fine_stack.shape[0]), positions=fine_positions,
+            targets=grid.targets, request=linear, progress=None, cancel=cancel)
+        sigma = sigma.astype(np.float32)
+    return restored, details, None, sigma
 
 
 def _assemble(volume: Volume, grid: _Grid, axis_index: int, restored: np.ndarray,

@@ -8,7 +8,7 @@ within the budget, and maps the result back to the input's dtype and range. The 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -20,7 +20,7 @@ from ...intensity import restore_dtype, robust_scale
 from ...network_inputs.fill import FILL_PERCENTILES
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import AXIS_NAMES, Volume
-from ._auto import FillJob, default_budget_seconds, resolve_method, synthesise
+from ._auto import RUNNERS, FillJob, Synthesis, default_budget_seconds, resolve_method, synthesise
 from ._interp import make_plan
 
 __all__ = ["Request", "start_budget", "run", "report_of"]
@@ -32,6 +32,7 @@ class Request:
 
     ``thickness``: ``None`` never models a slice profile (fills: the acquired slices are sharp);
     ``"auto"`` estimates it from the data (upsampling); a number is the profile FWHM in mm (a header).
+    ``uncertainty``: also calibrate a per-voxel standard deviation of the synthesised slices (``_uncertainty``).
     """
 
     method: str
@@ -41,6 +42,7 @@ class Request:
     options: Optional[dict]
     budget: TimeBudget
     thickness: Union[None, str, float] = None
+    uncertainty: bool = False
 
 
 def start_budget(time_budget) -> TimeBudget:
@@ -80,9 +82,45 @@ def _threads(method: str, device: str) -> tuple[Optional[float], int]:
     return idle, min(torch.get_num_threads(), cpu_threads(idle=idle))
 
 
+def _uncertainty(job: FillJob, done: Synthesis, cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
+    """(standard deviation of the synthesised slices (Q, H, W), normalised units; the calibration report).
+
+    Methods that run in seconds are run again on the calibration rows; selfsup goes through its base (the
+    spline on thick slices, else linear) scaled by its held-out gain over that base (``_uncertainty``).
+    """
+    from skimage.filters import threshold_otsu
+
+    from ._uncertainty import RERUN, calibrate, uncertainty_features
+
+    through, scale, values = done.method, 1.0, done.values
+    if through not in RERUN:
+        summary = done.details.get("selfsup", {})
+        through = "spline" if summary.get("slice_profile_px") is not None else "linear"
+        gain = summary.get("held_out_gain_db")
+        scale = 10.0 ** (-float(gain) / 20.0) if gain is not None else 1.0
+        values = RUNNERS[through](job, None, None, cancel, through).values
+
+    def run_method(good: np.ndarray, plan) -> np.ndarray:
+        problem = replace(job, good=good, plan=plan, budget=TimeBudget(None), profile=None, profiled=False)
+        return RUNNERS[through](problem, job.options.get(through), None, cancel, through).values
+
+    sample = job.good[:: max(1, len(job.good) // 16)]
+    foreground = float(threshold_otsu(sample)) if np.ptp(sample) > 0 else float(sample.max())
+    row_steps = tuple(max(1, int(round(r))) for r in job.grid_ratio)
+    calibration, figures = calibrate(job.good, job.plan, method=through, run_method=run_method,
+                                     row_steps=row_steps, foreground=foreground, scale=scale, cancel=cancel)
+    sigma = calibration.sigma(uncertainty_features(job.good, job.plan, values, through))
+    figures.update(calibrated_with=through, scale=round(scale, 4))
+    if through != done.method:
+        figures["note"] = (f"{done.method} was calibrated through {through}, its sd scaled by its own held-out "
+                           f"gain over {through}")
+    return sigma, figures
+
+
 def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndarray, targets: np.ndarray,
          request: Request, progress: Optional[ProgressCallback], cancel: Optional[CancelToken]):
-    """(synthesised slices (Q, H, W) in the input's dtype, the report details, deblurred acquired slices or None)."""
+    """(synthesised slices (Q, H, W) in the input's dtype, the report details, deblurred acquired slices or None,
+    the slices' standard deviation (Q, H, W) float32 in the input's units or None when not asked for)."""
     check_cancel(cancel)
     stack = np.moveaxis(volume.array, axis, 0)
     good_raw = stack[good_index]
@@ -117,6 +155,12 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
     details["method"] = done.method
     if done.handover:
         details["method_reason"] = f"{why}; then {done.handover}"
+    sigma = None
+    if request.uncertainty:
+        report(progress, 0.98, "calibrating the uncertainty on in-plane rows")
+        sigma, details["uncertainty"] = _uncertainty(job, done, cancel)
+        sigma = (sigma * scale.width).astype(np.float32)
+        details["uncertainty"]["units"] = "the volume's intensity units (standard deviation)"
     low, high = float(good_raw.min()), float(good_raw.max())
     restored = restore_dtype(scale.inverse(done.values), volume.array.dtype, clip=(low, high))
     sharpened = done.acquired
@@ -127,7 +171,7 @@ def run(volume: Volume, *, axis: int, good_index: np.ndarray, positions: np.ndar
     details["time_budget"] = budget.report()
     if job.profile is not None:
         details["slice_profile"] = job.profile
-    return restored, details, sharpened
+    return restored, details, sharpened, sigma
 
 
 def report_of(operation: str, axis: int, slices: Sequence[int], details: dict, seconds: float, warnings: list) -> dict:

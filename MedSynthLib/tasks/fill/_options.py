@@ -29,6 +29,9 @@ _BUDGET_HELP = ("seconds the task may spend, checked on the clock while it runs:
                 "stops with its best result so far (automatic for auto: 30 s + 1.5 s per synthesised slice on a CPU, "
                 "at most 180, 600 on a GPU; other methods: no limit); the report gives the budget, the time spent "
                 "and what was cut")
+_UNCERTAINTY_HELP = ("also give a per-voxel standard deviation of the synthesised voxels (the volume's units, 0 on "
+                     "acquired voxels), calibrated on held-out in-plane rows of this volume; costs one more run of "
+                     "the method on those rows")
 
 
 def _axis_name(axis: Any) -> Any:
@@ -76,6 +79,7 @@ class _SliceOptions(TaskOptions):
     time_budget: Optional[float] = budget_knob(_BUDGET_HELP)
     device: str = device_knob()
     seed: int = seed_knob()
+    uncertainty: bool = knob(False, help=_UNCERTAINTY_HELP)
     #: A fill model package: a path, an installed name resolved by the caller, or a loaded package.
     model: Any = None
     #: Per-method settings keyed by method name, e.g. ``{"selfsup": {"steps": 300}}``; recorded in the report.
@@ -84,6 +88,8 @@ class _SliceOptions(TaskOptions):
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", _axis_name(self.axis))
         super().__post_init__()
+        if not isinstance(self.uncertainty, bool):
+            raise InputError(f"uncertainty must be True or False, got {self.uncertainty!r}")
         if self.method_options is not None and not isinstance(self.method_options, dict):
             raise InputError(f"method_options must be a dict keyed by method name, got {self.method_options!r}")
 
@@ -95,7 +101,7 @@ class FillOptions(_SliceOptions):
     Examples
     --------
     >>> FillOptions(slices=[4, 3], method="Linear")
-    FillOptions(axis='auto', method='linear', time_budget=None, device='auto', seed=0, model=None, method_options=None, slices=(3, 4))
+    FillOptions(axis='auto', method='linear', time_budget=None, device='auto', seed=0, uncertainty=False, model=None, method_options=None, slices=(3, 4))
     """
 
     #: 0-based indices along ``axis`` to replace; None: detect the missing slices first.

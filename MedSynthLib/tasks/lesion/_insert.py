@@ -38,6 +38,7 @@ from ...checks import DEFAULT_MARGIN, check_result
 from ...errors import InputError
 from ...intensity import guess_modality
 from ...progress import CancelToken, ProgressCallback, report
+from ...provenance import changed_provenance, provenance_summary
 from ...reports import to_json
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._compose import Composite, render_lesions, valid_range
@@ -70,6 +71,9 @@ class LesionResult:
         contrast and noise), ``seconds``, ``warnings``.
     moved_labels : Volume or None
         The ``labels`` passed in, moved by the mass effect (nearest neighbour).
+    synthetic_mask : Volume or None
+        uint8 on the input's grid: 2 (rewritten, :mod:`~MedSynthLib.provenance`) on every voxel a lesion
+        occupies or its rendering and mass effect changed, 0 elsewhere (acquired and unchanged).
     """
 
     volume: Volume
@@ -77,6 +81,7 @@ class LesionResult:
     specs: list[LesionSpec]
     report: dict
     moved_labels: Optional[Volume] = None
+    synthetic_mask: Optional[Volume] = None
 
 
 # ---- step 0: the options against this volume -----------------------------------------------------------
@@ -306,5 +311,8 @@ def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *
     out_volume = Volume(composite.out, geometry.copy())
     relative = [abs(float(s.contrast)) for s in resolved.specs if s.contrast_mode == "relative"]  # intended brightening
     check_result(volume, out_volume, task="lesion", margin=DEFAULT_MARGIN + max(relative, default=0.0))
+    influence = (composite.out != volume.array) | (label_array > 0)  # what the lesions occupy or changed
+    provenance = changed_provenance(volume, out_volume, where=influence)
+    result_report["synthetic_mask"] = provenance_summary(provenance)
     return LesionResult(out_volume, Volume(label_array, geometry.copy()), resolved.specs, result_report,
-                        None if composite.moved is None else Volume(composite.moved, geometry.copy()))
+                        None if composite.moved is None else Volume(composite.moved, geometry.copy()), provenance)

@@ -1,0 +1,231 @@
+"""How far a synthesised voxel can be trusted: a per-voxel standard deviation, calibrated on the volume itself.
+
+Why this way. A fill or upsampling answers "what lies between these slices"; the scan holds the same question
+with a known answer in its own planes: rows of an acquired slice removed with the same gap pattern (runs of
+missing rows for a fill, every k-th row kept for an upsampling, rows first thinned to the through-plane step in
+mm) are answered by the same method, and their error is measured. That error is explained by a variance model
+over what every method has at every voxel:
+
+* ``bridge``: how different the two bounding good slices are there (``|b - a|``), weighted by the distance to the
+  nearer one (``2 min(t, 1 - t)``: largest at the middle of a gap, where any interpolation is least sure);
+* ``disagreement``: how far the method's answer is from another answer (linear interpolation; cubic for linear
+  itself), the spread between candidate methods;
+* ``edge``: the answer's in-plane gradient (a misplaced edge costs its height);
+* a constant (the noise floor),
+
+``error^2 ~ c0 + c1 bridge^2 + c2 disagreement^2 + c3 edge^2`` fitted with non-negative coefficients (each a
+variance component), then mapped monotonically onto the measured root-mean-square error in bins of the
+prediction (isotonic in the binned means), so that the standard deviation means the same on every scan. The
+figures the report gives (share within two standard deviations, Spearman rank correlation of the standard
+deviation with the absolute error) are measured on held-out rows that the fit did not see.
+
+selfsup trains for minutes and cannot be run again on the rows: it is calibrated through its base (the spline on
+thick slices, linear otherwise) and scaled by its own held-out gain over that base (``10^(-gain/20)``), which it
+measured on in-plane rows too.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from ...progress import CancelToken, check_cancel
+from ._interp import FillPlan, cubic_fill, linear_fill, make_plan
+
+__all__ = ["uncertainty_features", "calibrate", "CALIBRATION_SLICES"]
+
+#: Consecutive acquired slices the calibration reads (two blocks, at a third and two thirds of the stack).
+CALIBRATION_SLICES = 16
+#: Good rows between the removed runs of a fill's calibration pattern (the context the methods use).
+SEPARATION = 5
+#: Bins of the isotonic map from the variance model to the measured error.
+BINS = 24
+#: Methods that are run again on the calibration rows (instant or seconds); others go through their base.
+RERUN = ("linear", "cubic", "spline", "flow", "model")
+
+
+#: The features' names, in the order of :func:`uncertainty_features` (after the constant).
+FEATURES = ("bridge", "disagreement", "curvature", "edge", "bounding_edges", "context_change", "bridge_wide",
+            "intensity")
+
+
+def uncertainty_features(good: np.ndarray, plan: FillPlan, values: np.ndarray, method: str) -> np.ndarray:
+    """(7, Q, H, W) float32: the regressors of the log-error model: a constant, the logarithms of the
+    positive features (bridge, disagreement, curvature, edge, bounding edges; smoothed in-plane over about a
+    voxel: an error belongs to a neighbourhood) and the answer's intensity (darker tissue beside bright tissue
+    errs more: CSF beside grey matter)."""
+    t = plan.t[:, None, None].astype(np.float32)
+    a, b = good[plan.lower], good[plan.lower + 1]
+    last = len(good) - 1
+    before, after = good[np.clip(plan.lower - 1, 0, last)], good[np.clip(plan.lower + 2, 0, last)]
+    linear, cubic = linear_fill(good, plan), cubic_fill(good, plan)
+    other = cubic if method == "linear" else linear
+
+    def gradient(image: np.ndarray) -> np.ndarray:
+        gy, gx = np.gradient(image.astype(np.float32), axis=(1, 2))
+        return np.hypot(gy, gx)
+
+    raw = (np.abs(b - a) * 2.0 * np.minimum(t, 1.0 - t),  # bridge: what the gap has to span
+           np.abs(values - other),  # disagreement between candidate answers
+           np.abs(linear - cubic),  # curvature through-plane (what linear misses)
+           gradient(values),  # the answer's own edges
+           gradient(a) + gradient(b),  # the bounding slices' edges
+           np.abs(a - before) + np.abs(after - b))  # how fast the anatomy changes through-plane around the gap
+    logs = [np.log(ndimage.gaussian_filter(f, sigma=(0, 1.0, 1.0)) + FLOOR) for f in raw]
+    logs.append(np.log(ndimage.gaussian_filter(raw[0], sigma=(0, 3.0, 3.0)) + FLOOR))  # the bridge around it
+    return np.stack([np.ones_like(values, np.float32)] + logs + [np.clip(values, 0.0, 2.0)]).astype(np.float32)
+
+
+#: Added to every feature and error before the logarithm (normalised units: 0.1 % of the intensity range).
+FLOOR = 1e-3
+
+
+def _pattern(plan: FillPlan, rows: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(good rows, target rows) that repeat the plan's gaps along ``rows`` calibration rows.
+
+    A regular grid (upsampling by k) keeps every k-th row; isolated gaps and slabs (a fill) remove runs of the
+    same lengths, separated by :data:`SEPARATION` good rows, cycling through the gap widths present.
+    """
+    gaps = np.unique(np.maximum(np.round(plan.gaps).astype(int), 2))
+    spacing = np.diff(plan.positions)
+    regular = len(spacing) > 0 and np.allclose(spacing, spacing[0]) and spacing[0] > 1.0 + 1e-6
+    if regular:
+        step = max(2, int(round(spacing[0])))
+        good = np.arange(0, rows, step)
+        if len(good) < 3:
+            return None
+        good = good[good <= good[-1]]
+        targets = np.setdiff1d(np.arange(good[0], good[-1] + 1), good)
+        return good, targets
+    targets: list[int] = []
+    row, cycle = SEPARATION, 0
+    while True:
+        run = int(gaps[cycle % len(gaps)]) - 1
+        if row + run + SEPARATION > rows:
+            break
+        targets.extend(range(row, row + run))
+        row += run + SEPARATION
+        cycle += 1
+    if not targets:
+        return None
+    targets_array = np.array(targets)
+    return np.setdiff1d(np.arange(rows), targets_array), targets_array
+
+
+def _calibration_stacks(good: np.ndarray, row_steps: tuple[int, int]) -> list[np.ndarray]:
+    """Reformatted planes of consecutive acquired slices: rows along H, then along W, as (rows, slices, length)
+    stacks, rows thinned to the through-plane step (``row_steps``, pixels per output slice step)."""
+    count = len(good)
+    take = min(CALIBRATION_SLICES, count)
+    starts = sorted({int(np.clip(round(f * count - take / 2), 0, count - take)) for f in (1 / 3, 2 / 3)})
+    stacks = []
+    for start in starts:
+        block = good[start:start + take]
+        stacks.append(np.ascontiguousarray(np.moveaxis(block, 1, 0)[:: row_steps[0]]))  # (H, S, W)
+        stacks.append(np.ascontiguousarray(np.moveaxis(block, 2, 0)[:: row_steps[1]]))  # (W, S, H)
+    return stacks
+
+
+def _design(features: np.ndarray) -> np.ndarray:
+    """The regression's columns: the features (constant first) and their pairwise products (second order: an
+    edge matters more where the gap is wide)."""
+    n = features.shape[1]
+    pairs = [features[:, i] * features[:, j] for i in range(1, n) for j in range(i, n)]
+    return np.column_stack([features] + pairs)
+
+
+def _fit_log_error(features: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients of ``log(|error| + FLOOR)`` on :func:`_design` of the feature rows: a
+    multiplicative model of the error's typical size, what ranks voxels by how far they can be trusted."""
+    design = _design(features.astype(np.float64))
+    coefficients, *_ = np.linalg.lstsq(design, np.log(np.abs(error) + FLOOR), rcond=None)
+    return coefficients
+
+
+def _isotonic_map(predicted: np.ndarray, squared_error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(knots of the predicted log-error, measured RMS error at them, non-decreasing): the model's prediction
+    mapped onto the standard deviation of the error it stands for, in quantile bins of the prediction."""
+    order = np.argsort(predicted)
+    chunks = np.array_split(order, min(BINS, max(1, len(order) // 200)))
+    knots = np.array([np.median(predicted[c]) for c in chunks])
+    rms = np.sqrt(np.array([np.mean(squared_error[c]) for c in chunks]))
+    return knots, np.maximum.accumulate(rms)
+
+
+class Calibration:
+    """The fitted variance model and its isotonic map; :meth:`sigma` applies them to features."""
+
+    def __init__(self, coefficients: np.ndarray, knots: np.ndarray, levels: np.ndarray, scale: float = 1.0) -> None:
+        self.coefficients, self.knots, self.levels, self.scale = coefficients, knots, levels, float(scale)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, error: np.ndarray) -> "Calibration":
+        coefficients = _fit_log_error(features, error)
+        knots, levels = _isotonic_map(_design(features.astype(np.float64)) @ coefficients, error**2)
+        return cls(coefficients, knots, levels)
+
+    def sigma(self, features: np.ndarray) -> np.ndarray:
+        """Standard deviations for feature rows (n, F) or stacks (F, ...)."""
+        stacked = features.ndim > 2
+        flat = features.reshape(len(features), -1).T if stacked else features
+        predicted = np.concatenate([_design(chunk.astype(np.float64)) @ self.coefficients
+                                    for chunk in np.array_split(flat, max(1, len(flat) // 1_000_000))])
+        out = np.interp(predicted, self.knots, self.levels) * self.scale
+        return out.reshape(features.shape[1:]).astype(np.float32) if stacked else out
+
+
+def _agreement(sigma: np.ndarray, error: np.ndarray) -> dict:
+    """The calibration figures: share within 1 and 2 sd, Spearman rank correlation of sd with |error|."""
+    from scipy.stats import spearmanr
+
+    error = np.abs(error)
+    rho = float(spearmanr(sigma, error).statistic) if len(error) > 2 and np.ptp(sigma) > 0 else None
+    return {"voxels": int(len(error)),
+            "within_1sd": round(float(np.mean(error <= sigma)), 4),
+            "within_2sd": round(float(np.mean(error <= 2 * sigma)), 4),
+            "spearman": None if rho is None or not np.isfinite(rho) else round(rho, 4)}
+
+
+def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_steps: tuple[int, int],
+              foreground: float, scale: float = 1.0, cancel: Optional[CancelToken] = None) -> tuple[Calibration, dict]:
+    """Fit the uncertainty of ``method`` on held-out in-plane rows of ``good`` (G, H, W, normalised).
+
+    ``run_method(good, plan) -> (Q, H, W)`` answers a calibration problem with the method (or its base);
+    ``foreground``: the normalised intensity above which a voxel is tissue (the fit and the figures use tissue
+    voxels, where an annotator works); ``scale`` multiplies the result (selfsup's gain over its base).
+    Returns the calibration and its report (fit and held-out figures).
+    """
+    features, errors, halves = [], [], []
+    for stack in _calibration_stacks(good, row_steps):
+        check_cancel(cancel)
+        pattern = _pattern(plan, len(stack))
+        if pattern is None:
+            continue
+        rows, targets = pattern
+        problem = make_plan(rows.astype(np.float64), targets.astype(np.float64))
+        answer = np.asarray(run_method(stack[rows], problem), np.float32)
+        truth = stack[targets]
+        tissue = np.maximum(truth, answer) > foreground
+        if not tissue.any():
+            continue
+        f = uncertainty_features(stack[rows], problem, answer, method)
+        features.append(f[:, tissue].T)
+        errors.append((answer - truth)[tissue])
+        halves.append(np.broadcast_to((np.arange(len(targets)) % 2 == 1)[:, None, None], truth.shape)[tissue])
+    if not errors:
+        width = _design(np.zeros((1, len(FEATURES) + 1))).shape[1]
+        return Calibration(np.zeros(width), np.array([0.0]), np.array([0.0]), scale), {
+            "calibrated": False, "reason": "no tissue on the calibration rows"}
+    features_all, error_all, held = np.concatenate(features), np.concatenate(errors), np.concatenate(halves)
+    half = Calibration.fit(features_all[~held], error_all[~held]) if held.any() and (~held).any() else None
+    final = Calibration.fit(features_all, error_all)
+    final.scale = float(scale)
+    figures = {"calibrated": True, "rows_from": "in-plane rows of acquired slices, the gap pattern repeated",
+               "row_step_px": list(row_steps), "model": f"log-error regression on {len(FEATURES)} features and their pairwise products, isotonic map to the RMS error in {len(final.knots)} bins"}
+    if half is not None:
+        figures["held_out"] = _agreement(half.sigma(features_all[held]), error_all[held])
+    figures["fit"] = _agreement(final.sigma(features_all) / max(final.scale, 1e-12), error_all)
+    return final, figures
+
