@@ -51,7 +51,7 @@ PANEL_KNOBS = (
     PanelKnob("biasShrinkSpinBox", "biasShrink", "bias", "shrink"),
     PanelKnob("denoiseMethodComboBox", "denoiseMethod", "denoise", "method"),
     PanelKnob("denoiseStrengthSliderWidget", "denoiseStrength", "denoise", "strength"),
-    PanelKnob("enhanceTimeBudgetSpinBox", "enhanceTimeBudget", "enhance", "time_budget", zero="none"),
+    PanelKnob("enhanceTimeBudgetSpinBox", "enhanceTimeBudget", "enhance", "time_budget", zero="automatic"),
     PanelKnob("seedSpinBox", "seed", "fill", "seed"),
 )
 
@@ -70,7 +70,8 @@ NOT_ON_PANEL = {
     "denoise": {"modality": "guessed from the voxels", "device": "the Device setting", "seed": "the Seed setting",
                 "time_budget": "the Enhance tab's Time budget", "threads": "the idle cores", "batch_size":
                 "halved on out-of-memory by itself"},
-    "bias": {"iterations": "the Python API", "control_points": "the Python API", "output_dtype": "auto: never clipped"},
+    "bias": {"iterations": "the Python API", "control_points": "the Python API", "output_dtype": "auto: never clipped",
+             "time_budget": "the Enhance tab's Time budget"},
     "enhance": {"steps": "the Enhance tab's boxes", "device": "the Device setting", "seed": "the Seed setting"},
 }
 

@@ -264,3 +264,22 @@ def test_a_correction_that_raises_one_tissues_spread_does_not_count():
     assert CLASS_NAMES[judged.raised_class] == "bright" and not judged.lowered
     fine = tissue_cv(before, level * np.exp(rng.normal(0, 0.01, classes.shape)), np.ones(classes.shape, bool))
     assert fine.raised_class is None and fine.lowered
+
+
+def test_a_bias_budget_too_small_fits_on_a_coarser_shrink_and_says_so():
+    """N4 projects its finish from the iterations it has measured; when the fit would overrun the budget it starts
+    again on an image shrunk twice as much, up to 16 (where it runs to the end), and the report says so."""
+    from MedSynthLib.tasks.enhance._options import default_budget_seconds
+
+    clean, field = biased((32, 96, 96))
+    volume = Volume((clean * field).astype(np.float32), oblique_matrix())
+    result = correct_bias(volume, shrink=2, time_budget=0.001)
+    budget = result.report["time_budget"]
+    assert budget["budget_s"] == 0.001 and not budget["default"]
+    assert [cut.rsplit("; ", 1)[-1] for cut in budget["cut"]] == [f"fitted at shrink {s} instead" for s in (4, 8, 16)]
+    assert result.report["shrink"] == 16 and result.report["parameters"]["shrink_requested"] == 2
+    assert sum(w.startswith("time budget: N4") for w in result.report["warnings"]) == 3
+    unhurried = correct_bias(volume, shrink=2).report
+    assert unhurried["time_budget"]["default"] and unhurried["time_budget"]["cut"] == []
+    assert unhurried["time_budget"]["budget_s"] == default_budget_seconds("bias", clean.size)
+    assert unhurried["shrink"] == 2

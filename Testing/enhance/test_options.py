@@ -41,7 +41,7 @@ def test_bias_options_one_range_everywhere():
     shrink = BiasOptions.knob("shrink")
     assert (shrink.low, shrink.high, shrink.default, shrink.whole) == (1, 16, 6, True)
     assert BiasOptions.build(shrink=2.0, iterations=[30, 20]).as_dict() == {
-        "shrink": 2, "control_points": 4, "iterations": [30, 20], "output_dtype": "auto"}
+        "shrink": 2, "control_points": 4, "iterations": [30, 20], "time_budget": None, "output_dtype": "auto"}
     for bad in ({"shrink": 17}, {"shrink": 2.5}, {"iterations": ()}, {"iterations": (10, 0)},
                 {"iterations": "many"}, {"control_points": 3}):
         with pytest.raises(InputError):

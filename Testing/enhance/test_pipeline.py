@@ -37,11 +37,24 @@ def test_enhance_pipeline_hands_each_step_what_is_left_of_its_time_budget():
     clean = clean_head((14, 36, 40))
     volume = Volume(rician_noise(clean, 7.0, seed=6), oblique_matrix())
     result = enhance(volume, steps="denoise:fusion", time_budget=0.01)
-    assert result.report["budget"]["budget_s"] == 0.01
+    assert result.report["time_budget"]["budget_s"] == 0.01 and not result.report["time_budget"]["default"]
     denoised = result.steps[0]
-    assert 0 < denoised["budget"]["budget_s"] <= 0.01 and denoised["budget"]["cut"]
+    assert 0 < denoised["time_budget"]["budget_s"] <= 0.01 and denoised["time_budget"]["cut"]
     assert denoised["parameters"]["fusion"]["components"] == ["collaborative"]
-    assert enhance(volume, steps="denoise:dct").steps[0]["budget"]["budget_s"] is None
+    assert result.report["time_budget"]["cut"][0].startswith("denoise(method=fusion): fusion: the time budget ran out")
+
+
+def test_enhance_without_a_budget_gets_the_sum_of_its_steps_defaults():
+    from MedSynthLib.tasks.enhance._options import default_budget_seconds
+
+    clean = clean_head((14, 36, 40))
+    volume = Volume(rician_noise(clean, 7.0, seed=6), oblique_matrix())
+    result = enhance(volume, steps="bias,denoise:dct")
+    expected = default_budget_seconds("bias", clean.size) + default_budget_seconds("denoise", clean.size)
+    assert result.report["time_budget"]["budget_s"] == pytest.approx(expected) and result.report["time_budget"]["default"]
+    bias, denoised = result.steps
+    assert 0 < denoised["time_budget"]["budget_s"] < expected and not denoised["time_budget"]["default"]
+    assert 0 < bias["time_budget"]["budget_s"] <= expected
 
 
 def _has_upsample() -> bool:

@@ -90,7 +90,7 @@ def test_blind_spot_network_never_sees_the_centre_voxel():
 def test_time_budget_stops_selfsup_training_early_and_reports_it(noisy_head):
     _, volume = noisy_head
     result = denoise(volume, method="selfsup", device="cpu", method_options={"selfsup": {"steps": 5000}}, time_budget=2.0, threads=1)
-    budget = result.report["budget"]
+    budget = result.report["time_budget"]
     assert budget["budget_s"] == 2.0 and any("stopped at step" in cut for cut in budget["cut"])
     assert 10 <= result.report["parameters"]["steps_run"] < 5000
     assert result.report["parameters"]["cpu_threads"] == 1

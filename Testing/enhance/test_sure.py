@@ -96,10 +96,10 @@ def test_fusion_skips_its_later_components_when_the_time_budget_runs_out():
     result = denoise(volume, method="fusion", time_budget=0.01)
     fusion = result.report["parameters"]["fusion"]
     assert fusion["components"] == ["collaborative"]
-    assert any("dct_p8, nlm_h0.5 skipped" in cut for cut in result.report["budget"]["cut"])
+    assert any("dct_p8, nlm_h0.5 skipped" in cut for cut in result.report["time_budget"]["cut"])
     mask = clean > 0
     assert rmse(result.volume.array, clean, mask) < rmse(volume.array, clean, mask)
-    assert denoise(volume, method="fusion").report["budget"]["cut"] == []
+    assert denoise(volume, method="fusion").report["time_budget"]["cut"] == []
 
 
 def test_the_one_component_that_produced_every_voxel_is_named():
@@ -165,3 +165,102 @@ def test_fusion_progress_moves_through_its_components():
     messages = " | ".join(m for _, m in seen)
     for name in ("collaborative (1 of 3)", "dct_p8 (2 of 3)", "nlm_h0.5 (3 of 3)", "SURE weights"):
         assert name in messages, messages
+
+
+def _smooth_volume(shape=(20, 64, 64), sigma=8.0, seed=0):
+    """A smooth random texture with Gaussian noise: (clean, noisy)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(0, 1, shape), (1.5, 3.0, 3.0))
+    clean = (100 + 40 * field / field.std()).astype(np.float32)
+    return clean, (clean + rng.normal(0, sigma, shape)).astype(np.float32)
+
+
+def test_probe_fitted_fusion_runs_only_its_chosen_components_and_matches_the_full_computation(monkeypatch):
+    """Fitted on probe boxes, the fusion computes on the whole volume only the components its SURE fit chose
+    (every other component ran on the boxes alone), and its result is within 2 % RMSE of the fusion that
+    computes every component on the whole volume."""
+    from MedSynthLib.tasks.enhance import _classical, _collaborative, _dct
+    from MedSynthLib.tasks.enhance._sure import FusionSettings, denoise_fusion
+
+    clean, noisy = _smooth_volume()
+    everywhere = np.ones(clean.shape, bool)
+    whole, whole_info = denoise_fusion(noisy, sigma=8.0, rician=False, foreground=everywhere,
+                                       settings=FusionSettings(probe="whole"))
+    shapes: dict = {}
+    for module, name, short in ((_collaborative, "denoise_collaborative", "collaborative"),
+                                (_dct, "denoise_dct", "dct_p8"), (_classical, "denoise_nlm", "nlm_h0.5")):
+        original = getattr(module, name)
+
+        def recording(array, *args, _original=original, _short=short, **kwargs):
+            shapes.setdefault(_short, []).append(np.shape(array))
+            return _original(array, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, recording)
+    boxes, info = denoise_fusion(noisy, sigma=8.0, rician=False, foreground=everywhere,
+                                 settings=FusionSettings(probe="boxes", probe_boxes=4, probe_edge=12))
+    fusion = info["fusion"]
+    assert fusion["probe"]["mode"] == "boxes" and whole_info["fusion"]["probe"]["mode"] == "whole"
+    assert fusion["components"] == ["collaborative", "dct_p8", "nlm_h0.5"]
+    chosen = fusion["whole_volume_components"]
+    assert chosen and set(chosen) < set(fusion["components"])  # at least one left to the boxes
+    for name, seen in shapes.items():
+        assert (clean.shape in seen) == (name in chosen), (name, seen)
+        assert sum(shape != clean.shape for shape in seen) == 2 * fusion["probe"]["boxes"]  # each box, and its probe
+    assert len(fusion["weights_by_gradient_class"][0]) == len(chosen)
+    assert abs(rmse(boxes, clean, everywhere) / rmse(whole, clean, everywhere) - 1) < 0.02
+    assert rmse(boxes, clean, everywhere) < 0.5 * rmse(noisy, clean, everywhere)
+
+
+def test_a_budget_too_small_for_a_component_makes_denoise_leave_it_out_and_report_it(monkeypatch):
+    """The whole-volume cost of each component is projected from what it cost on the probes; a budget that the
+    collaborative filter would overrun makes the fusion compute the best of what fits instead, and say so. The
+    measured costs are replaced by fixed ones here, so nothing depends on this machine's speed."""
+    from MedSynthLib.tasks.enhance import _sure
+
+    monkeypatch.setattr(_sure, "DEFAULT_SETTINGS", _sure.FusionSettings(probe="boxes", probe_boxes=4, probe_edge=12))
+    measured = _sure._probe_on_boxes
+
+    def fixed_costs(*args, **kwargs):
+        probe = measured(*args, **kwargs)
+        probe.seconds_per_voxel = [3600.0 / 81920 if name == "collaborative" else 1e-9 for name in probe.names]
+        return probe  # the collaborative filter: an hour on the whole volume, the others nothing
+
+    monkeypatch.setattr(_sure, "_probe_on_boxes", fixed_costs)
+    clean, noisy = _smooth_volume()
+    volume = Volume(noisy, oblique_matrix())
+    unhurried = denoise(volume, method="fusion", modality="CT")  # no budget: the fit alone decides
+    assert unhurried.report["time_budget"]["cut"] == [] and unhurried.report["time_budget"]["budget_s"] is None
+    assert "collaborative" in unhurried.report["parameters"]["fusion"]["whole_volume_components"]
+    result = denoise(volume, method="fusion", modality="CT", time_budget=600)
+    fusion = result.report["parameters"]["fusion"]
+    assert "collaborative" not in fusion["whole_volume_components"]
+    assert fusion["probe"]["projected_whole_volume_s"]["collaborative"] == pytest.approx(3600, rel=0.01)
+    cut = result.report["time_budget"]["cut"]
+    assert len(cut) == 1 and "would not fit" in cut[0]
+    assert any(w.startswith("time budget: fusion:") for w in result.report["warnings"])
+    mask = np.ones(clean.shape, bool)
+    assert rmse(result.volume.array, clean, mask) < 0.6 * rmse(noisy, clean, mask)
+
+
+def test_choose_components_takes_the_cheapest_set_within_sures_resolution():
+    from MedSynthLib.tasks.enhance._sure import choose_components
+
+    risks = {("c",): 50.5, ("d",): 54.7, ("n",): 152.3, ("c", "d"): 49.0, ("c", "n"): 50.5, ("d", "n"): 54.6,
+             ("c", "d", "n"): 49.0}
+    costs = {"c": 233.0, "d": 30.0, "n": 60.0}
+    assert choose_components(risks, costs)[:3:2] == (("c", "d"), False)  # c + d: 3 % below c alone
+    assert choose_components(risks, costs, seconds_left=100.0)[::2] == (("d",), True)  # d + n only 0.2 % better
+    assert choose_components(risks, costs, seconds_left=10.0)[0] == ("d",)  # nothing fits: the cheapest
+    flat = {("c",): 10.0, ("d",): 10.05, ("c", "d"): 9.99}
+    assert choose_components(flat, costs)[0] == ("d",)  # within 1 % of the best: the cheap one alone
+
+
+def test_auto_gets_a_default_budget_that_grows_with_the_volume_and_a_named_method_none(noisy_head):
+    from MedSynthLib.tasks.enhance._options import default_budget_seconds
+
+    _, volume = noisy_head
+    assert default_budget_seconds("denoise", 2_000_000) > default_budget_seconds("denoise", 1_000_000)
+    auto = denoise(volume, method="auto", device="cpu").report["time_budget"]
+    assert auto["default"] and auto["budget_s"] == default_budget_seconds("denoise", volume.array.size)
+    named = denoise(volume, method="dct").report["time_budget"]
+    assert not named["default"] and named["budget_s"] is None

@@ -15,11 +15,13 @@ the field only where it lowers the tissue CV by more than that.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ...budget import TimeBudget
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
@@ -45,22 +47,85 @@ def n4_field(
     control_points: int = 4,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    budget: Optional[TimeBudget] = None,
 ) -> tuple[np.ndarray, dict]:
     """Fit N4 and return the multiplicative field on the full grid (float32) and run details.
 
-    ``array`` must be positive inside ``mask`` (the caller shifts it if needed).
+    ``array`` must be positive inside ``mask`` (the caller shifts it if needed). With ``budget``, the fit's
+    duration is projected from a short measured run first (:data:`PROBE_ITERATIONS` iterations on the same shrunk
+    image, each later iteration taken as long as the slowest of them: ITK's N4 does not stop when asked, so it is
+    measured before, not interrupted); when the fit would not fit what is left of the budget, it runs on an image
+    shrunk twice as much (8 times fewer voxels, the projection scaled by the voxel count), up to
+    :data:`MAX_BUDGET_SHRINK`, and the budget's report says so (``details["shrink_requested"]`` keeps what was
+    asked).
     """
     import SimpleITK as sitk
 
-    check_cancel(cancel)
+    requested = int(shrink)
+    if budget is not None and budget.seconds is not None:
+        try:
+            per_iteration, voxels = _seconds_per_iteration(array, mask, spacing_kji=spacing_kji, shrink=shrink,
+                                                           control_points=control_points)
+        except RuntimeError:  # the fit itself says what is wrong (a mask too small at this shrink)
+            per_iteration, voxels = 0.0, 1
+        needed = per_iteration * sum(int(i) for i in iterations)
+        while needed > budget.remaining() and shrink < MAX_BUDGET_SHRINK:
+            coarser = min(MAX_BUDGET_SHRINK, 2 * shrink)
+            fewer = _shrunk_voxels(np.shape(array), coarser) / voxels
+            budget.cut(f"N4: the fit at shrink {shrink} would take about {needed:.0f} s with "
+                       f"{budget.remaining():.0f} s of the budget left; fitted at shrink {coarser} instead")
+            shrink, needed = coarser, needed * fewer
+    field, details = _n4_fit(sitk, array, mask, spacing_kji=spacing_kji, shrink=shrink, iterations=iterations,
+                             convergence=convergence, control_points=control_points, progress=progress,
+                             cancel=cancel)
+    return field, {**details, "shrink_requested": requested}
+
+
+#: The coarsest shrink the time budget moves N4 to (an axis keeps 8 voxels whatever the shrink).
+MAX_BUDGET_SHRINK = 16
+#: Iterations of the short run that measures N4's pace before a budgeted fit.
+PROBE_ITERATIONS = 4
+
+
+def _shrunk_voxels(shape: Sequence[int], shrink: int) -> int:
+    return int(np.prod([-(-n // f) for n, f in zip(shape, _shrink_factors(shape, shrink)[::-1])]))
+
+
+def _seconds_per_iteration(array: np.ndarray, mask: np.ndarray, *, spacing_kji: Sequence[float], shrink: int,
+                           control_points: int) -> tuple[float, int]:
+    """(the slowest iteration after the first of a short N4 run at ``shrink``, the shrunk image's voxels)."""
+    import SimpleITK as sitk
+
+    small, small_mask, _ = _shrunk(sitk, array, mask, spacing_kji, shrink)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([PROBE_ITERATIONS])
+    corrector.SetConvergenceThreshold(0.0)
+    corrector.SetNumberOfControlPoints([int(control_points)] * 3)
+    stamps: list = []
+    corrector.AddCommand(sitk.sitkIterationEvent, lambda: stamps.append(time.perf_counter()))
+    started = time.perf_counter()
+    corrector.Execute(small, small_mask)
+    gaps = np.diff(stamps) if len(stamps) > 1 else [time.perf_counter() - started]
+    return float(np.max(gaps)), int(np.prod(small.GetSize()))
+
+
+def _shrunk(sitk, array, mask, spacing_kji, shrink):
     data = np.asarray(array, dtype=np.float32)
     image = sitk.GetImageFromArray(data)
     image.SetSpacing(tuple(float(s) for s in spacing_kji[::-1]))
     mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
     mask_image.CopyInformation(image)
     factors = _shrink_factors(data.shape, shrink)
-    small = sitk.Shrink(image, factors)
-    small_mask = sitk.Shrink(mask_image, factors)
+    return sitk.Shrink(image, factors), sitk.Shrink(mask_image, factors), image
+
+
+def _n4_fit(sitk, array: np.ndarray, mask: np.ndarray, *, spacing_kji: Sequence[float], shrink: int,
+            iterations: Sequence[int], convergence: float, control_points: int,
+            progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> tuple[np.ndarray, dict]:
+    """One N4 fit at ``shrink``: the field on the full grid and the run's details."""
+    check_cancel(cancel)
+    factors = _shrink_factors(np.shape(array), shrink)
+    small, small_mask, image = _shrunk(sitk, array, mask, spacing_kji, shrink)
     if int(sitk.GetArrayViewFromImage(small_mask).sum()) < 20:
         raise InputError("the mask is too small for bias-field correction at this shrink factor; use a larger mask or --shrink 1")
 
@@ -92,6 +157,7 @@ def n4_field(
     centre = np.float32(np.mean(log_field[mask], dtype=np.float64))  # geometric mean 1 inside the mask
     field = np.exp(log_field - centre, dtype=np.float32)
     details = {
+        "shrink": int(shrink),
         "shrink_factors_xyz": factors,
         "iterations": [int(i) for i in iterations],
         "iterations_run": int(state["iteration"]),

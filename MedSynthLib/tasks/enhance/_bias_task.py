@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ...budget import TimeBudget
 from ...checks import check_result
 from ...errors import InputError
 from ...intensity import guess_modality, restore_dtype
@@ -15,7 +16,7 @@ from ...noise import otsu_foreground
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, mask_on_grid, validate_volume
 from . import _bias
-from ._options import BiasOptions
+from ._options import BiasOptions, default_budget_seconds
 from ._results import BiasResult, MaskLike
 
 __all__ = ["correct_bias", "BIAS_MARGIN"]
@@ -134,6 +135,8 @@ def correct_bias(
     """
     options = BiasOptions.build(options, **knobs)
     validate_volume(volume, min_slices=2)
+    automatic = options.time_budget is None
+    budget = TimeBudget(default_budget_seconds("bias", volume.array.size) if automatic else options.time_budget)
     boolean_mask = mask_on_grid(volume, mask)
     start = time.perf_counter()
     check_cancel(cancel)
@@ -142,6 +145,7 @@ def correct_bias(
                            "parameters": None, "changed": False, "tissue_cv_measure": _bias.TISSUE_CV_MEASURE,
                            "tissue_cv_before": None, "tissue_cv_after": None, "tissue_cv_noise": None}
     if guess_modality(volume) == "CT":
+        result_report["time_budget"] = {**budget.report(), "default": automatic}
         return _unchanged(volume, result_report, start, [
             "the volume looks like CT (Hounsfield units): N4 corrects MR shading, so the volume was left unchanged"])
     report(progress, 0.0, "N4: preparing")
@@ -158,14 +162,14 @@ def correct_bias(
         warnings.append(f"intensities inside the mask reach {low:g}; shifted by {shift:g} for N4 (needs positive values)")
     field, details = _bias.n4_field(data + shift, fit_mask, spacing_kji=volume.spacing_kji, shrink=options.shrink,
                                     iterations=list(options.iterations), control_points=options.control_points,
-                                    progress=subrange(progress, 0.0, 0.95), cancel=cancel)
+                                    progress=subrange(progress, 0.0, 0.95), cancel=cancel, budget=budget)
     corrected = data / field if shift == 0 else (data.astype(np.float64) + shift) / field - shift
     check_result(volume, Volume(np.asarray(corrected, dtype=np.float32), volume.ijk_to_ras), task="bias correction",
                  margin=BIAS_MARGIN)
     check_cancel(cancel)
     report(progress, 0.96, "N4: measuring the tissue CV before and after")
     judged = _bias.tissue_cv(data + shift, (data + shift) / field, fit_mask)  # where N4 worked: positive values
-    result_report.update(shift=shift, mask_voxels=int(fit_mask.sum()), parameters=details,
+    result_report.update(shift=shift, mask_voxels=int(fit_mask.sum()), parameters=details, shrink=details["shrink"],
                          tissue_cv_before=round(judged.before, 5),
                          tissue_cv_after=round(judged.after, 5),
                          tissue_cv_noise=round(judged.noise, 5) if np.isfinite(judged.noise) else None,
@@ -180,12 +184,15 @@ def correct_bias(
                if raised is not None else
                f"lowered the tissue CV only within its noise ({change}, noise {_percent(judged.noise)})")
         warnings.append(f"bias field correction {did}: the volume was left unchanged")
+        result_report["time_budget"] = {**budget.report(), "default": automatic}
+        warnings.extend(f"time budget: {cut}" for cut in budget.cuts)
         return _unchanged(volume, result_report, start, warnings, progress)
     array, cast, cast_warnings = _cast(volume, corrected, options.output_dtype)
     output = Volume(array, volume.ijk_to_ras.copy())
     check_result(volume, output, task="bias correction", margin=BIAS_MARGIN)
     result_report.update(changed=True, **cast, seconds=round(time.perf_counter() - start, 3),
-                         warnings=warnings + cast_warnings)
+                         time_budget={**budget.report(), "default": automatic},
+                         warnings=warnings + [f"time budget: {cut}" for cut in budget.cuts] + cast_warnings)
     report(progress, 1.0, "N4 done")
     return BiasResult(volume=output, field=Volume(field, volume.ijk_to_ras.copy()), report=result_report)
 

@@ -7,8 +7,10 @@ Why each step exists:
   estimate carries a second, independent one (:mod:`MedSynthLib.noise`); when they differ by more than
   :data:`~MedSynthLib.noise.AGREEMENT_FACTOR`, ``auto`` uses the smaller (it smooths less) and says why.
 * **time budget**: ``time_budget`` seconds are measured on the clock (:class:`~MedSynthLib.budget.TimeBudget`);
-  the self-supervised training stops early with its network so far when they run out, and the report gives
-  the budget, the time spent and what was cut.
+  ``auto`` without one gets :func:`~._options.default_budget_seconds` (it grows with the voxel count). The fusion
+  computes on the whole volume only the components that fit what is left (their cost measured on its probes),
+  the self-supervised training stops early with its network so far, and the report's ``time_budget`` gives the
+  budget, whether it was the default, the time spent and what was cut.
 * **plausibility**: what a method removed must look like noise (:mod:`._checks`). When it does not, ``auto``
   falls back to the next safer method (``selfsup`` -> ``nlm`` -> ``aniso`` -> unchanged) and the report says
   what was implausible; an explicitly chosen method raises :class:`~MedSynthLib.errors.InputError` instead,
@@ -37,7 +39,7 @@ from ...progress import CancelToken, ProgressCallback, check_cancel, report, sub
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
 from ._noise import working_noise
-from ._options import DenoiseOptions
+from ._options import DenoiseOptions, default_budget_seconds
 from ._results import DenoiseResult, MaskLike, finish_volume
 from ._runners import DenoiseRun, run_method
 
@@ -174,10 +176,13 @@ def denoise(
         sets the self-supervised training length (default from
         :class:`~MedSynthLib.tasks.enhance._selfsup.SelfSupSettings`); fewer is faster.
     time_budget : float, optional
-        Seconds of wall time, checked on the clock: the self-supervised training stops early (its network so
-        far) so that the rest of the run fits, and the fusion skips its remaining components once the budget
-        has run out (the collaborative filter, the first, always runs); the report's ``budget`` says what was
-        cut.
+        Seconds of wall time, checked on the clock. The fusion fits its weights on probe boxes, measures there
+        what each component costs, and computes on the whole volume only the components that fit what is left
+        (the best estimated risk among those, else the cheapest); on small volumes, where it probes the whole
+        volume, it skips its remaining components once the budget has run out (the first always runs). The
+        self-supervised training stops early (its network so far) so that the rest of the run fits. The report's
+        ``time_budget`` says what was cut. Unset: for ``auto``, :func:`~._options.default_budget_seconds`
+        (30 s + 10 s per million voxels); for a named method, no limit (reproducible).
     threads : int, optional
         Torch CPU threads for the network methods; default: the cores idle now
         (:func:`~MedSynthLib.budget.cpu_threads`), because threads fighting another job for busy cores run
@@ -202,7 +207,8 @@ def denoise(
     options = DenoiseOptions.build(options, **knobs)
     validate_volume(volume)
     select_device(options.device)  # a named device that is absent is an error for every method, classical ones too
-    budget = TimeBudget(options.time_budget)
+    automatic = options.time_budget is None and options.method == "auto"
+    budget = TimeBudget(default_budget_seconds("denoise", volume.array.size) if automatic else options.time_budget)
     boolean_mask = mask_on_grid(volume, mask)
     start = time.perf_counter()
     chosen = choose_method(options)
@@ -229,7 +235,7 @@ def denoise(
         "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
         "device": engine_report.device_used if uses_device else "cpu",
         "engine": engine_report.as_dict() if uses_device else None, "parameters": details,
-        "budget": budget.report(), "masked": boolean_mask is not None,
+        "time_budget": {**budget.report(), "default": automatic}, "masked": boolean_mask is not None,
         "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
     }
     report(progress, 1.0, f"denoised ({result_report['method']})")

@@ -19,7 +19,7 @@ from ...options import TaskOptions, budget_knob, device_knob, knob, seed_knob
 from ..fill import UpsampleOptions
 
 __all__ = ["DENOISE_METHODS", "MODALITIES", "BIAS_OUTPUT_DTYPES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions",
-           "EnhanceStep", "EnhanceOptions", "parse_steps"]
+           "EnhanceStep", "EnhanceOptions", "parse_steps", "default_budget_seconds", "DEFAULT_BUDGET"]
 
 #: Denoise methods; ``auto`` picks among the others (and falls back to safer ones), the report says which.
 DENOISE_METHODS = ("auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso")
@@ -34,6 +34,27 @@ _METHOD_HELP = ("auto (a model package if given, else selfsup on a GPU and fusio
                 "method when a result is implausible), fusion (training-free: block matching, sliding DCT and "
                 "non-local means, SURE-weighted), dct (the fastest strong method), selfsup (fusion plus a network "
                 "trained on this volume), model (a trained package), nlm or aniso (the classical ones)")
+#: The default time budget of each task when none is given (seconds = base + per million voxels), as fill's grows
+#: with its slices. ``denoise``: applies to ``auto`` (an explicit method runs unbudgeted, reproducibly); about
+#: twice what the training-free fusion's probes and one block filter take on one loaded core (whole lung1 CT,
+#: 12.6 M voxels: 156 s; probes about 50 s, the sliding DCT about 30 s, the collaborative filter about 230 s, so
+#: that one is left out there and kept on a 3 M voxel head). ``bias``: N4 on the shrunk image takes a few
+#: seconds; the budget only matters on very large volumes, where the fit moves to a coarser shrink.
+DEFAULT_BUDGET = {"denoise": (30.0, 10.0), "bias": (30.0, 2.0)}
+
+
+def default_budget_seconds(task: str, voxels: int) -> float:
+    """The default wall-clock budget of ``task`` (``denoise`` or ``bias``) on a volume of ``voxels`` voxels.
+
+    Examples
+    --------
+    >>> default_budget_seconds("denoise", 12_582_912)  # the whole lung1 CT, 512 x 512 x 48
+    155.8
+    """
+    base, per_million = DEFAULT_BUDGET[task]
+    return round(base + per_million * voxels / 1e6, 1)
+
+
 #: The knobs a pipeline sets for each of its steps (from :class:`EnhanceOptions`), not a step's own.
 _PIPELINE_KNOBS = ("model", "device", "seed", "time_budget")
 
@@ -59,9 +80,11 @@ class DenoiseOptions(TaskOptions):
     device: str = device_knob()
     seed: int = seed_knob("seed of the self-supervised training and the fusion's probes; CPU runs are deterministic "
                           "for a seed")
-    time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock: the self-supervised "
-                                               "training stops early and the fusion skips its later components to "
-                                               "fit it (the report says what was cut); unset: no limit", low_open=True)
+    time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock: the fusion computes on "
+                                               "the whole volume only the components that fit it (measured on its "
+                                               "probes) and the self-supervised training stops early (the report's "
+                                               "time_budget says what was cut); unset: for auto 30 s + 10 s per "
+                                               "million voxels, no limit for a named method", low_open=True)
     threads: Optional[int] = knob(None, low=1, high=4096, optional=True,
                                   help="torch CPU threads; unset: the cores idle now (threads fighting another job "
                                        "for busy cores run several times slower than one)")
@@ -103,7 +126,7 @@ class BiasOptions(TaskOptions):
     Examples
     --------
     >>> BiasOptions(shrink=4, iterations=[30, 30])
-    BiasOptions(shrink=4, control_points=4, iterations=(30, 30), output_dtype='auto')
+    BiasOptions(shrink=4, control_points=4, iterations=(30, 30), time_budget=None, output_dtype='auto')
     """
 
     shrink: int = knob(6, low=1, high=16,
@@ -112,6 +135,10 @@ class BiasOptions(TaskOptions):
     control_points: int = knob(4, low=4, help="B-spline control points per axis at the coarsest fitting level")
     iterations: tuple[int, ...] = knob((40, 40, 40), help="maximum iterations per fitting level, one entry per "
                                        "level (three levels: on the MNI benchmark a fourth began to fit anatomy)")
+    time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock while N4 iterates: "
+                                               "when the fit would take longer it restarts on a coarser shrink "
+                                               "(the report's time_budget says so); unset: 30 s + 2 s per million "
+                                               "voxels", low_open=True)
     output_dtype: str = knob("auto", choices=BIAS_OUTPUT_DTYPES,
                              help="voxel type of the corrected volume, never clipped: auto keeps the input's type "
                                   "when the corrected intensities fit it and writes float32 when they do not (a "
@@ -258,9 +285,9 @@ class EnhanceOptions(TaskOptions):
     device: str = device_knob()
     seed: int = seed_knob("seed of the denoise and upsample steps (training, the fusion's probes); CPU runs are "
                           "deterministic for a seed")
-    time_budget: Optional[float] = budget_knob("wall seconds for the whole pipeline, checked on the clock: the "
-                                               "denoise and upsample steps get what is left when they start",
-                                               low_open=True)
+    time_budget: Optional[float] = budget_knob("wall seconds for the whole pipeline, checked on the clock: each "
+                                               "step gets what is left when it starts; unset: the sum of the "
+                                               "steps' default budgets", low_open=True)
     #: The denoise model package for ``denoise:model`` steps (path, installed name or loaded package).
     model: Any = None
 

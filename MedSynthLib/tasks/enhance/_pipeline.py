@@ -18,7 +18,7 @@ from ...volume import Volume, mask_on_grid, validate_volume
 from ..fill import UpsampleOptions
 from ._bias_task import BIAS_MARGIN, correct_bias
 from ._denoise import denoise
-from ._options import BiasOptions, DenoiseOptions, EnhanceOptions, EnhanceStep
+from ._options import BiasOptions, DenoiseOptions, EnhanceOptions, EnhanceStep, default_budget_seconds
 from ._results import EnhanceResult, MaskLike
 from ._superres import super_resolve
 
@@ -33,6 +33,24 @@ def _left(budget: TimeBudget) -> Optional[float]:
     if budget.seconds is None:
         return None
     return max(budget.remaining(), 1e-3)
+
+
+def default_pipeline_budget(steps: Sequence[EnhanceStep], volume: Volume, device: str) -> float:
+    """The pipeline's budget when none is given: the sum of its steps' default budgets (denoise and bias:
+    :func:`~._options.default_budget_seconds` of the voxels the step will see; upsample: fill's ``auto`` default
+    for the slices it synthesises)."""
+    from ..fill._auto import default_budget_seconds as fill_budget
+
+    voxels, total = int(volume.array.size), 0.0
+    for step in steps:
+        if step.name in ("bias", "denoise"):
+            total += default_budget_seconds(step.name, voxels)
+            continue
+        factor = int(step.options.get("factor") or 2)
+        slices = int(volume.array.shape[volume.slice_axis()])
+        total += fill_budget((slices - 1) * (factor - 1), select_device(device).type)
+        voxels *= factor
+    return round(total, 1)
 
 
 def _check_mask_order(steps: Sequence[EnhanceStep]) -> None:
@@ -50,7 +68,8 @@ def _run_step(step: EnhanceStep, current: Volume, options: EnhanceOptions, mask:
               progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> Any:
     """One step on ``current`` with its own options and the pipeline's device, seed, model and time left."""
     if step.name == "bias":
-        return correct_bias(current, BiasOptions.build(**step.options), mask=mask, progress=progress, cancel=cancel)
+        return correct_bias(current, BiasOptions.build(**step.options, time_budget=_left(budget)), mask=mask,
+                            progress=progress, cancel=cancel)
     shared = {"device": options.device, "seed": options.seed, "time_budget": _left(budget)}
     if step.name == "denoise":
         knobs = DenoiseOptions.build(**step.options, model=options.model, **shared)
@@ -107,8 +126,9 @@ def enhance(
     model, device, seed
         Passed to the denoise steps (device and seed to the upsample steps too).
     time_budget : float, optional
-        Wall seconds for the whole pipeline, on the clock: each denoise and upsample step gets what is left
-        when it starts (its report's ``budget`` says what it cut); bias correction is not cut.
+        Wall seconds for the whole pipeline, on the clock: each step gets what is left when it starts (its
+        report's ``time_budget`` says what it cut; the pipeline's lists every step's cuts). Unset: the sum of the
+        steps' default budgets (:func:`default_pipeline_budget`).
 
     Returns
     -------
@@ -120,7 +140,9 @@ def enhance(
     options = _build_options(options, knobs)
     validate_volume(volume)
     select_device(options.device)  # absent: an error before the first step, whichever steps need a network
-    budget = TimeBudget(options.time_budget)
+    automatic = options.time_budget is None
+    budget = TimeBudget(default_pipeline_budget(options.steps, volume, options.device) if automatic
+                        else options.time_budget)
     boolean_mask = mask_on_grid(volume, mask)
     if boolean_mask is not None:
         _check_mask_order(options.steps)
@@ -148,7 +170,8 @@ def enhance(
         "method_requested": label,
         "steps": reports,
         "device": ",".join(sorted({str(r.get("device", "cpu")) for r in reports})),
-        "budget": budget.report(),
+        "time_budget": {**budget.report(), "default": automatic,
+                        "cut": [f"{r['step']}: {cut}" for r in reports for cut in (r.get("time_budget") or {}).get("cut", [])]},
         "seconds": round(time.perf_counter() - start, 3),
         "warnings": warnings,
     }
