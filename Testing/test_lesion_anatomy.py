@@ -57,28 +57,40 @@ def test_skull_strip_keeps_the_cortex_between_sulci():
     assert masks.contrast == "T1"
 
 
-def trunk_mr(seed=0) -> Volume:
-    """An abdomen-like MR slab (3 mm, 34 x 26 cm body): fat rim, soft tissue, a bright liver-like organ."""
+def trunk_mr(seed=0) -> tuple[Volume, np.ndarray]:
+    """An abdomen-like T1 MR slab (3 mm, RAS axes, a 34 x 26 cm body): a 12 mm subcutaneous fat rim (400), bowel
+    and muscle as a patchy mix (20-200, mostly darker than liver, as on T1), and a homogeneous liver (120) on the patient's right. Returns it and the
+    liver (the truth)."""
     rng = np.random.default_rng(seed)
     spacing = (3.0, 3.0, 3.0)
-    shape = (20, 100, 125)
+    shape = (24, 100, 125)
     k, j, i = _grid(shape, spacing)
     body = (i / 170.0) ** 2 + (j / 130.0) ** 2 < 1
-    image = np.where(body, 300.0, 0.0)
-    image[((i / 160.0) ** 2 + (j / 120.0) ** 2 < 1)] = 180.0
-    image[((i + 70) / 70.0) ** 2 + (j / 60.0) ** 2 < 1] = 260.0
-    image = ndimage.gaussian_filter(image, 1.0)
-    return Volume(np.abs(image + rng.normal(0, 8, shape)).astype(np.float32), oblique_matrix(spacing=spacing))
+    image = np.where(body, 400.0, 0.0)
+    inner = (i / 158.0) ** 2 + (j / 118.0) ** 2 < 1
+    patches = ndimage.gaussian_filter(rng.normal(size=shape), 1.0)
+    image[inner] = (60.0 + 300.0 * patches)[inner].clip(20, 200)
+    liver = ((i - 80) / 65.0) ** 2 + ((j - 10) / 70.0) ** 2 + (k / 60.0) ** 2 < 1
+    image[liver] = 120.0
+    image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 6, shape)
+    return Volume(np.abs(image).astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])), liver
 
 
-def test_no_brain_on_a_trunk_and_its_body_part():
-    """The old strip found a 2.6 L 'brain' in the abdominal MR of the corpus and placed metastases in it."""
-    volume = trunk_mr()
+def test_trunk_mr_no_brain_but_its_liver():
+    """The old strip found a 2.6 L 'brain' in the abdominal MR of the corpus and placed metastases in it; the
+    abdomen had no MR preset."""
+    volume, liver = trunk_mr()
     for kind in ("brain", "white-matter"):
         with pytest.raises(InputError, match=f"no {kind} in view: looked for"):
             find_tissue(volume, kind)
     assert guess_body_part(volume, "MR") == "abdomen"
-    assert auto_preset(volume, "MR") == ("mr-metastasis", "abdomen")  # no MR abdomen preset: the default refuses
+    assert auto_preset(volume, "MR") == ("mr-liver-lesion", "abdomen")
+    found = find_tissue(volume, "liver")
+    assert "MR" in found.method and np.mean(liver[found.mask]) > 0.9 and found.mask.sum() > 0.5 * liver.sum()
+    result = insert_lesions(volume, count=2, preset="mr-liver-lesion", region="auto", seed=2)
+    assert np.all(liver[result.labels.array > 0])
+    with pytest.raises(InputError, match="no liver in view"):
+        find_tissue(gyral_head()[0], "liver")
 
 
 def stripped_ct_brain(seed=0) -> tuple[Volume, np.ndarray]:

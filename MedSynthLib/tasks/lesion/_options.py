@@ -35,7 +35,7 @@ BODY_PARTS = {"head": ("head", "brain", "skull"), "chest": ("chest", "thorax", "
 
 _BY_BODY_PART = {("CT", "head"): "ct-haemorrhage", ("CT", "chest"): "ct-nodule-solid",
                  ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-metastasis",
-                 ("MR", "breast"): "mr-breast-mass"}
+                 ("MR", "breast"): "mr-breast-mass", ("MR", "abdomen"): "mr-liver-lesion"}
 
 _PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality "
                 f"({', '.join(f'{m}: {p}' for m, p in DEFAULT_PRESETS.items())}); none: the spec defaults")
@@ -58,7 +58,7 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
 
     The one rule every front end uses (``preset="auto"``, ``medsynth augment``, the Slicer panel's default):
     CT - a solid lung nodule (``ct-nodule-solid``); head: ``ct-haemorrhage``; abdomen: ``ct-liver-hypodense``.
-    MR breast: an enhancing breast mass (``mr-breast-mass``).
+    MR breast: an enhancing breast mass (``mr-breast-mass``); MR abdomen: a T1-dark liver lesion (``mr-liver-lesion``).
     MR - a brain metastasis (``mr-metastasis``), a T1 post-contrast lesion: the automatic region (white matter,
     the brightest tissue) is found on T1 images, where a metastasis enhances; ``mr-wmh`` is a T2/FLAIR finding,
     on whose images white matter is darker than grey matter and the automatic region misses it.
@@ -97,8 +97,9 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
 def auto_preset(volume: Volume, modality: Optional[str] = None) -> tuple[str, Optional[str]]:
     """``preset="auto"`` on a volume: :func:`default_preset` of its modality (guessed when not given) and of the
     body part its voxels show (``_region.guess_body_part``: a brain makes a head, lungs a chest, a liver an abdomen,
-    a narrow brainless MR a breast). Returns the preset and the body part (None: none recognised, the modality's
-    default). A body part without a preset of the modality (an MR abdomen) gives the modality's default.
+    a brainless MR trunk an abdomen, a narrow brainless MR a breast). Returns the preset and the body part (None:
+    none recognised, the modality's default). A body part without a preset of the modality (an MR chest) gives the
+    modality's default.
     Loads scipy (the body part is found on the voxels).
     """
     from ...intensity import guess_modality

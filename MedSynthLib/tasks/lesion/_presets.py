@@ -103,10 +103,21 @@ _PRESET_LIST = [
             "contrast_mode": "absolute", "contrast": (-650.0, -450.0), "heterogeneity": (0.05, 0.1),
             "edge_width_mm": (1.0, 2.0), "core_fraction": (0.35, 0.6), "core_contrast": (-20.0, 50.0),
             "anatomy": (0.4, 0.7)}),
+    Preset("ct-lung-mass", "CT", "CT lung mass (a lung tumour above 3 cm: T2-T3 lung cancer): soft-tissue density "
+           "(HU), lobulated or spiculated, heterogeneous (necrosis), low-attenuation necrotic core possible", "lung",
+           {"diameter_mm": (30.0, 70.0), "shape": ("lobulated", "irregular"), "elongation": (1.0, 1.4),
+            "contrast_mode": "absolute", "contrast": (10.0, 60.0), "heterogeneity": (0.05, 0.2),
+            "edge_width_mm": (0.5, 1.5), "core_fraction": (0.0, 0.5), "core_contrast": (-40.0, -10.0),
+            "irregularity": (0.2, 0.45)}),
     Preset("ct-liver-hypodense", "CT", "CT hypodense liver lesion (cyst/metastasis-like): darker than liver "
            "by an offset in HU", "liver",
            {"diameter_mm": (8.0, 30.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
             "contrast_mode": "offset", "contrast": (-60.0, -25.0), "heterogeneity": (0.05, 0.15),
+            "edge_width_mm": (0.5, 1.5)}),
+    Preset("mr-liver-lesion", "MR", "MR focal liver lesion on T1 (pre-contrast or portal-venous phase): metastasis "
+           "or cyst darker than the liver, round or lobulated, sharply marginated", "liver",
+           {"diameter_mm": (8.0, 30.0), "shape": ("round", "lobulated"), "elongation": (1.0, 1.3),
+            "contrast_mode": "relative", "contrast": (-0.6, -0.2), "heterogeneity": (0.05, 0.15),
             "edge_width_mm": (0.5, 1.5)}),
     Preset("ct-haemorrhage", "CT", "CT intraparenchymal haemorrhage: hyperdense blood (HU) with a thin "
            "hypodense oedema rim and mass effect", "brain-ct",

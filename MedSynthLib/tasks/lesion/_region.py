@@ -10,7 +10,12 @@ A given label map always comes first. The automatic tissues, each refused in one
   -960 HU: outside air; a crop through a lung keeps the lung), the two largest
   kept, holes (vessels) filled slice by slice; at least 5 mL (sinuses and bowel gas are not lungs);
 - ``liver`` (CT): the largest thick (8 mm eroded) 40-200 HU organ on the patient's right, in a trunk at least
-  22 cm wide, grown back inside soft tissue (plain and contrast-enhanced livers);
+  22 cm wide, grown back inside soft tissue (plain and contrast-enhanced livers); (MR, any contrast): the largest
+  thick (8 mm eroded) homogeneous organ (local coefficient of variation below 0.25) on the patient's right, in a
+  body at least 26 cm wide, at least 50 mL, more
+  than 30 mm deep, whose median is more than 30 % from the subcutaneous fat's (fat is the layer under the skin on
+  every sequence, fat-suppressed or not), grown back within 30 % of its median. TotalSegmentator's example MR:
+  331 mL of its 499 mL liver label, 96 % of it inside the label (Dice 0.77);
 - ``brain-ct`` (CT): 0-80 HU tissue inside the cavity that bone (> 250 HU) closes slice by slice, refused
   where the cavity holds air or lung (a rib cage) or is wider than a skull; on a skull-stripped head CT (under
   10 mL of bone, one constant background around a 0.8-2.2 L soft-tissue body at most 21 cm wide, such as
@@ -38,6 +43,10 @@ from ._presets import REGIONS
 __all__ = ["Tissue", "auto_region", "find_tissue", "guess_body_part", "place_centres"]
 
 logger = logging.getLogger(__name__)
+
+#: A body wider than this (mm) is a trunk; a head (at most about 20 cm wide, 24 cm long) or a breast MR's field of
+#: view (one breast, or a crop) is narrower.
+TRUNK_MIN_MM = 260.0
 
 
 def _largest(mask: np.ndarray, *, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
@@ -113,6 +122,56 @@ def _liver(volume: Volume) -> np.ndarray:
     seed = labels == on_right[0] + 1
     grown = ndimage.distance_transform_edt(~seed, sampling=spacing) <= 8.0 + max(spacing)
     return ndimage.binary_fill_holes(grown & tissue & body)
+
+
+def _liver_mr(volume: Volume) -> np.ndarray:
+    """The liver on an MR of the trunk, any contrast: the largest thick homogeneous organ on the patient's right,
+    deep in the body and unlike fat, grown back inside tissue of its own intensity (see the module notes)."""
+    spacing, axis = volume.spacing_kji, volume.slice_axis()
+    data = volume.array.astype(np.float32)
+    smooth = ndimage.gaussian_filter(data, [1.5 / s for s in spacing])
+    top = float(np.percentile(smooth[::2, ::2, ::2], 95))
+    if top <= 0:
+        return np.zeros(data.shape, dtype=bool)
+    body = _largest(smooth > 0.15 * top)
+    moved = np.moveaxis(body, axis, 0)
+    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    if _width_mm(body, spacing, axis) < TRUNK_MIN_MM:  # a head, a breast or a limb: no liver in view
+        return np.zeros_like(body)
+    size = [max(1, int(round(6.0 / s))) | 1 for s in spacing]  # about 6 mm
+    mean = ndimage.uniform_filter(data, size)
+    std = np.sqrt(np.maximum(ndimage.uniform_filter(data * data, size) - mean * mean, 0.0))
+    homogeneous = body & (std < LIVER_MR_CV * np.maximum(mean, 1e-6)) & (mean > 0.1 * top)
+    thick = ndimage.distance_transform_edt(homogeneous, sampling=spacing) >= 8.0
+    labels, count = ndimage.label(thick)
+    if count == 0:
+        return thick
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(labels.ravel())[1:]
+    centres = np.array(ndimage.center_of_mass(thick, labels, index))
+    right_x = volume.ijk_points_to_ras(centres[:, ::-1])[:, 0]
+    body_x = volume.ijk_points_to_ras(np.argwhere(body)[:: 97].mean(axis=0)[::-1])[0]
+    skin = ndimage.distance_transform_edt(body, sampling=spacing)
+    depth = np.atleast_1d(ndimage.mean(skin, labels, index))
+    medians = np.atleast_1d(ndimage.median(smooth, labels, index))
+    fat = float(np.median(smooth[body & (skin < 8.0)]))  # the subcutaneous layer is fat on every sequence
+    organs = [i for i in np.argsort(sizes)[::-1]
+              if right_x[i] > body_x and depth[i] > 30.0 and abs(medians[i] - fat) > 0.3 * fat]
+    if not organs:
+        return np.zeros_like(body)
+    seed = labels == organs[0] + 1
+    level = float(np.median(smooth[seed]))
+    similar = body & (np.abs(smooth - level) < 0.3 * level)
+    grown = ndimage.distance_transform_edt(~seed, sampling=spacing) <= 8.0 + max(spacing)
+    liver = _largest(ndimage.binary_fill_holes(grown & similar))
+    if np.count_nonzero(liver) * float(np.prod(spacing)) / 1000.0 < 50.0:  # a piece of an organ: not a liver
+        return np.zeros_like(body)
+    return liver
+
+
+#: Local coefficient of variation (6 mm) below which MR tissue counts as a homogeneous organ (the liver's, noise
+#: and vessels included, is 0.1-0.2 on the corpus's abdominal MR; fat-organ borders and bowel are above).
+LIVER_MR_CV = 0.25
 
 
 def _stripped_brain_ct(volume: Volume, smooth: np.ndarray) -> np.ndarray:
@@ -195,10 +254,14 @@ _LOOKED_FOR = {
     "white-matter": "white matter inside a skull-stripped brain (an MR head)",
     "brain": "a brain inside a dark skull (an MR head)",
     "lung": "air-filled lungs (< -400 HU, at least 5 mL, not the outside air)",
-    "liver": "a liver (a thick 40-200 HU organ on the patient's right in a trunk at least 22 cm wide)",
+    "liver": "a liver (CT: a thick 40-200 HU organ; MR: a thick homogeneous organ unlike fat; on the patient's "
+             "right in a trunk at least 22 cm wide on CT, 26 cm on MR)",
     "brain-ct": "a brain (0-80 HU) inside a skull that bone closes, or a skull-stripped brain",
     "breast": "breast tissue (a body above the air level, at least 1 mL, 3 mm below the skin)",
 }
+
+_LIVER_MR_METHOD = ("MR: largest thick (8 mm) homogeneous (local CV < 0.25) organ on the patient's right, > 30 mm "
+                    "deep, unlike the subcutaneous fat, regrown within 30 % of its median")
 
 _METHODS = {
     "white-matter": "skull strip (morphological, grown into the cortex) + 3-class multi-Otsu of the deep brain, "
@@ -229,7 +292,12 @@ def find_tissue(volume: Volume, kind: str) -> Tissue:
         if np.count_nonzero(mask) * float(np.prod(volume.spacing)) / 1000.0 < 5.0:
             mask = np.zeros_like(mask)  # sinuses, mastoids, bowel gas: not lungs
     elif kind == "liver":
-        mask = _liver(volume)
+        from ...intensity import guess_modality
+
+        if guess_modality(volume) == "CT":
+            mask = _liver(volume)
+        else:
+            mask, method = _liver_mr(volume), _LIVER_MR_METHOD
     elif kind == "brain-ct":
         mask = _brain_ct(volume)
         if mask.any() and np.count_nonzero(volume.array > 250) * float(np.prod(volume.spacing)) < 10_000.0:
@@ -247,17 +315,13 @@ def find_tissue(volume: Volume, kind: str) -> Tissue:
     return Tissue(kind, mask, method, extra)
 
 
-#: A body wider than this (mm) is a trunk; a breast MR's field of view (one breast, or a crop) is narrower.
-TRUNK_MIN_MM = 260.0
-
-
 def guess_body_part(volume: Volume, modality: str) -> Optional[str]:
     """``"head"``, ``"chest"``, ``"abdomen"`` or ``"breast"`` from the voxels, or None when no rule fits.
 
     CT: a brain inside a skull (or a skull-stripped brain) is a head; else air-filled lungs make a chest; else a
     liver an abdomen. MR: a brain found by the skull strip (at least 300 mL) is a head; else a body wider than
-    :data:`TRUNK_MIN_MM` is an abdomen (no MR abdomen preset: the default then refuses, naming the brain it looked
-    for); else a breast (a one-breast field of view or a crop - the weakest rule: a limb would be taken for one).
+    :data:`TRUNK_MIN_MM` is an abdomen (its preset looks for the liver, and refuses where none is in view); else a
+    breast (a one-breast field of view or a crop - the weakest rule: a limb would be taken for one).
     """
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     if modality == "CT":
