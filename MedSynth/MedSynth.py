@@ -36,6 +36,7 @@ from slicer.util import VTKObservationMixin
 # not wait for them, and they may not be installed yet. The task packages export lazily, so importing them (and
 # their torch-free options classes, which the panel reads its choices from) costs nothing.
 from MedSynthLib.errors import Cancelled, InputError
+from MedSynthLib.provenance import PROVENANCE_COLOURS, PROVENANCE_NAMES, SYNTHESISED
 from MedSynthSlicerLib import choices, dependencies, devices, history, nodes, panel_settings, result_line
 from MedSynthSlicerLib.task_request import ProcessResult, TaskOutcome, request_for
 from MedSynthSlicerLib.task_runs import run_request
@@ -47,6 +48,11 @@ DOCS_URL = "https://github.com/medsynth/MedSynth/blob/main/docs/slicer.md"  # = 
 #: Edits remembered per volume, and the memory all undo copies together may use.
 UNDO_STEPS = 5
 UNDO_BYTES = 2 * 1024**3
+
+#: The segmentation that shows which voxels of an output were synthesised (1) or rewritten (2), and the volume
+#: attribute that points to it.
+SYNTHETIC_MASK_NAME = "MedSynth: synthesised"
+SYNTHETIC_MASK_ATTRIBUTE = "MedSynth.syntheticMask"
 
 #: How often the GUI thread looks at a running job (ms).
 POLL_INTERVAL_MS = 100
@@ -196,6 +202,7 @@ class MedSynthParameterNode:
     fillMethod: str = "auto"
     fillUpsample: bool = False
     upsampleFactor: int = 2
+    fillUncertainty: bool = False  # an uncertainty overlay (standard deviation) with the result
     timeBudget: float = 0.0  # seconds; 0: the library's automatic budget
     enhanceTimeBudget: float = 0.0  # seconds for the Enhance pipeline; 0: none
 
@@ -374,6 +381,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if offer["zero"] and hasattr(widget, "specialValueText"):
                 widget.specialValueText = offer["zero"]
             widget.blockSignals(wasBlocked)
+        self.ui.fillUncertaintyCheckBox.toolTip = panel_settings.owner_options("fill").knob("uncertainty").help
         for combo, items in lists:
             current = combo.currentData
             wasBlocked = combo.blockSignals(True)
@@ -500,6 +508,7 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.worker = BackgroundWorker()
         self.undoStack = UndoStack(max_steps=UNDO_STEPS, max_bytes=UNDO_BYTES)
+        self._syntheticMasks: dict = {}  # segmentation node ID -> its mask (KJI uint8), to accumulate and undo
         self.requirementsPath = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
     def getParameterNode(self):
@@ -695,7 +704,19 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         else:
             outputNode = self._newOutputNode(inputNode, request.task)
         nodes.update_node_from_volume(outputNode, outcome.volume)
+        provenanceNode, provenanceUndo = None, None
+        if outcome.synthetic_mask is not None and outcome.synthetic_mask.any():
+            provenanceNode, provenanceUndo = self.showSyntheticMask(outcome.synthetic_mask, outputNode)
+            entry["synthetic_mask"] = f"{provenanceNode.GetName()} ({provenanceNode.GetID()})"
+        uncertaintyNode = None
+        if outcome.uncertainty is not None:
+            uncertaintyNode = self.showUncertainty(outcome.uncertainty, outputNode)
+            entry["uncertainty"] = f"{uncertaintyNode.GetName()} ({uncertaintyNode.GetID()})"
         outputNode.SetAttribute(history.HISTORY_ATTRIBUTE, history.append_history(previousHistory, entry))
+        if kept:  # undo restores the synthesised-voxel segmentation and removes the overlay made here
+            extra = self.undoStack.peek(inputNode.GetID()).extra
+            extra["provenance"] = provenanceUndo
+            extra["nodes"] = [uncertaintyNode.GetID()] if uncertaintyNode is not None else []
         segmentationNode = None
         if request.task == "lesion":
             outputNode.SetName(history.lesion_volume_name(outputNode.GetName()))
@@ -703,9 +724,59 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             if kept:  # undo of these lesions removes their segments too
                 self.undoStack.peek(inputNode.GetID()).extra["segments"] = [
                     (segmentationNode.GetID(), segmentId) for segmentId in segmentIds]
-        slicer.util.setSliceViewerLayers(background=outputNode)
+        if uncertaintyNode is not None:
+            slicer.util.setSliceViewerLayers(background=outputNode, foreground=uncertaintyNode, foregroundOpacity=0.4)
+        else:
+            slicer.util.setSliceViewerLayers(background=outputNode)
         return ProcessResult(volume=outputNode, segmentation=segmentationNode, report=outcome.report,
-                                      summary=summary)
+                             summary=summary, synthetic_mask=provenanceNode, uncertainty=uncertaintyNode)
+
+    def showSyntheticMask(self, mask: np.ndarray, volumeNode):
+        """Put the task's synthesised-voxel mask over ``volumeNode`` as the segmentation "MedSynth: synthesised"
+        (segments "synthesised" and "rewritten", shown in the slice views), created or updated.
+
+        Successive in-place edits accumulate on the same grid (a synthesised voxel stays synthesised);
+        returns ``(segmentation node, undo record)``, the record being what :meth:`undo` restores.
+        """
+        scene = slicer.mrmlScene
+        nodeID = volumeNode.GetAttribute(SYNTHETIC_MASK_ATTRIBUTE)
+        segmentationNode = scene.GetNodeByID(nodeID) if nodeID else None
+        previous = self._syntheticMasks.get(nodeID) if segmentationNode is not None else None
+        created = segmentationNode is None
+        if created:
+            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", SYNTHETIC_MASK_NAME)
+            segmentationNode.CreateDefaultDisplayNodes()
+            volumeNode.SetAttribute(SYNTHETIC_MASK_ATTRIBUTE, segmentationNode.GetID())
+        if previous is not None and previous.shape == mask.shape:
+            mask = np.where((mask == SYNTHESISED) | (previous == SYNTHESISED), SYNTHESISED,
+                            np.maximum(mask, previous)).astype(np.uint8)
+        self._writeSyntheticMask(segmentationNode, volumeNode, mask)
+        return segmentationNode, {"nodeID": segmentationNode.GetID(), "volumeID": volumeNode.GetID(),
+                                  "created": created, "previous": previous}
+
+    def _writeSyntheticMask(self, segmentationNode, volumeNode, mask: np.ndarray) -> None:
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        for value, name in PROVENANCE_NAMES.items():
+            if value == 0:
+                continue
+            segmentId = segmentation.GetSegmentIdBySegmentName(name)
+            if not segmentId:
+                segmentId = segmentation.AddEmptySegment(name, name, PROVENANCE_COLOURS[value])
+            slicer.util.updateSegmentBinaryLabelmapFromArray((mask == value).astype(np.uint8), segmentationNode,
+                                                            segmentId, volumeNode)
+        self._syntheticMasks[segmentationNode.GetID()] = np.array(mask, np.uint8)
+
+    def showUncertainty(self, uncertainty: np.ndarray, volumeNode):
+        """The uncertainty (standard deviation) as a scalar volume on ``volumeNode``'s grid and transform."""
+        scene = slicer.mrmlScene
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                       scene.GenerateUniqueName(f"{volumeNode.GetName()} uncertainty (sd)"))
+        geometry = nodes.volume_from_node(volumeNode)
+        nodes.update_node_from_volume(node, geometry.with_array(np.asarray(uncertainty, np.float32)))
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        return node
 
     @staticmethod
     def _newOutputNode(inputNode, task: str):
@@ -759,6 +830,19 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             volumeNode.SetAttribute(history.HISTORY_ATTRIBUTE, entry.history)
         else:
             volumeNode.RemoveAttribute(history.HISTORY_ATTRIBUTE)
+        provenance = entry.extra.get("provenance")
+        if provenance:
+            segmentationNode = slicer.mrmlScene.GetNodeByID(provenance["nodeID"])
+            if segmentationNode is not None and provenance["created"]:
+                slicer.mrmlScene.RemoveNode(segmentationNode)
+                volumeNode.RemoveAttribute(SYNTHETIC_MASK_ATTRIBUTE)
+                self._syntheticMasks.pop(provenance["nodeID"], None)
+            elif segmentationNode is not None and provenance["previous"] is not None:
+                self._writeSyntheticMask(segmentationNode, volumeNode, provenance["previous"])
+        for nodeID in entry.extra.get("nodes", []):
+            node = slicer.mrmlScene.GetNodeByID(nodeID)
+            if node is not None:
+                slicer.mrmlScene.RemoveNode(node)
         for segmentationNodeID, segmentId in entry.extra.get("segments", []):
             segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationNodeID)
             if segmentationNode is not None and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None:

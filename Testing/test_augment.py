@@ -54,7 +54,7 @@ def serial(cohort, tmp_path_factory) -> Path:
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    files = sorted((root / "imagesTr").glob("*")) + sorted((root / "labelsTr").glob("*"))
+    files = [f for folder in ("imagesTr", "labelsTr", "synthesisedTr") for f in sorted((root / folder).glob("*"))]
     return {f.relative_to(root).as_posix(): f.read_bytes() for f in files} | {
         name: (root / name).read_bytes() for name in ("dataset.json", "datalist.json")}
 
@@ -116,6 +116,9 @@ def test_labels_are_exact_and_annotations_kept(serial, cohort):
         assert lesion.any()
         assert np.array_equal(label.array == 2, lesion)  # the synthetic id exactly on the lesion
         changed = image.array != source.array
+        synthetic = read_volume(serial / row["synthetic_mask"])  # what the lesions changed, for annotators
+        assert synthetic.same_grid(source) and file_sha256(serial / row["synthetic_mask"]) == row["synthetic_mask_sha256"]
+        assert (synthetic.array[changed | lesion] == 2).all() and set(np.unique(synthetic.array)) <= {0, 2}
         assert changed[lesion].mean() > 0.9  # the lesion changed the voxels it labels ...
         box = again.report["lesions"][0]["region_of_influence"]["bbox_ijk"]
         (i0, i1), (j0, j1), (k0, k1) = box

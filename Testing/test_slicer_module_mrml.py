@@ -443,7 +443,8 @@ def test_the_console_example_of_the_docs_runs(medsynth, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" -> ")[0] for line in lines] == ["scan 0", "scan 1"]
     assert all("(synthetic lesions)" in line and line.endswith(" mL") and line.count(",") == 3 for line in lines)
-    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+    names = [n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")]
+    assert len([n for n in names if n.startswith(module.SYNTHETIC_MASK_NAME)]) == 2 and len(names) == 4
 
 
 def test_process_and_the_cli_make_the_same_lesions_and_segments(medsynth, logic, tmp_path):
@@ -473,3 +474,52 @@ def test_process_and_the_cli_make_the_same_lesions_and_segments(medsynth, logic,
         np.testing.assert_array_equal(
             slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, ours.GetNthSegmentID(index), result.volume),
             slicer.util.arrayFromSegmentBinaryLabelmap(cli, theirs.GetNthSegmentID(index), result.volume))
+
+
+# ---- which voxels are synthetic: the "MedSynth: synthesised" segmentation and the uncertainty overlay -----
+def _segment_array(slicer, segmentation_node, name, volume_node):
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
+
+
+def test_fill_in_place_shows_the_synthesised_slices_and_undo_removes_them(medsynth, logic):
+    module, slicer = medsynth
+    volume = make_phantom((12, 30, 34))
+    node = _node(slicer, volume)
+    result = logic.process("fill", node, inPlace=True, slices=[4, 7], method="linear", uncertainty=True)
+    mask_node = result.synthetic_mask
+    assert mask_node is not None and mask_node.GetName() == module.SYNTHETIC_MASK_NAME
+    synthesised = _segment_array(slicer, mask_node, "synthesised", node)
+    assert synthesised.shape == volume.array.shape
+    assert sorted(np.nonzero(synthesised.any(axis=(1, 2)))[0].tolist()) == [4, 7] and synthesised[[4, 7]].all()
+    entry = json.loads(node.GetAttribute("MedSynth.history"))[-1]
+    assert module.SYNTHETIC_MASK_NAME in entry["synthetic_mask"]
+    sd = slicer.util.arrayFromVolume(result.uncertainty)
+    assert (sd[[4, 7]] > 0).all() and not sd[[0, 5]].any()
+    np.testing.assert_allclose(_matrix(slicer, result.uncertainty), _matrix(slicer, node), atol=1e-9)
+    # a second in-place edit accumulates on the same segmentation
+    second = logic.process("fill", node, inPlace=True, slices=[9], method="linear")
+    assert second.synthetic_mask.GetID() == mask_node.GetID()
+    assert sorted(np.nonzero(_segment_array(slicer, mask_node, "synthesised", node).any(axis=(1, 2)))[0]) == [4, 7, 9]
+    logic.undo(node)
+    assert sorted(np.nonzero(_segment_array(slicer, mask_node, "synthesised", node).any(axis=(1, 2)))[0]) == [4, 7]
+    uncertainty_id = result.uncertainty.GetID()
+    logic.undo(node)
+    assert slicer.mrmlScene.GetNodeByID(mask_node.GetID()) is None
+    assert slicer.mrmlScene.GetNodeByID(uncertainty_id) is None
+    assert node.GetAttribute(module.SYNTHETIC_MASK_ATTRIBUTE) is None
+
+
+def test_upsample_and_lesion_outputs_carry_their_masks(medsynth, logic):
+    module, slicer = medsynth
+    volume = make_phantom((6, 24, 28))
+    node = _node(slicer, volume)
+    up = logic.process("upsample", node, factor=2, method="linear")
+    synthesised = _segment_array(slicer, up.synthetic_mask, "synthesised", up.volume)
+    assert sorted(np.nonzero(synthesised.any(axis=(1, 2)))[0].tolist()) == [1, 3, 5, 7, 9]
+    centre = [float(x) for x in np.ravel(volume.ijk_points_to_ras([14, 12, 3]))]
+    lesion = logic.process("lesion", node, centres=[centre], preset="mr-metastasis", size=6, seed=3)
+    rewritten = _segment_array(slicer, lesion.synthetic_mask, "rewritten", lesion.volume)
+    labels = _segment_array(slicer, lesion.segmentation, lesion.segmentation.GetSegmentation().GetNthSegment(0)
+                            .GetName(), lesion.volume)
+    assert rewritten[labels > 0].all() and rewritten.sum() >= labels.sum() > 0

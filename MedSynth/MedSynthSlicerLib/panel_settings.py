@@ -59,11 +59,12 @@ PANEL_KNOBS = (
 #: Library options the panel does not show, and why (a new library option must be added to one of the two lists).
 NOT_ON_PANEL = {
     "fill": {"device": "the Device setting", "model": "the Model setting", "method_options": "per-method tuning: "
-             "the Python API", "slices": "the Slices field (text)"},
+             "the Python API", "slices": "the Slices field (text)",
+             "uncertainty": "the uncertainty check box (yes/no; its tooltip is the library's help)"},
     "upsample": {"device": "the Device setting", "seed": "the Seed setting", "model": "the Model setting",
                  "method_options": "the Python API", "spacing": "a factor is the panel's way", "slice_thickness":
                  "estimated from the data", "axis": "the Fill tab's Axis", "method": "the Fill tab's Method",
-                 "time_budget": "the Fill tab's Time budget"},
+                 "time_budget": "the Fill tab's Time budget", "uncertainty": "the Fill tab's uncertainty check box"},
     "lesion": {"preset": "the Preset list (presets with their modality)", "region": "the Mask / region input",
                "min_spacing_mm": "the Python API", "modality": "guessed from the voxels", "seed": "the Seed setting",
                "appearance_steps": "the Python API", "device": "the Device setting"},
@@ -131,16 +132,17 @@ def options_from_settings(p: Any, *, has_centres: bool = False) -> tuple[str, di
               "model": str(p.modelFile) if p.model == "file" else p.model}
     budget = float((p.enhanceTimeBudget if p.task == "enhance" else p.timeBudget) or 0.0)
     timed = {"time_budget": budget} if budget > 0 else {}
+    shown = {"uncertainty": True} if getattr(p, "fillUncertainty", False) else {}
     if p.task == "fill" and p.fillUpsample:
         return "upsample", {**common, "factor": int(p.upsampleFactor), "axis": p.fillAxis, "method": p.fillMethod,
-                            **timed}
+                            **timed, **shown}
     if p.task == "fill":
         axis_size = None
         image = p.inputVolume.GetImageData() if p.inputVolume is not None else None
         if image is not None and p.fillAxis in ("i", "j", "k"):
             axis_size = image.GetDimensions()["ijk".index(p.fillAxis)]
         slices = parse_slice_list(p.fillSlices, size=axis_size)
-        return "fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod, **timed}
+        return "fill", {**common, "slices": slices, "axis": p.fillAxis, "method": p.fillMethod, **timed, **shown}
     if p.task == "lesion":
         given = {"preset": p.lesionPreset or "auto", "label_mode": p.lesionLabels}
         if not has_centres:

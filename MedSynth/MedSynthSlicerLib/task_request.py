@@ -80,6 +80,10 @@ class TaskOutcome:
     segments: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: uint8 on the output grid: 0 acquired, 1 synthesised, 2 rewritten (``MedSynthLib.provenance``).
+    synthetic_mask: Optional[np.ndarray] = None
+    #: float32 standard deviation of the synthesised voxels (fill/upsample with ``uncertainty=True``).
+    uncertainty: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -96,12 +100,19 @@ class ProcessResult:
         The library's report (method that ran, device, seconds, warnings, lesions...).
     summary : str
         The panel's one-line result.
+    synthetic_mask
+        The "MedSynth: synthesised" segmentation over the output (segments "synthesised" and "rewritten"),
+        or None when the task made or changed nothing.
+    uncertainty
+        The uncertainty overlay (a scalar volume, standard deviation) when one was asked for, else None.
     """
 
     volume: Any
     segmentation: Any
     report: dict
     summary: str = ""
+    synthetic_mask: Any = None
+    uncertainty: Any = None
 
 
 def request_for(task: str, options: Optional[dict] = None, *, centres: Optional[Sequence] = None) -> TaskRequest:

@@ -15,6 +15,7 @@ import numpy as np
 
 from MedSynthLib.lesion_segments import segment_descriptions
 from MedSynthLib.progress import CancelToken, ProgressCallback, check_cancel, report
+from MedSynthLib.provenance import changed_provenance
 from MedSynthLib.tasks import enhance as enhance_task
 from MedSynthLib.tasks import fill as fill_task
 from MedSynthLib.tasks import lesion as lesion_task
@@ -25,14 +26,19 @@ from .task_request import TASKS, TaskOutcome, TaskRequest
 __all__ = ["RUNNERS", "run_request", "available_tasks"]
 
 
+def _slices(result) -> dict:
+    """What the panel applies of a fill or upsample: the volume, the synthesised-voxel mask, the uncertainty."""
+    return {"volume": result.volume, "report": result.report, "details": {"slices": [int(i) for i in result.slices]},
+            "synthetic_mask": result.synthetic_mask.array,
+            "uncertainty": None if result.uncertainty is None else result.uncertainty.array}
+
+
 def _fill(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dict:
-    result = fill_task.fill_slices(volume, request.options, progress=progress, cancel=cancel)
-    return {"volume": result.volume, "report": result.report, "details": {"slices": [int(i) for i in result.slices]}}
+    return _slices(fill_task.fill_slices(volume, request.options, progress=progress, cancel=cancel))
 
 
 def _upsample(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dict:
-    result = fill_task.upsample_slices(volume, request.options, progress=progress, cancel=cancel)
-    return {"volume": result.volume, "report": result.report, "details": {"slices": [int(i) for i in result.slices]}}
+    return _slices(fill_task.upsample_slices(volume, request.options, progress=progress, cancel=cancel))
 
 
 def _lesion(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dict:
@@ -43,6 +49,7 @@ def _lesion(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dic
     return {
         "volume": result.volume, "report": result.report, "labels": labels,
         "segments": segment_descriptions(labels, label_mode=mode, preset=result.report.get("preset")),
+        "synthetic_mask": result.synthetic_mask.array,
         "details": {"lesion_ml": [float(item.get("volume_ml", 0.0)) for item in result.report.get("lesions", [])],
                     "specs": [spec.as_dict() if hasattr(spec, "as_dict") else spec for spec in result.specs]},
     }
@@ -50,7 +57,11 @@ def _lesion(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dic
 
 def _enhance(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dict:
     result = enhance_task.enhance(volume, request.options, mask=mask, progress=progress, cancel=cancel)
-    return {"volume": result.volume, "report": result.report}
+    provenance = getattr(result, "synthetic_mask", None)
+    if provenance is None and result.volume.array.shape == volume.array.shape:  # denoise, bias: what changed
+        provenance = changed_provenance(volume, result.volume)
+    return {"volume": result.volume, "report": result.report,
+            "synthetic_mask": None if provenance is None else provenance.array}
 
 
 #: Task -> runner: ``(volume, request, mask, progress, cancel) -> TaskOutcome fields``.

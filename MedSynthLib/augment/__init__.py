@@ -23,7 +23,7 @@ from ..progress import CancelToken, ProgressCallback
 from ..reports import to_json
 from ..tasks.lesion import LesionOptions
 from ._inputs import Case, derive_seed, file_sha256, read_cases
-from ._layout import (check_output_dir, clear_partial, datalist_json, dataset_json, image_path, label_path, read_manifest,
+from ._layout import (OUTPUT_FILES, check_output_dir, clear_partial, datalist_json, dataset_json, output_paths, read_manifest,
                       write_manifest, write_text_if_changed)
 from ._options import COHORT_LESION, AugmentOptions
 from ._run import DASK_MISSING, execute, require_dask
@@ -79,7 +79,8 @@ def _up_to_date(row: Optional[Mapping], task: OutputTask, root: Path) -> bool:
         return False
     if row.get("inputs_sha256") != task.inputs_sha256:
         return False
-    return all(file_sha256(root / row[k]) == row[f"{k}_sha256"] for k in ("image", "label") if row.get(k))
+    # every file of the case, the synthesised-voxel mask included (an output made before it existed is made again)
+    return all(row.get(k) and file_sha256(root / row[k]) == row[f"{k}_sha256"] for k in OUTPUT_FILES)
 
 
 def _plan(cases: list[Case], root: Path, options: AugmentOptions, config: Mapping) -> tuple[list[OutputTask], dict]:
@@ -207,7 +208,7 @@ def augment(source: Union[str, Path], output_dir: Union[str, Path], options: Opt
         if row["status"] != "ok":
             failed.append(row)
             name = f"{row['case']}_v{int(row['variant']):03d}"
-            for stale in (image_path(root, name), label_path(root, name)):  # an earlier run's output of it
+            for stale in output_paths(root, name):  # an earlier run's output of it
                 stale.unlink(missing_ok=True)
         write_manifest(root, rows)
         update(len(failed))

@@ -2,7 +2,11 @@
 
 Layout of ``OUTPUT_DIR``::
 
-    imagesTr/CASE_0000.nii.gz   labelsTr/CASE.nii.gz   dataset.json   datalist.json   manifest.csv
+    imagesTr/CASE_0000.nii.gz   labelsTr/CASE.nii.gz   synthesisedTr/CASE.nii.gz
+    dataset.json   datalist.json   manifest.csv
+
+``synthesisedTr`` holds each case's synthesised-voxel mask (:mod:`~MedSynthLib.provenance`: 2 where the
+lesions changed the scan, 0 elsewhere); nnU-Net and MONAI read only ``imagesTr``/``labelsTr``.
 
 Every file appears by rename from a temporary file in ``OUTPUT_DIR/.partial``
 (same file system), so a reader (or a run killed at any moment) only ever sees
@@ -26,7 +30,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 from ..errors import InputError
 
 __all__ = [
-    "FILE_ENDING", "MANIFEST_FIELDS", "image_path", "label_path", "partial_dir", "replace_atomically",
+    "FILE_ENDING", "MANIFEST_FIELDS", "OUTPUT_FILES", "image_path", "label_path", "synthetic_mask_path", "output_paths", "partial_dir", "replace_atomically",
     "write_text_if_changed", "read_manifest", "write_manifest", "dataset_json", "datalist_json",
     "check_output_dir", "clear_partial", "deferred_interrupt",
 ]
@@ -36,8 +40,10 @@ PARTIAL = ".partial"
 MANIFEST_FIELDS = (
     "case", "variant", "status", "image", "label", "source", "source_sha256", "source_label", "inputs_sha256",
     "seed", "preset", "modality", "specs", "lesion_ml", "label_ids", "image_sha256", "label_sha256",
-    "seconds", "cpu_seconds", "error",
+    "synthetic_mask", "synthetic_mask_sha256", "seconds", "cpu_seconds", "error",
 )
+#: The files every output case has (manifest columns holding their paths, each with a ``_sha256`` column).
+OUTPUT_FILES = ("image", "label", "synthetic_mask")
 
 
 def image_path(root: Path, case: str) -> Path:
@@ -46,6 +52,15 @@ def image_path(root: Path, case: str) -> Path:
 
 def label_path(root: Path, case: str) -> Path:
     return Path(root) / "labelsTr" / f"{case}{FILE_ENDING}"
+
+
+def synthetic_mask_path(root: Path, case: str) -> Path:
+    return Path(root) / "synthesisedTr" / f"{case}{FILE_ENDING}"
+
+
+def output_paths(root: Path, case: str) -> tuple[Path, Path, Path]:
+    """The paths of a case's files, in the order of :data:`OUTPUT_FILES`."""
+    return image_path(root, case), label_path(root, case), synthetic_mask_path(root, case)
 
 
 def partial_dir(root: Path) -> Path:

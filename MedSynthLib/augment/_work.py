@@ -22,7 +22,7 @@ from ..reports import to_json
 from ..tasks.lesion import LesionOptions
 from ..volume import Volume
 from ._inputs import Case, file_sha256
-from ._layout import image_path, label_path, replace_atomically, temporary_name
+from ._layout import OUTPUT_FILES, output_paths, replace_atomically, temporary_name
 from ._options import AugmentOptions
 
 __all__ = ["OutputTask", "run_output", "limit_threads", "region_is_name"]
@@ -121,18 +121,19 @@ def _insert(task: OutputTask) -> tuple[dict, list[tuple[Path, Path]]]:
     label_array = _compose_labels(result, labels, options)
     metadata = provenance_metadata(result)
     name = f"{case.name}_v{task.variant:03d}"
-    finals = (image_path(root, name), label_path(root, name))
+    finals = output_paths(root, name)
     temporaries = tuple(temporary_name(root, final) for final in finals)
     write_volume(result.volume, temporaries[0], metadata=metadata)
     write_volume(result.volume.with_array(label_array), temporaries[1], metadata=metadata)
+    write_volume(result.synthetic_mask, temporaries[2], metadata=metadata)
     existing = [] if labels is None else sorted(int(v) for v in np.unique(result.moved_labels.array) if v)
     row = {
-        "status": "ok", "image": finals[0].relative_to(root).as_posix(), "label": finals[1].relative_to(root).as_posix(),
+        "status": "ok", **{key: final.relative_to(root).as_posix() for key, final in zip(OUTPUT_FILES, finals)},
+        **{f"{key}_sha256": file_sha256(temporary) for key, temporary in zip(OUTPUT_FILES, temporaries)},
         "preset": result.report["preset"], "modality": result.report["modality"],
         "specs": to_json([s.as_dict() for s in result.specs], separators=(",", ":")),
         "lesion_ml": to_json([lesion["volume_ml"] for lesion in result.report["lesions"]]),
         "label_ids": to_json(existing),
-        "image_sha256": file_sha256(temporaries[0]), "label_sha256": file_sha256(temporaries[1]),
         "warnings": list(result.report["warnings"]),  # for the command line's stderr; not a manifest column
     }
     return row, list(zip(temporaries, finals))

@@ -82,11 +82,11 @@ def uncertainty_features(good: np.ndarray, plan: FillPlan, values: np.ndarray, m
 FLOOR = 1e-3
 
 
-def _pattern(plan: FillPlan, rows: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _pattern(plan: FillPlan, rows: int, separation: int = 5) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(good rows, target rows) that repeat the plan's gaps along ``rows`` calibration rows.
 
     A regular grid (upsampling by k) keeps every k-th row; isolated gaps and slabs (a fill) remove runs of the
-    same lengths, separated by :data:`SEPARATION` good rows, cycling through the gap widths present.
+    same lengths, separated by ``separation`` good rows (:data:`SEPARATION`), cycling through the gap widths.
     """
     gaps = np.unique(np.maximum(np.round(plan.gaps).astype(int), 2))
     spacing = np.diff(plan.positions)
@@ -100,13 +100,13 @@ def _pattern(plan: FillPlan, rows: int) -> Optional[tuple[np.ndarray, np.ndarray
         targets = np.setdiff1d(np.arange(good[0], good[-1] + 1), good)
         return good, targets
     targets: list[int] = []
-    row, cycle = SEPARATION, 0
+    row, cycle = separation, 0
     while True:
         run = int(gaps[cycle % len(gaps)]) - 1
-        if row + run + SEPARATION > rows:
+        if row + run + separation > rows:
             break
         targets.extend(range(row, row + run))
-        row += run + SEPARATION
+        row += run + separation
         cycle += 1
     if not targets:
         return None
@@ -151,7 +151,7 @@ def _isotonic_map(predicted: np.ndarray, squared_error: np.ndarray) -> tuple[np.
     chunks = np.array_split(order, min(BINS, max(1, len(order) // 200)))
     knots = np.array([np.median(predicted[c]) for c in chunks])
     rms = np.sqrt(np.array([np.mean(squared_error[c]) for c in chunks]))
-    return knots, np.maximum.accumulate(rms)
+    return knots, np.maximum.accumulate(np.maximum(rms, FLOOR))  # never 0: a made voxel is never certain
 
 
 class Calibration:
@@ -198,26 +198,31 @@ def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_
     Returns the calibration and its report (fit and held-out figures).
     """
     features, errors, halves = [], [], []
-    for stack in _calibration_stacks(good, row_steps):
-        check_cancel(cancel)
-        pattern = _pattern(plan, len(stack))
-        if pattern is None:
-            continue
-        rows, targets = pattern
-        problem = make_plan(rows.astype(np.float64), targets.astype(np.float64))
-        answer = np.asarray(run_method(stack[rows], problem), np.float32)
-        truth = stack[targets]
-        tissue = np.maximum(truth, answer) > foreground
-        if not tissue.any():
-            continue
-        f = uncertainty_features(stack[rows], problem, answer, method)
-        features.append(f[:, tissue].T)
-        errors.append((answer - truth)[tissue])
-        halves.append(np.broadcast_to((np.arange(len(targets)) % 2 == 1)[:, None, None], truth.shape)[tissue])
+    # short stacks (a small volume, rows thinned to thick slices): closer runs, then unthinned rows
+    for steps, separation in ((row_steps, SEPARATION), (row_steps, 2), ((1, 1), 2)):
+        for stack in _calibration_stacks(good, steps):
+            check_cancel(cancel)
+            pattern = _pattern(plan, len(stack), separation)
+            if pattern is None:
+                continue
+            rows, targets = pattern
+            problem = make_plan(rows.astype(np.float64), targets.astype(np.float64))
+            answer = np.asarray(run_method(stack[rows], problem), np.float32)
+            truth = stack[targets]
+            tissue = np.maximum(truth, answer) > foreground
+            if not tissue.any():
+                continue
+            f = uncertainty_features(stack[rows], problem, answer, method)
+            features.append(f[:, tissue].T)
+            errors.append((answer - truth)[tissue])
+            halves.append(np.broadcast_to((np.arange(len(targets)) % 2 == 1)[:, None, None], truth.shape)[tissue])
+        if errors:
+            row_steps = steps
+            break
     if not errors:
         width = _design(np.zeros((1, len(FEATURES) + 1))).shape[1]
         return Calibration(np.zeros(width), np.array([0.0]), np.array([0.0]), scale), {
-            "calibrated": False, "reason": "no tissue on the calibration rows"}
+            "calibrated": False, "reason": "too few acquired rows with tissue to calibrate on"}
     features_all, error_all, held = np.concatenate(features), np.concatenate(errors), np.concatenate(halves)
     half = Calibration.fit(features_all[~held], error_all[~held]) if held.any() and (~held).any() else None
     final = Calibration.fit(features_all, error_all)
