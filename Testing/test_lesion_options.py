@@ -102,13 +102,16 @@ def test_default_region_follows_the_preset_or_the_modality_default():
     assert LesionOptions(centres=[(0, 0, 0)]).region_tissue("MR") is None  # given centres: no region to check
 
 
-def test_preset_auto_draws_the_modality_default(head):
+def test_preset_auto_draws_the_default_of_the_modality_and_body_part(head):
+    from MedSynthLib.tasks.lesion import auto_preset
+
     chest = ct_chest((24, 48, 48))
     for volume in (head, chest):
         modality = "CT" if volume is chest else "MR"
+        expected = auto_preset(volume, modality)[0]
         auto = insert_lesions(volume, count=1, preset="auto", size_mm=6.0, seed=2)
-        named = insert_lesions(volume, count=1, preset=default_preset(modality), size_mm=6.0, seed=2)
-        assert auto.report["preset"] == default_preset(modality) and auto.report["modality"] == modality
+        named = insert_lesions(volume, count=1, preset=expected, size_mm=6.0, seed=2)
+        assert auto.report["preset"] == expected and auto.report["modality"] == modality
         assert np.array_equal(auto.volume.array, named.volume.array)
         assert auto.report["region"] == "auto"
 

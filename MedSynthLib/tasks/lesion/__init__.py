@@ -16,7 +16,7 @@ from ..._lazy import lazy_exports
 #: Public name -> private module (imported on first use: the options, presets and defaults load without
 #: torch or scipy, for the Slicer panel and the CLI's choices).
 _EXPORTS = {
-    **dict.fromkeys(("LesionOptions", "MODALITIES", "DEFAULT_PRESETS", "BODY_PARTS", "default_preset",
+    **dict.fromkeys(("LesionOptions", "MODALITIES", "DEFAULT_PRESETS", "BODY_PARTS", "default_preset", "auto_preset",
                      "default_region"), "_options"),
     **dict.fromkeys(("PRESETS", "Preset", "REGIONS", "list_presets"), "_presets"),
     **dict.fromkeys(("LesionSpec", "CONTRAST_MODES"), "_specs"),

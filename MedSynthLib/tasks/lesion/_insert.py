@@ -42,7 +42,7 @@ from ...provenance import changed_provenance, provenance_summary
 from ...reports import to_json
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._compose import Composite, render_lesions, valid_range
-from ._options import LesionOptions, default_preset
+from ._options import LesionOptions, auto_preset
 from ._presets import PRESETS, Preset
 from ._region import find_tissue
 from ._report import describe_lesions
@@ -108,7 +108,8 @@ def _prepare(volume: Volume, options: LesionOptions) -> tuple[LesionOptions, Any
 
         select_device(options.device)
     modality = options.modality or guess_modality(volume)
-    preset = default_preset(modality) if options.preset == "auto" else options.preset
+    # "auto": by modality and by the body part the voxels show (a brain, lungs, a liver...)
+    preset = auto_preset(volume, modality)[0] if options.preset == "auto" else options.preset
     if preset is not None:
         modality = _check_modality(volume, PRESETS[preset], options.modality)
     changes: dict[str, Any] = {"preset": preset, "modality": modality,
@@ -234,8 +235,8 @@ def insert_lesions(volume: Volume, options: Optional[LesionOptions] = None, /, *
             (:func:`default_region`: the preset's tissue, white matter on MR, lungs on CT) or a tissue
             (``"lung"``...). With explicit centres, a region is checked: a centre outside it is an error.
         preset : str
-            A name from :data:`PRESETS`, or ``"auto"`` (:func:`default_preset` of the modality); checks the
-            modality of ``volume``. None: the :class:`LesionSpec` defaults.
+            A name from :data:`PRESETS`, or ``"auto"`` (:func:`auto_preset`: the default of the modality and of
+            the body part the voxels show); checks the modality of ``volume``. None: the :class:`LesionSpec` defaults.
         seed : int
             Seed for every random draw; same inputs and seed give bit-identical outputs.
         size_mm (or size), contrast : float
