@@ -162,3 +162,20 @@ def test_cli_refuses_a_mask_named_like_another_file_before_any_work(tmp_path, ca
         code, err = run_cli(capsys, "fill", source, out, "--slices", "3", flag, other)
         assert code == 2 and ("would overwrite" in one_line(err) or "same file" in err)
         assert not out.exists()
+
+
+def test_calibration_holds_out_acquired_slices_like_the_gaps_and_away_from_them():
+    from MedSynthLib.tasks.fill._interp import make_plan
+    from MedSynthLib.tasks.fill._uncertainty import held_out_slices
+
+    missing = [30, 31, 60]  # a slab of two and a single slice in 100
+    good = np.array([i for i in range(100) if i not in missing], float)
+    plan = make_plan(good, np.array(missing, float))
+    kept, held = held_out_slices(plan)
+    positions = good[held]
+    assert len(held) >= 8 and np.setdiff1d(np.arange(len(good)), kept).tolist() == held.tolist()
+    assert all(min(abs(p - m) for m in missing) >= 3 for p in positions)  # away from the real gaps
+    runs = np.split(positions, np.nonzero(np.diff(positions) > 1)[0] + 1)
+    assert {len(r) for r in runs} == {1, 2}  # the gaps' widths, repeated
+    regular = make_plan(np.arange(0, 40, 2.0), np.arange(1, 39, 2.0))
+    assert held_out_slices(regular) is None  # an upsampling has no acquired slice to spare

@@ -1,9 +1,10 @@
 """How far a synthesised voxel can be trusted: a per-voxel standard deviation, calibrated on the volume itself.
 
 Why this way. A fill or upsampling answers "what lies between these slices"; the scan holds the same question
-with a known answer in its own planes: rows of an acquired slice removed with the same gap pattern (runs of
-missing rows for a fill, every k-th row kept for an upsampling, rows first thinned to the through-plane step in
-mm) are answered by the same method, and their error is measured. That error is explained by a variance model
+with a known answer: acquired slices held out through-plane with the fill's gap widths (fills), and rows of
+acquired slices removed in-plane with the same gap pattern (runs of missing rows for a fill, every k-th row kept
+for an upsampling, rows first thinned to the through-plane step in mm) are answered by the same method, and
+their error is measured. That error is explained by a variance model
 over what every method has at every voxel:
 
 * ``bridge``: how different the two bounding good slices are there (``|b - a|``), weighted by the distance to the
@@ -188,9 +189,62 @@ def _agreement(sigma: np.ndarray, error: np.ndarray) -> dict:
             "spearman": None if rho is None or not np.isfinite(rho) else round(rho, 4)}
 
 
+def held_out_slices(plan: FillPlan, *, separation: int = 3, limit: int = 24) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(kept, held out) indices into the good slices: acquired slices removed through-plane with the fill's gap
+    widths, :data:`SEPARATION` good slices from the real gaps and from each other, in the middle 80 % of the
+    stack; None for a regular grid (an upsampling has no acquired slice to spare between its gaps)."""
+    spacing = np.diff(plan.positions)
+    if len(spacing) == 0 or (np.allclose(spacing, spacing[0]) and spacing[0] > 1.0 + 1e-6):
+        return None
+    gaps = np.unique(np.maximum(np.round(plan.gaps).astype(int), 2))
+    count = len(plan.positions)
+    near_gap = np.zeros(count, bool)
+    for lower in np.unique(plan.lower):  # good slices bounding a real gap, and their neighbours
+        near_gap[max(0, lower - separation + 1): lower + separation + 1] = True
+    held: list[int] = []
+    index, cycle = max(separation, int(0.1 * count)), 0
+    while index < min(count - separation, int(0.9 * count)) and len(held) < limit:
+        run = int(gaps[cycle % len(gaps)]) - 1
+        block = range(index, index + run)
+        if index + run + separation <= count and not near_gap[max(0, index - 1): index + run + 1].any() and \
+                np.allclose(np.diff(plan.positions[index - 1: index + run + 1]), 1.0):
+            held.extend(block)
+            index += run + separation
+            cycle += 1
+        else:
+            index += 1
+    if not held:
+        return None
+    held_array = np.array(held)
+    return np.setdiff1d(np.arange(count), held_array), held_array
+
+
+def _problems(good: np.ndarray, plan: FillPlan, row_steps: tuple[int, int]):
+    """The calibration problems, as (good slices, plan, truth) with the fill's gap pattern: acquired slices held
+    out through-plane (fills: the same problem at other places) and in-plane rows of reformatted planes
+    (both; upsampling: rows only, thinned to the through-plane step)."""
+    through = held_out_slices(plan)
+    if through is not None:
+        kept, held = through
+        yield good[kept], make_plan(plan.positions[kept], plan.positions[held]), good[held]
+    # short stacks (a small volume, rows thinned to thick slices): closer runs, then unthinned rows
+    for steps, separation in ((row_steps, SEPARATION), (row_steps, 2), ((1, 1), 2)):
+        found = False
+        for stack in _calibration_stacks(good, steps):
+            pattern = _pattern(plan, len(stack), separation)
+            if pattern is None:
+                continue
+            rows, targets = pattern
+            found = True
+            yield stack[rows], make_plan(rows.astype(np.float64), targets.astype(np.float64)), stack[targets]
+        if found:
+            return
+
+
 def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_steps: tuple[int, int],
               foreground: float, scale: float = 1.0, cancel: Optional[CancelToken] = None) -> tuple[Calibration, dict]:
-    """Fit the uncertainty of ``method`` on held-out in-plane rows of ``good`` (G, H, W, normalised).
+    """Fit the uncertainty of ``method`` on held-out data of ``good`` (G, H, W, normalised): acquired slices held
+    out through-plane with the fill's gap pattern, and in-plane rows (:func:`_problems`).
 
     ``run_method(good, plan) -> (Q, H, W)`` answers a calibration problem with the method (or its base);
     ``foreground``: the normalised intensity above which a voxel is tissue (the fit and the figures use tissue
@@ -198,27 +252,15 @@ def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_
     Returns the calibration and its report (fit and held-out figures).
     """
     features, errors, halves = [], [], []
-    # short stacks (a small volume, rows thinned to thick slices): closer runs, then unthinned rows
-    for steps, separation in ((row_steps, SEPARATION), (row_steps, 2), ((1, 1), 2)):
-        for stack in _calibration_stacks(good, steps):
-            check_cancel(cancel)
-            pattern = _pattern(plan, len(stack), separation)
-            if pattern is None:
-                continue
-            rows, targets = pattern
-            problem = make_plan(rows.astype(np.float64), targets.astype(np.float64))
-            answer = np.asarray(run_method(stack[rows], problem), np.float32)
-            truth = stack[targets]
-            tissue = np.maximum(truth, answer) > foreground
-            if not tissue.any():
-                continue
-            f = uncertainty_features(stack[rows], problem, answer, method)
-            features.append(f[:, tissue].T)
-            errors.append((answer - truth)[tissue])
-            halves.append(np.broadcast_to((np.arange(len(targets)) % 2 == 1)[:, None, None], truth.shape)[tissue])
-        if errors:
-            row_steps = steps
-            break
+    for number, (kept, problem, truth) in enumerate(_problems(good, plan, row_steps)):
+        check_cancel(cancel)
+        answer = np.asarray(run_method(kept, problem), np.float32)
+        tissue = np.maximum(truth, answer) > foreground
+        if not tissue.any():
+            continue
+        features.append(uncertainty_features(kept, problem, answer, method)[:, tissue].T)
+        errors.append((answer - truth)[tissue])
+        halves.append(np.broadcast_to((np.arange(len(truth)) % 2 == 1)[:, None, None], truth.shape)[tissue])
     if not errors:
         width = _design(np.zeros((1, len(FEATURES) + 1))).shape[1]
         return Calibration(np.zeros(width), np.array([0.0]), np.array([0.0]), scale), {
@@ -227,7 +269,8 @@ def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_
     half = Calibration.fit(features_all[~held], error_all[~held]) if held.any() and (~held).any() else None
     final = Calibration.fit(features_all, error_all)
     final.scale = float(scale)
-    figures = {"calibrated": True, "rows_from": "in-plane rows of acquired slices, the gap pattern repeated",
+    figures = {"calibrated": True, "calibrated_on": "acquired slices held out through-plane (fills) and in-plane rows "
+                                                    "of acquired slices, the gap pattern repeated",
                "row_step_px": list(row_steps), "model": f"log-error regression on {len(FEATURES)} features and their pairwise products, isotonic map to the RMS error in {len(final.knots)} bins"}
     if half is not None:
         figures["held_out"] = _agreement(half.sigma(features_all[held]), error_all[held])
