@@ -160,3 +160,24 @@ def test_regions_on_the_real_corpus(shared_data):
     assert 1000 < find_tissue(atlas, "brain-ct").describe(atlas)["volume_ml"] < 1500
     breast = read_volume(shared_data / "mr_breast_pyradiomics_breast1.nii.gz")
     assert auto_preset(breast, "MR") == ("mr-breast-mass", "breast")
+
+
+def test_lesions_drawn_too_small_for_a_coarse_grid_are_drawn_again():
+    """The ASL M0 of the corpus (4 x 3.9 x 6 mm): mr-wmh drew 4.3 mm, which no voxel holds half of, and the run
+    failed ('too small for this grid'); now draws below two voxels' volume are drawn again within the range."""
+    from MedSynthLib.tasks.lesion._specs import grid_smallest_mm
+
+    rng = np.random.default_rng(0)
+    volume = Volume((600.0 + rng.normal(0, 10, (16, 40, 40))).astype(np.float32),
+                    oblique_matrix(spacing=(4.0, 3.9, 6.0)))
+    region = np.zeros(volume.array.shape, dtype=bool)
+    region[3:-3, 8:-8, 8:-8] = True
+    smallest = grid_smallest_mm(volume)
+    assert 7.0 < smallest < 7.3
+    redrawn = 0
+    for seed in range(6):
+        result = insert_lesions(volume, count=2, preset="mr-wmh", region=region, seed=seed, label_mode="instances")
+        assert all(s.diameter_mm >= smallest for s in result.specs)
+        assert set(np.unique(result.labels.array)) == {0, 1, 2}
+        redrawn += sum("drawn again" in w for w in result.report["warnings"])
+    assert redrawn > 0

@@ -194,6 +194,41 @@ def _shrinker(resolved: list, needs_placing: list[int], extents: list[float], lo
     return shrink
 
 
+#: A drawn lesion must hold at least this many voxels' volume (fewer: no voxel may be half inside it).
+GRID_MIN_VOXELS = 2.0
+
+
+def grid_smallest_mm(volume: Volume) -> float:
+    """Diameter (mm) of the sphere of ``GRID_MIN_VOXELS`` voxels' volume: the smallest lesion this grid holds."""
+    return float((6.0 / np.pi * GRID_MIN_VOXELS * float(np.prod(volume.spacing))) ** (1.0 / 3.0))
+
+
+def _fit_grid(resolved: list, preset: Preset, volume: Volume) -> tuple[list, list[str]]:
+    """Lesions drawn from ``preset`` smaller than the grid can hold (``GRID_MIN_VOXELS`` voxels: a 4 x 4 x 6 mm
+    ASL grid cannot show a 4 mm white-matter focus) drawn again, log-uniformly, within the preset's range above
+    that size (deterministic from each lesion's seed); unchanged where the preset's largest is below it (the error
+    then names the grid). Returns the specs and a note per redrawn lesion."""
+    span = preset.ranges.get("diameter_mm")
+    if not isinstance(span, tuple) or len(span) != 2:
+        return resolved, []
+    smallest = grid_smallest_mm(volume)
+    low, high = max(float(span[0]), smallest), float(span[1])
+    if low > high:
+        return resolved, []
+    out, notes = [], []
+    for number, spec in enumerate(resolved, start=1):
+        if spec.centre_ras is None and spec.diameter_mm < smallest:
+            rng = np.random.default_rng([int(spec.seed), 13])
+            diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            notes.append(f"lesion {number}: drawn {spec.diameter_mm:.1f} mm is below what this grid holds "
+                         f"({smallest:.1f} mm: {GRID_MIN_VOXELS:g} voxels of {np.prod(volume.spacing):.0f} mm^3); "
+                         f"drawn again within the preset's range: {diameter:.1f} mm")
+            spec = dataclasses.replace(spec, diameter_mm=diameter,
+                                       mass_effect_mm=min(spec.mass_effect_mm, 0.4 * diameter))
+        out.append(spec)
+    return out, notes
+
+
 def resolve_specs(volume: Volume, options: Any, *, mask: Optional[np.ndarray],
                   rng: np.random.Generator, region_name: str = "region") -> ResolvedLesions:
     """Draw, place and check every lesion of ``options`` (a :class:`~._options.LesionOptions` whose preset and
@@ -213,18 +248,23 @@ def resolve_specs(volume: Volume, options: Any, *, mask: Optional[np.ndarray],
     else:
         drawn = draw_specs(preset, rng, options.count, options.size_mm, options.contrast, learned=learned)
         resolved = [s.validate() for s in drawn]
+    grid_notes = []
+    if preset is not None and options.specs is None and options.size_mm is None:
+        resolved, grid_notes = _fit_grid(resolved, preset, volume)
     needs_placing = [i for i, s in enumerate(resolved) if s.centre_ras is None]
     if needs_placing:
         extents = [shape_for(resolved[i], np.zeros(3), model).extent(grow=resolved[i].oedema_mm)
                    for i in needs_placing]
         low = None if preset is None or options.size_mm is not None or options.specs is not None \
             else float(preset.ranges.get("diameter_mm", (None,))[0] or 0) or None
+        if low is not None:  # shrinking stops at what the grid holds too (when the preset's range reaches it)
+            low = max(low, min(grid_smallest_mm(volume), float(preset.ranges["diameter_mm"][1])))
         shrink = None if low is None else _shrinker(resolved, needs_placing, extents, low, model)
         placed = place_centres(mask, volume, extents, rng, min_spacing_mm=options.min_spacing_mm, shrink=shrink,
                                name=region_name)
         for i, point in zip(needs_placing, placed):
             resolved[i] = dataclasses.replace(resolved[i], centre_ras=tuple(float(x) for x in point))
-    shapes, warnings = [], []
+    shapes, warnings = [], list(grid_notes)
     for number, spec in enumerate(resolved, start=1):
         shape = shape_for(spec, np.asarray(spec.centre_ras), model)
         check_inside(volume, spec, shape, number, mask if number - 1 not in needs_placing else None)
