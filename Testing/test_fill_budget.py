@@ -83,6 +83,27 @@ def test_auto_hands_over_when_selfsup_is_cut_without_gain(monkeypatch):
     assert report["selfsup"]["inference_skipped"] and report["selfsup"]["inference_seconds"] == 0
 
 
+def test_auto_does_not_start_a_training_the_measured_inference_leaves_no_room_for(monkeypatch):
+    """The plan's constants said selfsup fits; the inference measured on this machine leaves fewer steps than
+    are worth keeping even at an idle machine's pace: training is not started (not merely cut) and auto hands
+    over at once."""
+    from MedSynthLib.tasks.fill import _auto, _selfsup
+
+    monkeypatch.setattr(_auto, "_affordable_steps", lambda job, target, settings: (100000, 100000))
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started although it could not be kept")
+
+    monkeypatch.setattr(_selfsup, "train", never)
+    volume = moving_disc(count=13, size=48)
+    result = fill_slices(volume, slices=[6], method="auto", device="cpu", time_budget=1.0)
+    summary = result.report["selfsup"]
+    assert result.report["method"] in ("model", "flow") and summary["steps"] == 0
+    assert "fewer than are worth keeping" in summary["training_skipped"] and summary["inference_skipped"]
+    assert "selfsup was not started" in result.report["method_reason"]
+    json.dumps(result.report, allow_nan=False)
+
+
 def test_auto_default_budget_grows_with_the_work_and_is_reported():
     from MedSynthLib.tasks.fill._auto import default_budget_seconds
 

@@ -112,8 +112,9 @@ def _affordable_steps(job: FillJob, target, settings: Optional[dict]) -> tuple[i
     """(steps that fit the remaining budget at the load measured now, steps planned)."""
     from ._selfsup import cost_estimate
 
+    thick = job.profile is not None and bool(job.profile.get("thick"))
     per_step, inference, planned = cost_estimate(job.good, job.plan, device=target, settings=settings,
-                                                 idle_cores=job.idle)
+                                                 idle_cores=job.idle, deblur=thick)
     if job.budget.seconds is None:
         return planned, planned
     left = job.budget.remaining() - 1.2 * inference - 2.0
@@ -244,9 +245,13 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
     if not summary["inference_skipped"]:  # worth_keeping accepted the training
         return done
     base = _base(summary)
-    fallback, why = fast_method(job, f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} "
-                                     f"(useful from {MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB "
-                                     f"over its {base} base on held-out pairs")
+    if summary.get("training_skipped"):
+        dropped = f"selfsup was not started: {summary['training_skipped']} (useful from {MIN_USEFUL_STEPS[base]})"
+    else:
+        dropped = (f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} (useful from "
+                   f"{MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB over its {base} base on "
+                   "held-out pairs")
+    fallback, why = fast_method(job, dropped)
     job.budget.cut(f"selfsup result dropped: handed over to {fallback}")
     after = synthesise(job, fallback, requested=fallback, progress=progress, cancel=cancel)
     warnings = done.details.get("warnings", []) + after.details.get("warnings", [])

@@ -38,6 +38,8 @@ Details:
 
 from __future__ import annotations
 
+import math
+
 import logging
 import time
 from typing import Callable, Optional
@@ -194,16 +196,21 @@ def _flips(cfg: dict, good: np.ndarray, plan: FillPlan) -> int:
 
 
 def cost_estimate(good: np.ndarray, plan: FillPlan, *, device: torch.device, settings: Optional[dict] = None,
-                  idle_cores: float = 2.0) -> tuple[float, float, int]:
+                  idle_cores: float = 2.0, deblur: bool = False) -> tuple[float, float, int]:
     """(seconds per training step, seconds of one inference pass, steps planned) at the load given.
 
     The CPU constants are for 2 idle cores; with none idle one thread ran a step 2.2x slower (73 against
-    33 ms), so fewer idle cores stretch both; a GPU divides them by :data:`_GPU_SPEEDUP`.
+    33 ms), so fewer idle cores stretch both; a GPU divides them by :data:`_GPU_SPEEDUP`. ``deblur`` (thick
+    slices, the acquired slices rewritten): the inference covers the whole grid, not the gaps alone.
     """
     cfg = training_plan(device, settings)
     slowdown = 1.0 / _GPU_SPEEDUP if device.type != "cpu" else max(1.0, 2.0 / max(idle_cores, 1.0))
     per_step = _CPU_STEP_S[cfg["precision"]] * slowdown
-    inference = _inference_voxels(good, plan, cfg["margin"]) * _CPU_VOXEL_S * slowdown
+    if deblur and bool(cfg.get("deblur", True)):
+        voxels = 2 * (int(round(plan.positions[-1])) + 1) * good.shape[1] * good.shape[2]
+    else:
+        voxels = _inference_voxels(good, plan, cfg["margin"])
+    inference = voxels * _CPU_VOXEL_S * slowdown
     return per_step, inference, int(cfg["steps"])
 
 
@@ -289,6 +296,15 @@ def _fit_budget(cfg: dict, network, grid: np.ndarray, good: np.ndarray, plan: Fi
                            if n == 1 or (roomy and (n - 1) * once <= FLIP_SHARE * (left - n * once)))
     reserve = 1.0 + 0.05 * left + int(cfg["flips"]) * once * 1.5  # inference, and 50 % slack for it
     return time.monotonic() + max(0.0, left - reserve)
+
+
+def _most_steps(cfg: dict, deadline: Optional[float], device: torch.device) -> Optional[int]:
+    """The most training steps that fit before ``deadline`` at an idle machine's measured pace (None: no
+    deadline): an upper bound, so a training is skipped only when it surely cannot be long enough."""
+    if deadline is None:
+        return None
+    per_step = _CPU_STEP_S[cfg["precision"]] / (_GPU_SPEEDUP if device.type != "cpu" else 1.0)
+    return max(0, int((deadline - time.monotonic()) / per_step))
 
 
 def _infer(network, grid: np.ndarray, keep: np.ndarray, plan: FillPlan, *, cfg: dict, device: torch.device,
@@ -381,25 +397,38 @@ def selfsup_fill(
     cfg["grid_ratio"] = tuple(float(r) for r in grid_ratio)
     grid, keep = _output_grid(good, plan, spline=profile is not None)
     start = time.perf_counter()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        torch.manual_seed(seed)
-        # Channels-last activations: about 25 % faster convolutions on a CPU (oneDNN), same results up to rounding.
-        network = _network(cfg["features"]).to(target_device, memory_format=torch.channels_last)
-        deadline = _fit_budget(cfg, network, grid, good, plan, device=target_device, budget=budget)
-        sampler = PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], np.random.default_rng(seed),
-                               grid_ratio=grid_ratio, profile=profile, deblur=deblur)
-        network, summary = train(sampler, network, device=target_device, seed=seed, cfg=cfg, deadline=deadline,
-                                 progress=subrange(progress, 0.0, 0.8), cancel=cancel)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    torch.manual_seed(seed)
+    # Channels-last activations: about 25 % faster convolutions on a CPU (oneDNN), same results up to rounding.
+    network = _network(cfg["features"]).to(target_device, memory_format=torch.channels_last)
+    deadline = _fit_budget(cfg, network, grid, good, plan, device=target_device, budget=budget)
+    profile_px = None if profile is None else [round(float(p), 3) for p in profile]
+    possible = _most_steps(cfg, deadline, target_device)
+    if accept is not None and possible is not None and not accept(
+            {"steps": possible, "steps_planned": int(cfg["steps"]), "stopped_early": possible < int(cfg["steps"]),
+             "held_out_gain_db": math.inf, "slice_profile_px": profile_px}):
+        # even at an idle machine's pace and with any gain, the steps left after the measured inference would be
+        # thrown away: do not start (on a whole CT the training pairs and the deterministic mode's imports took
+        # 20 s, for nothing)
+        summary = {"steps_planned": int(cfg["steps"]), "steps": 0, "best_step": 0, "losses": [],
+                   "stopped_early": True, "workers": int(cfg["workers"]), "held_out_mse_base": None,
+                   "held_out_mse": None, "held_out_gain_db": 0.0,
+                   "training_skipped": f"at most {possible} steps fit the budget left after the measured "
+                                       "inference, fewer than are worth keeping"}
+    else:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            sampler = PatchSampler(good, keep, cfg["patch"], cfg["foreground_share"], np.random.default_rng(seed),
+                                   grid_ratio=grid_ratio, profile=profile, deblur=deblur)
+            network, summary = train(sampler, network, device=target_device, seed=seed, cfg=cfg, deadline=deadline,
+                                     progress=subrange(progress, 0.0, 0.8), cancel=cancel)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
     train_seconds = time.perf_counter() - start
     engine = EngineReport()
     if summary["stopped_early"] and budget is not None:
         budget.cut(f"selfsup training: {summary['steps']} of {summary['steps_planned']} steps "
                    f"(best on held-out pairs at step {summary['best_step']})")
-    profile_px = None if profile is None else [round(float(p), 3) for p in profile]
     inferred = accept is None or accept({**summary, "slice_profile_px": profile_px})
     result = sharpened = None
     if inferred:
