@@ -24,7 +24,7 @@ __all__ = ["register", "demo_step"]
 
 #: The knobs each command offers as flags (choices, ranges, defaults and help from the options classes).
 _DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget")
-_BIAS_KNOBS = ("shrink", "output_dtype")
+_BIAS_KNOBS = ("shrink", "output_dtype", "time_budget")
 _ENHANCE_KNOBS = ("steps", "device", "seed", "time_budget")
 
 
@@ -148,7 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="corrected volume (same grid; voxel type: see --output-dtype)")
     parser.add_argument("--mask", metavar="MASK", help="fit the field inside this label map (default: Otsu foreground)")
     parser.add_argument("--field", metavar="FIELD_OUT", help="also write the multiplicative field (float32)")
-    add_option_args(parser, BiasOptions, _BIAS_KNOBS, metavars={"shrink": "N", "output_dtype": "auto|input|float32"})
+    add_option_args(parser, BiasOptions, _BIAS_KNOBS, metavars={"shrink": "N", "output_dtype": "auto|input|float32",
+                                                                 "time_budget": "SECONDS"})
     add_output_args(parser)
     parser.set_defaults(func=_run_bias)
 

@@ -21,8 +21,11 @@ def test_cli_denoise_bias_enhance(tmp_path, noisy_head):
     assert read_volume(out).array.shape == volume.array.shape
     assert json.loads((tmp_path / "r.json").read_text())["method"] == "aniso"
     field = tmp_path / "field.nrrd"
-    assert main(["-q", "bias", str(source), str(tmp_path / "b.nrrd"), "--field", str(field), "--shrink", "2"]) == 0
+    assert main(["-q", "bias", str(source), str(tmp_path / "b.nrrd"), "--field", str(field), "--shrink", "2",
+                 "--time-budget", "0.001", "--report", str(tmp_path / "b.json")]) == 0
     assert read_volume(field).array.dtype == np.float32
+    timed = json.loads((tmp_path / "b.json").read_text())["time_budget"]  # the flag reaches BiasOptions
+    assert timed["budget_s"] == 0.001 and not timed["default"] and "fitted at shrink 4" in timed["cut"][0]
     assert main(["-q", "enhance", str(source), str(tmp_path / "e.nii.gz"), "--steps", "bias,denoise:aniso"]) == 0
 
 

@@ -29,6 +29,8 @@ Methods of ``denoise(method=...)``:
 ``fusion``
     Training-free: block-matching collaborative filtering (the BM3D/BM4D scheme), a sliding-window 3D DCT filter
     of 8^3 blocks and non-local means, combined by convex SURE-fitted weights (no clean data). The CPU default.
+    On a whole scan the weights are fitted on probe boxes and only the components they need (and the time
+    budget allows) run on the whole volume.
     On anisotropic grids the blocks keep their voxel count and are shaped by the voxel size (2 x 6 x 6 for 4^3 on
     6.5 x 0.8 x 0.8 mm).
 ``dct``

@@ -88,8 +88,11 @@ def correct_bias(
     ----------
     volume : Volume
     options : BiasOptions, optional
-        ``shrink``, ``iterations``, ``control_points``, ``output_dtype`` (see :class:`BiasOptions`); keywords
-        build the same object (``correct_bias(volume, shrink=4)``), on top of ``options`` when both are given.
+        ``shrink``, ``iterations``, ``control_points``, ``time_budget``, ``output_dtype`` (see
+        :class:`BiasOptions`); keywords build the same object (``correct_bias(volume, shrink=4)``), on top of
+        ``options`` when both are given. ``time_budget`` (default 30 s + 2 s per million voxels): N4's pace is
+        measured on a few iterations first, and a fit that would overrun runs on a coarser shrink instead (the
+        report's ``shrink`` is what ran, ``time_budget`` says why).
     mask : ndarray or Volume, optional
         Where the field is fitted and the tissue CV measured (same grid). Default: an Otsu foreground.
         The correction is applied everywhere.

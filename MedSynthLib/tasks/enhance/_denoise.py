@@ -182,7 +182,7 @@ def denoise(
         volume, it skips its remaining components once the budget has run out (the first always runs). The
         self-supervised training stops early (its network so far) so that the rest of the run fits. The report's
         ``time_budget`` says what was cut. Unset: for ``auto``, :func:`~._options.default_budget_seconds`
-        (30 s + 10 s per million voxels); for a named method, no limit (reproducible).
+        (60 s + 8 s per million voxels); for a named method, no limit (reproducible).
     threads : int, optional
         Torch CPU threads for the network methods; default: the cores idle now
         (:func:`~MedSynthLib.budget.cpu_threads`), because threads fighting another job for busy cores run

@@ -35,12 +35,14 @@ _METHOD_HELP = ("auto (a model package if given, else selfsup on a GPU and fusio
                 "non-local means, SURE-weighted), dct (the fastest strong method), selfsup (fusion plus a network "
                 "trained on this volume), model (a trained package), nlm or aniso (the classical ones)")
 #: The default time budget of each task when none is given (seconds = base + per million voxels), as fill's grows
-#: with its slices. ``denoise``: applies to ``auto`` (an explicit method runs unbudgeted, reproducibly); about
-#: twice what the training-free fusion's probes and one block filter take on one loaded core (whole lung1 CT,
-#: 12.6 M voxels: 156 s; probes about 50 s, the sliding DCT about 30 s, the collaborative filter about 230 s, so
-#: that one is left out there and kept on a 3 M voxel head). ``bias``: N4 on the shrunk image takes a few
-#: seconds; the budget only matters on very large volumes, where the fit moves to a coarser shrink.
-DEFAULT_BUDGET = {"denoise": (30.0, 10.0), "bias": (30.0, 2.0)}
+#: with its slices. ``denoise``: applies to ``auto`` (an explicit method runs unbudgeted, reproducibly). Measured
+#: on one loaded core (2026-12-07): the fusion's probes take 17-32 s, the sliding DCT 4 us a voxel, the
+#: collaborative filter 13 us on an isotropic head and 19 us on lung1's 2 x 6 x 6 blocks, non-local means 9 us;
+#: ANTs' denoise_image about 6 us (CT) to 18 us (MR). At 60 s + 8 s per million voxels the collaborative
+#: filter fits on a 1.5 mm head (2.7 M voxels: 82 s) and is left out of the whole lung1 CT (12.6 M: 161 s, the
+#: DCT alone, below ANTs' time there). ``bias``: N4 on the shrunk image takes a few seconds; the budget only
+#: matters on very large volumes or a very busy machine, where the fit moves to a coarser shrink.
+DEFAULT_BUDGET = {"denoise": (60.0, 8.0), "bias": (30.0, 2.0)}
 
 
 def default_budget_seconds(task: str, voxels: int) -> float:
@@ -49,7 +51,7 @@ def default_budget_seconds(task: str, voxels: int) -> float:
     Examples
     --------
     >>> default_budget_seconds("denoise", 12_582_912)  # the whole lung1 CT, 512 x 512 x 48
-    155.8
+    160.7
     """
     base, per_million = DEFAULT_BUDGET[task]
     return round(base + per_million * voxels / 1e6, 1)
@@ -83,7 +85,7 @@ class DenoiseOptions(TaskOptions):
     time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock: the fusion computes on "
                                                "the whole volume only the components that fit it (measured on its "
                                                "probes) and the self-supervised training stops early (the report's "
-                                               "time_budget says what was cut); unset: for auto 30 s + 10 s per "
+                                               "time_budget says what was cut); unset: for auto 60 s + 8 s per "
                                                "million voxels, no limit for a named method", low_open=True)
     threads: Optional[int] = knob(None, low=1, high=4096, optional=True,
                                   help="torch CPU threads; unset: the cores idle now (threads fighting another job "
