@@ -26,7 +26,7 @@ from .volume import Volume
 
 __all__ = [
     "ACQUIRED", "SYNTHESISED", "REWRITTEN", "PROVENANCE_NAMES", "PROVENANCE_COLOURS",
-    "slice_provenance", "changed_provenance", "provenance_summary",
+    "slice_provenance", "changed_provenance", "combine_provenance", "provenance_summary",
 ]
 
 ACQUIRED = 0
@@ -63,6 +63,13 @@ def changed_provenance(before: Volume, after: Volume, *, where: Optional[np.ndar
         raise ValueError(f"a voxel edit keeps the grid: {before.array.shape} against {after.array.shape}")
     changed = np.asarray(where, bool) if where is not None else np.asarray(before.array != after.array)
     return Volume(np.where(changed, REWRITTEN, ACQUIRED).astype(np.uint8), after.ijk_to_ras.copy())
+
+
+def combine_provenance(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """Two masks of successive edits on one grid as one: synthesised stays synthesised, then the larger value
+    (a rewritten voxel of either edit is rewritten)."""
+    combined = np.maximum(earlier, later)
+    return np.where((earlier == SYNTHESISED) | (later == SYNTHESISED), SYNTHESISED, combined).astype(np.uint8)
 
 
 def provenance_summary(mask: Volume) -> dict:

@@ -179,3 +179,24 @@ def test_calibration_holds_out_acquired_slices_like_the_gaps_and_away_from_them(
     assert {len(r) for r in runs} == {1, 2}  # the gaps' widths, repeated
     regular = make_plan(np.arange(0, 40, 2.0), np.arange(1, 39, 2.0))
     assert held_out_slices(regular) is None  # an upsampling has no acquired slice to spare
+
+
+def test_enhance_pipeline_mask_carries_earlier_steps_through_an_upsampling(tmp_path, capsys):
+    from MedSynthLib.tasks.enhance import enhance
+
+    volume = make_phantom((9, 32, 36))
+    result = enhance(volume, steps="denoise:dct,upsample:2", device="cpu")
+    mask = result.synthetic_mask.array
+    assert mask.shape == result.volume.array.shape and np.allclose(result.synthetic_mask.ijk_to_ras,
+                                                                   result.volume.ijk_to_ras)
+    assert _slices_marked(mask, 0, SYNTHESISED) == list(range(1, 17, 2))  # the new slices
+    acquired = mask[::2]
+    assert set(np.unique(acquired)) <= {0, REWRITTEN} and (acquired == REWRITTEN).mean() > 0.5  # denoised voxels
+    source = tmp_path / "in.nrrd"
+    write_volume(volume, source)
+    code, err = run_cli(capsys, "denoise", source, tmp_path / "out.nrrd", "--method", "dct", "--synthetic-mask",
+                        tmp_path / "mask.nrrd")
+    assert code == 0, err
+    written = read_volume(tmp_path / "mask.nrrd").array
+    changed = read_volume(tmp_path / "out.nrrd").array != volume.array
+    assert np.array_equal(written == REWRITTEN, changed) and set(np.unique(written)) <= {0, REWRITTEN}

@@ -33,13 +33,20 @@ def _read_mask(path: Optional[str]) -> Optional[Volume]:
 
 
 def _write(outputs, volume: Volume, result, *, task: str) -> None:
-    """Stage the (library-checked) result with the field and the QC picture, move them into place, write the report."""
+    """Stage the (library-checked) result with the field, the synthesised-voxel mask and the QC picture, move them
+    into place, write the report."""
+    from ..provenance import changed_provenance
     from ..qc import save_qc_png
+
+    def made():  # what the task synthesised or rewrote: the pipeline says; a voxel step, the voxels it changed
+        found = getattr(result, "synthetic_mask", None)
+        return found if found is not None else changed_provenance(volume, result.volume)
 
     with outputs:
         outputs.stage_volume("OUTPUT", result.volume)
         if getattr(result, "field", None) is not None:
             outputs.stage_volume("--field", result.field)
+        outputs.stage_volume("--synthetic-mask", made)
         if result.volume.array.shape == volume.array.shape:
             outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task))
         else:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
+
 from ...budget import TimeBudget
 from ...checks import check_result
 from ...engine import select_device
 from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
-from ...volume import Volume, mask_on_grid, validate_volume
+from ...provenance import changed_provenance, combine_provenance
+from ...volume import Volume, array_axis, mask_on_grid, validate_volume
 from ..fill import UpsampleOptions
 from ._bias_task import BIAS_MARGIN, correct_bias
 from ._denoise import denoise
@@ -151,6 +154,7 @@ def enhance(
     field_volume: Optional[Volume] = None
     reports: list[dict] = []
     count = len(options.steps)
+    made = np.zeros(volume.array.shape, np.uint8)  # what the steps made (1) or rewrote (2), on the current grid
     for number, step in enumerate(options.steps):
         check_cancel(cancel)
         step_progress = subrange(progress, number / count, (number + 1) / count)
@@ -158,6 +162,7 @@ def enhance(
         outcome = _run_step(step, current, options, boolean_mask, budget, step_progress, cancel)
         if step.name == "bias":
             field_volume = outcome.field
+        made = _carry_provenance(made, current, outcome)
         current = outcome.volume
         reports.append({"step": step.label(), **outcome.report})
     check_cancel(cancel)
@@ -176,4 +181,24 @@ def enhance(
         "warnings": warnings,
     }
     report(progress, 1.0, "enhance done")
-    return EnhanceResult(volume=current, field=field_volume, steps=tuple(reports), report=result_report)
+    return EnhanceResult(volume=current, field=field_volume, steps=tuple(reports), report=result_report,
+                         synthetic_mask=Volume(made, current.ijk_to_ras.copy()))
+
+
+def _carry_provenance(made: np.ndarray, before: Volume, outcome: Any) -> np.ndarray:
+    """The pipeline's mask after one step: a voxel step marks what it changed as rewritten; an upsampling brings
+    the earlier mask along with the acquired slices (original ``i`` on the new grid where it lands) and adds its
+    own (new slices synthesised, deblurred ones rewritten)."""
+    new_mask = getattr(outcome, "synthetic_mask", None)
+    if new_mask is None:  # bias, denoise: same grid
+        return combine_provenance(made, changed_provenance(before, outcome.volume).array)
+    inner = outcome.report["fill_report"]
+    axis = array_axis(inner["axis"], before)
+    ratio = float(inner["factor"])
+    carried = np.zeros(new_mask.array.shape, np.uint8)
+    target, source = np.moveaxis(carried, axis, 0), np.moveaxis(made, axis, 0)
+    for index in range(source.shape[0]):
+        position = index * ratio
+        if abs(position - round(position)) < 1e-4 and round(position) < target.shape[0]:
+            target[int(round(position))] = source[index]
+    return combine_provenance(carried, new_mask.array)

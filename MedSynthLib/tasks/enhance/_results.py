@@ -46,20 +46,24 @@ class BiasResult:
 
 @dataclass(frozen=True)
 class SuperResolveResult:
-    """A volume upsampled through-plane (new slice spacing, same physical extent of the original slices)."""
+    """A volume upsampled through-plane (new slice spacing, same physical extent of the original slices), and its
+    synthesised-voxel mask (:mod:`~MedSynthLib.provenance`: 1 on the new slices, 2 on rewritten acquired ones)."""
 
     volume: Volume
     report: dict
+    synthetic_mask: Optional[Volume] = None
 
 
 @dataclass(frozen=True)
 class EnhanceResult:
-    """The output of a whole pipeline; ``field`` is the last bias step's field, if any."""
+    """The output of a whole pipeline; ``field`` is the last bias step's field, if any; ``synthetic_mask`` what
+    the steps together made (1) or rewrote (2) on the output grid (:mod:`~MedSynthLib.provenance`)."""
 
     volume: Volume
     field: Optional[Volume]
     steps: tuple[dict, ...]
     report: dict
+    synthetic_mask: Optional[Volume] = None
 
 
 def finish_volume(volume: Volume, values: np.ndarray, mask: Optional[np.ndarray], *, clip: bool = True) -> Volume:

@@ -50,4 +50,4 @@ def super_resolve(
         "seconds": round(time.perf_counter() - start, 3),
         "warnings": list(inner.get("warnings", [])),
     }
-    return SuperResolveResult(volume=result.volume, report=result_report)
+    return SuperResolveResult(volume=result.volume, report=result_report, synthetic_mask=result.synthetic_mask)
