@@ -17,24 +17,28 @@ outlined in yellow. Given a synthesised-voxel mask (:mod:`~MedSynthLib.provenanc
 outline its synthesised voxels in magenta and its rewritten ones in amber; given an uncertainty (fill and
 upsample), a fourth panel shows its standard deviation (black to white, scale in the title). Panels are scaled to square millimetres, about 256 px each,
 oriented as a radiologist reads them (:func:`_radiological`).
+
+Synthetic lesions get their own picture, :func:`lesion_qc_picture`: one tile per lesion (the first
+:data:`MAX_LESION_TILES`), axial, coronal and sagittal through its centre, before and after with the labels
+outlined, its kind, tissue and volume in the tile's caption. The drawing kernel (window, panels, outlines,
+layout) is the private :mod:`~MedSynthLib._qc_draw`, shared by both pictures.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import permutations
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ._qc_draw import _compose, _diverging, _grey, _panel, _provenance_outlines, _window
+from .errors import InputError, check_whole_number
 from .volume import AXIS_NAMES, Volume
 
-__all__ = ["qc_picture", "save_qc_png", "most_changed_slice", "display_plane"]
+__all__ = ["qc_picture", "save_qc_png", "lesion_qc_picture", "LesionQC", "most_changed_slice", "display_plane"]
 
-_PANEL = 256  # longest side of a panel, px
-_GAP, _TITLE, _HEADER, _BAR = 8, 22, 28, 14
-_OUTLINE = (255, 215, 0)
-_BACKGROUND = (24, 24, 24)
-_TEXT = (235, 235, 235)
 _VIEWS = ("sagittal", "coronal", "axial")  # the plane whose normal is R, A, S
 
 
@@ -94,81 +98,6 @@ def _on_grid(before: Volume, after: Volume) -> np.ndarray:
     return before.array[np.ix_(*index)]
 
 
-def _window(array: np.ndarray, edited: Optional[np.ndarray]) -> tuple[float, float]:
-    """1st-99.5th percentile grey window of the voxels outside ``edited`` (all voxels when that leaves too few)."""
-    values = array if edited is None or edited.mean() > 0.9 else array[~edited]
-    values = values.ravel()[:: max(1, values.size // 2_000_000)].astype(np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(values, [1, 99.5])
-    return float(low), float(high) if high > low else float(low) + 1.0
-
-
-def _diverging(difference: np.ndarray, limit: float) -> np.ndarray:
-    """RGB floats in [0, 1]: blue for negative, white for zero, red for positive, saturating at ``limit``."""
-    t = np.clip(difference / max(limit, 1e-12), -1, 1)[..., None]
-    white = np.ones(3)
-    red, blue = np.array([0.75, 0.05, 0.1]), np.array([0.1, 0.25, 0.8])
-    return np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _panel(rgb: np.ndarray, spacing: tuple[float, float], outline, colour=_OUTLINE):
-    """A PIL image of ``rgb`` (rows, cols, 3 in [0, 1]) scaled to square mm and about ``_PANEL`` px, outlined.
-
-    ``outline``: a boolean plane outlined in ``colour``, or a list of (plane, colour) pairs, or None.
-    """
-    from PIL import Image
-
-    height_mm, width_mm = rgb.shape[0] * spacing[0], rgb.shape[1] * spacing[1]
-    scale = _PANEL / max(height_mm, width_mm)
-    size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
-    image = Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
-    outlines = outline if isinstance(outline, list) else [] if outline is None else [(outline, colour)]
-    pixels = None
-    for plane, tint in outlines:
-        if plane is None or not plane.any():
-            continue
-        mask = np.asarray(Image.fromarray(plane.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-        pixels = np.asarray(image).copy() if pixels is None else pixels
-        pixels[_outline_pixels(mask)] = tint
-    return image if pixels is None else Image.fromarray(pixels)
-
-
-def _provenance_outlines(plane: np.ndarray) -> list:
-    """(mask, colour) pairs of a synthesised-voxel mask's plane: synthesised in magenta, rewritten in amber."""
-    from .provenance import PROVENANCE_COLOURS
-
-    return [(plane == value, tuple(int(round(255 * c)) for c in colour))
-            for value, colour in PROVENANCE_COLOURS.items()]
-
-
-def _outline_pixels(mask: np.ndarray, tick: int = 12) -> np.ndarray:
-    """Pixels that mark ``mask``: a frame when it is everything, ticks at both ends of fully edited rows and
-    columns (restored slices seen edge-on stay visible), and a two-pixel outline around any other region."""
-    marks = np.zeros_like(mask)
-    if mask.all():
-        marks[:2], marks[-2:], marks[:, :2], marks[:, -2:] = True, True, True, True
-        return marks
-    rows, cols = mask.all(axis=1), mask.all(axis=0)
-    marks[rows, :tick], marks[rows, -tick:] = True, True
-    marks[:tick, cols], marks[-tick:, cols] = True, True
-    partial = mask & ~rows[:, None] & ~cols[None, :]
-    padded = np.pad(partial, 1)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    edge = partial & ~inner
-    return marks | edge | (np.roll(edge, 1, 0) & partial) | (np.roll(edge, 1, 1) & partial)
-
-
 def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: float, titles: list, neighbour=None):
     """PIL panels and titles for one view: [neighbour,] before, after, difference."""
     keys = ["before", "after", "edited"] + [k for k in ("provenance", "uncertainty") if k in planes]
@@ -179,10 +108,9 @@ def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: 
         shown["neighbour"] = _radiological([np.take(planes["neighbour"], neighbour, axis=axis)], volume,
                                            [a for a in range(3) if a != axis])[0][0]
     spacing = (volume.spacing_along(rows_axis), volume.spacing_along(cols_axis))
-    low, high = window
 
     def grey(plane):
-        return np.repeat(((plane - low) / (high - low))[..., None], 3, axis=2)
+        return _grey(plane, window)
 
     panels = []
     if neighbour is not None:
@@ -197,42 +125,6 @@ def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: 
                              marks))
         titles = titles + [f"uncertainty: sd 0 (black) to {top:.3g} (white)"]
     return list(zip(panels, titles))
-
-
-def _compose(rows: list, header: str, limit: float):
-    """Lay the rows of (panel, title) out on a dark canvas with a header and the difference's colour bar."""
-    from PIL import Image, ImageDraw
-
-    columns = max(len(r) for r in rows)
-    widths = [max(r[c - (columns - len(r))][0].width for r in rows if c >= columns - len(r)) for c in range(columns)]
-    heights = [max(p.height for p, _ in r) for r in rows]
-    bar_space = _GAP + _BAR + 70
-    width = max(512, _GAP + sum(w + _GAP for w in widths) + bar_space)
-    height = _HEADER + sum(h + _TITLE + _GAP for h in heights) + _GAP
-    canvas = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    draw.text((_GAP, 6), header, fill=_TEXT, font=_font(15))
-    y = _HEADER
-    for row, row_height in zip(rows, heights):
-        x = _GAP + sum(w + _GAP for w in widths[: columns - len(row)])
-        for (panel, title), column_width in zip(row, widths[columns - len(row):]):
-            draw.text((x, y + 3), title, fill=_TEXT, font=_font(13))
-            canvas.paste(panel, (x, y + _TITLE))
-            x += column_width + _GAP
-        _colour_bar(canvas, draw, x, y + _TITLE, row_height, limit)
-        y += row_height + _TITLE + _GAP
-    return canvas
-
-
-def _colour_bar(canvas, draw, x: int, y: int, height: int, limit: float) -> None:
-    from PIL import Image
-
-    values = np.linspace(limit, -limit, height)[:, None] * np.ones((1, _BAR))
-    bar = Image.fromarray((_diverging(values, limit) * 255).round().astype(np.uint8))
-    canvas.paste(bar, (x, y))
-    font = _font(12)
-    for fraction, value in ((0.0, limit), (0.5, 0.0), (1.0, -limit)):
-        draw.text((x + _BAR + 4, y + fraction * (height - 12)), f"{value:+.3g}" if value else "0", fill=_TEXT, font=font)
 
 
 def _edited_mask(before: np.ndarray, after: np.ndarray, *, axis: int, slices, region) -> np.ndarray:
@@ -338,13 +230,213 @@ def _centre(plane: np.ndarray, axis: int) -> int:
     return int(np.argmax(totals))
 
 
-def save_qc_png(before: Volume, after: Volume, path: str | Path, **kwargs) -> Path:
-    """Write :func:`qc_picture` to ``path`` (PNG, atomically); keyword arguments as for :func:`qc_picture`."""
+#: Lesion tiles drawn at most: a picture a person takes in at once; the header says how many were left out.
+MAX_LESION_TILES = 12
+_TILE_PANEL = 150  # longest side of a lesion tile's panel, px
+_TILE_MIN_HALF_MM = 15.0  # a tile shows at least 30 mm around the lesion's centre: enough tissue to judge it in
+
+
+@dataclass(frozen=True)
+class LesionQC:
+    """What :func:`lesion_qc_picture` drew.
+
+    Attributes
+    ----------
+    picture : ndarray, shape (rows, cols, 3), uint8
+        The RGB picture.
+    tiles : tuple of dict
+        One per lesion shown, in the report's order: ``id``, ``title`` (the tile's caption: kind, tissue,
+        volume), ``centre_kji`` (the voxel the three views pass through), ``half_mm`` (the field of view
+        each side of it) and ``panels``, six dicts with ``view`` (axial, coronal, sagittal), ``stage``
+        (before, after), ``axis`` and ``index`` of the plane and ``box``, its (x, y, width, height) in
+        ``picture``.
+    left_out : tuple of int
+        Ids of the lesions beyond ``max_tiles``, not drawn.
+    """
+
+    picture: np.ndarray
+    tiles: tuple
+    left_out: tuple
+
+
+def _view_axes(volume: Volume) -> tuple[int, int, int]:
+    """Array axes of the axial, coronal and sagittal planes (normals closest to S, A, R).
+
+    The one-to-one assignment with the largest summed |cosine|, so that a strongly oblique volume still
+    gets one plane of each kind rather than two "axial" ones.
+    """
+    cosines = np.abs(volume.direction)  # [R/A/S, i/j/k]
+    return max(permutations(range(3)),
+               key=lambda axes: sum(cosines[letter, 2 - axis] for letter, axis in zip((2, 1, 0), axes)))
+
+
+def _lesion_centre(volume: Volume, lesion: dict) -> np.ndarray:
+    """The voxel (k, j, i) nearest the lesion's ``centre_ras`` (else its bounding box's centre), inside the grid."""
+    if lesion.get("centre_ras") is not None:
+        kji = volume.ras_points_to_ijk(np.asarray(lesion["centre_ras"], np.float64))[::-1]
+    elif lesion.get("bbox_ijk"):
+        kji = np.array([(low + high - 1) / 2.0 for low, high in lesion["bbox_ijk"]])[::-1]
+    else:
+        raise InputError(f"lesion {lesion.get('id', '?')} has neither 'centre_ras' nor 'bbox_ijk' in its report")
+    return np.clip(np.rint(kji), 0, np.array(volume.array.shape) - 1).astype(int)
+
+
+def _lesion_half_mm(volume: Volume, lesion: dict) -> float:
+    """Field of view each side of the centre: the lesion's widest extent (so it fills about half the panel),
+    its region of influence and a quarter more (oedema, mass effect), and at least 15 mm."""
+    sizes = [_TILE_MIN_HALF_MM]
+    roi = lesion.get("region_of_influence") or {}
+    if roi.get("radius_mm"):
+        sizes.append(1.25 * float(roi["radius_mm"]))
+    if lesion.get("bbox_ijk"):
+        sizes.append(max((high - low) * volume.spacing[n] for n, (low, high) in enumerate(lesion["bbox_ijk"])))
+    return float(max(sizes))
+
+
+def _lesion_caption(lesion: dict) -> str:
+    kind = (lesion.get("spec") or {}).get("kind")
+    tissue = lesion.get("tissue") or "tissue not reported"
+    volume = f"{lesion['volume_ml']:.3g} mL" if lesion.get("volume_ml") is not None else "volume not reported"
+    requested = (f" (requested {lesion['requested_volume_ml']:.3g})"
+                 if lesion.get("requested_volume_ml") is not None else "")
+    return f"lesion {lesion.get('id', '?')}" + (f" ({kind})" if kind else "") + f": {tissue}, {volume}{requested}"
+
+
+def _lesion_row(volume: Volume, arrays: tuple, lesion: dict, *, views: tuple, window) -> tuple[list, dict]:
+    """(panel, title) pairs of one lesion - before and after through its centre, per view - and its tile's
+    description (without the panels' boxes)."""
+    centre = _lesion_centre(volume, lesion)
+    half_mm = _lesion_half_mm(volume, lesion)
+    box = []
+    for axis in range(3):
+        half = int(np.ceil(half_mm / volume.spacing_along(axis)))
+        box.append(slice(max(0, centre[axis] - half), min(volume.array.shape[axis], centre[axis] + half + 1)))
+    cropped = [a[tuple(box)] for a in arrays]
+    row, panels = [], []
+    for view, axis in zip(("axial", "coronal", "sagittal"), views):
+        index = int(centre[axis])
+        (before, after, labels), (rows_axis, cols_axis) = display_plane(volume, cropped, axis=axis,
+                                                                       index=index - box[axis].start)
+        spacing = (volume.spacing_along(rows_axis), volume.spacing_along(cols_axis))
+        for stage, plane, outline in (("before", before, None), ("after", after, labels)):
+            row.append((_panel(_grey(plane, window), spacing, outline, size=_TILE_PANEL),
+                        f"{view} {stage} {AXIS_NAMES[axis]}={index}"))
+            panels.append({"view": view, "stage": stage, "axis": axis, "index": index})
+    tile = {"id": lesion.get("id"), "title": _lesion_caption(lesion), "centre_kji": tuple(int(c) for c in centre),
+            "half_mm": round(half_mm, 2), "panels": panels}
+    return row, tile
+
+
+def lesion_qc_picture(
+    before: Volume,
+    after: Volume,
+    labels,
+    lesions: Sequence[dict],
+    *,
+    title: str = "",
+    max_tiles: int = MAX_LESION_TILES,
+) -> LesionQC:
+    """One tile per lesion: axial, coronal and sagittal through its centre, before and after, labels outlined.
+
+    Each tile is a row of six panels (axial before, axial after, coronal..., sagittal...) cropped to the
+    lesion's surroundings (its widest extent or 1.25 x its region of influence each side of its centre, at
+    least 15 mm), scaled to square millimetres and oriented radiologically (:func:`display_plane`); the
+    label map is outlined in yellow on the *after* panels, the *before* panels are left clean. The tile's
+    caption names the lesion, its kind, the tissue it landed in and its labelled volume in mL (and the
+    requested one). One grey window for every tile: the 1st-99.5th percentiles of the tissue (outside the
+    labels, before) widened to those of the lesions (after), so a bright lesion in bright tissue still shows.
+
+    Parameters
+    ----------
+    before, after : Volume
+        The scan and the scan with lesions (``before`` is shown as its nearest voxel on ``after``'s grid
+        when the grids differ).
+    labels : Volume or ndarray, shape (k, j, i)
+        The lesions' label map on ``after``'s grid; every non-zero voxel is outlined.
+    lesions : sequence of dict
+        The lesion report's entries (``result.report["lesions"]``): ``centre_ras`` (or ``bbox_ijk``),
+        ``volume_ml``, ``tissue``, ``region_of_influence``, ``spec``.
+    title : str
+        What was done, written first in the header.
+    max_tiles : int
+        Tiles drawn at most (the first ones in the report); the header says how many were left out.
+
+    Returns
+    -------
+    LesionQC
+        The picture and, per tile, what it shows and where its panels are.
+
+    Raises
+    ------
+    InputError
+        No lesions, labels on another grid, ``max_tiles`` below 1, or a lesion without a centre.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from MedSynthLib import Volume
+    >>> before = Volume(np.zeros((20, 20, 20), np.float32), np.eye(4))
+    >>> labels = np.zeros((20, 20, 20), np.uint8); labels[8:12, 8:12, 8:12] = 1
+    >>> after = before.with_array(before.array + 50 * labels)
+    >>> lesion = {"id": 1, "centre_ras": [10, 10, 10], "volume_ml": 0.064, "tissue": "white matter"}
+    >>> qc = lesion_qc_picture(before, after, labels, [lesion], title="one cube")
+    >>> len(qc.tiles), qc.tiles[0]["title"]
+    (1, 'lesion 1: white matter, 0.064 mL')
+    """
+    from .volume import mask_on_grid
+
+    max_tiles = check_whole_number(max_tiles, "max_tiles", low=1, high=10_000)
+    lesions = list(lesions)
+    if not lesions:
+        raise InputError("no lesions to show: the lesion report's list is empty")
+    if labels is None:
+        raise InputError("give the lesions' label map: its outline is what the tiles show")
+    outlined = mask_on_grid(after, labels, name="lesion label map")
+    b = (before.array if before.array.shape == after.array.shape else _on_grid(before, after)).astype(np.float64)
+    a = after.array.astype(np.float64)
+    # the tissue's window (outside the labels), widened to the lesions' own values so that a bright lesion in
+    # bright tissue does not saturate to the same white
+    tissue_low, tissue_high = _window(b, outlined)
+    lesion_low, lesion_high = np.percentile(a[outlined], [1, 99.5])
+    window = (min(tissue_low, float(lesion_low)), max(tissue_high, float(lesion_high)))
+    views = _view_axes(after)
+    rows, tiles = [], []
+    for lesion in lesions[:max_tiles]:
+        row, tile = _lesion_row(after, (b, a, outlined), lesion, views=views, window=window)
+        rows.append(row)
+        tiles.append(tile)
+    left_out = tuple(lesion.get("id") for lesion in lesions[max_tiles:])
+    shown = f"{len(lesions)} lesion(s)" if not left_out else (
+        f"first {len(tiles)} of {len(lesions)} lesions shown, {len(left_out)} left out (ids "
+        + ", ".join(str(i) for i in left_out[:6]) + (", ..." if len(left_out) > 6 else "") + ")")
+    header = (f"{title}  |  " if title else "") + f"{shown}  |  grey window {window[0]:.4g} to {window[1]:.4g} " \
+        "(tissue and lesions); labels outlined on after"
+    boxes: list = []
+    picture = np.asarray(_compose(rows, header, None, captions=[t["title"] for t in tiles], boxes=boxes))
+    for tile, placed in zip(tiles, boxes):
+        for panel, box in zip(tile["panels"], placed):
+            panel["box"] = tuple(int(v) for v in box)
+    return LesionQC(picture=picture, tiles=tuple(tiles), left_out=left_out)
+
+
+def save_qc_png(before: Volume, after: Volume, path: str | Path, *, lesions: Optional[Sequence[dict]] = None,
+                **kwargs) -> Path:
+    """Write :func:`qc_picture` to ``path`` (PNG, atomically); keyword arguments as for :func:`qc_picture`.
+
+    Given ``lesions`` (a lesion report's entries), writes :func:`lesion_qc_picture` instead, one tile per
+    lesion: ``region`` is then the label map, ``title`` and ``max_tiles`` as for that function (``axis``
+    may only be None: every tile shows its three views).
+    """
     from PIL import Image
 
     from .io import staged_file
 
-    picture = qc_picture(before, after, **kwargs)
+    if lesions is not None:
+        if kwargs.pop("axis", None) is not None:
+            raise TypeError("save_qc_png: 'axis' does not apply with 'lesions' (each tile shows all three views)")
+        picture = lesion_qc_picture(before, after, kwargs.pop("region", None), lesions, **kwargs).picture
+    else:
+        picture = qc_picture(before, after, **kwargs)
     path = Path(path)
     with staged_file(path) as temporary:
         Image.fromarray(picture).save(temporary, format="PNG")

@@ -227,13 +227,20 @@ def _stage(outputs, args: argparse.Namespace, volume: Volume, result) -> None:
     else:
         outputs.stage_volume("--labels", result.labels, metadata=metadata)
     outputs.stage_volume("--synthetic-mask", lambda: result.synthetic_mask)
-    count = len(result.report["lesions"])
-    outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, region=result.labels.array > 0,
-                                                   title=f"lesion: {count} synthetic lesion(s), label map outlined"))
+    outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, **_qc_options(result)))
+
+
+def _qc_options(result) -> dict:
+    """:func:`~MedSynthLib.qc.save_qc_png` keywords of a lesion result: one tile per lesion (three views through
+    its centre, before and after, labels outlined; its tissue and volume in the tile's title)."""
+    preset = result.report.get("preset")
+    return {"lesions": result.report["lesions"], "region": result.labels.array,
+            "title": f"lesion: {len(result.report['lesions'])} synthetic lesion(s)" + (f", {preset}" if preset else "")}
 
 
 def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[ProgressCallback]):
     """Two solid lung nodules in the CT sample and two metastases in the MR sample (seeded)."""
+    from ..qc import save_qc_png
     from ..tasks.lesion import insert_lesions, provenance_metadata
     from .demo import DemoOutcome
 
@@ -247,6 +254,9 @@ def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[Prog
         metadata = provenance_metadata(result)
         outputs.append(write_volume(result.volume, out_dir / f"lesion_{name}.nrrd", metadata=metadata))
         outputs.append(write_volume(result.labels, out_dir / f"lesion_{name}_labels.nrrd", metadata=metadata))
+    # the demo's own QC picture is the CT's (below); the MR's lesions get theirs beside the volumes
+    outputs.append(save_qc_png(samples["mr-t1"], mr.volume, out_dir / "lesion_mr_metastases_qc.png",
+                               **_qc_options(mr)))
     summary = {
         name: {"seconds": r.report["seconds"], "warnings": r.report["warnings"],
                "lesions": [{k: l[k] for k in ("centre_ras", "volume_ml", "requested_volume_ml", "contrast_error", "noise_ratio")
@@ -254,6 +264,4 @@ def demo_step(samples: dict[str, Volume], out_dir: Path, progress: Optional[Prog
         for name, r in (("ct-chest", ct), ("mr-t1", mr))
     }
     return DemoOutcome(task="lesion", sample="ct-chest", before=samples["ct-chest"], after=ct.volume,
-                       outputs=outputs, summary=summary, qc_axis=0,
-                       qc_options={"region": ct.labels.array > 0,
-                                   "title": f"lesion: {len(ct.report['lesions'])} synthetic nodule(s), label map outlined"})
+                       outputs=outputs, summary=summary, qc_axis=None, qc_options=_qc_options(ct))
