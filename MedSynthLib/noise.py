@@ -55,7 +55,7 @@ from .intensity import guess_modality
 from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
-           "rician_correction_factor", "rician_debias"]
+           "rician_correction_factor", "rician_debias", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ _MIN_RESIDUAL_VOXELS = 2000
 _FEWEST_RESIDUAL_VOXELS = 500
 
 
-def _erode_in_plane(region: np.ndarray, axis: int, iterations: int) -> np.ndarray:
-    """``region`` eroded across ``axis`` only: the high-pass of :func:`_residual_sigma` is in-plane, so only
+def erode_in_plane(region: np.ndarray, axis: int, iterations: int) -> np.ndarray:
+    """``region`` eroded across ``axis`` only: the high-pass of :func:`residual_sigma` is in-plane, so only
     in-plane edges bias it (a 3D erosion emptied the tissue of a 6.5 mm-slice scan)."""
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
@@ -180,12 +180,12 @@ def _residual_region(region: np.ndarray, axis: int, iterations: int, *,
     in it). Before, a region that erosion had emptied gave sigma 0, and the volume came back unchanged (brain1
     crops, ROBEX at 9 %).
     """
-    eroded = _erode_in_plane(region, axis, iterations)
+    eroded = erode_in_plane(region, axis, iterations)
     if eroded.sum() >= _MIN_RESIDUAL_VOXELS:
         return eroded, "tissue, eroded in-plane"
     candidates = [(eroded, "tissue, eroded in-plane")]
     if smoothed is not None:
-        candidates.append((_erode_in_plane(smoothed(), axis, iterations),
+        candidates.append((erode_in_plane(smoothed(), axis, iterations),
                            "tissue of the smoothed volume, eroded in-plane (too little in the raw mask)"))
     candidates.append((region, "tissue, not eroded (too little left after erosion)"))
     for least in (_MIN_RESIDUAL_VOXELS, _FEWEST_RESIDUAL_VOXELS):
@@ -220,7 +220,7 @@ def rician_correction_factor(snr: float) -> float:
     return float(np.clip(value, 2 - np.pi / 2, 1.0))
 
 
-def _residual_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> tuple[float, int]:
+def residual_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> tuple[float, int]:
     """Gaussian-model sigma from the MAD of an in-plane 4-neighbour high-pass inside ``region``."""
     data = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
     region = np.moveaxis(region, axis, 0)
@@ -265,7 +265,7 @@ def _rayleigh_sigma(values: np.ndarray) -> tuple[float, float]:
     return sigma, median_sigma
 
 
-def _diagonal_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> float:
+def diagonal_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> float:
     """Gaussian sigma from the MAD of the 2x2 diagonal high-pass ``(a - b - c + d) / 2`` inside ``region``."""
     data = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
     region = np.moveaxis(region, axis, 0)
@@ -305,9 +305,9 @@ def estimate_noise_array(
         soft = (array > -300) & (array < 400)
         smoothed = (lambda: otsu_foreground(array, smooth=1.0) & soft) if mask is None else None
         region, where = _residual_region(foreground & soft, slice_axis, 1, smoothed=smoothed)
-        sigma, used = _residual_sigma(array, region, slice_axis)
+        sigma, used = residual_sigma(array, region, slice_axis)
         details["residual_region"] = where
-        diagonal = _diagonal_sigma(array, region, slice_axis)
+        diagonal = diagonal_sigma(array, region, slice_axis)
         details.update(residual_sigma=sigma, residual_voxels=used, diagonal_sigma=diagonal)
         if diagonal > 0 and sigma > 0:
             details["cross_check"] = _cross_check(sigma, diagonal, primary_name="residual", second_name="diagonal")
@@ -332,21 +332,21 @@ def estimate_noise_array(
 
     smoothed = (lambda: otsu_foreground(array, smooth=1.0)) if mask is None else None
     tissue, where = _residual_region(foreground, slice_axis, 2, smoothed=smoothed)
-    raw_sigma, used = _residual_sigma(array, tissue, slice_axis)
+    raw_sigma, used = residual_sigma(array, tissue, slice_axis)
     details["residual_region"] = where
     if raw_sigma > 0:
         snr = signal / raw_sigma
-        residual_sigma = raw_sigma / float(np.sqrt(rician_correction_factor(snr)))
+        tissue_sigma = raw_sigma / float(np.sqrt(rician_correction_factor(snr)))
     else:
-        residual_sigma = 0.0
-    details.update(residual_sigma=residual_sigma, residual_voxels=used)
+        tissue_sigma = 0.0
+    details.update(residual_sigma=tissue_sigma, residual_voxels=used)
 
     # background noise of a scan with no air in view, or with a zero-filled/clipped background, is useless
     if background_sigma > 0 and background_sigma < 0.5 * signal:
-        if residual_sigma > 0:
-            details["cross_check"] = _cross_check(background_sigma, residual_sigma, primary_name="background",
+        if tissue_sigma > 0:
+            details["cross_check"] = _cross_check(background_sigma, tissue_sigma, primary_name="background",
                                                   second_name="residual")
         return NoiseEstimate(sigma=background_sigma, model="rician", method="background", modality="MR",
                              signal=signal, details=details)
-    return NoiseEstimate(sigma=residual_sigma, model="rician", method="residual", modality="MR",
+    return NoiseEstimate(sigma=tissue_sigma, model="rician", method="residual", modality="MR",
                          signal=signal, details=details)

@@ -69,7 +69,7 @@ import robustness  # noqa: E402  benchmarks/robustness.py: the corpus and its qu
 from MedSynthLib.convert import from_sitk  # noqa: E402
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr  # noqa: E402
-from MedSynthLib.noise import (AGREEMENT_FACTOR, _diagonal_sigma, _erode_in_plane, _residual_sigma,  # noqa: E402
+from MedSynthLib.noise import (AGREEMENT_FACTOR, diagonal_sigma, erode_in_plane, residual_sigma,  # noqa: E402
                                otsu_foreground)
 from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.enhance import denoise, estimate_noise  # noqa: E402
@@ -378,8 +378,8 @@ def _whiteness(array: np.ndarray, region: np.ndarray, axis: int) -> float | None
     d, r = data[:, :n1, :n2], reg[:, :n1, :n2]
     block = d.reshape(d.shape[0], n1 // 2, 2, n2 // 2, 2).mean((2, 4))
     block_region = r.reshape(r.shape[0], n1 // 2, 2, n2 // 2, 2).all((2, 4))
-    native, _ = _residual_sigma(data, reg, 0)
-    coarse, used = _residual_sigma(block, block_region, 0)
+    native, _ = residual_sigma(data, reg, 0)
+    coarse, used = residual_sigma(block, block_region, 0)
     if coarse <= 0 or used < 200:
         return None
     return round(native / (2 * coarse), 3)
@@ -426,16 +426,16 @@ def estimator_row(path: Path) -> dict:
             if len(per_slice) >= 3:
                 lo, hi = np.percentile(per_slice, [10, 90])
                 row["background_sigma_slices_p90_over_p10"] = round(float(hi / lo), 3) if lo > 0 else None
-        tissue = _erode_in_plane(foreground, axis, 2)
+        tissue = erode_in_plane(foreground, axis, 2)
     else:
         row.update(residual_sigma=check.get("primary_sigma"), diagonal_sigma=check.get("second_sigma"))
         soft = (array > -300) & (array < 400)
-        tissue = _erode_in_plane(foreground & soft, axis, 1)
+        tissue = erode_in_plane(foreground & soft, axis, 1)
     row["whiteness"] = _whiteness(array, tissue, axis) if tissue.sum() >= 2000 else None
     if est.modality == "MR":
         row["diagonal_over_residual_raw"] = None
-        raw, _ = _residual_sigma(array, tissue, axis)
-        diag = _diagonal_sigma(array, tissue, axis)
+        raw, _ = residual_sigma(array, tissue, axis)
+        diag = diagonal_sigma(array, tissue, axis)
         row["diagonal_over_residual_raw"] = round(diag / raw, 3) if raw > 0 else None
     integer = volume.array.dtype.kind in "iu"
     row["sigma_in_grey_levels"] = round(est.sigma, 3) if integer else None
