@@ -42,7 +42,7 @@ def default_pipeline_budget(steps: Sequence[EnhanceStep], volume: Volume, device
     """The pipeline's budget when none is given: the sum of its steps' default budgets (denoise and bias:
     :func:`~._options.default_budget_seconds` of the voxels the step will see; upsample: fill's ``auto`` default
     for the slices it synthesises)."""
-    from ..fill._auto import default_budget_seconds as fill_budget
+    from ..fill import default_budget_seconds as fill_budget
 
     voxels, total = int(volume.array.size), 0.0
     for step in steps:

@@ -14,6 +14,7 @@ from ..._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("METHODS", "AXES", "FillOptions", "UpsampleOptions", "parse_slice_list"), "_options"),
     **dict.fromkeys(("FillResult", "find_missing_slices", "fill_slices", "upsample_slices"), "_fill"),
+    "default_budget_seconds": "_auto",  # auto's budget when none is given (the enhance pipeline sums it)
 }
 
 __all__ = list(_EXPORTS)
