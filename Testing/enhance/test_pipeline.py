@@ -50,7 +50,8 @@ def test_enhance_without_a_budget_gets_the_sum_of_its_steps_defaults():
     clean = clean_head((14, 36, 40))
     volume = Volume(rician_noise(clean, 7.0, seed=6), oblique_matrix())
     result = enhance(volume, steps="bias,denoise:dct")
-    expected = default_budget_seconds("bias", clean.size) + default_budget_seconds("denoise", clean.size)
+    expected = default_budget_seconds("bias", clean.size) + default_budget_seconds("denoise", clean.size,
+                                                                                   noise_model="rician")
     assert result.report["time_budget"]["budget_s"] == pytest.approx(expected) and result.report["time_budget"]["default"]
     bias, denoised = result.steps
     assert 0 < denoised["time_budget"]["budget_s"] < expected and not denoised["time_budget"]["default"]

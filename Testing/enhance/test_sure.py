@@ -259,8 +259,11 @@ def test_auto_gets_a_default_budget_that_grows_with_the_volume_and_a_named_metho
     from MedSynthLib.tasks.enhance._options import default_budget_seconds
 
     _, volume = noisy_head
-    assert default_budget_seconds("denoise", 2_000_000) > default_budget_seconds("denoise", 1_000_000)
-    auto = denoise(volume, method="auto", device="cpu").report["time_budget"]
-    assert auto["default"] and auto["budget_s"] == default_budget_seconds("denoise", volume.array.size)
+    for model in ("gaussian", "rician"):
+        assert (default_budget_seconds("denoise", 2_000_000, noise_model=model)
+                > default_budget_seconds("denoise", 1_000_000, noise_model=model))
+    auto = denoise(volume, method="auto", device="cpu").report["time_budget"]  # Rician: MR's default
+    assert auto["default"] and auto["budget_s"] == default_budget_seconds("denoise", volume.array.size,
+                                                                          noise_model="rician")
     named = denoise(volume, method="dct").report["time_budget"]
     assert not named["default"] and named["budget_s"] is None

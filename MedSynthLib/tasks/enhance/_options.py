@@ -34,26 +34,32 @@ _METHOD_HELP = ("auto (a model package if given, else selfsup on a GPU and fusio
                 "method when a result is implausible), fusion (training-free: block matching, sliding DCT and "
                 "non-local means, SURE-weighted), dct (the fastest strong method), selfsup (fusion plus a network "
                 "trained on this volume), model (a trained package), nlm or aniso (the classical ones)")
-#: The default time budget of each task when none is given (seconds = base + per million voxels), as fill's grows
-#: with its slices. ``denoise``: applies to ``auto`` (an explicit method runs unbudgeted, reproducibly). Measured
-#: on one loaded core (2026-12-07): the fusion's probes take 17-32 s, the sliding DCT 4 us a voxel, the
-#: collaborative filter 13 us on an isotropic head and 19 us on lung1's 2 x 6 x 6 blocks, non-local means 9 us;
-#: ANTs' denoise_image about 6 us (CT) to 18 us (MR). At 60 s + 8 s per million voxels the collaborative
-#: filter fits on a 1.5 mm head (2.7 M voxels: 82 s) and is left out of the whole lung1 CT (12.6 M: 161 s, the
-#: DCT alone, below ANTs' time there). ``bias``: N4 on the shrunk image takes a few seconds; the budget only
-#: matters on very large volumes or a very busy machine, where the fit moves to a coarser shrink.
-DEFAULT_BUDGET = {"denoise": (60.0, 8.0), "bias": (30.0, 2.0)}
+#: The default time budget of each task when none is given: (seconds, seconds per million voxels), as fill's
+#: grows with its slices; denoise's by noise model. ``denoise`` (applies to ``auto``; an explicit method runs
+#: unbudgeted, reproducibly): about what ANTs' ``denoise_image`` takes with the same noise model on one core,
+#: so the default stays within twice its time. Measured on one loaded core (2026-12-07, whole scans): ANTs 4-5
+#: CPU-us a voxel on CT (Gaussian), 37-40 on MR (Rician); ours: the fusion's probes 12-42 s, the sliding DCT
+#: 3-4 us a voxel, the collaborative filter 10-15 us (19 on lung1's 2 x 6 x 6 blocks), non-local means 5-9 us.
+#: On CT the collaborative filter is left out of whole scans (lung1 131 s, chest-abdomen 89 s: the DCT); on MR it
+#: fits (ROBEX 114 s). ``bias``: N4 on the shrunk image takes a few seconds; the budget only matters on very
+#: large volumes or a very busy machine, where the fit moves to a coarser shrink.
+DEFAULT_BUDGET = {("denoise", "gaussian"): (30.0, 8.0), ("denoise", "rician"): (60.0, 20.0), ("bias", None): (30.0, 2.0)}
 
 
-def default_budget_seconds(task: str, voxels: int) -> float:
-    """The default wall-clock budget of ``task`` (``denoise`` or ``bias``) on a volume of ``voxels`` voxels.
+def default_budget_seconds(task: str, voxels: int, *, noise_model: Optional[str] = None) -> float:
+    """The default wall-clock budget of ``task`` (``denoise`` or ``bias``) on a volume of ``voxels`` voxels;
+    ``noise_model`` (``gaussian``: CT, ``rician``: MR magnitude) for ``denoise``.
 
     Examples
     --------
-    >>> default_budget_seconds("denoise", 12_582_912)  # the whole lung1 CT, 512 x 512 x 48
-    160.7
+    >>> default_budget_seconds("denoise", 12_582_912, noise_model="gaussian")  # the whole lung1 CT, 512 x 512 x 48
+    130.7
+    >>> default_budget_seconds("denoise", 2_697_000, noise_model="rician")  # the 1.5 mm ROBEX head
+    113.9
     """
-    base, per_million = DEFAULT_BUDGET[task]
+    if task == "denoise" and noise_model not in ("gaussian", "rician"):
+        raise ValueError(f"denoise's default budget needs noise_model 'gaussian' or 'rician', got {noise_model!r}")
+    base, per_million = DEFAULT_BUDGET[(task, noise_model if task == "denoise" else None)]
     return round(base + per_million * voxels / 1e6, 1)
 
 
@@ -85,8 +91,9 @@ class DenoiseOptions(TaskOptions):
     time_budget: Optional[float] = budget_knob("seconds of wall time, checked on the clock: the fusion computes on "
                                                "the whole volume only the components that fit it (measured on its "
                                                "probes) and the self-supervised training stops early (the report's "
-                                               "time_budget says what was cut); unset: for auto 60 s + 8 s per "
-                                               "million voxels, no limit for a named method", low_open=True)
+                                               "time_budget says what was cut); unset: for auto about ANTs' "
+                                               "time (CT 30 s + 8 s, MR 60 s + 20 s per million voxels), no limit "
+                                               "for a named method", low_open=True)
     threads: Optional[int] = knob(None, low=1, high=4096, optional=True,
                                   help="torch CPU threads; unset: the cores idle now (threads fighting another job "
                                        "for busy cores run several times slower than one)")

@@ -40,14 +40,18 @@ def _left(budget: TimeBudget) -> Optional[float]:
 
 def default_pipeline_budget(steps: Sequence[EnhanceStep], volume: Volume, device: str) -> float:
     """The pipeline's budget when none is given: the sum of its steps' default budgets (denoise and bias:
-    :func:`~._options.default_budget_seconds` of the voxels the step will see; upsample: fill's ``auto`` default
+    :func:`~._options.default_budget_seconds` of the voxels the step will see, the noise model from the
+    modality guess; upsample: fill's ``auto`` default
     for the slices it synthesises)."""
     from ..fill import default_budget_seconds as fill_budget
 
+    from ...intensity import guess_modality
+
+    model = "gaussian" if guess_modality(volume) == "CT" else "rician"
     voxels, total = int(volume.array.size), 0.0
     for step in steps:
         if step.name in ("bias", "denoise"):
-            total += default_budget_seconds(step.name, voxels)
+            total += default_budget_seconds(step.name, voxels, noise_model=model)
             continue
         factor = int(step.options.get("factor") or 2)
         slices = int(volume.array.shape[volume.slice_axis()])
