@@ -72,18 +72,80 @@ def restore_dtype(values: np.ndarray, dtype: np.dtype, *, clip: Optional[tuple[f
     return out.astype(dtype)
 
 
-def guess_modality(volume: Volume) -> str:
-    """``"CT"`` when intensities look like Hounsfield units, else ``"MR"``.
+#: Soft tissue in Hounsfield units: water 0, fat about -100, parenchyma, muscle and blood 20-80 HU.
+_SOFT_TISSUE_HU = (-100.0, 100.0)
+#: Widest interquartile range (HU) of the foreground of a windowed CT: HU are absolute, grey and white matter
+#: lie within about 15 HU of each other (30-45 HU) and CSF at 0-15 HU. In MR's arbitrary units tissue contrast
+#: is a fraction of the signal: an 8-bit T1 head spreads its brain over 45-51 units (corpus: ITK k-means test
+#: 54-99, Colin27 50-101) against 9 HU for the TotalSegmentator CT brain atlas (33-42).
+_CT_TISSUE_SPREAD_HU = 30.0
+#: Bone or calcification: at least this many HU, far above soft tissue (a window clips it at its top).
+_BONE_HU = 150.0
+#: Share of the voxels the constant background of a windowed / skull-stripped CT fills at least.
+_BACKGROUND_SHARE = 0.2
 
-    CT: air near -1000 HU fills part of the image and values reach soft tissue
-    (0-100 HU). MR magnitude images are non-negative. Callers that know the
-    modality should say so; this guess only guards presets against obvious misuse.
-    """
-    array = volume.array
-    sample = array.ravel()[:: max(1, array.size // 500_000)]
+
+def _looks_like_raw_ct(sample: np.ndarray) -> bool:
+    """Air near -1000 HU fills part of the image and values reach soft tissue (MR magnitude is non-negative)."""
     low = float(np.percentile(sample, 1))
     share_air = float(np.mean((sample > -1100) & (sample < -850)))
     share_soft = float(np.mean((sample > -200) & (sample < 200)))
-    if low < -500 and share_air > 0.02 and share_soft > 0.02:
-        return "CT"
-    return "MR"
+    return low < -500 and share_air > 0.02 and share_soft > 0.02
+
+
+def _looks_like_windowed_ct(sample: np.ndarray) -> bool:
+    """A CT windowed or skull-stripped to soft tissue (air gone): see :func:`guess_modality`'s Notes."""
+    if not np.all(sample == np.round(sample)):  # HU are stored as whole numbers
+        return False
+    values, counts = np.unique(sample, return_counts=True)
+    background = float(values[np.argmax(counts)])
+    if counts.max() < _BACKGROUND_SHARE * sample.size or not -1024.0 <= background <= 0.0:
+        return False
+    foreground = sample[sample != background]
+    if foreground.size < 1000:
+        return False
+    q25, q75 = np.percentile(foreground, [25, 75])
+    in_soft_tissue = _SOFT_TISSUE_HU[0] <= q25 and q75 <= _SOFT_TISSUE_HU[1]
+    bone = float(np.mean(foreground >= _BONE_HU))
+    return bool(in_soft_tissue and q75 - q25 <= _CT_TISSUE_SPREAD_HU and bone >= 1e-4)
+
+
+def guess_modality(volume: Volume) -> str:
+    """``"CT"`` when intensities look like Hounsfield units, else ``"MR"``.
+
+    Callers that know the modality should say so; this guess only guards presets and defaults against
+    obvious misuse.
+
+    Notes
+    -----
+    Two signatures of CT, either suffices:
+
+    - raw CT: air near -1000 HU fills part of the image (over 2 % of the voxels between -1100 and -850,
+      1st percentile below -500) and values reach soft tissue (-200 to 200 HU). MR magnitude images are
+      non-negative.
+    - windowed or skull-stripped CT (e.g. the TotalSegmentator CT brain atlas, windowed to -30..385 HU,
+      81 % a constant 0): whole-number values; a constant background (the most common value, at least 20 %
+      of the voxels) at the window's floor or zero, between -1024 and 0 HU; the other voxels' bulk (25th to
+      75th percentile) inside soft tissue, -100 to 100 HU, and narrow, at most 30 HU wide, because HU are
+      absolute and brain, muscle and organs lie within tens of HU of each other; and a bone-like bright
+      tail, at least 0.01 % of them at 150 HU or more. An MR scan with a zero background either puts its
+      tissue's bulk outside -100..100 (MNI template 158-206) or spreads it over 45 units or more (8-bit T1
+      heads); MR scans with a narrow bulk (a breast crop, 54-66) have no large constant background.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> brain = np.zeros((20, 20, 20), np.int16)
+    >>> brain[4:16, 4:16, 4:16] = 35 + np.arange(12) % 7  # parenchyma at 35-41 HU
+    >>> brain[4, 4, 4:8] = 300                           # a little bone
+    >>> guess_modality(Volume(brain, np.eye(4)))
+    'CT'
+    >>> guess_modality(Volume((brain * 4).astype(np.int16), np.eye(4)))  # the same scaled: not HU
+    'MR'
+    """
+    array = volume.array
+    sample = array.ravel()[:: max(1, array.size // 500_000)].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return "MR"
+    return "CT" if _looks_like_raw_ct(sample) or _looks_like_windowed_ct(sample) else "MR"
