@@ -76,7 +76,9 @@ def test_auto_hands_over_when_selfsup_is_cut_without_gain(monkeypatch):
     result = fill_slices(volume, slices=[6], method="auto", device="cpu", time_budget=2.0, method_options=options)
     report = result.report
     assert report["method"] in ("model", "flow") and report["method_requested"] == "auto"
-    assert "selfsup was cut at step" in report["method_reason"] and report["selfsup"]["stopped_early"]
+    # cut short, or (on a machine so loaded that set-up ate the budget) not started at all: either way handed over
+    assert ("selfsup was cut at step" in report["method_reason"] or "selfsup was not started" in report["method_reason"])
+    assert report["selfsup"]["stopped_early"]
     assert any("handed over to" in c for c in report["time_budget"]["cut"])
     np.testing.assert_array_equal(np.delete(result.volume.array, 6, axis=0), np.delete(volume.array, 6, axis=0))
     # the dropped training was never inferred (on a whole CT that inference cost minutes, past the budget)
