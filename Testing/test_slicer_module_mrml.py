@@ -267,7 +267,7 @@ def test_process_gives_the_librarys_result_and_refuses_unknown_options(medsynth,
 @pytest.mark.parametrize("task, options, key", [
     ("fill", {"slices": [4], "axis": "k", "method": "linear"}, "time_budget"),
     ("upsample", {"factor": 2, "axis": "k", "method": "linear"}, "time_budget"),
-    ("enhance", {"steps": "denoise:dct:1"}, "budget"),
+    ("enhance", {"steps": "denoise:dct:1"}, "time_budget"),
 ])
 def test_the_time_budget_of_process_reaches_the_tasks_report(medsynth, logic, task, options, key):
     """``process(..., time_budget=7.25)`` (what the panel's Time budget becomes) is the budget the task ran under."""

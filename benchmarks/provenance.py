@@ -20,7 +20,6 @@ The scans come from PyPI/Debian packages (see ``../shared/data/README.md`` for h
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.provenance import REWRITTEN, SYNTHESISED  # noqa: E402
+from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.fill import fill_slices, find_missing_slices, upsample_slices  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
 
@@ -155,10 +155,9 @@ def main(argv=None) -> int:
         "masks_exact": sum(r["fill"]["mask_exact"] and r["upsample"]["mask_exact"] for r in rows if "fill" in r),
         "rows": len(rows),
     }
-    print(json.dumps(summary))
+    print(to_json(summary))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"what": __doc__.splitlines()[0], "summary": summary, "rows": rows},
-                                         indent=1))
+    Path(args.out).write_text(to_json({"what": __doc__.splitlines()[0], "summary": summary, "rows": rows}, indent=1))
     return 0
 
 
