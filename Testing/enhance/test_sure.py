@@ -215,17 +215,17 @@ def test_a_budget_too_small_for_a_component_makes_denoise_leave_it_out_and_repor
     """The whole-volume cost of each component is projected from what it cost on the probes; a budget that the
     collaborative filter would overrun makes the fusion compute the best of what fits instead, and say so. The
     measured costs are replaced by fixed ones here, so nothing depends on this machine's speed."""
-    from MedSynthLib.tasks.enhance import _sure
+    from MedSynthLib.tasks.enhance import _sure, _sure_boxes
 
     monkeypatch.setattr(_sure, "DEFAULT_SETTINGS", _sure.FusionSettings(probe="boxes", probe_boxes=4, probe_edge=12))
-    measured = _sure._probe_on_boxes
+    measured = _sure_boxes._probe_on_boxes
 
     def fixed_costs(*args, **kwargs):
         probe = measured(*args, **kwargs)
         probe.seconds_per_voxel = [3600.0 / 81920 if name == "collaborative" else 1e-9 for name in probe.names]
         return probe  # the collaborative filter: an hour on the whole volume, the others nothing
 
-    monkeypatch.setattr(_sure, "_probe_on_boxes", fixed_costs)
+    monkeypatch.setattr(_sure_boxes, "_probe_on_boxes", fixed_costs)
     clean, noisy = _smooth_volume()
     volume = Volume(noisy, oblique_matrix())
     unhurried = denoise(volume, method="fusion", modality="CT")  # no budget: the fit alone decides

@@ -23,7 +23,6 @@ the others add up to 0.1 dB where they help (lung CT, the MNI template).
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from scipy import ndimage
 
 from ...budget import TimeBudget
 from ...noise import rician_debias
-from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
+from ...progress import CancelToken, ProgressCallback, check_cancel, report
+from ._sure_boxes import Box, box_fusion, choose_components, probe_boxes
+from ._sure_weights import FUSION_MIN_GAIN, OUTSIDE_THE_BOX, _fit_by_class, convex_sure_weights, sole_component
 
 __all__ = ["sure_fusion", "denoise_fusion", "convex_sure_weights", "sole_component", "choose_components",
            "probe_boxes", "FusionSettings", "DEFAULT_SETTINGS", "FUSION_MIN_GAIN", "OUTSIDE_THE_BOX"]
@@ -227,252 +228,12 @@ def _smoother_components(xr: np.ndarray, smoothers: list, *, s: float, settings:
     return components, fit, probe, eps
 
 
-Box = tuple[tuple[slice, ...], tuple[slice, ...]]
-
-
-def probe_boxes(shape: tuple[int, int, int], foreground: np.ndarray, *, inner: tuple[int, int, int],
-                margin: tuple[int, int, int], count: int) -> list[Box]:
-    """Up to ``count`` sub-volumes where SURE is fitted: (outer slices in the volume, inner slices in the outer box).
-
-    The volume is tiled with ``inner`` boxes (centred); the tiles at least half foreground (else the most
-    foreground ones) are taken evenly spaced in raster order, so the probes spread over the anatomy, through
-    the slices and in-plane. Each is grown by ``margin`` (clipped at the volume's ends) for its context.
-    """
-    inner = tuple(max(1, min(int(i), int(n))) for i, n in zip(inner, shape))
-    grid = [max(1, n // i) for n, i in zip(shape, inner)]
-    tiles = []
-    for index in itertools.product(*[range(g) for g in grid]):
-        start = [(n - g * i) // 2 + k * i for n, g, i, k in zip(shape, grid, inner, index)]
-        where = tuple(slice(a, a + i) for a, i in zip(start, inner))
-        tiles.append((float(foreground[where].mean()), where))
-    good = [t for t in tiles if t[0] >= 0.5]
-    if len(good) < count:
-        good = sorted(tiles, key=lambda t: -t[0])[:count]
-        good.sort(key=lambda t: [w.start for w in t[1]])
-    picks = sorted({int(round(v)) for v in np.linspace(0, len(good) - 1, min(count, len(good)))})
-    boxes = []
-    for _, where in (good[i] for i in picks):
-        outer = tuple(slice(max(0, w.start - m), min(n, w.stop + m)) for w, m, n in zip(where, margin, shape))
-        boxes.append((outer, tuple(slice(w.start - o.start, w.stop - o.start) for w, o in zip(where, outer))))
-    return boxes
-
-
 def _probe_mode(settings: FusionSettings, shape: tuple[int, ...], boxes: list[Box]) -> str:
     if settings.probe != "auto":
         return settings.probe
     work = sum(math.prod(o.stop - o.start for o in outer) for outer, _ in boxes)
     return "boxes" if 2 * work < math.prod(shape) else "whole"
 
-
-def _gradient(estimate: np.ndarray) -> np.ndarray:
-    """The local gradient magnitude the weight classes are drawn from (of the smoothed estimate)."""
-    smooth = ndimage.gaussian_filter(estimate, 1.0)
-    return np.sqrt(sum(g**2 for g in np.gradient(smooth)))
-
-
-@dataclass
-class _BoxProbe:
-    """Every component on the probe boxes, as flat arrays over the boxes' inner voxels."""
-
-    names: list
-    estimates: list  # per component: its (debiased) estimate
-    divergences: list  # per component: its Monte-Carlo divergence
-    gradients: list  # per component: the local gradient of its estimate
-    observed: np.ndarray
-    foreground: np.ndarray
-    seconds_per_voxel: list  # per component: measured on the boxes (both runs)
-    seconds: float
-
-
-def _probe_on_boxes(x: np.ndarray, smoothers: list[_Smoother], boxes: list[Box], *, s: float, seed: int, debias,
-                    foreground: np.ndarray, budget: Optional[TimeBudget], cancel: Optional[CancelToken],
-                    progress: Optional[ProgressCallback]) -> _BoxProbe:
-    """Each component run twice on every box (the observation and a +-1 probe of it, the boxes' own groups held):
-    its estimate and Monte-Carlo divergence on the inner voxels, and its measured cost per voxel. Components after
-    the first are skipped once ``budget`` has run out."""
-    started = time.perf_counter()
-    rng = np.random.default_rng(seed + 7919)
-    eps = np.float32(0.05 * s)
-    data = [np.ascontiguousarray(x[outer]) for outer, _ in boxes]
-    probes = [rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=d.shape) for d in data]
-    work = sum(d.size for d in data)
-    probe = _BoxProbe([], [], [], [], np.concatenate([debias(d)[inner].ravel() for d, (_, inner) in zip(data, boxes)]),
-                      np.concatenate([foreground[outer][inner].ravel() for outer, inner in boxes]), [], 0.0)
-    for index, smoother in enumerate(smoothers):
-        check_cancel(cancel)
-        if index and budget is not None and budget.expired():
-            budget.cut(f"fusion: the time budget ran out while probing, "
-                       f"{', '.join(m.name for m in smoothers[index:])} skipped")
-            break
-        report(progress, index / len(smoothers), f"fusion: fitting the weights, {smoother.name} on {len(boxes)} "
-                                                 f"probe boxes ({index + 1} of {len(smoothers)})")
-        clock = time.perf_counter()
-        parts: tuple[list, list, list] = ([], [], [])
-        for d, p, (_, inner) in zip(data, probes, boxes):
-            check_cancel(cancel)
-            run = smoother.make()
-            now = debias(run(d))
-            moved = debias(run(d + eps * p))
-            parts[0].append(now[inner].ravel())
-            parts[1].append((p * (moved - now) / eps)[inner].ravel())
-            parts[2].append(_gradient(now)[inner].ravel())
-        probe.names.append(smoother.name)
-        for target, values in zip((probe.estimates, probe.divergences, probe.gradients), parts):
-            target.append(np.concatenate(values))
-        probe.seconds_per_voxel.append((time.perf_counter() - clock) / (2 * work))
-    probe.seconds = time.perf_counter() - started
-    return probe
-
-
-@dataclass
-class _SubsetFit:
-    members: tuple  # indices into the probe's components
-    risk: float  # SURE per fitted voxel of the fused estimate
-    single: list  # SURE per fitted voxel of each member alone
-    weights: dict  # gradient class -> convex weights
-    edges: Optional[np.ndarray]  # the gradient quantiles between classes (None: one class)
-    fit_voxels: int
-
-
-def _fit_subset(probe: _BoxProbe, members: tuple, *, s: float, variance: float, rician: bool,
-                settings: FusionSettings) -> _SubsetFit:
-    """Convex SURE weights of ``members`` per gradient class (of the first member's estimate) on the boxes."""
-    guide = probe.estimates[members[0]]
-    fit = probe.foreground.copy()
-    if rician:
-        fit &= guide > 2 * s
-    arrays = [probe.estimates[i] for i in members]
-    divergences = [probe.divergences[i] for i in members]
-    edges, classes = None, np.zeros(guide.shape, np.int8)
-    if fit.sum() >= settings.classes * 200 * len(members):
-        gradient = probe.gradients[members[0]]
-        edges = np.quantile(gradient[fit], np.linspace(0, 1, settings.classes + 1)[1:-1])
-        classes = np.digitize(gradient, edges).astype(np.int8)
-
-    def normal_equations(where: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
-        n = int(where.sum())
-        design = np.stack([a[where].astype(np.float64) for a in arrays], axis=1)
-        target = probe.observed[where].astype(np.float64)
-        div = np.array([float(d[where].sum(dtype=np.float64)) for d in divergences])
-        return design.T @ design, design.T @ target - variance * div, float(target @ target) - n * variance, n
-
-    _, weights, risks = _fit_by_class(arrays, classes, fit, normal_equations, min_voxels=200 * len(members),
-                                      default=0)
-    n = max(1, sum(r["n"] for r in risks))
-    return _SubsetFit(tuple(members), sum(r["fused"] for r in risks) / n,
-                      [sum(r["single"][i] for r in risks) / n for i in range(len(members))], weights, edges,
-                      int(fit.sum()))
-
-
-def choose_components(risks: dict, costs: dict, *, seconds_left: float = math.inf) -> tuple[tuple, str, bool]:
-    """Which components to compute on the whole volume: (the subset, why, whether the budget decided it).
-
-    ``risks``: SURE per voxel of the fused estimate of every subset (tuples of names); ``costs``: the projected
-    seconds of each component on the whole volume. The subset is the cheapest whose risk is within
-    :data:`FUSION_MIN_GAIN` of the best subset's (SURE's own scatter: a smaller gain is no evidence, the rule the
-    fallback to a single component follows), lower risk breaking ties. When that would take longer than
-    ``seconds_left``, the same rule picks among the subsets that fit; when none fits, the cheapest one runs.
-
-    Examples
-    --------
-    >>> risks = {("a",): 10.0, ("b",): 10.5, ("a", "b"): 9.5}
-    >>> choose_components(risks, {"a": 100.0, "b": 5.0})[0]
-    ('a', 'b')
-    >>> choose_components(risks, {"a": 100.0, "b": 5.0}, seconds_left=50.0)[1]
-    'a, b (about 105 s) would not fit the 50 s left: b, about 5 s'
-    """
-    def cost(subset):
-        return sum(costs[name] for name in subset)
-
-    def cheapest_good(candidates):
-        best = min(risks[subset] for subset in candidates)
-        good = [subset for subset in candidates if risks[subset] <= best + FUSION_MIN_GAIN * abs(best)]
-        return min(good, key=lambda subset: (cost(subset), risks[subset]))
-
-    chosen = cheapest_good(list(risks))
-    if cost(chosen) <= seconds_left:
-        return chosen, (f"the cheapest set of components within {FUSION_MIN_GAIN:.0%} of the best estimated "
-                        f"risk: {', '.join(chosen)}, about {cost(chosen):.0f} s"), False
-    over = f"{', '.join(chosen)} (about {cost(chosen):.0f} s) would not fit the {seconds_left:.0f} s left"
-    fitting = [subset for subset in risks if cost(subset) <= seconds_left]
-    if fitting:
-        chosen = cheapest_good(fitting)
-        return chosen, f"{over}: {', '.join(chosen)}, about {cost(chosen):.0f} s", True
-    chosen = min(risks, key=lambda subset: (cost(subset), risks[subset]))
-    return chosen, f"{over}, nor would any other: the cheapest, {', '.join(chosen)}, about {cost(chosen):.0f} s", True
-
-
-#: Seconds kept back from the budget for what follows the whole-volume components (combining them, the checks),
-#: as a fraction of their projected time.
-COMBINE_RESERVE = 0.15
-
-
-def _box_fusion(x: np.ndarray, s: float, smoothers: list[_Smoother], boxes: list[Box], *, rician: bool,
-                foreground: np.ndarray, strength: float, seed: int, settings: FusionSettings,
-                budget: Optional[TimeBudget], cancel: Optional[CancelToken],
-                progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
-    """The fusion fitted on probe boxes: every component on the boxes, SURE for every subset of them, then only
-    the chosen subset (:func:`choose_components`) computed on the whole volume and combined with its weights."""
-    variance = (float(strength) * s) ** 2
-
-    def debias(values: np.ndarray) -> np.ndarray:
-        return rician_debias(values, s) if rician else values
-
-    box_work = 2 * len(smoothers) * sum(math.prod(o.stop - o.start for o in outer) for outer, _ in boxes)
-    probing = box_work / (box_work + x.size)  # the probes' share of the bar, by voxel work; the rest by measure
-    probe = _probe_on_boxes(x, smoothers, boxes, s=s, seed=seed, debias=debias, foreground=foreground,
-                            budget=budget, cancel=cancel, progress=subrange(progress, 0.0, probing))
-    names = probe.names
-    fits = {tuple(names[i] for i in members): _fit_subset(probe, members, s=s, variance=variance, rician=rician,
-                                                          settings=settings)
-            for size in range(1, len(names) + 1) for members in itertools.combinations(range(len(names)), size)}
-    costs = {name: rate * x.size for name, rate in zip(names, probe.seconds_per_voxel)}
-    left = math.inf if budget is None else budget.remaining() / (1 + COMBINE_RESERVE)
-    chosen, why, cut = choose_components({k: f.risk for k, f in fits.items()}, costs, seconds_left=left)
-    if cut:
-        budget.cut(f"fusion: {why}")
-    fit = fits[chosen]
-    total = sum(costs[name] for name in chosen)
-    done = 0.0
-    arrays = []
-    for name in chosen:
-        check_cancel(cancel)
-        start = probing + (1 - probing) * 0.95 * done / total
-        stop = probing + (1 - probing) * 0.95 * (done + costs[name]) / total
-        report(progress, start, f"fusion: {name} on the whole volume (about {costs[name]:.0f} s of {total:.0f} s, "
-                                f"measured on the probes)")
-        run = smoothers[[m.name for m in smoothers].index(name)].make()
-        arrays.append(debias(run(x)))
-        done += costs[name]
-        report(progress, stop, f"fusion: {name} done")
-    if len(arrays) == 1:
-        estimate = np.asarray(arrays[0], np.float32)
-        classes = np.zeros(x.shape, np.int8)
-    else:
-        report(progress, probing + (1 - probing) * 0.95, "fusion: combining with the SURE weights")
-        classes = (np.digitize(_gradient(arrays[0]), fit.edges).astype(np.int8) if fit.edges is not None
-                   else np.zeros(x.shape, np.int8))
-        estimate = np.zeros(x.shape, np.float32)
-        for k, w in fit.weights.items():
-            members = classes == k
-            estimate[members] = sum(float(wi) * a[members] for wi, a in zip(w, arrays))
-    best_single = min(fits[(name,)].risk for name in names)
-    single_best = [name for name in names if fits[(name,)].risk == best_single][0]
-    alone = chosen[0] if len(chosen) == 1 else None
-    info = {"components": list(names), "whole_volume_components": list(chosen),
-            "weights_by_gradient_class": [[round(float(v), 4) for v in fit.weights[k]] for k in sorted(fit.weights)],
-            "weights_constraint": "non-negative, summing to 1 (a convex combination of the components)",
-            "fallback": alone, "best_single": single_best, "why": why,
-            "sure_mse": {"fused": round(fit.risk, 10),
-                         **{name: round(fits[(name,)].risk, 10) for name in names},
-                         "subsets": {"+".join(k): round(f.risk, 10) for k, f in fits.items()}},
-            **sole_component(list(chosen), fit.weights, classes, alone, whole=True),
-            "fit_voxels": fit.fit_voxels,
-            "probe": {"mode": "boxes", "boxes": len(boxes),
-                      "inner_kji": [[w.stop - w.start for w in inner] for _, inner in boxes][0],
-                      "seconds": round(probe.seconds, 2),
-                      "projected_whole_volume_s": {name: round(c, 1) for name, c in costs.items()}}}
-    return estimate, info
 
 
 def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, strength: float, seed: int,
@@ -494,7 +255,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
 
     Without the network, on a volume where the probe boxes are less work than one whole-volume run
     (``settings.probe``), the fit is made on the boxes and only the chosen components run on the whole volume
-    (:func:`_box_fusion`); with ``budget``, what would not fit what is left is left out.
+    (:func:`._sure_boxes.box_fusion`); with ``budget``, what would not fit what is left is left out.
     """
     from ._dct import block_shape
 
@@ -512,7 +273,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
         boxes = probe_boxes(x.shape, foreground, inner=block_shape(spacing, edge=settings.probe_edge), margin=margin,
                             count=settings.probe_boxes)
         if _probe_mode(settings, x.shape, boxes) == "boxes":
-            estimate, info = _box_fusion(x, s, smoothers, boxes, rician=rician, foreground=foreground,
+            estimate, info = box_fusion(x, s, smoothers, boxes, rician=rician, foreground=foreground,
                                          strength=strength, seed=seed, settings=settings, budget=budget,
                                          cancel=cancel, progress=progress)
             return estimate, {**info, **described, "seconds": round(time.perf_counter() - started, 2)}
@@ -572,33 +333,6 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     return estimate, info
 
 
-#: What the report says about the voxels outside the foreground's box of a fusion with the network (they are
-#: the network's Wiener estimate).
-OUTSIDE_THE_BOX = "inside the foreground's box; the network's Wiener estimate outside it"
-
-
-def sole_component(names: list[str], weights: dict, classes: np.ndarray, fallback: Optional[str], *,
-                   whole: bool) -> dict:
-    """``{"sole_component": name or None, "sole_component_where": ...}``: the one component that produced every
-    fused voxel, when there is one (the fallback to the best single component, or weights that put everything on
-    the same component in every gradient class present), so the report can name what made the voxels.
-
-    ``whole``: the fusion covered the whole array (without the network it always does; with it, the foreground's
-    box, and the Wiener estimate outside: :data:`OUTSIDE_THE_BOX`).
-    """
-    name = fallback
-    if name is None:
-        winners = set()
-        for k in np.unique(classes):
-            w = np.asarray(weights[int(k)], dtype=np.float64)
-            top = int(np.argmax(w))
-            winners.add(top if w[top] >= 1.0 - 1e-9 else -1)  # -1: a class with a true mixture
-        name = names[winners.pop()] if len(winners) == 1 and -1 not in winners else None
-    if name is None:
-        return {"sole_component": None}
-    return {"sole_component": name, "sole_component_where": "every voxel" if whole else OUTSIDE_THE_BOX}
-
-
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
                    seed: int = 0, settings: Optional[FusionSettings] = None,
                    spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
@@ -622,71 +356,6 @@ def _gradient_classes(blind: np.ndarray, fit: np.ndarray, *, settings, component
         edges = np.quantile(gradient[fit], np.linspace(0, 1, settings.classes + 1)[1:-1])
         classes = np.digitize(gradient, edges).astype(np.int8)
     return classes
-
-
-def convex_sure_weights(gram: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """The weights minimising ``w'Gw - 2 b'w`` with ``w >= 0`` and ``sum(w) == 1``, exactly.
-
-    Why constrained: unconstrained SURE weights extrapolate (``+1.84, -0.74, -0.49`` on a whole-head scan at
-    9 % noise, 1.3 dB above the noisy input and 3 dB below plain non-local means), because the Monte-Carlo
-    divergences and the Rician debiasing make the risk estimate wrong in directions no single component goes.
-    A convex combination can never be worse than its worst component and is judged where SURE is reliable.
-    Few components (five): every support set is solved in closed form (KKT) and the best feasible one kept.
-    """
-    count = len(linear)
-    gram = gram + 1e-9 * max(float(np.trace(gram)), 1e-30) / count * np.eye(count)
-    best, best_risk = np.eye(count)[int(np.argmin(np.diag(gram) - 2 * linear))], math.inf
-    for bits in range(1, 2**count):
-        support = [i for i in range(count) if bits >> i & 1]
-        g, b, ones = gram[np.ix_(support, support)], linear[support], np.ones(len(support))
-        try:
-            u, v = np.linalg.solve(g, b), np.linalg.solve(g, ones)
-        except np.linalg.LinAlgError:
-            continue
-        if abs(float(ones @ v)) < 1e-30:
-            continue
-        w_support = u + (1.0 - float(ones @ u)) / float(ones @ v) * v
-        if np.any(w_support < -1e-12):
-            continue
-        w = np.zeros(count)
-        w[support] = np.maximum(w_support, 0.0)
-        w /= w.sum()
-        risk = float(w @ gram @ w - 2 * linear @ w)
-        if risk < best_risk:
-            best, best_risk = w, risk
-    return best
-
-
-def _fit_by_class(components, classes, fit, normal_equations, *, min_voxels: int, default: int):
-    """Convex SURE weights per gradient class (the global fit where a class has too few voxels).
-
-    Returns the combined estimate, the weights by class, and per class the SURE totals of the fused
-    estimate and of every single component (``{"n", "fused", "single": [...]}``).
-    """
-    count = len(components)
-    if fit.any():
-        gram, linear, _, _ = normal_equations(fit)
-        global_weights = convex_sure_weights(gram, linear)
-    else:  # nothing to fit: the ``default`` component (the network's Wiener estimate, or the DCT's)
-        global_weights = np.eye(count)[default]
-    estimate = np.zeros(components[0].shape, np.float32)
-    weights, risks = {}, []
-    for k in range(int(classes.max()) + 1):
-        where = fit & (classes == k)
-        system = normal_equations(where) if where.any() else None
-        w = convex_sure_weights(system[0], system[1]) if system is not None and system[3] >= min_voxels else global_weights
-        weights[k] = w
-        members = classes == k
-        estimate[members] = sum(float(wi) * c[members] for wi, c in zip(w, components))
-        if system is not None:
-            gram, linear, const, n = system
-            risks.append({"n": n, "fused": float(w @ gram @ w - 2 * linear @ w + const),
-                          "single": [float(gram[i, i] - 2 * linear[i] + const) for i in range(count)]})
-    return estimate, weights, risks
-
-
-#: The fusion must beat its best single component's estimated risk by this fraction to be used.
-FUSION_MIN_GAIN = 0.01
 
 
 def _fallback_choice(risks: list, names: list) -> dict:
