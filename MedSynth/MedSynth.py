@@ -204,7 +204,7 @@ class MedSynthParameterNode:
     upsampleFactor: int = 2
     fillUncertainty: bool = False  # an uncertainty overlay (standard deviation) with the result
     timeBudget: float = 0.0  # seconds; 0: the library's automatic budget
-    enhanceTimeBudget: float = 0.0  # seconds for the Enhance pipeline; 0: none
+    enhanceTimeBudget: float = 0.0  # seconds for the Enhance pipeline; 0: the library's automatic budget
 
     # Lesions
     lesionPreset: str = "auto"
