@@ -205,6 +205,16 @@ def normalise(array: np.ndarray, modality: str, scale=None):
     return np.clip((a - low) / (high - low), -0.2, 1.5).astype(np.float32), (float(low), float(high))
 
 
+def mr_scale(array: np.ndarray, modality: str, tissue: np.ndarray, how: str):
+    """The (low, high) that :func:`normalise` maps to 0..1: ``percentile`` the volume's 0.5-99.5 percentiles (the
+    original protocol); ``tissue-median`` 0 to 2.5 x the median of the tissue region, so that the tissue sits at
+    0.4 and a lesion at the preset's relative contrast c at 0.4 (1 + c) on every scan, whatever else is bright in
+    it (a post-contrast scan's vessels and fat set its 99.5th percentile, a pre-contrast one's white matter)."""
+    if modality == "CT" or how == "percentile":
+        return normalise(array, modality)[1]
+    return 0.0, 2.5 * float(np.median(array[tissue]))
+
+
 # ---- synthesis ---------------------------------------------------------------------------------------------
 def synthesise(volume: Volume, preset: str, region: np.ndarray, *, variants: int, first: int, seed: int, log):
     """``variants`` copies of ``volume``, each with synthetic lesions placed at random in ``region``.
@@ -449,14 +459,14 @@ def resolve_preset(choice: str, volume: Volume, closest: str) -> str:
 
 
 def run_target(name, image_path, label_path, choice, closest, sources, protocol, *, seconds, variants, seed, log,
-               save=None, pictures=RESULTS) -> dict:
+               save=None, pictures=RESULTS, mr_norm="percentile") -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     volume = read_volume(image_path)
     real = read_volume(label_path).array > 0  # used for the exclusion ball, the facts and the final Dice only
     preset = resolve_preset(choice, volume, closest)
     modality = PRESETS[preset].modality
     row = {"target": name, "protocol": protocol, "preset": preset, "preset_choice": choice,
-           "closest_preset": closest}
+           "closest_preset": closest, "mr_normalisation": mr_norm if modality == "MR" else "hu-window"}
     halve = min(volume.array.shape[1:]) >= 128
     work = shrink if halve else (lambda x: np.asarray(x, dtype=np.float32))
     placement = placement_region(volume, preset)
@@ -466,7 +476,7 @@ def run_target(name, image_path, label_path, choice, closest, sources, protocol,
         excluded, margin = exclusion_with_margin(volume, real, placement)
         row["exclusion_margin_mm"] = margin
         fill = -1000.0 if modality == "CT" else float(np.percentile(volume.array, 1))
-        _, scale = normalise(work(volume.array), modality)
+        scale = mr_scale(work(volume.array), modality, work(tissue) >= 0.5, mr_norm)
         keep = work(~excluded) > 0.99  # pixels wholly outside the exclusion ball
         src = data.add_source((work(tissue) >= 0.5), keep)
         for image, lesion in synthesise(volume, preset, placement & ~excluded, variants=variants, first=0,
@@ -487,7 +497,7 @@ def run_target(name, image_path, label_path, choice, closest, sources, protocol,
             except Exception as error:  # noqa: BLE001 - the tissue is not in view: the scan is not used
                 log(f"  {file}: skipped ({error})")
                 continue
-            _, scale = normalise(work(other.array), modality)
+            scale = mr_scale(work(other.array), modality, work(other_tissue) >= 0.5, mr_norm)
             src = data.add_source(work(other_tissue) >= 0.5, np.ones(work(other.array).shape, bool))
             before = len(data.images)
             log(f"  {file}: {other.array.shape} at {tuple(round(x, 2) for x in other.spacing_kji)} mm")
@@ -501,7 +511,7 @@ def run_target(name, image_path, label_path, choice, closest, sources, protocol,
     budget = max(30.0, seconds - (time.perf_counter() - wall0))  # loading and synthesis count against the budget
     net = train(data, seconds=budget, seed=seed, log=log)
     train_end = time.perf_counter()
-    _, scale = normalise(work(volume.array), modality)
+    scale = mr_scale(work(volume.array), modality, work(tissue) >= 0.5, mr_norm)
     test = normalise(work(volume.array), modality, scale)[0]
     raw = predict(net, Data._pad(test, "edge"))[:, : test.shape[1], : test.shape[2]]
     probability = grow(raw, volume.array.shape) if halve else raw
@@ -538,7 +548,8 @@ def run_target(name, image_path, label_path, choice, closest, sources, protocol,
         "real_lesion": facts,
     })
     if row["dice"] < 0.5 and pictures is not None:
-        path = pictures / f"lesion_utility_miss_{name}_{protocol}_{preset}.png"
+        extra = "_tissue-median" if row["mr_normalisation"] == "tissue-median" else ""
+        path = pictures / f"lesion_utility_miss_{name}_{protocol}_{preset}{extra}.png"
         contrast = (f"relative contrast {facts['relative_contrast']:+.2f}" if "relative_contrast" in facts
                     else f"labelled mean {facts['labelled_mean']:.0f} HU")
         caption = (f"{name} {protocol} {preset}: Dice {row['dice']:.2f} (raw {row['dice_raw_threshold']:.2f}), "
@@ -553,7 +564,7 @@ def run_target(name, image_path, label_path, choice, closest, sources, protocol,
     return row
 
 
-COLUMNS = ["target", "protocol", "preset", "synthetic_lesions", "wall_minutes", "train_steps", "dice",
+COLUMNS = ["target", "protocol", "preset", "mr_normalisation", "synthetic_lesions", "wall_minutes", "train_steps", "dice",
            "dice_raw_threshold", "dice_in_tissue_region", "components_raw", "false_positive_components_in_region",
            "predicted_volume_ml", "real_volume_ml", "error"]
 
@@ -570,15 +581,19 @@ def write_results(path: Path, rows: list, settings: dict) -> None:
     old = json.loads(path.read_text()) if path.exists() else {}
     if old and "runs" not in old:
         old = {"earlier_version": old}
-    runs = {(r["target"], r["protocol"], r["preset"]): r for r in old.get("runs", [])}
+    def key(r):
+        return r["target"], r["protocol"], r.get("preset"), r.get("mr_normalisation", "percentile")
+
+    runs = {key(r): r for r in old.get("runs", [])}
     for r in rows:
-        runs[(r["target"], r["protocol"], r.get("preset"))] = {**r, "settings": settings}
+        runs[key(r)] = {**r, "settings": settings}
     out = {"note": "Dice of a segmenter trained only on synthetic lesions, on each labelled real lesion of "
                    "../shared/data; 'same-scan': synthetic lesions in the target scan with the real lesion and a margin "
                    "excluded; 'cross-scan': synthetic lesions only in the other scans of the same modality and body "
                    "part, the target unseen; 'dice' is the largest connected component of the prediction inside the "
                    "tissue region; bar >= 0.5 in at most 15 minutes per target",
-           "runs": sorted(runs.values(), key=lambda r: (r["protocol"] != "same-scan", r["target"], r.get("preset", ""))),
+           "runs": sorted(runs.values(), key=lambda r: (r["protocol"] != "same-scan", r["target"], r.get("preset", ""),
+                                                       r.get("mr_normalisation", ""))),
            **{k: v for k, v in old.items() if k not in ("runs", "note")}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_json(out, indent=2) + "\n")
@@ -594,6 +609,9 @@ def main() -> None:
                         help="auto (default: auto_preset on the target), closest (the preset covering the real lesion) "
                              "or a preset name")
     parser.add_argument("--protocol", choices=("same-scan", "cross-scan", "both"), default="same-scan")
+    parser.add_argument("--mr-norm", choices=("percentile", "tissue-median"), default="percentile",
+                        help="MR intensities to 0..1: the volume's 0.5-99.5 percentiles (default, the original protocol) or "
+                             "0..2.5 x the tissue region's median")
     parser.add_argument("--save-maps", type=Path, default=None, help="folder for the probability maps (.npz)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -614,7 +632,7 @@ def main() -> None:
             print(f"{name} ({protocol}, preset {args.preset})", flush=True)
             row = run_target(name, image, label, args.preset, closest, sources, protocol,
                              seconds=60 * args.minutes, variants=args.variants, seed=args.seed,
-                             log=lambda m: print(m, flush=True),
+                             log=lambda m: print(m, flush=True), mr_norm=args.mr_norm,
                              save=None if args.save_maps is None else args.save_maps / f"{name}_{protocol}.npz")
             row["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
