@@ -76,19 +76,30 @@ def _sample(values: np.ndarray, n: int = 400_000) -> np.ndarray:
     return values[:: max(1, values.size // n)]
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
+def largest_components(mask: np.ndarray, *, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
+    """The ``keep`` largest connected components of ``mask``, those at least ``min_fraction`` of the largest."""
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask
-    return labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+    sizes = np.bincount(labels.ravel())[1:]
+    if keep == 1:
+        return labels == (int(np.argmax(sizes)) + 1)
+    order = np.argsort(sizes)[::-1][:keep]
+    chosen = [i + 1 for i in order if sizes[i] >= min_fraction * sizes[order[0]]]
+    return np.isin(labels, chosen)
+
+
+def fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Holes filled in every slice along array ``axis`` (a body or a skull open at the volume's ends still closes)."""
+    moved = np.moveaxis(mask, axis, 0)
+    return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
     """Holes filled in 3D, then slice by slice along each axis (a head open at the neck still closes)."""
     mask = ndimage.binary_fill_holes(mask)
     for axis in range(3):
-        moved = np.moveaxis(mask, axis, 0)
-        mask = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+        mask = fill_slices(mask, axis)
     return mask
 
 
@@ -129,7 +140,7 @@ def _head(values: np.ndarray) -> tuple[np.ndarray, float]:
     # the large pieces together (a scalp shell apart from the brain inside it is one head once filled), then the
     # largest filled body
     head = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
-    return _largest(_fill(ndimage.binary_closing(head, iterations=2) | head)), threshold
+    return largest_components(_fill(ndimage.binary_closing(head, iterations=2) | head)), threshold
 
 
 #: The core's tails: (1 - p5) / (p95 - 1) of its intensities over their median. T1 heads of the corpus 1.2-3.4 (CSF in
@@ -179,7 +190,7 @@ def _strip(means: np.ndarray, minima: np.ndarray, spacing: tuple, *, bright_is_b
     votes[0] = 0
     seed = labels == int(np.argmax(votes))
     grown = ndimage.distance_transform_edt(~seed, sampling=spacing) <= erode + 0.5 * max(spacing)
-    brain = _largest(grown & tissue)
+    brain = largest_components(grown & tissue)
     brain = _fill(ndimage.binary_closing(brain, iterations=2) | brain) & head
     # the erosion cut the gyri off (sulcal CSF splits them thinner than 12 mm): grow back into the cortex
     allowed = head & (np.minimum(minima, top) > _GROW_LOW * middle)
@@ -257,7 +268,7 @@ def _class_mask(smooth: np.ndarray, masks: BrainMasks, values: np.ndarray, spaci
         deeper_dark = float(depth[dark].mean()) if dark.any() else 0.0
         masks.contrast = "T1" if deeper_bright >= deeper_dark else "T2-like"
     wm = (bright & (smooth < high)) if masks.contrast == "T1" else (dark & (smooth > low))
-    return _largest(ndimage.binary_opening(wm, iterations=1) & masks.region)
+    return largest_components(ndimage.binary_opening(wm, iterations=1) & masks.region)
 
 
 def white_matter(array: np.ndarray, spacing_kji, masks: BrainMasks) -> np.ndarray:

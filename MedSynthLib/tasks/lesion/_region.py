@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from ...errors import InputError
 from ...volume import Volume
-from ._anatomy import find_brain, white_matter
+from ._anatomy import fill_slices, find_brain, largest_components as _largest, white_matter
 from ._presets import REGIONS
 
 __all__ = ["Tissue", "auto_region", "find_tissue", "guess_body_part", "place_centres"]
@@ -48,15 +48,6 @@ logger = logging.getLogger(__name__)
 #: view (one breast, or a crop) is narrower.
 TRUNK_MIN_MM = 260.0
 
-
-def _largest(mask: np.ndarray, *, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(sizes)[::-1][:keep]
-    chosen = [i + 1 for i in order if sizes[i] >= min_fraction * sizes[order[0]]]
-    return np.isin(labels, chosen)
 
 
 def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
@@ -81,15 +72,11 @@ def _lung(array: np.ndarray, slice_axis: int = 0) -> np.ndarray:
     outside = [t for t, m in zip(touching, np.atleast_1d(medians)) if m < -960]
     inner = air & ~np.isin(labels, outside)
     lungs = _largest(inner, keep=2, min_fraction=0.2)
-    moved = np.moveaxis(lungs, slice_axis, 0)
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in moved])  # vessels inside, slice by slice
-    return np.moveaxis(filled, 0, slice_axis)
+    return fill_slices(lungs, slice_axis)  # vessels inside, slice by slice
 
 
 def _body(smooth: np.ndarray, slice_axis: int) -> np.ndarray:
-    body = _largest(smooth > -500)
-    moved = np.moveaxis(body, slice_axis, 0)
-    return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, slice_axis)
+    return fill_slices(_largest(smooth > -500), slice_axis)
 
 
 def _width_mm(mask: np.ndarray, spacing_kji, slice_axis: int) -> float:
@@ -124,18 +111,22 @@ def _liver(volume: Volume) -> np.ndarray:
     return ndimage.binary_fill_holes(grown & tissue & body)
 
 
+def _mr_body(smooth: np.ndarray, axis: int, *, stride: int) -> tuple[np.ndarray, float]:
+    """(the body on a smoothed MR, its bright level): the largest region above 15 % of the 95th percentile (of
+    every ``stride``-th voxel), holes filled slice by slice; empty where nothing is bright."""
+    top = float(np.percentile(smooth[::stride, ::stride, ::stride], 95))
+    if top <= 0:
+        return np.zeros(smooth.shape, dtype=bool), top
+    return fill_slices(_largest(smooth > 0.15 * top), axis), top
+
+
 def _liver_mr(volume: Volume) -> np.ndarray:
     """The liver on an MR of the trunk, any contrast: the largest thick homogeneous organ on the patient's right,
     deep in the body and unlike fat, grown back inside tissue of its own intensity (see the module notes)."""
     spacing, axis = volume.spacing_kji, volume.slice_axis()
     data = volume.array.astype(np.float32)
     smooth = ndimage.gaussian_filter(data, [1.5 / s for s in spacing])
-    top = float(np.percentile(smooth[::2, ::2, ::2], 95))
-    if top <= 0:
-        return np.zeros(data.shape, dtype=bool)
-    body = _largest(smooth > 0.15 * top)
-    moved = np.moveaxis(body, axis, 0)
-    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    body, top = _mr_body(smooth, axis, stride=2)
     if _width_mm(body, spacing, axis) < TRUNK_MIN_MM:  # a head, a breast or a limb: no liver in view
         return np.zeros_like(body)
     size = [max(1, int(round(6.0 / s))) | 1 for s in spacing]  # about 6 mm
@@ -182,9 +173,7 @@ def _stripped_brain_ct(volume: Volume, smooth: np.ndarray) -> np.ndarray:
     outside = array == values[int(np.argmax(counts))]  # the most frequent value: what stripping left outside
     if np.mean(outside) < 0.2:
         return np.zeros(array.shape, dtype=bool)
-    body = _largest(~outside)
-    moved = np.moveaxis(body, axis, 0)
-    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    body = fill_slices(_largest(~outside), axis)
     body_ml = np.count_nonzero(body) * float(np.prod(spacing)) / 1000.0
     soft = np.mean((smooth[body] > -20) & (smooth[body] < 100)) if body.any() else 0.0
     if not 800.0 <= body_ml <= 2200.0 or soft < 0.8 or _width_mm(body, spacing, axis) > 210.0:
@@ -205,8 +194,7 @@ def _brain_ct(volume: Volume) -> np.ndarray:
     bone = smooth > 250
     if np.count_nonzero(bone) * float(np.prod(spacing)) < 10_000.0:  # under 10 mL of bone: no skull in view
         return _stripped_brain_ct(volume, smooth)
-    moved = np.moveaxis(bone, axis, 0)
-    cavity = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis) & ~bone
+    cavity = fill_slices(bone, axis) & ~bone
     cavity = ndimage.binary_opening(cavity, iterations=2)
     brain = _largest(cavity & (smooth > 0) & (smooth < 80))
     inside = _largest(cavity)
@@ -224,12 +212,7 @@ def _breast(volume: Volume) -> np.ndarray:
     """The body of a breast MR above the air level, at least ``BREAST_SKIN_MM`` below its skin (see the notes)."""
     spacing, axis = volume.spacing_kji, volume.slice_axis()
     smooth = ndimage.gaussian_filter(volume.array.astype(np.float32), [0.7 / s for s in spacing])
-    top = float(np.percentile(smooth[:: 3, :: 3, :: 3], 95))
-    if top <= 0:
-        return np.zeros(smooth.shape, dtype=bool)
-    body = _largest(smooth > 0.15 * top)
-    moved = np.moveaxis(body, axis, 0)
-    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    body, _ = _mr_body(smooth, axis, stride=3)
     depth = ndimage.distance_transform_edt(body, sampling=spacing)  # no padding: the volume's edge is not skin
     return body & (depth >= BREAST_SKIN_MM)
 
