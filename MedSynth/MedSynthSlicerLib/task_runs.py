@@ -15,7 +15,6 @@ import numpy as np
 
 from MedSynthLib.lesion_segments import segment_descriptions
 from MedSynthLib.progress import CancelToken, ProgressCallback, check_cancel, report
-from MedSynthLib.provenance import changed_provenance
 from MedSynthLib.tasks import enhance as enhance_task
 from MedSynthLib.tasks import fill as fill_task
 from MedSynthLib.tasks import lesion as lesion_task
@@ -57,11 +56,7 @@ def _lesion(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dic
 
 def _enhance(volume: Volume, request: TaskRequest, mask, progress, cancel) -> dict:
     result = enhance_task.enhance(volume, request.options, mask=mask, progress=progress, cancel=cancel)
-    provenance = getattr(result, "synthetic_mask", None)
-    if provenance is None and result.volume.array.shape == volume.array.shape:  # denoise, bias: what changed
-        provenance = changed_provenance(volume, result.volume)
-    return {"volume": result.volume, "report": result.report,
-            "synthetic_mask": None if provenance is None else provenance.array}
+    return {"volume": result.volume, "report": result.report, "synthetic_mask": result.synthetic_mask.array}
 
 
 #: Task -> runner: ``(volume, request, mask, progress, cancel) -> TaskOutcome fields``.

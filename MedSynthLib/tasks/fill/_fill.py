@@ -19,6 +19,7 @@ of the methods in :data:`METHODS`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -77,10 +78,10 @@ class FillResult:
     rewritten: tuple[int, ...] = ()
     uncertainty: Optional[Volume] = None
 
-    @property
+    @functools.cached_property
     def synthetic_mask(self) -> Volume:
         """uint8 on the output grid: 1 on the synthesised slices, 2 on rewritten acquired ones, 0 elsewhere
-        (:mod:`~MedSynthLib.provenance`)."""
+        (:mod:`~MedSynthLib.provenance`); made on first use, once."""
         from ...provenance import slice_provenance
 
         return slice_provenance(self.volume, axis=self.axis, synthesised=self.slices, rewritten=self.rewritten)
@@ -235,11 +236,7 @@ def fill_slices(
     report(progress, 1.0, "done")
     result_report = _report("fill", axis_index, values, details, time.perf_counter() - start, warnings)
     check_result(volume, volume.with_array(out), task=f"fill ({result_report['method']})", axis=axis_index, slices=values)
-    uncertainty = None
-    if sigma is not None:
-        spread = np.zeros(out.shape, np.float32)
-        np.moveaxis(spread, axis_index, 0)[values] = sigma
-        uncertainty = volume.with_array(spread)
+    uncertainty = None if sigma is None else _slices_volume(sigma, volume.ijk_to_ras, out.shape, axis_index, values)
     return FillResult(volume=volume.with_array(out), slices=tuple(values), axis=axis_index, report=result_report,
                       uncertainty=uncertainty)
 
@@ -339,15 +336,18 @@ def _upsample(volume: Volume, options: UpsampleOptions, budget: TimeBudget, *,
     target_index = grid.targets.astype(int)
     result_report = _report("upsample", axis_index, target_index.tolist(), details, time.perf_counter() - start, notes)
     check_result(volume, Volume(out, matrix), task=f"upsample ({result_report['method']})")
-    uncertainty = None
-    if sigma is not None:
-        spread = np.zeros(out.shape, np.float32)
-        if len(target_index):
-            np.moveaxis(spread, axis_index, 0)[target_index] = sigma
-        uncertainty = Volume(spread, matrix)
+    uncertainty = None if sigma is None else _slices_volume(sigma, matrix, out.shape, axis_index, target_index)
     rewritten = () if sharpened is None else tuple(sorted(grid.original_at))
     return FillResult(volume=Volume(out, matrix), slices=tuple(target_index.tolist()), axis=axis_index,
                       report=result_report, rewritten=rewritten, uncertainty=uncertainty)
+
+
+def _slices_volume(values: np.ndarray, matrix: np.ndarray, shape: tuple, axis: int, index) -> Volume:
+    """float32 ``values`` (Q, H, W) at slices ``index`` along ``axis`` of a volume of ``shape``, 0 elsewhere."""
+    out = np.zeros(shape, np.float32)
+    if len(index):
+        np.moveaxis(out, axis, 0)[index] = values
+    return Volume(out, matrix.copy())
 
 
 @dataclass(frozen=True)

@@ -220,13 +220,14 @@ def held_out_slices(plan: FillPlan, *, separation: int = 3, limit: int = 24) -> 
 
 
 def _problems(good: np.ndarray, plan: FillPlan, row_steps: tuple[int, int]):
-    """The calibration problems, as (good slices, plan, truth) with the fill's gap pattern: acquired slices held
-    out through-plane (fills: the same problem at other places) and in-plane rows of reformatted planes
-    (both; upsampling: rows only, thinned to the through-plane step)."""
+    """The calibration problems, as (good slices, plan, truth, source) with the fill's gap pattern: acquired
+    slices held out through-plane (fills: the same problem at other places; source None) and in-plane rows of
+    reformatted planes (both; upsampling: rows only, thinned to the through-plane step; source: the row steps
+    used)."""
     through = held_out_slices(plan)
     if through is not None:
         kept, held = through
-        yield good[kept], make_plan(plan.positions[kept], plan.positions[held]), good[held]
+        yield good[kept], make_plan(plan.positions[kept], plan.positions[held]), good[held], None
     # short stacks (a small volume, rows thinned to thick slices): closer runs, then unthinned rows
     for steps, separation in ((row_steps, SEPARATION), (row_steps, 2), ((1, 1), 2)):
         found = False
@@ -236,7 +237,7 @@ def _problems(good: np.ndarray, plan: FillPlan, row_steps: tuple[int, int]):
                 continue
             rows, targets = pattern
             found = True
-            yield stack[rows], make_plan(rows.astype(np.float64), targets.astype(np.float64)), stack[targets]
+            yield stack[rows], make_plan(rows.astype(np.float64), targets.astype(np.float64)), stack[targets], steps
         if found:
             return
 
@@ -252,12 +253,14 @@ def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_
     Returns the calibration and its report (fit and held-out figures).
     """
     features, errors, halves = [], [], []
-    for number, (kept, problem, truth) in enumerate(_problems(good, plan, row_steps)):
+    sources = set()
+    for kept, problem, truth, source in _problems(good, plan, row_steps):
         check_cancel(cancel)
         answer = np.asarray(run_method(kept, problem), np.float32)
         tissue = np.maximum(truth, answer) > foreground
         if not tissue.any():
             continue
+        sources.add(source)
         features.append(uncertainty_features(kept, problem, answer, method)[:, tissue].T)
         errors.append((answer - truth)[tissue])
         halves.append(np.broadcast_to((np.arange(len(truth)) % 2 == 1)[:, None, None], truth.shape)[tissue])
@@ -269,9 +272,14 @@ def calibrate(good: np.ndarray, plan: FillPlan, *, method: str, run_method, row_
     half = Calibration.fit(features_all[~held], error_all[~held]) if held.any() and (~held).any() else None
     final = Calibration.fit(features_all, error_all)
     final.scale = float(scale)
-    figures = {"calibrated": True, "calibrated_on": "acquired slices held out through-plane (fills) and in-plane rows "
-                                                    "of acquired slices, the gap pattern repeated",
-               "row_step_px": list(row_steps), "model": f"log-error regression on {len(FEATURES)} features and their pairwise products, isotonic map to the RMS error in {len(final.knots)} bins"}
+    rows = [steps for steps in sources if steps is not None]
+    figures = {"calibrated": True,
+               "calibrated_on": ("acquired slices held out through-plane and " if None in sources else "")
+               + "in-plane rows of acquired slices, the gap pattern repeated" if rows
+               else "acquired slices held out through-plane",
+               "row_step_px": list(rows[0]) if rows else None,
+               "model": f"log-error regression on {len(FEATURES)} features and their pairwise products, isotonic "
+                        f"map to the RMS error in {len(final.knots)} bins"}
     if half is not None:
         figures["held_out"] = _agreement(half.sigma(features_all[held]), error_all[held])
     figures["fit"] = _agreement(final.sigma(features_all) / max(final.scale, 1e-12), error_all)
