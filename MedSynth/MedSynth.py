@@ -301,7 +301,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
             self._job.cancel()
-        self.logic.undoStack.clear()
+        self.logic.forgetScene()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -815,6 +815,12 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         return segmentationNode, segmentIds
 
     # ---- undo, detection, navigation ---------------------------------------------------------
+    def forgetScene(self) -> None:
+        """Drop what refers to the closing scene's nodes: the undo copies and the synthesised-voxel masks kept to
+        accumulate and undo them (they would otherwise hold their memory for the session)."""
+        self.undoStack.clear()
+        self._syntheticMasks.clear()
+
     def canUndo(self, volumeNode) -> bool:
         return volumeNode is not None and self.undoStack.can_undo(volumeNode.GetID())
 

@@ -523,3 +523,12 @@ def test_upsample_and_lesion_outputs_carry_their_masks(medsynth, logic):
     labels = _segment_array(slicer, lesion.segmentation, lesion.segmentation.GetSegmentation().GetNthSegment(0)
                             .GetName(), lesion.volume)
     assert rewritten[labels > 0].all() and rewritten.sum() >= labels.sum() > 0
+
+
+def test_closing_the_scene_forgets_its_undo_copies_and_masks(medsynth, logic):
+    _module, slicer = medsynth
+    node = _node(slicer, make_phantom((10, 24, 28)))
+    logic.process("fill", node, inPlace=True, slices=[4], method="linear")
+    assert logic.canUndo(node) and logic._syntheticMasks
+    logic.forgetScene()  # what the panel does when the scene starts closing
+    assert not logic.canUndo(node) and not logic._syntheticMasks
