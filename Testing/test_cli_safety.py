@@ -163,7 +163,8 @@ def test_an_implausible_result_is_exit_2_and_nothing_is_written(tmp_path, capsys
     """The task refuses it (the check is in the library, for every front end); the CLI writes nothing."""
     from MedSynthLib.tasks.enhance import _bias
 
-    monkeypatch.setattr(_bias, "n4_field", lambda data, mask, **_: (np.full(data.shape, np.nan, np.float32), {}))
+    monkeypatch.setattr(_bias, "cross_fitted_field",
+                        lambda data, mask, **_: (np.full(data.shape, np.nan, np.float32),) * 2 + ({},))
     out = tmp_path / "out.nii.gz"
     code, err = run_cli(capsys, "bias", source, out, "--shrink", "2", "--qc", tmp_path / "q.png")
     assert code == 2 and "NaN or infinite" in one_line(err)

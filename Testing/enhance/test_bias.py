@@ -106,7 +106,6 @@ def _bright_spots_under_a_field():
 
 def test_n4_never_clips_a_uint8_volume_near_255():
     volume = _bright_spots_under_a_field()
-    at_max = int(np.count_nonzero(volume.array == 255))
     result = correct_bias(volume)  # output_dtype "auto": float32 where uint8 cannot hold the result
     report = result.report
     assert report["changed"] is True and report["clipped_voxels"] == 0
@@ -120,7 +119,7 @@ def test_n4_never_clips_a_uint8_volume_near_255():
     assert kept.volume.array.dtype == np.uint8 and kept.report["clipped_voxels"] == 0 and 0.5 < scale < 1
     expected = np.rint(result.volume.array.astype(np.float64) * scale)
     assert np.abs(kept.volume.array - expected).max() <= 1  # float32 rounding only; the brightest voxel at 255
-    assert int(np.count_nonzero(kept.volume.array == 255)) <= max(at_max, 1) + 2
+    assert np.all(expected[kept.volume.array == 255] >= 254)  # at 255 only what rounds there: nothing clipped
     assert correct_bias(volume, output_dtype="float32").volume.array.dtype == np.float32
 
 

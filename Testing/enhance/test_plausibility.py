@@ -101,7 +101,8 @@ def _broken_field(monkeypatch):
     """N4 returning a field of 1e-3: the corrected volume lies a thousand times beyond the input's range."""
     from MedSynthLib.tasks.enhance import _bias
 
-    monkeypatch.setattr(_bias, "n4_field", lambda data, mask, **_: (np.full(data.shape, 1e-3, np.float32), {}))
+    monkeypatch.setattr(_bias, "cross_fitted_field",
+                        lambda data, mask, **_: (np.full(data.shape, 1e-3, np.float32),) * 2 + ({},))
 
 
 def test_correct_bias_and_enhance_refuse_an_implausible_result_themselves(noisy_head, monkeypatch):

@@ -163,15 +163,16 @@ def correct_bias(
         span = float(data[fit_mask].max()) - low
         shift = -low + max(0.01 * span, 1e-3)
         warnings.append(f"intensities inside the mask reach {low:g}; shifted by {shift:g} for N4 (needs positive values)")
-    field, details = _bias.n4_field(data + shift, fit_mask, spacing_kji=volume.spacing_kji, shrink=options.shrink,
-                                    iterations=list(options.iterations), control_points=options.control_points,
-                                    progress=subrange(progress, 0.0, 0.95), cancel=cancel, budget=budget)
+    field, held_out, details = _bias.cross_fitted_field(
+        data + shift, fit_mask, spacing_kji=volume.spacing_kji, shrink=options.shrink,
+        iterations=list(options.iterations), control_points=options.control_points,
+        progress=subrange(progress, 0.0, 0.95), cancel=cancel, budget=budget)
     corrected = data / field if shift == 0 else (data.astype(np.float64) + shift) / field - shift
     check_result(volume, Volume(np.asarray(corrected, dtype=np.float32), volume.ijk_to_ras), task="bias correction",
                  margin=BIAS_MARGIN)
     check_cancel(cancel)
-    report(progress, 0.96, "N4: measuring the tissue CV before and after")
-    judged = _bias.tissue_cv(data + shift, (data + shift) / field, fit_mask)  # where N4 worked: positive values
+    report(progress, 0.96, "N4: measuring the tissue CV before and after, each voxel by the fit that did not see it")
+    judged = _bias.tissue_cv(data + shift, (data + shift) / held_out, fit_mask)  # where N4 worked: positive values
     result_report.update(shift=shift, mask_voxels=int(fit_mask.sum()), parameters=details, shrink=details["shrink"],
                          tissue_cv_before=round(judged.before, 5),
                          tissue_cv_after=round(judged.after, 5),
