@@ -37,8 +37,9 @@ _BY_BODY_PART = {("CT", "head"): "ct-haemorrhage", ("CT", "chest"): "ct-nodule-s
                  ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-metastasis",
                  ("MR", "breast"): "mr-breast-mass", ("MR", "abdomen"): "mr-liver-lesion"}
 
-_PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality "
-                f"({', '.join(f'{m}: {p}' for m, p in DEFAULT_PRESETS.items())}); none: the spec defaults")
+_PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality and the "
+                f"body part in view ({', '.join(f'{m}: {p}' for m, p in DEFAULT_PRESETS.items())} when none is "
+                "recognised); none: auto for lesions placed at random (a count), the spec defaults at given centres")
 _REGION_HELP = ("where random lesions go: auto (the preset's tissue: the brain on MR, lungs on CT) or a tissue "
                 f"({', '.join(REGIONS)}); unset: auto for random lesions, no check of given centres")
 _CONTRAST_HELP = ("lesion contrast in the preset's mode (a relative fraction on MR, HU on CT; overrides the "
