@@ -21,7 +21,7 @@ from ...errors import InputError
 from ...progress import CancelToken, ProgressCallback
 from ...volume import THICK_SLICE_RATIO
 from ._options import METHODS
-from ._interp import FillPlan, cubic_fill, linear_fill, spline_fill
+from ._interp import FillPlan, cubic_fill, linear_fill, make_plan, spline_fill
 
 __all__ = ["METHODS", "FillJob", "default_budget_seconds", "resolve_method", "synthesise"]
 
@@ -104,8 +104,38 @@ def fast_method(job: FillJob, why: str) -> tuple[str, str]:
         trained = read_package_info(path).metadata.get("training", {}).get("config", {}).get("task_options", {})
         widest = float(np.max(job.plan.gaps))
         if widest <= float(trained.get("max_gap", 4)):  # gaps it was trained on, no wider
-            return "model", f"{why}; the bundled fill model beats flow on thin slices (ROBEX x2 +0.6 against +0.3 dB)"
-    return "flow", f"{why}; flow needs no training"
+            return checked_against_linear(job, "model", f"{why}; the bundled fill model beats flow on thin slices "
+                                                         "(ROBEX x2 +0.6 against +0.3 dB)")
+    return checked_against_linear(job, "flow", f"{why}; flow needs no training")
+
+
+def checked_against_linear(job: FillJob, name: str, why: str) -> tuple[str, str]:
+    """``name`` where it beats linear interpolation on acquired slices of this volume held out with the fill's gap
+    widths (``_uncertainty.held_out_slices``: up to 24, away from the real gaps), else ``linear``.
+
+    Why: the bundled model and flow were chosen by rules measured on other scans; on the abdominal MR (3 mm, 3
+    zeroed slices) the model ended 0.10 dB below linear. The check costs one run of the method on the held-out
+    slices. Grids without an acquired slice to spare (an upsampling) keep ``name``.
+    """
+    import dataclasses
+
+    from ._uncertainty import held_out_slices
+
+    split = held_out_slices(job.plan)
+    if split is None:
+        return name, why
+    kept, held = split
+    trial = dataclasses.replace(job, good=job.good[kept], plan=make_plan(job.plan.positions[kept],
+                                                                         job.plan.positions[held]))
+    truth = job.good[held].astype(np.float64)
+    guessed = RUNNERS[name](trial, job.options.get(name), None, None, name).values
+    errors = [float(np.mean((np.asarray(v, dtype=np.float64) - truth) ** 2))
+              for v in (guessed, linear_fill(trial.good, trial.plan))]
+    gain = 10.0 * np.log10(max(errors[1], 1e-20) / max(errors[0], 1e-20))
+    held_out = f"{gain:+.2f} dB over linear on {len(held)} acquired slices held out with the fill's gaps"
+    if gain > 0:
+        return name, f"{why}; {held_out}"
+    return "linear", f"{why}; but {name} scored {held_out}, so linear"
 
 
 def _affordable_steps(job: FillJob, target, settings: Optional[dict]) -> tuple[int, int]:
