@@ -126,7 +126,7 @@ def test_auto_preset_by_body_part():
 
     assert auto_preset(ct_chest()) == ("ct-nodule-solid", "chest")
     assert auto_preset(breast_mr()[0]) == ("mr-breast-mass", "breast")
-    assert auto_preset(gyral_head()[0]) == ("mr-metastasis", "head")
+    assert auto_preset(gyral_head()[0]) == ("mr-enhancing-lesion", "head")
 
 
 def test_augment_folder_skips_label_and_probability_maps(tmp_path):

@@ -79,11 +79,11 @@ def test_a_region_mask_is_data_and_a_name_a_knob(head):
 
 
 def test_default_preset_is_one_rule_by_modality_and_body_part():
-    assert default_preset("MR") == "mr-metastasis" == DEFAULT_PRESETS["MR"]
+    assert default_preset("MR") == "mr-enhancing-lesion" == DEFAULT_PRESETS["MR"]
     assert default_preset("ct") == "ct-nodule-solid" == DEFAULT_PRESETS["CT"]
     assert default_preset("CT", "HEAD") == "ct-haemorrhage"
     assert default_preset("CT", "liver") == "ct-liver-hypodense"
-    assert default_preset("MR", "brain") == "mr-metastasis"
+    assert default_preset("MR", "brain") == "mr-enhancing-lesion"
     assert all(PRESETS[default_preset(m)].modality == m for m in ("CT", "MR"))
     with pytest.raises(InputError, match="modality must be one of CT, MR"):
         default_preset("PET")

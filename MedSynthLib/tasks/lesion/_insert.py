@@ -109,8 +109,10 @@ def _prepare(volume: Volume, options: LesionOptions) -> tuple[LesionOptions, Any
         select_device(options.device)
     modality = options.modality or guess_modality(volume)
     # "auto": by modality and by the body part the voxels show (a brain, lungs, a liver...); also what no preset
-    # means for lesions placed at random (a breast MR got "no brain in view" for `medsynth lesion --count 2`)
-    chosen = options.preset if options.preset is not None or not options.places_at_random() else "auto"
+    # means for lesions placed at random in the automatic region (a breast MR got "no brain in view" for
+    # `medsynth lesion --count 2`); a region given keeps the spec defaults
+    automatic = options.region in (None, "auto") and options.region_mask is None and options.places_at_random()
+    chosen = "auto" if options.preset is None and automatic else options.preset
     preset = auto_preset(volume, modality)[0] if chosen == "auto" else chosen
     if preset is not None:
         modality = _check_modality(volume, PRESETS[preset], options.modality)

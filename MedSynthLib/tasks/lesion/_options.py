@@ -27,14 +27,14 @@ __all__ = ["LesionOptions", "MODALITIES", "DEFAULT_PRESETS", "BODY_PARTS", "auto
 MODALITIES = ("CT", "MR")
 
 #: What ``preset="auto"`` draws on each modality when no body part is known (see :func:`default_preset`).
-DEFAULT_PRESETS = {"CT": "ct-nodule-solid", "MR": "mr-metastasis"}
+DEFAULT_PRESETS = {"CT": "ct-nodule-solid", "MR": "mr-enhancing-lesion"}
 
 #: Body parts :func:`default_preset` knows, with the words (DICOM ``BodyPartExamined`` included) read as each.
 BODY_PARTS = {"head": ("head", "brain", "skull"), "chest": ("chest", "thorax", "lung", "lungs"),
               "abdomen": ("abdomen", "liver"), "breast": ("breast", "breasts", "mamma")}
 
 _BY_BODY_PART = {("CT", "head"): "ct-haemorrhage", ("CT", "chest"): "ct-nodule-solid",
-                 ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-metastasis",
+                 ("CT", "abdomen"): "ct-liver-hypodense", ("MR", "head"): "mr-enhancing-lesion",
                  ("MR", "breast"): "mr-breast-mass", ("MR", "abdomen"): "mr-liver-lesion"}
 
 _PRESET_HELP = ("lesion family (see medsynth lesion --list-presets); checks the modality; auto: by modality and the "
@@ -60,9 +60,10 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
     The one rule every front end uses (``preset="auto"``, ``medsynth augment``, the Slicer panel's default):
     CT - a solid lung nodule (``ct-nodule-solid``); head: ``ct-haemorrhage``; abdomen: ``ct-liver-hypodense``.
     MR breast: an enhancing breast mass (``mr-breast-mass``); MR abdomen: a T1-dark liver lesion (``mr-liver-lesion``).
-    MR - a brain metastasis (``mr-metastasis``), a T1 post-contrast lesion: the automatic region (white matter,
-    the brightest tissue) is found on T1 images, where a metastasis enhances; ``mr-wmh`` is a T2/FLAIR finding,
-    on whose images white matter is darker than grey matter and the automatic region misses it.
+    MR (head, or no body part known) - an enhancing brain lesion of any size (``mr-enhancing-lesion``: small
+    metastases to large ring-enhancing tumours; which one a scan holds is not known from its voxels), a T1
+    post-contrast lesion in the brain found by skull stripping; ``mr-wmh`` is a T2/FLAIR finding, on whose images
+    white matter is darker than grey matter.
 
     Parameters
     ----------
@@ -79,7 +80,7 @@ def default_preset(modality: str, body_part: Optional[str] = None) -> str:
     Examples
     --------
     >>> default_preset("MR"), default_preset("ct"), default_preset("CT", "HEAD")
-    ('mr-metastasis', 'ct-nodule-solid', 'ct-haemorrhage')
+    ('mr-enhancing-lesion', 'ct-nodule-solid', 'ct-haemorrhage')
     """
     found = _modality(modality)
     if body_part is None:
