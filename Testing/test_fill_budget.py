@@ -85,6 +85,31 @@ def test_auto_hands_over_when_selfsup_is_cut_without_gain(monkeypatch):
     assert report["selfsup"]["inference_skipped"] and report["selfsup"]["inference_seconds"] == 0
 
 
+def test_auto_abandons_a_training_whose_gain_cannot_make_it_worth_keeping(monkeypatch):
+    """From half the steps that fit the budget, a training whose held-out gain, extrapolated in proportion to the
+    steps, stays below what auto keeps is stopped there, not run to the budget's end and then dropped."""
+    import re
+
+    from MedSynthLib.tasks.fill import _auto, _selfsup_train
+
+    monkeypatch.setattr(_auto, "MIN_USEFUL_STEPS", {"linear": 1, "spline": 1})
+    monkeypatch.setattr(_auto, "MIN_HELD_OUT_GAIN_DB", {"linear": 1e9, "spline": 1e9})  # no gain is enough
+    monkeypatch.setattr(_auto, "_affordable_steps", lambda job, target, settings: (100000, 100000))
+    monkeypatch.setattr(_selfsup_train, "VALIDATE_EVERY", 5)
+    volume = moving_disc(count=13, size=48)
+    options = {"selfsup": {**FAST_SELFSUP["selfsup"], "steps": 100000}}
+    result = fill_slices(volume, slices=[6], method="auto", device="cpu", time_budget=20.0, method_options=options)
+    report = result.report
+    summary = report["selfsup"]
+    if summary.get("training_skipped"):  # a machine so loaded that set-up ate the budget: nothing to abandon
+        pytest.skip(summary["training_skipped"])
+    step, fits = map(int, re.search(r"abandoned at step (\d+) of (\d+)", summary["abandoned"]).groups())
+    assert 2 * step >= fits > step and summary["steps"] == step and summary["stopped_early"]
+    assert report["method"] in ("model", "flow", "linear") and "selfsup was abandoned at step" in report["method_reason"]
+    assert summary["inference_skipped"]
+    np.testing.assert_array_equal(np.delete(result.volume.array, 6, axis=0), np.delete(volume.array, 6, axis=0))
+
+
 def test_auto_does_not_start_a_training_the_measured_inference_leaves_no_room_for(monkeypatch):
     """The plan's constants said selfsup fits; the inference measured on this machine leaves fewer steps than
     are worth keeping even at an idle machine's pace: training is not started (not merely cut) and auto hands

@@ -277,6 +277,9 @@ def synthesise(job: FillJob, method: str, *, requested: str, progress: Optional[
     base = _base(summary)
     if summary.get("training_skipped"):
         dropped = f"selfsup was not started: {summary['training_skipped']} (useful from {MIN_USEFUL_STEPS[base]})"
+    elif summary.get("abandoned"):
+        dropped = (f"selfsup was {summary['abandoned']} (kept from {MIN_HELD_OUT_GAIN_DB[base]:+.1f} dB over its "
+                   f"{base} base)")
     else:
         dropped = (f"selfsup was cut at step {summary['steps']} of {summary['steps_planned']} (useful from "
                    f"{MIN_USEFUL_STEPS[base]}) with {summary['held_out_gain_db']:+.2f} dB over its {base} base on "

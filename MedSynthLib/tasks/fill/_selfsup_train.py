@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -98,11 +98,15 @@ class _Clock:
 
 def train(sampler: PatchSampler, network: torch.nn.Module, *, device: torch.device, seed: int, cfg: dict,
           deadline: Optional[float], progress: Optional[ProgressCallback],
-          cancel: Optional[CancelToken]) -> tuple[torch.nn.Module, dict]:
+          cancel: Optional[CancelToken],
+          keep_going: Optional[Callable[[int, int, float], bool]] = None) -> tuple[torch.nn.Module, dict]:
     """Train ``network`` on ``sampler``'s pairs until the (possibly shortened) schedule ends or ``deadline``.
 
     ``deadline`` is a ``time.monotonic()`` value or None. Returns the best network on the held-out
     pairs and a summary: steps planned and run, losses, held-out scores (linear and best), stopped early.
+    ``keep_going(step, steps that fit, best held-out gain in dB)`` is asked at each held-out score from half
+    the steps that fit on; False stops the training there (the summary's ``abandoned``): ``auto`` asks whether
+    the gain, extrapolated in proportion to the steps, could still make the result worth keeping.
     """
     held_out = _held_out(sampler, cfg, seed)
     linear_score = _score(None, held_out, device)
@@ -113,7 +117,7 @@ def train(sampler: PatchSampler, network: torch.nn.Module, *, device: torch.devi
     clock = _Clock(int(cfg["steps"]), deadline)
     losses: list[float] = []
     best_score, best_state, best_step = linear_score, copy.deepcopy(network.state_dict()), 0
-    step = 0
+    step, abandoned = 0, None
     network.train()
     with ThreadedDataParallel(network, workers=workers) as parallel:
         while step < clock.total and not clock.out_of_time():
@@ -148,19 +152,28 @@ def train(sampler: PatchSampler, network: torch.nn.Module, *, device: torch.devi
                 network.train()
                 if score < best_score:
                     best_score, best_state, best_step = score, copy.deepcopy(network.state_dict()), step
+                if keep_going is not None and 2 * step >= clock.total and step < clock.total and \
+                        not keep_going(step, clock.total, _gain_db(linear_score, best_score)):
+                    abandoned = (f"abandoned at step {step} of {clock.total}: {_gain_db(linear_score, best_score):+.2f} "
+                                 "dB on held-out pairs, too little to be kept even if it kept growing in proportion")
+                    break
             if step % 20 == 0:
                 report(progress, step / clock.total, f"training selfsup on {device} ({step}/{clock.total})")
-    if step and step % VALIDATE_EVERY and step != clock.total:  # stopped by the clock between two scores
+    if step and step % VALIDATE_EVERY and step != clock.total and abandoned is None:  # the clock, between scores
         network.eval()
         score = _score(network, held_out, device)
         if score < best_score:
             best_score, best_state, best_step = score, copy.deepcopy(network.state_dict()), step
     network.load_state_dict(best_state)
     network.eval()
-    gain = 10.0 * math.log10(linear_score / best_score) if best_score > 0 and linear_score > 0 else 0.0
+    gain = _gain_db(linear_score, best_score)
     return network, {
         "steps_planned": clock.planned, "steps": step, "best_step": best_step, "losses": losses,
         "stopped_early": step < clock.planned, "workers": workers,
         "held_out_mse_base": round(linear_score, 8), "held_out_mse": round(best_score, 8),
-        "held_out_gain_db": round(gain, 3),
+        "held_out_gain_db": round(gain, 3), **({"abandoned": abandoned} if abandoned else {}),
     }
+
+
+def _gain_db(base_score: float, score: float) -> float:
+    return 10.0 * math.log10(base_score / score) if score > 0 and base_score > 0 else 0.0
