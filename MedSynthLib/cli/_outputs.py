@@ -34,7 +34,7 @@ from ..io import WRITE_EXTENSIONS, StagedFile
 __all__ = ["add_output_args", "prepare", "Outputs"]
 
 #: Names of the outputs that hold volumes (the extension must be one MedSynth writes).
-_VOLUME_OUTPUTS = ("OUTPUT", "--labels", "--field", "--synthetic-mask", "--uncertainty")
+_VOLUME_OUTPUTS = ("OUTPUT", "--labels", "--field", "--synthetic-mask", "--uncertainty", "--noise-map")
 #: Outputs every task command takes from ``args`` (the options :func:`add_output_args` adds, and ``--uncertainty``).
 _SHARED_OUTPUTS = ("--report", "--qc", "--synthetic-mask", "--uncertainty")
 

@@ -23,7 +23,7 @@ from ._outputs import add_output_args, prepare
 __all__ = ["register", "demo_step"]
 
 #: The knobs each command offers as flags (choices, ranges, defaults and help from the options classes).
-_DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget")
+_DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget", "local_noise")
 _BIAS_KNOBS = ("shrink", "output_dtype", "time_budget")
 _ENHANCE_KNOBS = ("steps", "device", "seed", "time_budget")
 
@@ -46,6 +46,8 @@ def _write(outputs, volume: Volume, result, *, task: str) -> None:
         outputs.stage_volume("OUTPUT", result.volume)
         if getattr(result, "field", None) is not None:
             outputs.stage_volume("--field", result.field)
+        if getattr(result, "noise_map", None) is not None:
+            outputs.stage_volume("--noise-map", result.noise_map)
         outputs.stage_volume("--synthetic-mask", made)
         if result.volume.array.shape == volume.array.shape:
             outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task))
@@ -62,7 +64,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
     options = options_from_args(DenoiseOptions, args, _DENOISE_KNOBS, model=args.model,
                                 method_options={"selfsup": {"steps": args.training_steps}})
     outputs = prepare(args, inputs={"INPUT": args.input, "--mask": args.mask, "--model": args.model},
-                      outputs={"OUTPUT": args.output})
+                      outputs={"OUTPUT": args.output, "--noise-map": args.noise_map})
     volume = read_volume(args.input)
     mask = _read_mask(args.mask)
     with progress_bar(args.quiet, "denoise") as progress:
@@ -139,6 +141,9 @@ def _add_denoise(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="PACKAGE", help="denoise model package (.json) for --method model (default: the bundled denoise_default)")
     parser.add_argument("--training-steps", type=positive_int, metavar="N",
                         help="self-supervised training steps (default 200; fewer is faster and a little weaker)")
+    parser.add_argument("--noise-map", metavar="FILE",
+                        help="also write the local noise sigma map (float32, same grid and geometry as the input; "
+                             "the report's noise_map summarises it and says whether the denoiser followed it)")
     add_output_args(parser)
     parser.set_defaults(func=_run_denoise)
 

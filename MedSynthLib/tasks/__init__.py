@@ -12,7 +12,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("find_missing_slices", "fill_slices", "upsample_slices", "parse_slice_list"), "fill"),
     **dict.fromkeys(("LesionSpec", "insert_lesions", "list_presets"), "lesion"),
-    **dict.fromkeys(("estimate_noise", "denoise", "correct_bias", "super_resolve"), "enhance"),
+    **dict.fromkeys(("estimate_noise", "estimate_noise_map", "denoise", "correct_bias", "super_resolve"), "enhance"),
 }
 
 __all__ = ["fill", "lesion", "enhance", *_EXPORTS]

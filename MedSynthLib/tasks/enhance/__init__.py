@@ -1,6 +1,7 @@
 """Enhance volumes: noise estimation, denoising, N4 bias-field correction, super-resolution, pipelines.
 
-Public surface: :func:`estimate_noise`, :func:`denoise`, :func:`correct_bias`, :func:`super_resolve` (through-plane
+Public surface: :func:`estimate_noise`, :func:`estimate_noise_map` (a smooth local noise sigma per voxel, which
+``denoise`` follows where it varies), :func:`denoise`, :func:`correct_bias`, :func:`super_resolve` (through-plane
 upsampling: the fill task's :func:`~MedSynthLib.tasks.fill.upsample_slices`), :func:`enhance` (steps in order, all or
 nothing) and :func:`parse_steps`; their options :class:`DenoiseOptions`, :class:`BiasOptions`,
 :class:`EnhanceOptions` (with :class:`EnhanceStep`, one pipeline step) and :data:`DENOISE_METHODS`; the classical
@@ -63,6 +64,7 @@ _EXPORTS = {
     **dict.fromkeys(("DenoiseResult", "BiasResult", "SuperResolveResult", "EnhanceResult"), "_results"),
     "NoiseEstimate": "_noise",
     "estimate_noise": "_noise",
+    "estimate_noise_map": "_noise",
     "denoise": "_denoise",
     "correct_bias": "_bias_task",
     "super_resolve": "_superres",

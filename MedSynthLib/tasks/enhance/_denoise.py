@@ -6,6 +6,12 @@ Why each step exists:
   (the demo sample once read 138 where its air says 27: non-local means then blurred the anatomy away). The
   estimate carries a second, independent one (:mod:`MedSynthLib.noise`); when they differ by more than
   :data:`~MedSynthLib.noise.AGREEMENT_FACTOR`, ``auto`` uses the smaller (it smooths less) and says why.
+* **local noise**: real noise is not even (MR g-factor and coil sensitivities, CT attenuation). The local noise
+  map (:mod:`MedSynthLib.noise_map`) is estimated on every call and summarised in the report's ``noise_map``; where
+  it varies (95th over 5th percentile in the tissue above :data:`~MedSynthLib.noise_map.VARIATION_FACTOR`) the
+  volume is divided by the map's shape, the noise is estimated and removed there as if it were even, and the
+  result is multiplied back (:func:`._noise.map_normalisation`). ``sigma_used`` is then the divided volume's.
+  On even noise nothing changes, bit for bit.
 * **time budget**: ``time_budget`` seconds are measured on the clock (:class:`~MedSynthLib.budget.TimeBudget`);
   ``auto`` without one gets :func:`~._options.default_budget_seconds` (it grows with the voxel count). The fusion
   computes on the whole volume only the components that fit what is left (their cost measured on its probes),
@@ -38,7 +44,7 @@ from ...noise import NoiseEstimate, estimate_noise_array
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._noise import working_noise
+from ._noise import estimate_noise_map, map_normalisation, working_noise
 from ._options import DenoiseOptions, default_budget_seconds
 from ._results import DenoiseResult, MaskLike, finish_volume
 from ._runners import DenoiseRun, run_method
@@ -95,6 +101,11 @@ def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate:
         attempts.append({"method": method, "failed": verdict["failed"], "measures": verdict["measures"]})
         method = AUTO_FALLBACKS.get(method)
     return "none", run.data, {}, {"failed": [], "measures": {}}, attempts
+
+
+def _divided(volume: Volume, relative: np.ndarray) -> Volume:
+    """``volume`` over the noise map's shape (float32, same geometry): even noise of the map's median sigma."""
+    return Volume((volume.array.astype(np.float32) / relative).astype(np.float32), volume.ijk_to_ras.copy())
 
 
 def produced_by(chosen: str, details: dict, *, unchanged: bool = False) -> str:
@@ -189,6 +200,8 @@ def denoise(
         several times slower than one.
     batch_size : int
         Slices per batch of the ``model`` method.
+    local_noise : {"auto", "off"}
+        ``auto``: follow the local noise map where it varies (see the module notes); ``off``: one sigma.
 
     Returns
     -------
@@ -215,15 +228,25 @@ def denoise(
     check_cancel(cancel)
     report(progress, 0.0, "estimating noise")
     estimate = estimate_noise_array(volume, mask=boolean_mask, modality=options.modality)
-    noise, noise_check, warnings = working_noise(estimate, options.method)
+    local = estimate_noise_map(volume, mask=boolean_mask, modality=estimate.modality)
+    relative, map_report = map_normalisation(volume, local, use=options.local_noise)
+    work = volume if relative is None else _divided(volume, relative)
+    # on even noise (relative None) this is the one-sigma path exactly; else the estimators see the divided volume
+    work_estimate = estimate if relative is None else estimate_noise_array(work, mask=boolean_mask,
+                                                                           modality=estimate.modality)
+    noise, noise_check, warnings = working_noise(work_estimate, options.method)
+    if relative is not None:
+        map_report["divided_noise"] = work_estimate.as_dict()
     engine_report = EngineReport(device_requested=str(options.device))
-    run = DenoiseRun(volume=volume, data=volume.array.astype(np.float32), mask=boolean_mask, noise=noise,
+    run = DenoiseRun(volume=work, data=work.array.astype(np.float32), mask=boolean_mask, noise=noise,
                      budget=budget, engine_report=engine_report, cancel=cancel)
     if automatic:
         budget.seconds = default_budget_seconds("denoise", volume.array.size,
                                                 noise_model="rician" if run.rician else "gaussian")
     unchanged = options.strength == 0 or run.noise.sigma <= 0
-    chosen, values, details, verdict, attempts, notes = _denoised(chosen, options, run, estimate, progress)
+    chosen, values, details, verdict, attempts, notes = _denoised(chosen, options, run, work_estimate, progress)
+    if relative is not None:  # back to the volume's units; what came back unchanged is the input itself
+        values = volume.array if values is run.data else values * relative
     warnings.extend(notes)
     warnings.extend(engine_report.fallbacks)
     warnings.extend(f"time budget: {cut}" for cut in budget.cuts)
@@ -235,11 +258,11 @@ def denoise(
         "task": "denoise", "method": produced_by(chosen, details, unchanged=unchanged),
         "method_requested": options.method, "strength": options.strength,
         "seed": options.seed, "noise": estimate.as_dict(), "sigma_used": round(float(noise.sigma), 6),
-        "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
+        "noise_map": map_report, "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
         "device": engine_report.device_used if uses_device else "cpu",
         "engine": engine_report.as_dict() if uses_device else None, "parameters": details,
         "time_budget": {**budget.report(), "default": automatic}, "masked": boolean_mask is not None,
         "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
     }
     report(progress, 1.0, f"denoised ({result_report['method']})")
-    return DenoiseResult(volume=output, noise=estimate, report=result_report)
+    return DenoiseResult(volume=output, noise=estimate, report=result_report, noise_map=local.volume)

@@ -18,13 +18,15 @@ from ...errors import InputError, check_whole_number
 from ...options import TaskOptions, budget_knob, device_knob, knob, seed_knob
 from ..fill import UpsampleOptions
 
-__all__ = ["DENOISE_METHODS", "MODALITIES", "BIAS_OUTPUT_DTYPES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions",
+__all__ = ["DENOISE_METHODS", "MODALITIES", "LOCAL_NOISE", "BIAS_OUTPUT_DTYPES", "METHOD_OPTIONS", "DenoiseOptions", "BiasOptions",
            "EnhanceStep", "EnhanceOptions", "parse_steps", "default_budget_seconds", "DEFAULT_BUDGET"]
 
 #: Denoise methods; ``auto`` picks among the others (and falls back to safer ones), the report says which.
 DENOISE_METHODS = ("auto", "fusion", "dct", "selfsup", "model", "nlm", "aniso")
 #: Modalities as the noise model sees them: MR magnitude (Rician), CT (Gaussian).
 MODALITIES = ("MR", "CT")
+#: Whether ``denoise`` follows the local noise map (:mod:`MedSynthLib.noise_map`): ``auto`` where it varies.
+LOCAL_NOISE = ("auto", "off")
 #: The corrected volume's voxel type (:class:`BiasOptions` ``output_dtype``): never clipped to the input's range.
 BIAS_OUTPUT_DTYPES = ("auto", "input", "float32")
 #: What ``method_options`` may hold, per method (the grammar of ``fill_slices``'s ``method_options``).
@@ -74,7 +76,7 @@ class DenoiseOptions(TaskOptions):
     Examples
     --------
     >>> DenoiseOptions(method="NLM", strength=0.5, modality="mr")
-    DenoiseOptions(method='nlm', strength=0.5, modality='MR', device='auto', seed=0, time_budget=None, threads=None, batch_size=16, model=None, method_options=None)
+    DenoiseOptions(method='nlm', strength=0.5, modality='MR', device='auto', seed=0, time_budget=None, threads=None, batch_size=16, local_noise='auto', model=None, method_options=None)
     >>> DenoiseOptions.knob("strength").high
     2.0
     """
@@ -98,6 +100,9 @@ class DenoiseOptions(TaskOptions):
                                   help="torch CPU threads; unset: the cores idle now (threads fighting another job "
                                        "for busy cores run several times slower than one)")
     batch_size: int = knob(16, low=1, high=4096, help="slices per batch of the model method (halved when out of memory)")
+    local_noise: str = knob("auto", choices=LOCAL_NOISE, help="auto: where the local noise map varies (95th over 5th "
+                            "percentile in the tissue above 1.5) the volume is divided by the map's shape, denoised "
+                            "and multiplied back, so every method sees even noise; off: one sigma everywhere")
     #: A denoise model package (path, installed name or loaded package); None: the bundled one for ``model``.
     model: Any = None
     #: Per-method settings keyed by method name: ``{"selfsup": {"steps": N}}`` (training length).

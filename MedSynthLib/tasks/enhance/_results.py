@@ -22,11 +22,13 @@ MaskLike = Union[np.ndarray, Volume, None]
 
 @dataclass(frozen=True)
 class DenoiseResult:
-    """A denoised volume (same grid and dtype as the input), the noise estimate and a report."""
+    """A denoised volume (same grid and dtype as the input), the noise estimate and a report; ``noise_map`` the
+    local noise sigma (float32, the input's grid: :mod:`MedSynthLib.noise_map`), used or not (``report["noise_map"]``)."""
 
     volume: Volume
     noise: NoiseEstimate
     report: dict
+    noise_map: Optional[Volume] = None
 
 
 @dataclass(frozen=True)
