@@ -139,6 +139,20 @@ def _psnr(truth: np.ndarray, test: np.ndarray) -> Optional[float]:
     return None if mse == 0 else round(10 * np.log10(span**2 / mse), 2)
 
 
+def _flat_between(flat_source: list, source, result) -> list:
+    """For each output slice (array axis 0) on another grid: whether the input slices it lies between (by
+    position, through the two grids' matrices) are constant too; a new slice between two blank slices of the
+    input (the MNI template's empty top) is blank by right."""
+    to_source = np.linalg.inv(source.ijk_to_ras) @ result.ijk_to_ras
+    last = len(flat_source) - 1
+    flat = []
+    for k in range(result.array.shape[0]):
+        position = float((to_source @ np.array([0.0, 0.0, k, 1.0]))[2])  # IJK: K is array axis 0
+        below, above = (min(max(int(np.floor(position)), 0), last), min(max(int(np.ceil(position)), 0), last))
+        flat.append(flat_source[below] and flat_source[above])
+    return flat
+
+
 def _guarantees(run: dict, output: Optional[Path], source, report: Optional[Path], *, same_grid: bool) -> list[str]:
     """What broke a guarantee in this run (empty: none)."""
     from MedSynthLib.io import read_volume
@@ -155,7 +169,8 @@ def _guarantees(run: dict, output: Optional[Path], source, report: Optional[Path
     if output is not None and output.exists():
         result = read_volume(output)
         flat_out = [np.ptp(s) == 0 for s in result.array]
-        flat_in = [np.ptp(s) == 0 for s in source.array] if same_grid else [False] * len(flat_out)
+        flat_source = [np.ptp(s) == 0 for s in source.array]
+        flat_in = flat_source if same_grid else _flat_between(flat_source, source, result)
         if np.ptp(result.array) == 0:
             problems.append("blank output")
         elif any(o and not i for o, i in zip(flat_out, flat_in)):
