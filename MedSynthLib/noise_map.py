@@ -26,8 +26,9 @@ How (:func:`estimate_noise_map`):
 The map's level is that of the tissue's high-pass; the global estimators (air background, in-tissue residual) can
 read otherwise on correlated or textured noise. Callers that only need the map's shape use
 :meth:`NoiseMap.relative` (the map over its median in the tissue). :data:`VARIATION_FACTOR` says when the map varies
-enough for a denoiser to use it: homogeneous noise gives a flat map within a few per cent (its 95th over 5th
-percentile stayed below 1.2 on the tests' phantoms and on the MNI and 3T T1 benchmark crops with homogeneous noise).
+enough for a denoiser to use it: homogeneous noise gives a nearly flat map (95th over 5th percentile 1.03-1.06 on the
+tests' phantoms, 1.08 / 1.10 / 1.22 on the MNI benchmark crop with even Rician noise at 3 / 5 / 9 %), a g-factor map of
+1-3x gave 1.42-1.55 (``benchmarks/noise_map.py``).
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ def estimate_noise_map(
         tissue.
     block_mm, smoothing_mm : float
         Edge of the blocks the local sigma is measured in, and the width (Gaussian sigma) of the smoothing of their
-        log-sigma, in millimetres. Smaller follows faster variation and is noisier (a 16 mm block of 1 mm voxels
-        holds about 4000 voxels: a 2 % standard error).
+        log-sigma, in millimetres. Smaller follows faster variation and is noisier (a 12 mm block of 1 mm voxels
+        holds about 1700 voxels: a 3 % standard error).
     min_voxels : int
         Fewest tissue voxels a block needs to carry a value.
 
