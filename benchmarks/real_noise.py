@@ -20,7 +20,8 @@ Measurement only: nothing here changes the library.
 ``corpus`` (part c) Every 3D scan of ``../shared/data`` (labels, probability maps and masks left out, as
            ``benchmarks/robustness.py``'s ``corpus``): MedSynth's two noise estimators (MR: Rician background
            mode against the in-tissue residual; CT: 4-neighbour residual against the 2x2 diagonal high-pass), their
-           ratio, agreement within x1.25, and measured indicators of why they differ: air voxels and the share of
+           ratio, agreement within x1.25, and measured indicators of why they differ (computed by the library,
+           ``MedSynthLib.noise_reasons.explain_noise``, which the denoise report uses too): air voxels and the share of
            exact zeros in them (no / clipped background), the background's quartile ratio against Rayleigh's 2.195
            (a non-central-chi or ghost-filled background: the equivalent coil count), the spread of the
            background sigma over slices (spatially varying noise), the noise "whiteness" (residual sigma on the
@@ -57,7 +58,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from scipy import ndimage, stats  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,8 +70,8 @@ import robustness  # noqa: E402  benchmarks/robustness.py: the corpus and its qu
 from MedSynthLib.convert import from_sitk  # noqa: E402
 from MedSynthLib.io import read_volume  # noqa: E402
 from MedSynthLib.metrics import psnr  # noqa: E402
-from MedSynthLib.noise import (AGREEMENT_FACTOR, diagonal_sigma, erode_in_plane, residual_sigma,  # noqa: E402
-                               otsu_foreground)
+from MedSynthLib.noise import AGREEMENT_FACTOR  # noqa: E402
+from MedSynthLib.noise_reasons import NO_MEASURED_REASON, disagreement_reasons, explain_noise  # noqa: E402
 from MedSynthLib.reports import to_json  # noqa: E402
 from MedSynthLib.tasks.enhance import denoise, estimate_noise  # noqa: E402
 from MedSynthLib.volume import Volume  # noqa: E402
@@ -352,148 +353,16 @@ def asl_table(res: dict) -> str:
 
 
 # ---- part (c): the estimators on every scan -----------------------------------------------------------------
-def _chi_quartile_ratio(coils: float) -> float:
-    q25, q75 = stats.chi.ppf([0.25, 0.75], df=2 * coils)
-    return float(q75 / q25)
-
-
-_COIL_TABLE = {c: _chi_quartile_ratio(c) for c in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)}
-
-
-def _equivalent_coils(ratio: float) -> float:
-    """The central-chi coil count whose q75/q25 matches ``ratio`` (1 = Rayleigh 2.195; > 2.195 reported as 1)."""
-    coils, ratios = list(_COIL_TABLE), list(_COIL_TABLE.values())
-    if ratio >= ratios[0]:
-        return 1.0
-    if ratio <= ratios[-1]:
-        return float(coils[-1])
-    return float(np.interp(ratio, ratios[::-1], coils[::-1]))
-
-
-def _whiteness(array: np.ndarray, region: np.ndarray, axis: int) -> float | None:
-    """Residual sigma on the native grid over twice the residual sigma of 2x2 in-plane block means (1 = white)."""
-    data = np.moveaxis(array, axis, 0).astype(np.float32)
-    reg = np.moveaxis(region, axis, 0)
-    n1, n2 = (data.shape[1] // 2) * 2, (data.shape[2] // 2) * 2
-    d, r = data[:, :n1, :n2], reg[:, :n1, :n2]
-    block = d.reshape(d.shape[0], n1 // 2, 2, n2 // 2, 2).mean((2, 4))
-    block_region = r.reshape(r.shape[0], n1 // 2, 2, n2 // 2, 2).all((2, 4))
-    native, _ = residual_sigma(data, reg, 0)
-    coarse, used = residual_sigma(block, block_region, 0)
-    if coarse <= 0 or used < 200:
-        return None
-    return round(native / (2 * coarse), 3)
-
-
 def estimator_row(path: Path) -> dict:
+    """The two estimators on one scan, with the library's indicators and reasons (MedSynthLib.noise_reasons)."""
     volume = read_volume(path)
-    array = volume.array.astype(np.float32)
     est = estimate_noise(volume)
-    d = est.details
-    check = d.get("cross_check") or {}
-    spacing = volume.spacing_kji
-    axis = int(np.argmax(spacing)) if max(spacing) > 1.2 * min(spacing) else 0
-    foreground = otsu_foreground(array)
-    row: dict = {"file": path.name, "shape_kji": list(array.shape), "dtype": str(volume.array.dtype),
-                 "spacing_kji": [round(float(s), 3) for s in spacing], "modality": est.modality,
-                 "method": est.method, "sigma": round(est.sigma, 4), "signal": round(est.signal, 3),
-                 "snr": round(est.snr, 1) if np.isfinite(est.snr) else None,
-                 "primary": check.get("primary"), "primary_sigma": check.get("primary_sigma"),
-                 "second": check.get("second"), "second_sigma": check.get("second_sigma"),
-                 "ratio": check.get("ratio"), "agree": (check.get("agree") if check else None),
-                 "conservative_sigma": round(est.conservative_sigma, 4)}
-    if est.modality == "MR":
-        row.update(background_sigma=round(float(d.get("background_sigma", 0)), 4),
-                   residual_sigma=round(float(d.get("residual_sigma", 0)), 4),
-                   background_voxels=d.get("background_voxels"), background_zero_fraction=d.get("background_zero_fraction"))
-        near = ndimage.binary_dilation(foreground, iterations=3)
-        air = ~near & (array != 0)
-        values = array[air]
-        if values.size >= 2000:
-            q25, q75 = np.percentile(values, [25, 75])
-            ratio = float(q75 / q25) if q25 > 0 else None
-            row["background_q75_over_q25"] = round(ratio, 3) if ratio else None
-            row["background_equivalent_coils"] = round(_equivalent_coils(ratio), 1) if ratio else None
-            bs = d.get("background_sigma") or 0
-            row["background_share_above_4sigma"] = round(float((values > 4 * bs).mean()), 4) if bs else None
-            per_slice = []
-            moved = np.moveaxis(array, axis, 0)
-            moved_air = np.moveaxis(air, axis, 0)
-            for k in range(moved.shape[0]):
-                v = moved[k][moved_air[k]]
-                if v.size >= 300:
-                    per_slice.append(float(np.median(v)) / float(np.sqrt(2 * np.log(2))))
-            if len(per_slice) >= 3:
-                lo, hi = np.percentile(per_slice, [10, 90])
-                row["background_sigma_slices_p90_over_p10"] = round(float(hi / lo), 3) if lo > 0 else None
-        tissue = erode_in_plane(foreground, axis, 2)
-    else:
-        row.update(residual_sigma=check.get("primary_sigma"), diagonal_sigma=check.get("second_sigma"))
-        soft = (array > -300) & (array < 400)
-        tissue = erode_in_plane(foreground & soft, axis, 1)
-    row["whiteness"] = _whiteness(array, tissue, axis) if tissue.sum() >= 2000 else None
-    if est.modality == "MR":
-        row["diagonal_over_residual_raw"] = None
-        raw, _ = residual_sigma(array, tissue, axis)
-        diag = diagonal_sigma(array, tissue, axis)
-        row["diagonal_over_residual_raw"] = round(diag / raw, 3) if raw > 0 else None
-    integer = volume.array.dtype.kind in "iu"
-    row["sigma_in_grey_levels"] = round(est.sigma, 3) if integer else None
-    row["reasons"] = reasons(row)
+    row: dict = {"file": path.name, "shape_kji": list(volume.array.shape), "dtype": str(volume.array.dtype),
+                 "spacing_kji": [round(float(s), 3) for s in volume.spacing_kji]}
+    explained = explain_noise(volume, est)
+    row.update(explained.indicators)
+    row["reasons"] = explained.reasons
     return row
-
-
-def reasons(row: dict) -> list[str]:
-    """Measured indicators of why the two estimators disagree (or why there is no second one)."""
-    out: list[str] = []
-    snr = row.get("snr") or 0
-    white = row.get("whiteness")
-    if row["modality"] == "MR":
-        if row.get("ratio") is None:
-            if (row.get("background_zero_fraction") or 0) > 0.45:
-                out.append(f"zeroed/clipped background: {100 * row['background_zero_fraction']:.0f} % of the air is "
-                           f"exactly 0 ({row.get('background_voxels')} non-zero air voxels)")
-            elif (row.get("background_voxels") or 0) < 2000:
-                out.append(f"no background: {row.get('background_voxels')} non-zero air voxels (< 2000)")
-            else:
-                out.append("background brighter than half the tissue: no air in view")
-            if snr > 60:
-                out.append(f"almost no noise (signal/sigma {snr:.0f}): a template/average or filtered scan")
-            return out
-        if row["agree"]:
-            return out
-        bg, res = row["background_sigma"], row["residual_sigma"]
-        if (row.get("background_zero_fraction") or 0) > 0.2:
-            out.append(f"partly zeroed background ({100 * row['background_zero_fraction']:.0f} % zeros)")
-        if row.get("sigma_in_grey_levels") is not None and min(bg, res) < 1.5:
-            out.append(f"quantised: sigma {min(bg, res):.2f} grey levels")
-        if white is not None and white < 0.8:
-            out.append(f"correlated noise or texture in the tissue (whiteness {white:.2f}; 1 = white noise)")
-        if snr > 60:
-            out.append(f"high SNR (signal/sigma {snr:.0f}): the in-tissue residual is dominated by anatomy, not noise")
-        coils = row.get("background_equivalent_coils")
-        if bg > res:
-            if coils and coils >= 1.5:
-                out.append(f"background not Rayleigh (quartile ratio {row['background_q75_over_q25']}, like chi with "
-                           f"{coils:g} coils): the mode reads high")
-            if (row.get("background_share_above_4sigma") or 0) > 0.05:
-                out.append(f"ghosts/tissue in the air ({100 * row['background_share_above_4sigma']:.0f} % above 4 sigma)")
-        else:
-            spread = row.get("background_sigma_slices_p90_over_p10")
-            if spread and spread > 1.3:
-                out.append(f"noise varies across slices (background sigma p90/p10 {spread:.2f})")
-            out.append("residual above background: noise higher inside the head than in the air (coil/g-factor, "
-                       "intensity normalisation) or tissue texture")
-    else:
-        if row.get("ratio") is None or row["agree"]:
-            return out
-        if white is not None and white < 0.8:
-            out.append(f"correlated noise (reconstruction kernel / resampling): whiteness {white:.2f}")
-        if snr > 60 * 50:
-            out.append("almost no noise")
-        if not out:
-            out.append("texture in the soft tissue")
-    return out
 
 
 def removal_row(path: Path) -> dict:
@@ -531,13 +400,22 @@ def part_corpus(args) -> dict:
     agreed = [r for r in rows.values() if r["agree"]]
     checked = [r for r in rows.values() if r["agree"] is not None]
     return {"scans": rows, "summary": {"scans": len(rows), "with_cross_check": len(checked), "agree": len(agreed),
-                                       "factor": AGREEMENT_FACTOR}}
+                                       "factor": AGREEMENT_FACTOR, **_explained(rows)}}
+
+
+def _explained(rows: dict) -> dict:
+    """How many disagreeing scans have at least one measured reason (MedSynthLib.noise_reasons)."""
+    disagree = [r for r in rows.values() if r["agree"] is False]
+    measured = [r for r in disagree if r["reasons"] and r["reasons"][0] != NO_MEASURED_REASON]
+    return {"disagree": len(disagree), "disagree_with_measured_reason": len(measured)}
 
 
 def corpus_table(res: dict) -> str:
     s = res["summary"]
     lines = [f"(c) noise estimators on every 3D scan ({s['scans']} scans; cross-check on {s['with_cross_check']}, "
-             f"agree within x{s['factor']} on {s['agree']})",
+             f"agree within x{s['factor']} on {s['agree']}" + (
+                 f"; of the {s['disagree']} that disagree, {s['disagree_with_measured_reason']} with a measured reason"
+                 if "disagree" in s else "") + ")",
              "    MR: primary = background (Rician mode in the air), second = in-tissue residual; CT: 4-neighbour residual vs "
              "2x2 diagonal. white = residual sigma / (2 x that of 2x2 block means), 1 = white noise; coils = chi "
              "coil count matching the air's quartile ratio; slices = background sigma p90/p10 over slices",
@@ -605,7 +483,8 @@ def main(argv=None) -> int:
             results["settings"][f"{part}_from_run_started"] = previous["settings"].get("started")
             if part == "corpus":
                 for row in results["corpus"]["scans"].values():
-                    row["reasons"] = reasons(row)
+                    row["reasons"] = disagreement_reasons(row)
+                results["corpus"]["summary"].update(_explained(results["corpus"]["scans"]))
         for part in ("asl", "corpus"):
             if part in results and part not in parts:
                 parts.append(part)
