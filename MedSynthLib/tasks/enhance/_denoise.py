@@ -5,7 +5,9 @@ Why each step exists:
 * **noise cross-check**: every method is set from sigma, and a wrong sigma is the commonest silent failure
   (the demo sample once read 138 where its air says 27: non-local means then blurred the anatomy away). The
   estimate carries a second, independent one (:mod:`MedSynthLib.noise`); when they differ by more than
-  :data:`~MedSynthLib.noise.AGREEMENT_FACTOR`, ``auto`` uses the smaller (it smooths less) and says why.
+  :data:`~MedSynthLib.noise.AGREEMENT_FACTOR`, ``auto`` uses the smaller (it smooths less) and says why; the
+  report's ``noise_check`` gives the measured reasons they disagree (:mod:`MedSynthLib.noise_reasons`: correlated
+  noise, a clipped background, a template without noise, ...) and the warning ends with the main one.
 * **local noise**: real noise is not even (MR g-factor and coil sensitivities, CT attenuation). The local noise
   map (:mod:`MedSynthLib.noise_map`) is estimated on every call and summarised in the report's ``noise_map``; where
   it varies (95th over 5th percentile in the tissue above :data:`~MedSynthLib.noise_map.VARIATION_FACTOR`) the
@@ -44,7 +46,7 @@ from ...noise import NoiseEstimate, estimate_noise_array
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._noise import estimate_noise_map, map_normalisation, working_noise
+from ._noise import estimate_noise_map, explain_if_needed, map_normalisation, working_noise
 from ._options import DenoiseOptions, default_budget_seconds
 from ._results import DenoiseResult, MaskLike, finish_volume
 from ._runners import DenoiseRun, run_method
@@ -234,7 +236,9 @@ def denoise(
     # on even noise (relative None) this is the one-sigma path exactly; else the estimators see the divided volume
     work_estimate = estimate if relative is None else estimate_noise_array(work, mask=boolean_mask,
                                                                            modality=estimate.modality)
-    noise, noise_check, warnings = working_noise(work_estimate, options.method)
+    explanation = explain_if_needed(work, work_estimate, mask=boolean_mask,
+                                    noise_map=local if relative is None else None)  # divided: no longer a reason
+    noise, noise_check, warnings = working_noise(work_estimate, options.method, explanation=explanation)
     if relative is not None:
         map_report["divided_noise"] = work_estimate.as_dict()
     engine_report = EngineReport(device_requested=str(options.device))

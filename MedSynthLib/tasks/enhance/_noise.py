@@ -2,7 +2,8 @@
 
 The estimators themselves are core (:mod:`MedSynthLib.noise`, shared with training's pair making, and
 :mod:`MedSynthLib.noise_map`); this module is the task's view of them: the public estimates with their checks,
-:func:`working_noise`, the estimate a method is set from when the two estimators disagree, and
+:func:`working_noise`, the estimate a method is set from when the two estimators disagree (with the measured
+reasons why, :func:`explain_if_needed`, from :mod:`MedSynthLib.noise_reasons`), and
 :func:`map_normalisation`, the volume ``denoise`` works on when the noise varies across it.
 """
 
@@ -16,11 +17,12 @@ import numpy as np
 from ...errors import InputError
 from ...noise import NoiseEstimate, estimate_noise_array
 from ...noise_map import NoiseMap, estimate_noise_map as _estimate_map
+from ...noise_reasons import NO_MEASURED_REASON, NoiseReasons, explain_noise
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._options import MODALITIES
 from ._results import MaskLike
 
-__all__ = ["estimate_noise", "estimate_noise_map", "working_noise", "map_normalisation"]
+__all__ = ["estimate_noise", "estimate_noise_map", "working_noise", "explain_if_needed", "map_normalisation"]
 
 
 def estimate_noise(volume: Volume, *, mask: MaskLike = None, modality: Optional[str] = None) -> NoiseEstimate:
@@ -55,26 +57,55 @@ def estimate_noise(volume: Volume, *, mask: MaskLike = None, modality: Optional[
     return estimate_noise_array(volume, mask=mask_on_grid(volume, mask), modality=modality)
 
 
-def working_noise(noise: NoiseEstimate, method: str) -> tuple[NoiseEstimate, dict, list[str]]:
+def explain_if_needed(volume: Volume, estimate: NoiseEstimate, *, mask: Optional[np.ndarray] = None,
+                      noise_map: Optional[NoiseMap] = None) -> Optional[NoiseReasons]:
+    """Why ``estimate``'s two estimators disagree on ``volume``, or why there is no second one; None when they
+    agree (nothing to explain, and the measurements cost a pass over the volume).
+
+    ``noise_map``: the local map, only where ``volume`` was not already divided by it (then its variation is no
+    longer a reason)."""
+    if estimate.details.get("cross_check") and estimate.agree:
+        return None
+    return explain_noise(volume, estimate, mask=mask, noise_map=noise_map)
+
+
+def _because(explanation: Optional[NoiseReasons]) -> str:
+    """The end of the disagreement warning: its main measured reason, or that none was measured."""
+    if explanation is None or not explanation.measured:
+        return NO_MEASURED_REASON
+    return f"likely because {explanation.main}"
+
+
+def working_noise(noise: NoiseEstimate, method: str, *,
+                  explanation: Optional[NoiseReasons] = None) -> tuple[NoiseEstimate, dict, list[str]]:
     """The estimate the method is set from: the conservative (smaller) sigma when ``auto`` and the two disagree.
 
-    Returns (the estimate to use, the report's ``noise_check``, warnings).
+    ``explanation``: :func:`explain_if_needed`'s, whose reasons go into the report's ``noise_check`` (``reasons``,
+    ``indicators``) and whose main reason ends the warning, so that a user reads why, not only that, the two
+    disagree. Returns (the estimate to use, the report's ``noise_check``, warnings).
     """
     check = dict(noise.details.get("cross_check") or {})
+    found = {"reasons": list(explanation.reasons), "indicators": explanation.indicators} if explanation else {
+        "reasons": [], "indicators": None, "indicators_null_reason": "the estimators agree: nothing to explain"}
     if not check:
-        return noise, {"cross_check": None, "branch": "single estimate",
-                       "why": "no second estimator applies to this volume"}, []
+        why = "no second estimator applies to this volume" + (f": {found['reasons'][0]}" if found["reasons"] else "")
+        return noise, {"cross_check": None, "branch": "single estimate", "why": why, **found}, []
     if noise.agree:
         return noise, {"cross_check": check, "branch": "estimate",
-                       "why": f"{check['primary']} and {check['second']} agree within x{check['factor']:g}"}, []
+                       "why": f"{check['primary']} and {check['second']} agree within x{check['factor']:g}",
+                       **found}, []
+    if not found["reasons"]:
+        found = {**found, "reasons": [NO_MEASURED_REASON], "indicators": None,
+                 "indicators_null_reason": "not measured (no explanation was asked for)"}
     line = (f"noise estimates disagree: {check['primary']} sigma {check['primary_sigma']:.4g}, {check['second']} "
             f"sigma {check['second_sigma']:.4g} (x{check['ratio']:.2f}, more than x{check['factor']:g})")
+    because = _because(explanation)
     if method != "auto":
         return noise, {"cross_check": check, "branch": "estimate", "why": line + "; the method was chosen "
-                       "explicitly, so its usual estimate was used"}, [line]
+                       f"explicitly, so its usual estimate was used; {because}", **found}, [f"{line}; {because}"]
     used = dataclasses.replace(noise, sigma=noise.conservative_sigma)
-    why = f"{line}; auto used the smaller, {used.sigma:.4g}, which smooths less"
-    return used, {"cross_check": check, "branch": "conservative", "why": why}, [why]
+    why = f"{line}; auto used the smaller, {used.sigma:.4g}, which smooths less; {because}"
+    return used, {"cross_check": check, "branch": "conservative", "why": why, **found}, [why]
 
 
 def estimate_noise_map(volume: Volume, *, mask: MaskLike = None, modality: Optional[str] = None) -> NoiseMap:
