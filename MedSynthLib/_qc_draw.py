@@ -33,6 +33,20 @@ def _diverging(difference: np.ndarray, limit: float) -> np.ndarray:
     return np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
 
 
+#: Anchors of the sequential scale (dark purple -> red -> yellow, as "inferno"): brightness grows with the value,
+#: so it reads in grey print too, and it cannot be mistaken for the grey anatomy or the blue-red difference.
+_SEQUENTIAL = np.array([[0.0, 0.0, 0.02], [0.34, 0.06, 0.43], [0.73, 0.21, 0.33], [0.98, 0.55, 0.04],
+                        [0.99, 1.0, 0.64]])
+
+
+def _sequential(fraction: np.ndarray) -> np.ndarray:
+    """RGB floats in [0, 1] of ``fraction`` (clipped to [0, 1]) on the sequential scale :data:`_SEQUENTIAL`."""
+    t = np.clip(np.nan_to_num(np.asarray(fraction, np.float64)), 0, 1) * (len(_SEQUENTIAL) - 1)
+    low = np.minimum(np.floor(t).astype(int), len(_SEQUENTIAL) - 2)
+    weight = (t - low)[..., None]
+    return _SEQUENTIAL[low] * (1 - weight) + _SEQUENTIAL[low + 1] * weight
+
+
 def _grey(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """RGB floats of ``plane`` through the grey ``window`` (low, high); values outside it clip in :func:`_panel`."""
     low, high = window
@@ -96,11 +110,12 @@ def _outline_pixels(mask: np.ndarray, tick: int = 12) -> np.ndarray:
 
 
 def _compose(rows: list, header: str, limit: Optional[float], *, captions: Optional[Sequence[str]] = None,
-             boxes: Optional[list] = None):
+             boxes: Optional[list] = None, scale: Optional[tuple[float, float, str]] = None):
     """Lay the rows of (panel, title) out on a dark canvas with a header and the difference's colour bar.
 
     ``limit`` None: no colour bar (no difference panel). ``captions``: a line above each row (a lesion's
     tile title). ``boxes``: a list that receives, per row, each panel's (x, y, width, height) on the canvas.
+    ``scale``: (low, high, label) of a sequential panel (the noise map): a second bar, labelled, in its units.
     """
     from PIL import Image, ImageDraw
 
@@ -114,7 +129,7 @@ def _compose(rows: list, header: str, limit: Optional[float], *, captions: Optio
     widths = [max(max(r[c - (columns - len(r))][0].width, text_width(r[c - (columns - len(r))][1], 13))
                   for r in rows if c >= columns - len(r)) for c in range(columns)]
     heights = [max(p.height for p, _ in r) for r in rows]
-    bar_space = _GAP + _BAR + 70 if limit is not None else 0
+    bar_space = (_GAP + _BAR + 70 if limit is not None else 0) + (_GAP + _BAR + 70 if scale is not None else 0)
     caption = _TITLE if captions is not None else 0
     width = max(512, _GAP + sum(w + _GAP for w in widths) + bar_space, 2 * _GAP + text_width(header, 15),
                 *(2 * _GAP + text_width(c, 14) for c in captions or ()))
@@ -138,6 +153,11 @@ def _compose(rows: list, header: str, limit: Optional[float], *, captions: Optio
             boxes.append(placed)
         if limit is not None:
             _colour_bar(canvas, draw, x, y + _TITLE, row_height, limit)
+            if scale is not None:  # two bars: say which is the difference's
+                draw.text((x, y + _TITLE - 15), "difference", fill=_TEXT, font=_font(12))
+            x += _BAR + 70 + _GAP
+        if scale is not None:
+            _scale_bar(canvas, draw, (x, y + _TITLE, row_height), scale)
         y += row_height + _TITLE + _GAP
     return canvas
 
@@ -151,3 +171,18 @@ def _colour_bar(canvas, draw, x: int, y: int, height: int, limit: float) -> None
     font = _font(12)
     for fraction, value in ((0.0, limit), (0.5, 0.0), (1.0, -limit)):
         draw.text((x + _BAR + 4, y + fraction * (height - 12)), f"{value:+.3g}" if value else "0", fill=_TEXT, font=font)
+
+
+def _scale_bar(canvas, draw, place: tuple[int, int, int], scale: tuple[float, float, str]) -> None:
+    """The sequential bar at ``place`` (x, y, height): ``scale``'s high at the top, low at the bottom, its label
+    above, the values in the panel's own units (a noise map: the volume's intensity units)."""
+    from PIL import Image
+
+    x, y, height = place
+    low, high, label = scale
+    values = np.linspace(1.0, 0.0, height)[:, None] * np.ones((1, _BAR))
+    canvas.paste(Image.fromarray((_sequential(values) * 255).round().astype(np.uint8)), (x, y))
+    font = _font(12)
+    draw.text((x, y - 15), label, fill=_TEXT, font=font)
+    for fraction, value in ((0.0, high), (0.5, 0.5 * (low + high)), (1.0, low)):
+        draw.text((x + _BAR + 4, y + fraction * (height - 12)), f"{value:.3g}", fill=_TEXT, font=font)

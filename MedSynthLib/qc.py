@@ -15,8 +15,10 @@ never from a corrupted slice; the difference uses a diverging blue-white-red
 scale with a colour bar; the edited region (restored slices, lesion labels) is
 outlined in yellow. Given a synthesised-voxel mask (:mod:`~MedSynthLib.provenance`), the *after* panels
 outline its synthesised voxels in magenta and its rewritten ones in amber; given an uncertainty (fill and
-upsample), a fourth panel shows its standard deviation (black to white, scale in the title). Panels are scaled to square millimetres, about 256 px each,
-oriented as a radiologist reads them (:func:`_radiological`).
+upsample), a fourth panel shows its standard deviation (black to white, scale in the title); given a local noise
+map (denoise), one more panel shows it on a sequential scale (dark purple to yellow) with its own colour bar in the
+volume's units, its title saying whether the denoiser used it. Panels are scaled to square millimetres, about
+256 px each, oriented as a radiologist reads them (:func:`_radiological`).
 
 Synthetic lesions get their own picture, :func:`lesion_qc_picture`: one tile per lesion (the first
 :data:`MAX_LESION_TILES`), axial, coronal and sagittal through its centre, before and after with the labels
@@ -33,7 +35,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ._qc_draw import _compose, _diverging, _grey, _panel, _provenance_outlines, _window
+from ._qc_draw import _compose, _diverging, _grey, _panel, _provenance_outlines, _sequential, _window
 from .errors import InputError, check_whole_number
 from .volume import AXIS_NAMES, Volume
 
@@ -100,7 +102,7 @@ def _on_grid(before: Volume, after: Volume) -> np.ndarray:
 
 def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: float, titles: list, neighbour=None):
     """PIL panels and titles for one view: [neighbour,] before, after, difference."""
-    keys = ["before", "after", "edited"] + [k for k in ("provenance", "uncertainty") if k in planes]
+    keys = ["before", "after", "edited"] + [k for k in ("provenance", "uncertainty", "noise_map") if k in planes]
     arrays = [planes[k] for k in keys]
     oriented, (rows_axis, cols_axis) = display_plane(volume, arrays, axis=axis, index=index)
     shown = dict(zip(keys, oriented))
@@ -124,6 +126,10 @@ def _row(volume: Volume, planes: dict, *, axis: int, index: int, window, limit: 
         panels.append(_panel(np.repeat(np.clip(shown["uncertainty"] / top, 0, 1)[..., None], 3, axis=2), spacing,
                              marks))
         titles = titles + [f"uncertainty: sd 0 (black) to {top:.3g} (white)"]
+    if "noise_map" in shown:
+        low, high, _ = planes["noise_map_scale"]
+        panels.append(_panel(_sequential((shown["noise_map"] - low) / (high - low)), spacing, None))
+        titles = titles + [planes["noise_map_title"]]
     return list(zip(panels, titles))
 
 
@@ -156,6 +162,8 @@ def qc_picture(
     title: str = "",
     provenance: Optional[Volume] = None,
     uncertainty: Optional[Volume] = None,
+    noise_map: Optional[Volume] = None,
+    noise_map_used: Optional[bool] = None,
 ) -> np.ndarray:
     """RGB uint8 picture (rows, cols, 3) of what changed from ``before`` to ``after``; see the module docstring.
 
@@ -178,6 +186,11 @@ def qc_picture(
         The synthesised-voxel mask on ``after``'s grid: outlined on the *after* panels by value.
     uncertainty : Volume, optional
         Standard deviation on ``after``'s grid (fill, upsample): a fourth panel in each row.
+    noise_map : Volume, optional
+        The local noise sigma on ``after``'s grid (denoise, :mod:`~MedSynthLib.noise_map`): one more panel in each
+        row, on a sequential scale with its own colour bar in the volume's units, so that a reader sees where the
+        noise is high and whether the denoiser followed it. ``noise_map_used``: what the report's ``noise_map``
+        says (``used``), shown in the panel's title.
     """
     volume = after
     axis = after.slice_axis() if axis is None else axis
@@ -199,6 +212,7 @@ def qc_picture(
         spread = np.asarray(uncertainty.array, np.float64)
         planes["uncertainty"] = spread
         planes["uncertainty_limit"] = float(np.percentile(spread[spread > 0], 99)) if np.any(spread > 0) else 1.0
+    scale = _noise_map_planes(planes, noise_map, noise_map_used, after) if noise_map is not None else None
     name = AXIS_NAMES[axis]
     neighbour = None
     if slices:
@@ -219,7 +233,27 @@ def qc_picture(
         "unedited voxels" if explicit else "input") + (
         "; synthesised voxels outlined magenta, rewritten amber" if provenance is not None
         else "; edited region outlined" if edited.any() else "")
-    return np.asarray(_compose(rows, header, limit))
+    return np.asarray(_compose(rows, header, limit, scale=scale))
+
+
+def _noise_map_planes(planes: dict, noise_map: Volume, used: Optional[bool], after: Volume) -> tuple:
+    """Add the noise map, its scale and its panel title to ``planes``; return the scale (low, high, label).
+
+    The scale is the map's 1st to 99th percentile (the map is smooth; its extrapolated corners would stretch a
+    min-max scale), widened to +-5 % of the level when the map is flat, so that even noise shows as one colour."""
+    values = np.asarray(noise_map.array, np.float64)
+    if values.shape != after.array.shape:
+        raise InputError(f"the noise map's shape {values.shape} is not the result's {after.array.shape}")
+    finite = values[np.isfinite(values)]
+    low, high = (float(v) for v in np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
+    if high - low <= 0.1 * max(abs(high), 1e-12):
+        middle = 0.5 * (low + high)
+        low, high = middle - max(0.05 * abs(middle), 1e-6), middle + max(0.05 * abs(middle), 1e-6)
+    planes["noise_map"] = values
+    planes["noise_map_scale"] = (low, high, "noise sigma")
+    state = "" if used is None else ", used" if used else ", not used"
+    planes["noise_map_title"] = f"noise map (sigma{state})"
+    return planes["noise_map_scale"]
 
 
 def _centre(plane: np.ndarray, axis: int) -> int:

@@ -82,3 +82,38 @@ def test_fill_picture_shows_the_good_neighbour_and_upsampled_grids_work(tmp_path
     result = upsample_slices(before, factor=2, method="linear")
     path = save_qc_png(before, result.volume, tmp_path / "up.png", axis=result.axis, slices=result.slices)
     assert path.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_denoise_picture_shows_a_varying_noise_map_with_its_scale(tmp_path, capsys):
+    """``medsynth denoise --qc`` adds the local noise map (estimated on every call) as one more panel per row, on
+    its sequential scale with a second colour bar; the report says the map varied and was used."""
+    import json
+
+    from PIL import Image
+
+    from conftest import run_cli
+    from MedSynthLib import write_volume
+    from MedSynthLib.io import read_volume
+    from MedSynthLib.tasks.enhance import denoise
+
+    rng = np.random.default_rng(0)
+    _, y, x = np.mgrid[:12, :96, :96].astype(np.float32)
+    clean = np.where((y - 48) ** 2 + (x - 48) ** 2 < 42**2, 200.0, 0.0)
+    sigma = 4.0 + 8.0 * x / 95.0  # x3 across the columns
+    noisy = np.hypot(clean + sigma * rng.normal(size=clean.shape), sigma * rng.normal(size=clean.shape))
+    source = write_volume(Volume(noisy.astype(np.float32), np.eye(4)), tmp_path / "in.nii.gz")
+    code, err = run_cli(capsys, "denoise", source, tmp_path / "out.nii.gz", "--method", "aniso", "--modality", "MR",
+                        "--qc", tmp_path / "qc.png", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["noise_map"]["used"] is True
+    before, after = read_volume(source), read_volume(tmp_path / "out.nii.gz")
+    plain = qc_picture(before, after, title="denoise (aniso)")
+    with Image.open(tmp_path / "qc.png") as image:
+        picture = np.asarray(image.convert("RGB"))
+    assert picture.shape[0] == plain.shape[0]
+    assert picture.shape[1] >= plain.shape[1] + 256 + 14  # one more panel and its colour bar
+    mapped = qc_picture(before, after, noise_map=denoise(before, method="aniso", modality="MR").noise_map)
+    assert mapped.shape == picture.shape
+    yellow = (picture[..., 0] > 230) & (picture[..., 1] > 200) & (picture[..., 2] < 200)  # the scale's top
+    purple = (picture[..., 0] > 60) & (picture[..., 2] > 80) & (picture[..., 1] < 40)  # its lower part
+    assert yellow.sum() > 200 and purple.sum() > 200

@@ -50,12 +50,22 @@ def _write(outputs, volume: Volume, result, *, task: str) -> None:
             outputs.stage_volume("--noise-map", result.noise_map)
         outputs.stage_volume("--synthetic-mask", made)
         if result.volume.array.shape == volume.array.shape:
-            outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task))
+            outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task,
+                                                           **_noise_map_panel(result)))
         else:
             outputs.stage("--qc", lambda path: save_qc_png(volume, result.volume, path, title=task + "; before "
                                                            "shown as the nearest original voxel"))
         outputs.commit()
         outputs.write_report(result.report)
+
+
+def _noise_map_panel(result) -> dict:
+    """:func:`~MedSynthLib.qc.qc_picture` keywords that add a denoise result's noise map (estimated on every call)
+    as a panel, titled with whether the report says it was used; none for a result without one."""
+    found = getattr(result, "noise_map", None)
+    if found is None or found.array.shape != result.volume.array.shape:
+        return {}
+    return {"noise_map": found, "noise_map_used": (result.report.get("noise_map") or {}).get("used")}
 
 
 def _run_denoise(args: argparse.Namespace) -> int:
