@@ -146,8 +146,12 @@ def map_normalisation(volume: Volume, noise_map: NoiseMap, *, use: str) -> tuple
         return None, {**summary, "used": False, "why": "local_noise='off': one sigma everywhere"}
     ratio = summary.get("p95_over_p5", 1.0)
     if not noise_map.varies or summary.get("flat_because"):
-        why = summary.get("flat_because") or (f"the map is even (95th over 5th percentile x{ratio:.2f}, "
-                                              f"not above x{summary.get('variation_factor')}): one sigma")
+        spread = summary.get("heterogeneity") or {}
+        why = summary.get("flat_because") or (
+            f"the map is even (95th over 5th percentile x{ratio:.2f}, not above x{summary.get('variation_factor')}): "
+            "one sigma" if ratio <= float(summary.get("variation_factor") or 0) else
+            f"the map's x{ratio:.2f} is within what sampling explains (blocks' spread {spread.get('q_over_df')} "
+            f"times the sampling variance, p {spread.get('p', 1):.2g}): one sigma")
         return None, {**summary, "used": False, "why": why}
     relative = noise_map.relative()
     if not np.all(np.isfinite(relative)) or float(relative.min()) <= 0:
