@@ -44,6 +44,7 @@ the background read 1.4-1.5x the true sigma while the residual stayed within
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -55,7 +56,8 @@ from .intensity import guess_modality
 from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
-           "rician_correction_factor", "rician_debias", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
+           "rician_correction_factor", "rician_debias", "magnitude_debias", "equivalent_coils", "estimate_coils",
+           "MIN_CHI_COILS", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ _MAD_TO_SIGMA = 1.4826
 _MIN_BACKGROUND = 2000
 #: Median of a Rayleigh variable truncated at twice its sigma, in units of sigma: sqrt(-2 ln(1 - (1 - e^-2) / 2)).
 _TRUNCATED_RAYLEIGH_MEDIAN = float(np.sqrt(-2.0 * np.log(1.0 - (1.0 - np.exp(-2.0)) / 2.0)))
+#: Effective coil counts tabulated for :func:`equivalent_coils` (central chi with 2N degrees of freedom).
+_COILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+#: An air whose quartile ratio reads fewer equivalent coils than this is taken as Rayleigh (one coil): the ratio's
+#: sampling scatter on a few thousand voxels and a little tissue in the air move one coil's 2.195 by that much.
+MIN_CHI_COILS = 1.5
 #: Two noise estimators that differ by more than this factor disagree (see the module notes).
 AGREEMENT_FACTOR = 1.25
 
@@ -95,6 +102,18 @@ class NoiseEstimate:
     modality: str
     signal: float
     details: dict = field(default_factory=dict)
+    #: MR magnitude: the effective receive-coil count (1: Rician; N > 1: non-central chi with 2N degrees of
+    #: freedom, a sum-of-squares reconstruction); ``details["coils_source"]`` says whether estimated or given.
+    coils: float = 1.0
+
+    @property
+    def noise_model(self) -> str:
+        """``"gaussian"``, ``"rician"`` or ``"noncentral-chi, N coils (estimated from the air|given)"``."""
+        if self.model != "rician":
+            return self.model
+        if self.coils <= 1:
+            return "rician"
+        return f"noncentral-chi, {self.coils:g} coils ({self.details.get('coils_source', 'given')})"
 
     @property
     def agree(self) -> bool:
@@ -123,6 +142,7 @@ class NoiseEstimate:
             "modality": self.modality,
             "signal": round(float(self.signal), 6),
             "snr": round(self.snr, 3) if np.isfinite(self.snr) else None,
+            "coils": float(self.coils), "noise_model": self.noise_model,
             "details": self.details,
         }
 
@@ -195,14 +215,68 @@ def _residual_region(region: np.ndarray, axis: int, iterations: int, *,
     return np.ones(region.shape, bool), "whole volume (too little tissue)"
 
 
-def rician_debias(values: np.ndarray, sigma: float) -> np.ndarray:
-    """``sqrt(max(m^2 - sigma^2, 0))``: a smoothed magnitude ``m`` (about ``sqrt(A^2 + sigma^2)`` at high SNR)
-    back to the signal ``A``. The one Rician correction every denoiser applies to magnitude data (Gudbjartsson
-    & Patz 1995, high-SNR form): a smoother averages the magnitude, whose mean sits above the signal by about
-    ``sigma^2 / 2A``, so without it dark tissue stays brighter than it is. Returns float32.
+def magnitude_debias(values: np.ndarray, sigma: float, coils: float = 1.0) -> np.ndarray:
+    """``sqrt(max(m^2 - (2N - 1) sigma^2, 0))``: a smoothed magnitude ``m`` back to the signal ``A``. The one
+    magnitude correction every denoiser applies (Gudbjartsson & Patz 1995, high-SNR form): a smoother averages
+    the magnitude, whose mean sits above the signal, so without it dark tissue stays brighter than it is.
+
+    ``coils`` N: a sum-of-squares magnitude of N coils is non-central chi with 2N degrees of freedom, whose mean
+    is ``sqrt(A^2 + (2N - 1) sigma^2)`` to second order in ``sigma / A`` (its second moment ``A^2 + 2N sigma^2``
+    less the variance ``sigma^2`` of the channel the signal lies in); N = 1 is Rician, ``m^2 - sigma^2``, bit for
+    bit. Returns float32.
     """
     values = np.asarray(values, dtype=np.float32)
-    return np.sqrt(np.maximum(values * values - np.float32(sigma) ** 2, 0)).astype(np.float32, copy=False)
+    bias = np.float32(sigma) ** 2 * np.float32(2.0 * float(coils) - 1.0)  # x 1.0 when N = 1: exact
+    return np.sqrt(np.maximum(values * values - bias, 0)).astype(np.float32, copy=False)
+
+
+def rician_debias(values: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`magnitude_debias` with one coil: ``sqrt(max(m^2 - sigma^2, 0))``. Returns float32."""
+    return magnitude_debias(values, sigma, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _coil_table() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(coil counts, q75/q25 of central chi with 2N degrees of freedom), decreasing ratio. Lazy: scipy.stats."""
+    from scipy import stats
+
+    ratios = []
+    for coils in _COILS:
+        q25, q75 = stats.chi.ppf([0.25, 0.75], df=2 * coils)
+        ratios.append(float(q75 / q25))
+    return tuple(float(c) for c in _COILS), tuple(ratios)
+
+
+def equivalent_coils(ratio: float) -> float:
+    """The central-chi coil count whose quartile ratio q75/q25 matches ``ratio`` (1 = Rayleigh 2.195).
+
+    Why: a sum-of-squares magnitude from N coils has a chi background with 2N degrees of freedom, narrower than
+    Rayleigh; the Rayleigh mode then reads sigma high. A ratio above Rayleigh's (ghosts, tissue) gives 1.
+    """
+    coils, ratios = _coil_table()
+    if ratio >= ratios[0]:
+        return 1.0
+    if ratio <= ratios[-1]:
+        return coils[-1]
+    return float(np.interp(ratio, ratios[::-1], coils[::-1]))
+
+
+def estimate_coils(values: np.ndarray) -> tuple[float, Optional[float]]:
+    """(effective coil count, the air's quartile ratio) of background magnitudes ``values`` (non-zero air).
+
+    The quartile ratio does not depend on sigma, so it reads the shape alone: :func:`equivalent_coils`, rounded
+    to 0.1; below :data:`MIN_CHI_COILS` (or a lower quartile of 0) one coil, Rician. Tissue or ghosts in the air
+    widen the ratio and lower the count: the error is towards Rician, the model used before.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 1.0, None
+    q25, q75 = np.percentile(values, [25, 75])
+    if not q25 > 0:
+        return 1.0, None
+    ratio = float(q75 / q25)
+    coils = round(equivalent_coils(ratio), 1)
+    return (coils if coils >= MIN_CHI_COILS else 1.0), ratio
 
 
 def rician_correction_factor(snr: float) -> float:
@@ -265,6 +339,49 @@ def _rayleigh_sigma(values: np.ndarray) -> tuple[float, float]:
     return sigma, median_sigma
 
 
+@functools.lru_cache(maxsize=64)
+def _chi_constants(coils: float) -> tuple[float, float, float]:
+    """(mode, median, median below twice the mode) of a unit central chi with 2N degrees of freedom."""
+    from scipy import stats
+
+    k = 2.0 * float(coils)
+    mode = float(np.sqrt(k - 1.0))
+    below = float(stats.chi.cdf(2.0 * mode, k))
+    return mode, float(stats.chi.median(k)), float(stats.chi.ppf(below / 2.0, k))
+
+
+def _background_sigma(values: np.ndarray, coils: float = 1.0) -> tuple[float, float]:
+    """(robust sigma, plain-median sigma) of background magnitudes of ``coils`` coils.
+
+    One coil: :func:`_rayleigh_sigma`, unchanged. N coils (a sum-of-squares magnitude: central chi with 2N degrees
+    of freedom in the air): the same recipe on chi's own constants, the histogram's mode over ``sqrt(2N - 1)``,
+    then the median of the values below twice the mode over that truncated chi's median, iterated. Rayleigh's
+    constants there read sigma ``sqrt(2N - 1)`` times too high (x3.9 at 8 coils).
+    """
+    if coils <= 1:
+        return _rayleigh_sigma(values)
+    mode, median, truncated = _chi_constants(float(coils))
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    median_sigma = float(np.median(values)) / median
+    top = float(np.percentile(values, 99.0))
+    if top <= 0:
+        return median_sigma, median_sigma
+    edges = np.linspace(0.0, top, 401)
+    counts = ndimage.gaussian_filter1d(np.histogram(values, edges)[0].astype(np.float64), 3.0)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    sigma = float(centres[1 + int(np.argmax(counts[1:]))]) / mode
+    for _ in range(30):
+        below = values[values < 2.0 * mode * sigma]
+        if below.size < 100:
+            break
+        updated = float(np.median(below)) / truncated
+        converged = abs(updated - sigma) <= 1e-4 * sigma
+        sigma = updated
+        if converged:
+            break
+    return sigma, median_sigma
+
+
 def diagonal_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> float:
     """Gaussian sigma from the MAD of the 2x2 diagonal high-pass ``(a - b - c + d) / 2`` inside ``region``."""
     data = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
@@ -290,8 +407,14 @@ def estimate_noise_array(
     *,
     mask: Optional[np.ndarray] = None,
     modality: Optional[str] = None,
+    coils: Optional[float] = 1.0,
 ) -> NoiseEstimate:
-    """Estimate the noise of ``volume`` (see the module notes); ``mask`` limits the tissue region."""
+    """Estimate the noise of ``volume`` (see the module notes); ``mask`` limits the tissue region.
+
+    ``coils`` (MR): the magnitude's effective receive-coil count; 1 Rician (the default), N > 1 non-central chi
+    with 2N degrees of freedom (the background sigma from chi's mode), None: estimated from the air's quartile
+    ratio (:func:`estimate_coils`; one coil where there is no usable air).
+    """
     array = np.asarray(volume.array, dtype=np.float32)
     modality = modality or guess_modality(volume)
     spacing = volume.spacing_kji
@@ -325,8 +448,18 @@ def estimate_noise_array(
     background_sigma = 0.0
     zeros = 1.0 - float(background.sum()) / max(int(outside.sum()), 1)
     details["background_zero_fraction"] = round(zeros, 4)
-    if int(background.sum()) >= _MIN_BACKGROUND and zeros <= _MAX_BACKGROUND_ZEROS:
-        background_sigma, median_sigma = _rayleigh_sigma(array[background])
+    usable = int(background.sum()) >= _MIN_BACKGROUND and zeros <= _MAX_BACKGROUND_ZEROS
+    if coils is None:
+        coils, ratio = estimate_coils(array[background]) if usable else (1.0, None)
+        details.update(coils_source="estimated from the air" if usable else "no usable air: Rician",
+                       background_q75_over_q25=None if ratio is None else round(ratio, 4))
+    elif coils != 1:
+        details["coils_source"] = "given"
+    coils = float(coils)
+    if coils < 1:
+        raise ValueError(f"coils must be at least 1, got {coils:g}")
+    if usable:
+        background_sigma, median_sigma = _background_sigma(array[background], coils)
         details["background_median_sigma"] = median_sigma
     details.update(background_sigma=background_sigma, background_voxels=int(background.sum()))
 
@@ -340,6 +473,18 @@ def estimate_noise_array(
     else:
         tissue_sigma = 0.0
     details.update(residual_sigma=tissue_sigma, residual_voxels=used)
+    if details.get("coils_source") == "estimated from the air" and coils > 1:
+        # the air's shape alone also reads tissue (a crop inside the head) or smoothed air as many coils: chi is
+        # taken only where its sigma meets the independent in-tissue residual's (Rayleigh's reads x sqrt(2N - 1))
+        ratio = background_sigma / tissue_sigma if tissue_sigma > 0 else 0.0
+        if not (1 / AGREEMENT_FACTOR <= ratio <= AGREEMENT_FACTOR and background_sigma < 0.5 * signal):
+            details.update(coils_source=f"Rician: the air read like {coils:g} coils, but chi's sigma "
+                                        f"{background_sigma:.4g} does not meet the residual's {tissue_sigma:.4g}",
+                           coils_estimated=coils)
+            coils = 1.0
+            if usable:
+                background_sigma, median_sigma = _background_sigma(array[background], 1.0)
+                details.update(background_median_sigma=median_sigma, background_sigma=background_sigma)
 
     # background noise of a scan with no air in view, or with a zero-filled/clipped background, is useless
     if background_sigma > 0 and background_sigma < 0.5 * signal:
@@ -347,6 +492,6 @@ def estimate_noise_array(
             details["cross_check"] = _cross_check(background_sigma, tissue_sigma, primary_name="background",
                                                   second_name="residual")
         return NoiseEstimate(sigma=background_sigma, model="rician", method="background", modality="MR",
-                             signal=signal, details=details)
+                             signal=signal, details=details, coils=coils)
     return NoiseEstimate(sigma=tissue_sigma, model="rician", method="residual", modality="MR",
-                         signal=signal, details=details)
+                         signal=signal, details=details, coils=coils)

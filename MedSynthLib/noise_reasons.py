@@ -34,14 +34,13 @@ indicators and reasons on every real scan of ``../shared/data``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
-from .noise import NoiseEstimate, diagonal_sigma, erode_in_plane, otsu_foreground, residual_sigma
+from .noise import NoiseEstimate, diagonal_sigma, equivalent_coils, erode_in_plane, otsu_foreground, residual_sigma
 from .noise_map import NoiseMap
 from .volume import Volume
 
@@ -62,7 +61,6 @@ _CLIPPED_ZEROS, _PARTLY_ZEROED = 0.45, 0.2
 #: A Rayleigh variable exceeds 4 sigma with probability exp(-8) = 0.03 %; 5 % is signal in the air.
 _GHOST_SHARE = 0.05
 _SLICE_SPREAD = 1.3
-_COILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass(frozen=True)
@@ -95,32 +93,6 @@ class NoiseReasons:
         return {"reasons": list(self.reasons), "indicators": self.indicators}
 
 
-@functools.lru_cache(maxsize=1)
-def _coil_table() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(coil counts, q75/q25 of central chi with 2N degrees of freedom), decreasing ratio. Lazy: scipy.stats."""
-    from scipy import stats
-
-    ratios = []
-    for coils in _COILS:
-        q25, q75 = stats.chi.ppf([0.25, 0.75], df=2 * coils)
-        ratios.append(float(q75 / q25))
-    return tuple(float(c) for c in _COILS), tuple(ratios)
-
-
-def equivalent_coils(ratio: float) -> float:
-    """The central-chi coil count whose quartile ratio q75/q25 matches ``ratio`` (1 = Rayleigh 2.195).
-
-    Why: a sum-of-squares magnitude from N coils has a chi background with 2N degrees of freedom, narrower than
-    Rayleigh; the Rayleigh mode then reads sigma high. A ratio above Rayleigh's (ghosts, tissue) gives 1.
-    """
-    coils, ratios = _coil_table()
-    if ratio >= ratios[0]:
-        return 1.0
-    if ratio <= ratios[-1]:
-        return coils[-1]
-    return float(np.interp(ratio, ratios[::-1], coils[::-1]))
-
-
 def whiteness(array: np.ndarray, region: np.ndarray, axis: int) -> Optional[float]:
     """Residual sigma on the native grid over twice that of 2x2 in-plane block means (1 = white noise).
 
@@ -150,7 +122,7 @@ def _estimate_part(estimate: NoiseEstimate) -> dict:
             "primary": check.get("primary"), "primary_sigma": check.get("primary_sigma"),
             "second": check.get("second"), "second_sigma": check.get("second_sigma"),
             "ratio": check.get("ratio"), "agree": (check.get("agree") if check else None),
-            "conservative_sigma": round(estimate.conservative_sigma, 4)}
+            "conservative_sigma": round(estimate.conservative_sigma, 4), "coils": estimate.coils}
 
 
 def _air_part(array: np.ndarray, air: np.ndarray, background_sigma: float, axis: int) -> dict:
@@ -294,7 +266,7 @@ def _mr_reasons(row: dict) -> tuple[list[str], list[str]]:
         out.append(f"high SNR (signal/sigma {snr:.0f}): the in-tissue residual is dominated by anatomy, not noise")
     if bg > res:
         coils = row.get("background_equivalent_coils")
-        if coils and coils >= 1.5:
+        if coils and coils >= 1.5 and (row.get("coils") or 1) <= 1:  # a chi estimate already read the air as chi
             out.append(f"background not Rayleigh (quartile ratio {row['background_q75_over_q25']}, like chi with "
                        f"{coils:g} coils): the mode reads high")
         if (row.get("background_share_above_4sigma") or 0) > _GHOST_SHARE:

@@ -70,7 +70,8 @@ NOT_ON_PANEL = {
                "appearance_steps": "the Python API", "device": "the Device setting"},
     "denoise": {"modality": "guessed from the voxels", "device": "the Device setting", "seed": "the Seed setting",
                 "time_budget": "the Enhance tab's Time budget", "threads": "the idle cores", "batch_size":
-                "halved on out-of-memory by itself", "local_noise": "auto: the map is followed where it varies"},
+                "halved on out-of-memory by itself", "local_noise": "auto: the map is followed where it varies",
+                "coils": "estimated from the air: Rician or non-central chi as its distribution says"},
     "bias": {"iterations": "the Python API", "control_points": "the Python API", "output_dtype": "auto: never clipped",
              "time_budget": "the Enhance tab's Time budget"},
     "enhance": {"steps": "the Enhance tab's boxes", "device": "the Device setting", "seed": "the Seed setting"},

@@ -23,7 +23,7 @@ from ._outputs import add_output_args, prepare
 __all__ = ["register", "demo_step"]
 
 #: The knobs each command offers as flags (choices, ranges, defaults and help from the options classes).
-_DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget", "local_noise")
+_DENOISE_KNOBS = ("method", "strength", "modality", "device", "seed", "time_budget", "local_noise", "coils")
 _BIAS_KNOBS = ("shrink", "output_dtype", "time_budget")
 _ENHANCE_KNOBS = ("steps", "device", "seed", "time_budget")
 

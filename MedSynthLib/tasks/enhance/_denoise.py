@@ -33,6 +33,7 @@ The methods themselves are one table (:mod:`._runners`): a name without a runner
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Optional
 
@@ -108,6 +109,14 @@ def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate:
 def _divided(volume: Volume, relative: np.ndarray) -> Volume:
     """``volume`` over the noise map's shape (float32, same geometry): even noise of the map's median sigma."""
     return Volume((volume.array.astype(np.float32) / relative).astype(np.float32), volume.ijk_to_ras.copy())
+
+
+def _same_coils(divided: NoiseEstimate, first: NoiseEstimate) -> NoiseEstimate:
+    """The divided volume's estimate, read with the coil count (and its source) of the volume's own air."""
+    if first.coils <= 1:
+        return divided
+    return dataclasses.replace(divided, details={**divided.details, "coils_source": first.details.get("coils_source",
+                                                                                                     "given")})
 
 
 def produced_by(chosen: str, details: dict, *, unchanged: bool = False) -> str:
@@ -204,6 +213,11 @@ def denoise(
         Slices per batch of the ``model`` method.
     local_noise : {"auto", "off"}
         ``auto``: follow the local noise map where it varies (see the module notes); ``off``: one sigma.
+    coils : float, optional
+        MR magnitude noise: the effective coil count N of a sum-of-squares reconstruction, whose noise is
+        non-central chi with 2N degrees of freedom (the background sigma from chi's mode, the debiasing
+        ``sqrt(m^2 - (2N - 1) sigma^2)``); 1: Rician; unset: estimated from the air's quartile ratio. The
+        report's ``noise_model`` says which (``rician`` or ``noncentral-chi, N coils (estimated from the air)``).
 
     Returns
     -------
@@ -229,13 +243,13 @@ def denoise(
     chosen = choose_method(options)
     check_cancel(cancel)
     report(progress, 0.0, "estimating noise")
-    estimate = estimate_noise_array(volume, mask=boolean_mask, modality=options.modality)
+    estimate = estimate_noise_array(volume, mask=boolean_mask, modality=options.modality, coils=options.coils)
     local = estimate_noise_map(volume, mask=boolean_mask, modality=estimate.modality)
     relative, map_report = map_normalisation(volume, local, use=options.local_noise)
     work = volume if relative is None else _divided(volume, relative)
     # on even noise (relative None) this is the one-sigma path exactly; else the estimators see the divided volume
-    work_estimate = estimate if relative is None else estimate_noise_array(work, mask=boolean_mask,
-                                                                           modality=estimate.modality)
+    work_estimate = estimate if relative is None else _same_coils(
+        estimate_noise_array(work, mask=boolean_mask, modality=estimate.modality, coils=estimate.coils), estimate)
     explanation = explain_if_needed(work, work_estimate, mask=boolean_mask,
                                     noise_map=local if relative is None else None)  # divided: no longer a reason
     noise, noise_check, warnings = working_noise(work_estimate, options.method, explanation=explanation)
@@ -262,6 +276,7 @@ def denoise(
         "task": "denoise", "method": produced_by(chosen, details, unchanged=unchanged),
         "method_requested": options.method, "strength": options.strength,
         "seed": options.seed, "noise": estimate.as_dict(), "sigma_used": round(float(noise.sigma), 6),
+        "noise_model": noise.noise_model if run.rician else "gaussian",
         "noise_map": map_report, "noise_check": noise_check, "plausibility": {**verdict, "rejected": attempts},
         "device": engine_report.device_used if uses_device else "cpu",
         "engine": engine_report.as_dict() if uses_device else None, "parameters": details,

@@ -76,7 +76,7 @@ class DenoiseOptions(TaskOptions):
     Examples
     --------
     >>> DenoiseOptions(method="NLM", strength=0.5, modality="mr")
-    DenoiseOptions(method='nlm', strength=0.5, modality='MR', device='auto', seed=0, time_budget=None, threads=None, batch_size=16, local_noise='auto', model=None, method_options=None)
+    DenoiseOptions(method='nlm', strength=0.5, modality='MR', device='auto', seed=0, time_budget=None, threads=None, batch_size=16, local_noise='auto', coils=None, model=None, method_options=None)
     >>> DenoiseOptions.knob("strength").high
     2.0
     """
@@ -103,6 +103,11 @@ class DenoiseOptions(TaskOptions):
     local_noise: str = knob("auto", choices=LOCAL_NOISE, help="auto: where the local noise map varies (95th over 5th "
                             "percentile in the tissue above 1.5) the volume is divided by the map's shape, denoised "
                             "and multiplied back, so every method sees even noise; off: one sigma everywhere")
+    coils: Optional[float] = knob(None, low=1.0, high=64.0, optional=True,
+                                  help="MR magnitude noise model: the effective receive-coil count of a sum-of-squares "
+                                       "reconstruction (non-central chi with 2N degrees of freedom); 1: Rician; unset: "
+                                       "estimated from the air's distribution (Rician where the air says so or there "
+                                       "is none)")
     #: A denoise model package (path, installed name or loaded package); None: the bundled one for ``model``.
     model: Any = None
     #: Per-method settings keyed by method name: ``{"selfsup": {"steps": N}}`` (training length).

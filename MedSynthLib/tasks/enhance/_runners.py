@@ -7,7 +7,7 @@ clock) and a progress callback, and returns the denoised float values with the m
 another method run silently.
 
 One Rician policy for every method: magnitude data come back debiased (the smoothers through
-:func:`~MedSynthLib.noise.rician_debias` here, the fusions inside, where they fuse), so choosing a method never
+:func:`~MedSynthLib.noise.magnitude_debias` here, with the estimate's coil count, the fusions inside, where they fuse), so choosing a method never
 changes which quantity is estimated.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from ...budget import TimeBudget, cpu_threads, torch_threads
 from ...engine import EngineReport, select_device
 from ...errors import InputError
-from ...noise import NoiseEstimate, otsu_foreground, rician_debias
+from ...noise import NoiseEstimate, magnitude_debias, otsu_foreground
 from ...progress import CancelToken, ProgressCallback, report
 from ...volume import THICK_SLICE_RATIO, Volume
 from ._options import DenoiseOptions
@@ -55,6 +55,11 @@ class DenoiseRun:
     @property
     def rician(self) -> bool:
         return is_rician(self.noise, self.data)
+
+    @property
+    def coils(self) -> float:
+        """The magnitude's effective coil count (1: Rician; Gaussian data: 1, unused)."""
+        return float(self.noise.coils) if self.rician else 1.0
 
 
 def is_rician(noise: NoiseEstimate, data: np.ndarray) -> bool:
@@ -95,7 +100,7 @@ def _fusion(options: DenoiseOptions, run: DenoiseRun, progress: Optional[Progres
     threads = cpu_threads(requested=options.threads)
     with torch_threads(threads):
         report(progress, 0.0, "collaborative filter, DCT and non-local means, SURE-weighted")
-        values, details = denoise_fusion(run.data, sigma=run.noise.sigma, rician=run.rician,
+        values, details = denoise_fusion(run.data, sigma=run.noise.sigma, rician=run.rician, coils=run.coils,
                                          foreground=run.foreground, strength=options.strength, seed=options.seed,
                                          spacing=run.volume.spacing_kji, budget=run.budget, cancel=run.cancel,
                                          progress=progress)
@@ -147,12 +152,13 @@ def _selfsup(options: DenoiseOptions, run: DenoiseRun, progress: Optional[Progre
     threads = cpu_threads(requested=options.threads) if on_cpu else None
     with torch_threads(threads):
         values, details = denoise_selfsup(
-            np.ascontiguousarray(moved), sigma=run.noise.sigma, rician=rician,
+            np.ascontiguousarray(moved), sigma=run.noise.sigma, rician=rician, coils=run.coils,
             foreground=np.ascontiguousarray(np.moveaxis(run.foreground, axis, 0)), planar=planar,
             spacing=(spacing[axis], *(d for a, d in enumerate(spacing) if a != axis)),  # as the moved axes
             strength=options.strength, seed=options.seed, device=options.device, settings=settings,
             budget=run.budget, progress=progress, cancel=run.cancel, engine_report=run.engine_report)
-    details.update(slice_axis=int(axis), noise_model="rician" if rician else "gaussian", cpu_threads=threads)
+    details.update(slice_axis=int(axis), noise_model=run.noise.noise_model if rician else "gaussian",
+                   cpu_threads=threads)
     return np.moveaxis(values, 0, axis), details
 
 
@@ -182,6 +188,6 @@ def run_method(name: str, options: DenoiseOptions, run: DenoiseRun,
     if name in SMOOTHERS:
         rician = is_rician(run.noise, run.data)
         if rician:
-            values = rician_debias(values, run.noise.sigma)
-        details = {**details, "noise_model": "rician" if rician else "gaussian", "rician_debias": rician}
+            values = magnitude_debias(values, run.noise.sigma, run.coils)
+        details = {**details, "noise_model": run.noise.noise_model if rician else "gaussian", "rician_debias": rician}
     return values, details

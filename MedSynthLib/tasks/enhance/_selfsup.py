@@ -195,6 +195,7 @@ def denoise_selfsup(
     sigma: float,
     rician: bool,
     foreground: np.ndarray,
+    coils: float = 1.0,
     planar: bool = False,
     spacing: Optional[tuple[float, float, float]] = None,
     strength: float = 1.0,
@@ -216,6 +217,9 @@ def denoise_selfsup(
         Gaussian noise standard deviation (per channel for Rician data).
     rician : bool
         Treat ``array`` as a magnitude image (non-negative, Rician noise).
+    coils : float
+        Effective coil count of a magnitude (1: Rician; N: non-central chi with 2N degrees of freedom: the
+        squared target's bias ``2N s^2`` and variance ``4 A^2 s^2 + 4N s^4``).
     spacing : three floats, optional
         Voxel size (mm) in ``array``'s axis order: shapes the blocks of the fusion's block filters.
     foreground : ndarray of bool
@@ -261,7 +265,8 @@ def denoise_selfsup(
     prediction = _predict(network, x, target, foreground, device=used, planar=planar, slab=settings.slab,
                           progress=progress, cancel=cancel)
     details["inference_seconds"] = round(time.perf_counter() - start - details["train_seconds"], 2)
-    estimate = _fuse(x, target, prediction, s=s, rician=rician, foreground=foreground, strength=strength, job=job)
+    estimate = _fuse(x, target, prediction, s=s, rician=rician, foreground=foreground, strength=strength, job=job,
+                     coils=coils)
     details["seconds"] = round(time.perf_counter() - start, 2)
     engine_report.seconds += time.perf_counter() - start
     report(progress, 1.0, "self-supervised denoising done")
@@ -389,11 +394,12 @@ def _predict(network: "BlindSpotNet", x: np.ndarray, target: np.ndarray, foregro
 
 
 def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float, rician: bool,
-          foreground: np.ndarray, strength: float, job: _Job) -> np.ndarray:
+          foreground: np.ndarray, strength: float, job: _Job, coils: float = 1.0) -> np.ndarray:
     """Wiener fusion of the blind prediction with the observed voxel (target domain), then, with
     ``settings.sure_fusion``, the SURE-weighted combination with non-local means (magnitude domain)."""
     settings, details = job.settings, job.details
-    noise_var = (4 * np.maximum(prediction - 2 * s * s, 0) * s * s + 4 * s**4) if rician else np.full_like(prediction, s * s)
+    n = float(coils)  # 1: Rician, the forms below exactly as before (x 1.0)
+    noise_var = (4 * np.maximum(prediction - 2 * n * s * s, 0) * s * s + 4 * n * s**4) if rician else np.full_like(prediction, s * s)
     noise_var = noise_var * float(strength) ** 2
 
     def wiener(observed_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -405,13 +411,13 @@ def _fuse(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, *, s: float
     fused, weight = wiener(target)
     details["fusion_weight_on_observed"] = round(float(np.mean(weight[foreground])) if foreground.any() else float(np.mean(weight)), 4)
     del weight
-    to_magnitude = (lambda t: np.sqrt(np.maximum(t - 2 * s * s, 0))) if rician else (lambda t: t)
+    to_magnitude = (lambda t: np.sqrt(np.maximum(t - 2 * n * s * s, 0))) if rician else (lambda t: t)
     if not settings.sure_fusion:
         return to_magnitude(fused)
     report(job.progress, 0.8, "DCT and non-local means for the fusion")
     network = NetworkEstimates(blind=to_magnitude(prediction), wiener_now=to_magnitude(fused),
                                wiener=lambda observed: to_magnitude(wiener(observed**2 if rician else observed)[0]))
-    estimate, fusion = sure_fusion(x, s, rician=rician, foreground=foreground, strength=strength, seed=job.seed,
+    estimate, fusion = sure_fusion(x, s, rician=rician, coils=coils, foreground=foreground, strength=strength, seed=job.seed,
                                    settings=settings.fusion, network=network, spacing=job.spacing, budget=job.budget,
                                    cancel=job.cancel)
     details["fusion"] = fusion

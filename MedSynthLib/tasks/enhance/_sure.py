@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...budget import TimeBudget
-from ...noise import rician_debias
+from ...noise import magnitude_debias
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 from ._sure_boxes import Box, box_fusion, choose_components, probe_boxes
 from ._sure_weights import FUSION_MIN_GAIN, OUTSIDE_THE_BOX, _fit_by_class, convex_sure_weights, sole_component
@@ -237,7 +237,7 @@ def _probe_mode(settings: FusionSettings, shape: tuple[int, ...], boxes: list[Bo
 
 
 def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray, strength: float, seed: int,
-                settings: Optional[FusionSettings] = None, network: Optional[NetworkEstimates] = None,
+                coils: float = 1.0, settings: Optional[FusionSettings] = None, network: Optional[NetworkEstimates] = None,
                 spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
                 cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None
                 ) -> tuple[np.ndarray, dict]:
@@ -247,8 +247,9 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     minimise Stein's unbiased risk estimate ``|z - f|^2 + 2 s^2 div f - N s^2`` (a quadratic in ``w``), one
     set per class of local gradient; divergences: 0 for the blind prediction, one random +-1 probe
     (Monte-Carlo SURE) for the others. For Rician data every estimate is debiased first (``sqrt(m^2 - s^2)``,
-    the high-SNR correction) and only voxels above twice the noise are fitted, where magnitude noise is
-    close to Gaussian. The observation itself is not a component: with sigma from a conservative estimate
+    the high-SNR correction; ``sqrt(m^2 - (2N - 1) s^2)`` for non-central chi of ``coils`` N,
+    :func:`~MedSynthLib.noise.magnitude_debias`) and only voxels above twice the noise (``2 s sqrt(N)``: the
+    air's level grows as ``sqrt(2N)``) are fitted, where magnitude noise is close to Gaussian. The observation itself is not a component: with sigma from a conservative estimate
     (a little low), SURE under-charges it and gave it up to 0.32 of the weight on a whole head at 9 %
     (28.3 dB, where the DCT component alone had 31.9); the network's Wiener estimate already returns to the
     observation where that is right.
@@ -273,7 +274,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
         boxes = probe_boxes(x.shape, foreground, inner=block_shape(spacing, edge=settings.probe_edge), margin=margin,
                             count=settings.probe_boxes)
         if _probe_mode(settings, x.shape, boxes) == "boxes":
-            estimate, info = box_fusion(x, s, smoothers, boxes, rician=rician, foreground=foreground,
+            estimate, info = box_fusion(x, s, smoothers, boxes, rician=rician, coils=coils, foreground=foreground,
                                          strength=strength, seed=seed, settings=settings, budget=budget,
                                          cancel=cancel, progress=progress)
             return estimate, {**info, **described, "seconds": round(time.perf_counter() - started, 2)}
@@ -282,7 +283,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     xr = np.ascontiguousarray(x[region])
 
     def debias(values: np.ndarray) -> np.ndarray:  # high-SNR Rician correction, identity otherwise
-        return rician_debias(values, s) if rician else values
+        return magnitude_debias(values, s, coils) if rician else values
 
     components, fit, probe, eps = _smoother_components(xr, smoothers, s=s, settings=settings, seed=seed,
                                                       debias=debias, cancel=cancel, budget=budget, progress=progress)
@@ -298,7 +299,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
     observed = debias(xr)
     fit &= foreground[region]
     if rician:
-        fit &= guide > 2 * s
+        fit &= guide > 2 * s * math.sqrt(coils)
     names = [c.name for c in components]
     arrays = [c.estimate for c in components]
     classes = _gradient_classes(guide, fit, settings=settings, components=len(components))
@@ -334,7 +335,7 @@ def sure_fusion(x: np.ndarray, s: float, *, rician: bool, foreground: np.ndarray
 
 
 def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground: np.ndarray, strength: float = 1.0,
-                   seed: int = 0, settings: Optional[FusionSettings] = None,
+                   seed: int = 0, coils: float = 1.0, settings: Optional[FusionSettings] = None,
                    spacing: Optional[tuple[float, float, float]] = None, budget: Optional[TimeBudget] = None,
                    cancel: Optional[CancelToken] = None, progress: Optional[ProgressCallback] = None
                    ) -> tuple[np.ndarray, dict]:
@@ -342,7 +343,7 @@ def denoise_fusion(array: np.ndarray, *, sigma: float, rician: bool, foreground:
     means), SURE-weighted (no training, no network); ``spacing`` (mm, array order) shapes the blocks. Returns
     the float32 estimate and the fusion's report."""
     estimate, info = sure_fusion(np.asarray(array, np.float32), float(sigma), rician=rician, foreground=foreground,
-                                 strength=strength, seed=seed, settings=settings, spacing=spacing, budget=budget,
+                                 strength=strength, seed=seed, coils=coils, settings=settings, spacing=spacing, budget=budget,
                                  cancel=cancel, progress=progress)
     return np.asarray(estimate, np.float32), {"fusion": info, "noise_model": "rician" if rician else "gaussian"}
 

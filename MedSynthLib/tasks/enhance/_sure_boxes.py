@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...budget import TimeBudget
-from ...noise import rician_debias
+from ...noise import magnitude_debias
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ._sure_weights import FUSION_MIN_GAIN, _fit_by_class, sole_component
 
@@ -126,12 +126,12 @@ class _SubsetFit:
 
 
 def _fit_subset(probe: _BoxProbe, members: tuple, *, s: float, variance: float, rician: bool,
-                settings) -> _SubsetFit:
+                settings, coils: float = 1.0) -> _SubsetFit:
     """Convex SURE weights of ``members`` per gradient class (of the first member's estimate) on the boxes."""
     guide = probe.estimates[members[0]]
     fit = probe.foreground.copy()
     if rician:
-        fit &= guide > 2 * s
+        fit &= guide > 2 * s * math.sqrt(coils)
     arrays = [probe.estimates[i] for i in members]
     divergences = [probe.divergences[i] for i in members]
     edges, classes = None, np.zeros(guide.shape, np.int8)
@@ -198,7 +198,7 @@ def choose_components(risks: dict, costs: dict, *, seconds_left: float = math.in
 COMBINE_RESERVE = 0.15
 
 
-def box_fusion(x: np.ndarray, s: float, smoothers: list, boxes: list[Box], *, rician: bool,
+def box_fusion(x: np.ndarray, s: float, smoothers: list, boxes: list[Box], *, rician: bool, coils: float = 1.0,
                foreground: np.ndarray, strength: float, seed: int, settings,
                budget: Optional[TimeBudget], cancel: Optional[CancelToken],
                progress: Optional[ProgressCallback]) -> tuple[np.ndarray, dict]:
@@ -207,7 +207,7 @@ def box_fusion(x: np.ndarray, s: float, smoothers: list, boxes: list[Box], *, ri
     variance = (float(strength) * s) ** 2
 
     def debias(values: np.ndarray) -> np.ndarray:
-        return rician_debias(values, s) if rician else values
+        return magnitude_debias(values, s, coils) if rician else values
 
     box_work = 2 * len(smoothers) * sum(math.prod(o.stop - o.start for o in outer) for outer, _ in boxes)
     probing = box_work / (box_work + x.size)  # the probes' share of the bar, by voxel work; the rest by measure
@@ -215,7 +215,7 @@ def box_fusion(x: np.ndarray, s: float, smoothers: list, boxes: list[Box], *, ri
                             budget=budget, cancel=cancel, progress=subrange(progress, 0.0, probing))
     names = probe.names
     fits = {tuple(names[i] for i in members): _fit_subset(probe, members, s=s, variance=variance, rician=rician,
-                                                          settings=settings)
+                                                          settings=settings, coils=coils)
             for size in range(1, len(names) + 1) for members in itertools.combinations(range(len(names)), size)}
     costs = {name: rate * x.size for name, rate in zip(names, probe.seconds_per_voxel)}
     left = math.inf if budget is None else budget.remaining() / (1 + COMBINE_RESERVE)
