@@ -226,8 +226,9 @@ def cross_fitted_field(
     field fitted anatomy). The held-out field corrects each voxel with the fit of the fold that did not contain it:
     a real shading, smooth across the folds, lowers the CV there too; a fit to one fold's anatomy or noise does
     not. The field to apply is the geometric mean of the two fits (each fold's voxels count once), the same cost
-    as one fit on the whole mask. Both fields have a geometric mean of 1 inside ``mask``. ``n4``: the knobs of
-    :func:`n4_field`.
+    as one fit on the whole mask. Both fields have a geometric mean of 1 inside ``mask``; outside it the field to
+    apply is held within the range it takes inside (the B-spline's extrapolation is not evidence). ``n4``: the knobs
+    of :func:`n4_field`.
     """
     first = fold_mask(mask, spacing_kji, block_mm=block_mm)
     shrink = requested = int(n4.pop("shrink", 6))
@@ -245,6 +246,10 @@ def cross_fitted_field(
         runs.append(details)
     held_out = np.where(first, fields[1], fields[0])
     combined = _unit_geometric_mean(np.sqrt(fields[0] * fields[1]), mask)
+    # outside the mask the B-spline extrapolates: no stronger there than anywhere it was fitted (on the sdcflows
+    # EPI it reached x1.29 on 11 640 bright voxels beyond the mask, x1.24 at most inside, and raised their CV)
+    inside = combined[mask]
+    combined = np.where(mask, combined, np.clip(combined, inside.min(), inside.max())).astype(np.float32)
     logs = [np.log(f[mask]) for f in fields]
     agreement = float(np.corrcoef(*logs)[0, 1]) if min(np.ptp(x) for x in logs) > 0 else None
     details = {**runs[-1], "shrink_requested": requested, "folds": runs, "fold_block_mm": float(block_mm),
