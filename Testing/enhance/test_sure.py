@@ -242,6 +242,33 @@ def test_a_budget_too_small_for_a_component_makes_denoise_leave_it_out_and_repor
     assert rmse(result.volume.array, clean, mask) < 0.6 * rmse(noisy, clean, mask)
 
 
+def test_the_fusion_stops_on_the_clock_when_its_components_overrun_their_projection(monkeypatch):
+    """The costs projected from the probes can be wrong (a machine that got busier after them): before each
+    component after the first, the clock is checked at the pace measured so far, and what no longer fits is
+    skipped; the subset computed is combined with its own weights. Projected costs are fixed here: the first
+    component nothing, the others a little, so the first always runs far past its projection."""
+    from MedSynthLib.tasks.enhance import _sure, _sure_boxes
+
+    monkeypatch.setattr(_sure, "DEFAULT_SETTINGS", _sure.FusionSettings(probe="boxes", probe_boxes=4, probe_edge=12))
+    measured = _sure_boxes._probe_on_boxes
+
+    def underestimated(*args, **kwargs):
+        probe = measured(*args, **kwargs)
+        probe.seconds_per_voxel = [1e-15 if k == 0 else 1e-6 for k in range(len(probe.names))]
+        return probe
+
+    monkeypatch.setattr(_sure_boxes, "_probe_on_boxes", underestimated)
+    monkeypatch.setattr(_sure_boxes, "choose_components",
+                        lambda risks, costs, seconds_left: (max(risks, key=len), "every component", False))
+    clean, noisy = _smooth_volume()
+    result = denoise(Volume(noisy, oblique_matrix()), method="fusion", modality="CT", time_budget=600)
+    fusion = result.report["parameters"]["fusion"]
+    assert len(fusion["whole_volume_components"]) == 1 and "the clock stopped it after" in fusion["why"]
+    assert any("skipped" in cut and "at the pace measured so far" in cut for cut in result.report["time_budget"]["cut"])
+    mask = np.ones(clean.shape, bool)
+    assert rmse(result.volume.array, clean, mask) < 0.8 * rmse(noisy, clean, mask)
+
+
 def test_choose_components_takes_the_cheapest_set_within_sures_resolution():
     from MedSynthLib.tasks.enhance._sure import choose_components
 
