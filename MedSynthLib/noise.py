@@ -57,13 +57,15 @@ from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
            "rician_correction_factor", "rician_debias", "magnitude_debias", "equivalent_coils", "estimate_coils",
-           "MIN_CHI_COILS", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
+           "MIN_CHI_COILS", "MIN_BACKGROUND_VOXELS", "MAX_BACKGROUND_ZEROS", "residual_sigma", "diagonal_sigma",
+           "erode_in_plane"]
 
 log = logging.getLogger(__name__)
 
 _RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
 _MAD_TO_SIGMA = 1.4826
-_MIN_BACKGROUND = 2000
+#: Fewest non-zero air voxels the background estimate is made from.
+MIN_BACKGROUND_VOXELS = 2000
 #: Median of a Rayleigh variable truncated at twice its sigma, in units of sigma: sqrt(-2 ln(1 - (1 - e^-2) / 2)).
 _TRUNCATED_RAYLEIGH_MEDIAN = float(np.sqrt(-2.0 * np.log(1.0 - (1.0 - np.exp(-2.0)) / 2.0)))
 #: Effective coil counts tabulated for :func:`equivalent_coils` (central chi with 2N degrees of freedom).
@@ -310,38 +312,15 @@ def residual_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> tuple[fl
 #: Air around a magnitude image is Rayleigh: exactly 0 only where rounding takes it there (under 40 % of the voxels
 #: even at sigma 0.5 grey levels). Half or more exact zeros is a clipped or thresholded background (a Gaussian
 #: clipped at 0, a processed or masked image): its positive tail is not Rayleigh and says nothing of sigma.
-_MAX_BACKGROUND_ZEROS = 0.45
-
-
-def _rayleigh_sigma(values: np.ndarray) -> tuple[float, float]:
-    """(robust sigma, plain-median sigma) of background magnitudes: the air's peak, not the tissue's tail.
-
-    Mode of a smoothed histogram, then the median of the values below twice the estimate, iterated.
-    """
-    values = np.abs(np.asarray(values, dtype=np.float64))
-    median_sigma = float(np.median(values)) / _RAYLEIGH_MEDIAN
-    top = float(np.percentile(values, 99.0))
-    if top <= 0:
-        return median_sigma, median_sigma
-    edges = np.linspace(0.0, top, 401)
-    counts = ndimage.gaussian_filter1d(np.histogram(values, edges)[0].astype(np.float64), 3.0)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    sigma = float(centres[1 + int(np.argmax(counts[1:]))])
-    for _ in range(30):
-        below = values[values < 2.0 * sigma]
-        if below.size < 100:
-            break
-        updated = float(np.median(below)) / _TRUNCATED_RAYLEIGH_MEDIAN
-        converged = abs(updated - sigma) <= 1e-4 * sigma
-        sigma = updated
-        if converged:
-            break
-    return sigma, median_sigma
+MAX_BACKGROUND_ZEROS = 0.45
 
 
 @functools.lru_cache(maxsize=64)
 def _chi_constants(coils: float) -> tuple[float, float, float]:
-    """(mode, median, median below twice the mode) of a unit central chi with 2N degrees of freedom."""
+    """(mode, median, median below twice the mode) of a unit central chi with 2N degrees of freedom; one coil:
+    Rayleigh's (1, :data:`_RAYLEIGH_MEDIAN`, :data:`_TRUNCATED_RAYLEIGH_MEDIAN`)."""
+    if coils <= 1:
+        return 1.0, _RAYLEIGH_MEDIAN, _TRUNCATED_RAYLEIGH_MEDIAN
     from scipy import stats
 
     k = 2.0 * float(coils)
@@ -351,15 +330,14 @@ def _chi_constants(coils: float) -> tuple[float, float, float]:
 
 
 def _background_sigma(values: np.ndarray, coils: float = 1.0) -> tuple[float, float]:
-    """(robust sigma, plain-median sigma) of background magnitudes of ``coils`` coils.
+    """(robust sigma, plain-median sigma) of background magnitudes of ``coils`` coils: the air's peak, not the
+    tissue's tail.
 
-    One coil: :func:`_rayleigh_sigma`, unchanged. N coils (a sum-of-squares magnitude: central chi with 2N degrees
-    of freedom in the air): the same recipe on chi's own constants, the histogram's mode over ``sqrt(2N - 1)``,
-    then the median of the values below twice the mode over that truncated chi's median, iterated. Rayleigh's
-    constants there read sigma ``sqrt(2N - 1)`` times too high (x3.9 at 8 coils).
+    The mode of a smoothed histogram over the unit distribution's mode, then the median of the values below twice
+    the mode over that truncated distribution's median, iterated. One coil: Rayleigh. N coils (a sum-of-squares
+    magnitude: central chi with 2N degrees of freedom in the air): chi's own constants; Rayleigh's read sigma
+    ``sqrt(2N - 1)`` times too high there (x3.9 at 8 coils).
     """
-    if coils <= 1:
-        return _rayleigh_sigma(values)
     mode, median, truncated = _chi_constants(float(coils))
     values = np.abs(np.asarray(values, dtype=np.float64))
     median_sigma = float(np.median(values)) / median
@@ -448,7 +426,7 @@ def estimate_noise_array(
     background_sigma = 0.0
     zeros = 1.0 - float(background.sum()) / max(int(outside.sum()), 1)
     details["background_zero_fraction"] = round(zeros, 4)
-    usable = int(background.sum()) >= _MIN_BACKGROUND and zeros <= _MAX_BACKGROUND_ZEROS
+    usable = int(background.sum()) >= MIN_BACKGROUND_VOXELS and zeros <= MAX_BACKGROUND_ZEROS
     if coils is None:
         coils, ratio = estimate_coils(array[background]) if usable else (1.0, None)
         details.update(coils_source="estimated from the air" if usable else "no usable air: Rician",

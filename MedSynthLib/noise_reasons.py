@@ -40,7 +40,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from .noise import NoiseEstimate, diagonal_sigma, equivalent_coils, erode_in_plane, otsu_foreground, residual_sigma
+from .noise import (MAX_BACKGROUND_ZEROS, MIN_BACKGROUND_VOXELS, NoiseEstimate, diagonal_sigma, equivalent_coils,
+                    erode_in_plane, otsu_foreground, residual_sigma)
 from .noise_map import NoiseMap
 from .volume import Volume
 
@@ -56,8 +57,9 @@ WHITE_NOISE_FLOOR = 0.8
 #: reads anatomy. The corpus's noisy acquisitions sit at 2-35, its templates at 45-220.
 HIGH_SNR = 60
 #: Fewest non-zero air voxels for the background's statistics (as the estimator's own minimum).
-_MIN_AIR = 2000
-_CLIPPED_ZEROS, _PARTLY_ZEROED = 0.45, 0.2
+_MIN_AIR = MIN_BACKGROUND_VOXELS
+#: Above the estimator's own limit the background is clipped; above this it is partly zeroed.
+_CLIPPED_ZEROS, _PARTLY_ZEROED = MAX_BACKGROUND_ZEROS, 0.2
 #: A Rayleigh variable exceeds 4 sigma with probability exp(-8) = 0.03 %; 5 % is signal in the air.
 _GHOST_SHARE = 0.05
 _SLICE_SPREAD = 1.3
