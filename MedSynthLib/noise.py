@@ -57,8 +57,8 @@ from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
            "rician_correction_factor", "rician_debias", "magnitude_debias", "equivalent_coils", "estimate_coils",
-           "MIN_CHI_COILS", "MIN_BACKGROUND_VOXELS", "MAX_BACKGROUND_ZEROS", "residual_sigma", "diagonal_sigma",
-           "erode_in_plane"]
+           "MIN_CHI_COILS", "cross_check", "MIN_BACKGROUND_VOXELS", "MAX_BACKGROUND_ZEROS", "residual_sigma",
+           "diagonal_sigma", "erode_in_plane"]
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def diagonal_sigma(array: np.ndarray, region: np.ndarray, axis: int) -> float:
     return _MAD_TO_SIGMA * float(np.median(np.abs(values - np.median(values))))
 
 
-def _cross_check(primary: float, second: float, *, primary_name: str, second_name: str) -> dict:
+def cross_check(primary: float, second: float, *, primary_name: str, second_name: str) -> dict:
     """Both estimates, their ratio and whether they agree within :data:`AGREEMENT_FACTOR`."""
     ratio = max(primary, second) / min(primary, second) if min(primary, second) > 0 else None
     return {"primary": primary_name, "primary_sigma": round(float(primary), 6), "second": second_name,
@@ -411,7 +411,7 @@ def estimate_noise_array(
         diagonal = diagonal_sigma(array, region, slice_axis)
         details.update(residual_sigma=sigma, residual_voxels=used, diagonal_sigma=diagonal)
         if diagonal > 0 and sigma > 0:
-            details["cross_check"] = _cross_check(sigma, diagonal, primary_name="residual", second_name="diagonal")
+            details["cross_check"] = cross_check(sigma, diagonal, primary_name="residual", second_name="diagonal")
         soft = array[region] if region.any() else array[foreground]
         signal = float(np.median(soft)) if soft.size else signal
         # a CT "signal" of soft tissue near 0 HU is meaningless as an SNR: use the soft-tissue/air range
@@ -467,7 +467,7 @@ def estimate_noise_array(
     # background noise of a scan with no air in view, or with a zero-filled/clipped background, is useless
     if background_sigma > 0 and background_sigma < 0.5 * signal:
         if tissue_sigma > 0:
-            details["cross_check"] = _cross_check(background_sigma, tissue_sigma, primary_name="background",
+            details["cross_check"] = cross_check(background_sigma, tissue_sigma, primary_name="background",
                                                   second_name="residual")
         return NoiseEstimate(sigma=background_sigma, model="rician", method="background", modality="MR",
                              signal=signal, details=details, coils=coils)

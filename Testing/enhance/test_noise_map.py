@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,3 +100,28 @@ def test_the_cli_refuses_a_noise_map_on_the_output_path(tmp_path, noisy_head, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--noise-map" in err[0] and "same file" in err[0], err
     assert not out.exists()
+
+
+def test_the_divided_volume_is_set_from_the_maps_tissue_level_only_where_the_air_agrees():
+    """Dividing by the map's shape leaves the tissue's noise at the map's median: that level is used when the divided
+    volume's own estimate meets it within x1.25; otherwise the divided volume's estimate is kept as it was."""
+    from MedSynthLib.noise import NoiseEstimate
+    from MedSynthLib.noise_map import NoiseMap
+    from MedSynthLib.tasks.enhance._noise import divided_noise
+
+    shape_only = NoiseMap(volume=Volume(np.ones((4, 4, 4), np.float32), np.eye(4)), model="rician", modality="MR",
+                          summary={"median": 11.7})
+    air = NoiseEstimate(sigma=10.26, model="rician", method="background", modality="MR", signal=200.0)
+    near = divided_noise(air, shape_only)
+    assert near.sigma == pytest.approx(11.7) and near.method == "noise map" and near.agree
+    assert near.details["map_level"]["used"] and near.details["cross_check"]["second_sigma"] == pytest.approx(10.26)
+    textured = divided_noise(dataclasses.replace(air, sigma=2.0), shape_only)  # x5.9 apart: the map is not trusted
+    assert textured.sigma == 2.0 and textured.method == "background" and not textured.details["map_level"]["used"]
+
+    clean, noisy, _, tissue = _ramp_phantom(rician=True)
+    used = denoise(Volume(noisy, np.eye(4)), method="dct", modality="MR")
+    divided = used.report["noise_map"]["divided_noise"]
+    level = divided["details"]["map_level"]
+    assert level["used"] == level["agree"]
+    if level["used"]:
+        assert used.report["sigma_used"] == pytest.approx(used.report["noise_map"]["median"], rel=1e-4)

@@ -70,6 +70,7 @@ _EXPORTS = {
     "super_resolve": "_superres",
     "enhance": "_pipeline",
     **dict.fromkeys(("denoise_nlm", "denoise_aniso"), "_classical"),
+    "denoise_collaborative": "_collaborative",
 }
 
 __all__ = list(_EXPORTS)

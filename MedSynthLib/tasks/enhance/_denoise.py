@@ -47,7 +47,7 @@ from ...noise import NoiseEstimate, estimate_noise_array
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
-from ._noise import estimate_noise_map, explain_if_needed, map_normalisation, working_noise
+from ._noise import divided_noise, estimate_noise_map, explain_if_needed, map_normalisation, working_noise
 from ._options import DenoiseOptions, default_budget_seconds
 from ._results import DenoiseResult, MaskLike, finish_volume
 from ._runners import DenoiseRun, run_method
@@ -248,8 +248,9 @@ def denoise(
     relative, map_report = map_normalisation(volume, local, use=options.local_noise)
     work = volume if relative is None else _divided(volume, relative)
     # on even noise (relative None) this is the one-sigma path exactly; else the estimators see the divided volume
-    work_estimate = estimate if relative is None else _same_coils(
-        estimate_noise_array(work, mask=boolean_mask, modality=estimate.modality, coils=estimate.coils), estimate)
+    work_estimate = estimate if relative is None else divided_noise(_same_coils(
+        estimate_noise_array(work, mask=boolean_mask, modality=estimate.modality, coils=estimate.coils), estimate),
+        local)
     explanation = explain_if_needed(work, work_estimate, mask=boolean_mask,
                                     noise_map=local if relative is None else None)  # divided: no longer a reason
     noise, noise_check, warnings = working_noise(work_estimate, options.method, explanation=explanation)
