@@ -53,12 +53,12 @@ import numpy as np
 from scipy import ndimage, special
 
 from .intensity import guess_modality
+from .noise_coils import estimate_coils_in_blocks
 from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
-           "rician_correction_factor", "rician_debias", "magnitude_debias", "equivalent_coils", "estimate_coils",
-           "MIN_CHI_COILS", "cross_check", "MIN_BACKGROUND_VOXELS", "MAX_BACKGROUND_ZEROS", "residual_sigma",
-           "diagonal_sigma", "erode_in_plane"]
+           "rician_correction_factor", "rician_debias", "magnitude_debias", "cross_check", "MIN_BACKGROUND_VOXELS",
+           "MAX_BACKGROUND_ZEROS", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,6 @@ _MAD_TO_SIGMA = 1.4826
 MIN_BACKGROUND_VOXELS = 2000
 #: Median of a Rayleigh variable truncated at twice its sigma, in units of sigma: sqrt(-2 ln(1 - (1 - e^-2) / 2)).
 _TRUNCATED_RAYLEIGH_MEDIAN = float(np.sqrt(-2.0 * np.log(1.0 - (1.0 - np.exp(-2.0)) / 2.0)))
-#: Effective coil counts tabulated for :func:`equivalent_coils` (central chi with 2N degrees of freedom).
-_COILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-#: An air whose quartile ratio reads fewer equivalent coils than this is taken as Rayleigh (one coil): the ratio's
-#: sampling scatter on a few thousand voxels and a little tissue in the air move one coil's 2.195 by that much.
-MIN_CHI_COILS = 1.5
 #: Two noise estimators that differ by more than this factor disagree (see the module notes).
 AGREEMENT_FACTOR = 1.25
 
@@ -237,50 +232,6 @@ def rician_debias(values: np.ndarray, sigma: float) -> np.ndarray:
     return magnitude_debias(values, sigma, 1.0)
 
 
-@functools.lru_cache(maxsize=1)
-def _coil_table() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(coil counts, q75/q25 of central chi with 2N degrees of freedom), decreasing ratio. Lazy: scipy.stats."""
-    from scipy import stats
-
-    ratios = []
-    for coils in _COILS:
-        q25, q75 = stats.chi.ppf([0.25, 0.75], df=2 * coils)
-        ratios.append(float(q75 / q25))
-    return tuple(float(c) for c in _COILS), tuple(ratios)
-
-
-def equivalent_coils(ratio: float) -> float:
-    """The central-chi coil count whose quartile ratio q75/q25 matches ``ratio`` (1 = Rayleigh 2.195).
-
-    Why: a sum-of-squares magnitude from N coils has a chi background with 2N degrees of freedom, narrower than
-    Rayleigh; the Rayleigh mode then reads sigma high. A ratio above Rayleigh's (ghosts, tissue) gives 1.
-    """
-    coils, ratios = _coil_table()
-    if ratio >= ratios[0]:
-        return 1.0
-    if ratio <= ratios[-1]:
-        return coils[-1]
-    return float(np.interp(ratio, ratios[::-1], coils[::-1]))
-
-
-def estimate_coils(values: np.ndarray) -> tuple[float, Optional[float]]:
-    """(effective coil count, the air's quartile ratio) of background magnitudes ``values`` (non-zero air).
-
-    The quartile ratio does not depend on sigma, so it reads the shape alone: :func:`equivalent_coils`, rounded
-    to 0.1; below :data:`MIN_CHI_COILS` (or a lower quartile of 0) one coil, Rician. Tissue or ghosts in the air
-    widen the ratio and lower the count: the error is towards Rician, the model used before.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return 1.0, None
-    q25, q75 = np.percentile(values, [25, 75])
-    if not q25 > 0:
-        return 1.0, None
-    ratio = float(q75 / q25)
-    coils = round(equivalent_coils(ratio), 1)
-    return (coils if coils >= MIN_CHI_COILS else 1.0), ratio
-
-
 def rician_correction_factor(snr: float) -> float:
     """Koay-Basser ``xi(theta)``: variance of a Rician variable over sigma^2 at SNR ``theta``.
 
@@ -391,7 +342,7 @@ def estimate_noise_array(
 
     ``coils`` (MR): the magnitude's effective receive-coil count; 1 Rician (the default), N > 1 non-central chi
     with 2N degrees of freedom (the background sigma from chi's mode), None: estimated from the air's quartile
-    ratio (:func:`estimate_coils`; one coil where there is no usable air).
+    ratio (:func:`~MedSynthLib.noise_coils.estimate_coils_in_blocks`; one coil where there is no usable air).
     """
     array = np.asarray(volume.array, dtype=np.float32)
     modality = modality or guess_modality(volume)
@@ -428,9 +379,9 @@ def estimate_noise_array(
     details["background_zero_fraction"] = round(zeros, 4)
     usable = int(background.sum()) >= MIN_BACKGROUND_VOXELS and zeros <= MAX_BACKGROUND_ZEROS
     if coils is None:
-        coils, ratio = estimate_coils(array[background]) if usable else (1.0, None)
+        coils, ratio, blocks = estimate_coils_in_blocks(array, background) if usable else (1.0, None, 0)
         details.update(coils_source="estimated from the air" if usable else "no usable air: Rician",
-                       background_q75_over_q25=None if ratio is None else round(ratio, 4))
+                       background_q75_over_q25=None if ratio is None else round(ratio, 4), coil_blocks=blocks)
     elif coils != 1:
         details["coils_source"] = "given"
     coils = float(coils)

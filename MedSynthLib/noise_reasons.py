@@ -40,8 +40,9 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from .noise import (MAX_BACKGROUND_ZEROS, MIN_BACKGROUND_VOXELS, NoiseEstimate, diagonal_sigma, equivalent_coils,
-                    erode_in_plane, otsu_foreground, residual_sigma)
+from .noise import (MAX_BACKGROUND_ZEROS, MIN_BACKGROUND_VOXELS, NoiseEstimate, diagonal_sigma, erode_in_plane,
+                    otsu_foreground, residual_sigma)
+from .noise_coils import equivalent_coils
 from .noise_map import NoiseMap
 from .volume import Volume
 

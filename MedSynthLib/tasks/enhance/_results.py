@@ -68,10 +68,17 @@ class EnhanceResult:
     synthetic_mask: Optional[Volume] = None
 
 
-def finish_volume(volume: Volume, values: np.ndarray, mask: Optional[np.ndarray], *, clip: bool = True) -> Volume:
-    """Cast back to the input's dtype (clipped to its range); voxels outside ``mask`` kept bit for bit."""
+def finish_volume(volume: Volume, values: np.ndarray, mask: Optional[np.ndarray], *, clip: bool = True,
+                  floor: Optional[float] = None) -> Volume:
+    """Cast back to the input's dtype (clipped to its range, widened down to ``floor`` when given); voxels outside
+    ``mask`` kept bit for bit.
+
+    ``floor``: a magnitude's signal reaches 0 although its noise floor never does (a 32-coil air reads 24 at
+    sigma 5): debiased values below the input's minimum are signal, not overshoot; clipping them there had put
+    the air and dark tissue of a chi magnitude back on its noise floor."""
     array = volume.array
-    bounds = (float(array.min()), float(array.max())) if clip else None
+    low = float(array.min()) if floor is None else min(float(array.min()), float(floor))
+    bounds = (low, float(array.max())) if clip else None
     out = restore_dtype(values, array.dtype, clip=bounds)
     if mask is not None:
         out = np.where(mask, out, array)
