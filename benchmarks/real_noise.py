@@ -100,7 +100,7 @@ def _register(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     return method.Execute(fixed, moving)
 
 
-def _to_space_of(frames: list, transforms: list, j: int, t: int) -> np.ndarray:
+def to_space_of(frames: list, transforms: list, j: int, t: int) -> np.ndarray:
     """Frame ``j`` resampled into frame ``t``'s space: x -> T_j(T_t^-1(x)) (template -> frame transforms)."""
     composite = sitk.CompositeTransform([transforms[j], transforms[t].GetInverse()])  # the last is applied first
     moved = sitk.Resample(frames[j], frames[t], composite, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
@@ -142,7 +142,7 @@ def asl_row(series: dict, reg: dict, index: np.ndarray, t: int, mask: np.ndarray
     full_tf = {int(k): v for k, v in transforms.items()}
     others = [int(j) for j in index if j != t]
     n_others = len(others)
-    moved = np.stack([_to_space_of(frames, full_tf, j, t) for j in others])
+    moved = np.stack([to_space_of(frames, full_tf, j, t) for j in others])
     ref, ref_sq = moved.mean(0), (moved.astype(np.float64) ** 2).mean(0)
     del moved
     stack = reg["registered"]
