@@ -57,7 +57,7 @@ from .noise_coils import estimate_coils_in_blocks
 from .volume import Volume
 
 __all__ = ["AGREEMENT_FACTOR", "NoiseEstimate", "estimate_noise_array", "otsu_foreground",
-           "rician_correction_factor", "rician_debias", "magnitude_debias", "cross_check", "MIN_BACKGROUND_VOXELS",
+           "rician_correction_factor", "rician_debias", "magnitude_debias", "magnitude_rebias", "cross_check", "MIN_BACKGROUND_VOXELS",
            "MAX_BACKGROUND_ZEROS", "residual_sigma", "diagonal_sigma", "erode_in_plane"]
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,20 @@ def magnitude_debias(values: np.ndarray, sigma: float, coils: float = 1.0) -> np
     bit. Returns float32.
     """
     values = np.asarray(values, dtype=np.float32)
-    bias = np.float32(sigma) ** 2 * np.float32(2.0 * float(coils) - 1.0)  # x 1.0 when N = 1: exact
-    return np.sqrt(np.maximum(values * values - bias, 0)).astype(np.float32, copy=False)
+    return np.sqrt(np.maximum(values * values - _magnitude_bias(sigma, coils), 0)).astype(np.float32, copy=False)
+
+
+def magnitude_rebias(values: np.ndarray, sigma: float, coils: float = 1.0) -> np.ndarray:
+    """``sqrt(A^2 + (2N - 1) sigma^2)``: :func:`magnitude_debias` inverted where it did not clip, a debiased signal
+    ``A`` back to the smoothed magnitude it came from. Why: what a smoother removed is measured in the magnitude's
+    own domain; the bias it corrected afterwards is not noise. Returns float32."""
+    values = np.asarray(values, dtype=np.float32)
+    return np.sqrt(values * values + _magnitude_bias(sigma, coils)).astype(np.float32, copy=False)
+
+
+def _magnitude_bias(sigma: float, coils: float) -> np.float32:
+    """``(2N - 1) sigma^2`` in float32: what a smoothed magnitude's square sits above the signal's."""
+    return np.float32(sigma) ** 2 * np.float32(2.0 * float(coils) - 1.0)  # x 1.0 when N = 1: exact
 
 
 def rician_debias(values: np.ndarray, sigma: float) -> np.ndarray:

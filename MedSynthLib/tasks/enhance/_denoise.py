@@ -43,7 +43,7 @@ from ...budget import TimeBudget
 from ...checks import check_result
 from ...engine import EngineReport, select_device
 from ...errors import InputError
-from ...noise import NoiseEstimate, estimate_noise_array
+from ...noise import NoiseEstimate, estimate_noise_array, magnitude_rebias
 from ...progress import CancelToken, ProgressCallback, check_cancel, report, subrange
 from ...volume import Volume, mask_on_grid, validate_volume
 from ._checks import check_removed_part
@@ -88,17 +88,17 @@ def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate:
     check_sigma = min(float(run.noise.sigma), estimate.conservative_sigma)
     foreground = run.foreground
     # a multi-coil magnitude sits (2N - 1) sigma^2 above its signal and every method debiases what it smoothed: that
-    # bias is not noise, so the check compares the input with the output biased back (magnitude_debias inverted),
-    # i.e. what the smoothing alone removed (at 30 coils the bias, 2.6 sigma on a block at SNR 12, refused every
-    # method and the volume came back unchanged: 19.19 dB on benchmarks/noise_map.py's MNI where 31 were reached)
-    bias = np.float32(run.noise.sigma) ** 2 * np.float32(2.0 * run.coils - 1.0) if run.coils > 1 else None
+    # bias is not noise, so the check compares the input with the output biased back (magnitude_rebias), i.e. what
+    # the smoothing alone removed (at 30 coils the bias, 2.6 sigma on a block at SNR 12, refused every method and
+    # the volume came back unchanged: 19.19 dB on benchmarks/noise_map.py's MNI where 31 were reached)
+    chi = run.coils > 1
     attempts: list[dict] = []
     method: Optional[str] = first
     while method is not None:
         check_cancel(run.cancel)
         values, details = run_method(method, options, run, progress)
         output = finish_volume(run.volume, values, run.mask, floor=0.0 if run.rician else None).array
-        smoothed = output if bias is None else np.sqrt(output.astype(np.float32) ** 2 + bias)
+        smoothed = magnitude_rebias(output, run.noise.sigma, run.coils) if chi else output
         verdict = check_removed_part(run.data, smoothed, sigma=check_sigma, foreground=foreground,
                                      strength=options.strength)
         if not verdict["failed"]:
