@@ -99,6 +99,8 @@ def _run_checked(first: str, options: DenoiseOptions, run: DenoiseRun, estimate:
         values, details = run_method(method, options, run, progress)
         output = finish_volume(run.volume, values, run.mask, floor=0.0 if run.rician else None).array
         smoothed = magnitude_rebias(output, run.noise.sigma, run.coils) if chi else output
+        if chi and run.mask is not None:  # outside the mask the output is the input itself: nothing to bias back
+            smoothed = np.where(run.mask, smoothed, run.data)
         verdict = check_removed_part(run.data, smoothed, sigma=check_sigma, foreground=foreground,
                                      strength=options.strength)
         if not verdict["failed"]:
